@@ -1,0 +1,151 @@
+"""Teacher-forced least squares for Simfluence-Linear and its special cases.
+
+With the *observed* previous loss on the right-hand side, one step of Simfluence-Linear,
+
+    L_t = (baseline_t + sum_{i in c_t} a_i) * L_{t-1} + sum_{i in c_t} B_i,
+
+is linear in the effects ``w = (a, B)``: ``y = X w`` with target
+``y_rt = L_t - baseline_t * L_{t-1}`` and design row ``X_rt = [L_{t-1} * n_rt, n_rt]``, where
+``n_rt [n_train]`` counts how often each training example fills a slot of batch ``c_t``.
+Everything here is per test example and additive over runs, so sufficient statistics
+(``X^T X``, ``X^T y``) are built once from a sparse count matrix and reused for every ridge
+strength, every cross-validation fold and the Bayesian conjugate posterior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sparse
+
+Variant = Literal["linear", "additive", "multiplicative"]
+VARIANTS: tuple[str, ...] = ("linear", "additive", "multiplicative")
+
+
+def count_matrix(curricula: np.ndarray, n_train: int) -> sparse.csr_matrix:
+    """``[runs * steps, n_train]`` sparse count of each training example in each batch.
+
+    Args:
+        curricula: ``[runs, steps, batch]`` indices, ``-1`` for empty slots.
+    """
+    n_runs, n_steps, batch = curricula.shape
+    rows = np.repeat(np.arange(n_runs * n_steps), batch)
+    cols = curricula.reshape(-1)
+    filled = cols >= 0
+    counts = sparse.coo_matrix(
+        (np.ones(int(filled.sum())), (rows[filled], cols[filled])),
+        shape=(n_runs * n_steps, n_train),
+    )
+    return counts.tocsr()  # duplicate entries are summed
+
+
+def step_baseline(curricula: np.ndarray, variant: Variant, centring: str) -> np.ndarray:
+    """``[runs, steps]`` the multiplicative factor a step has when every effect is at its prior centre.
+
+    ``centring="per_slot"`` (the paper's sum ``alpha = sum A_i`` with ``A_i`` shrunk towards
+    ``1 / batch``): a full batch keeps the loss, a half-empty one halves it.
+    ``centring="per_step"``: every step, whatever its size, keeps the loss (``alpha = 1 + sum a_i``).
+    The additive variant has ``alpha = 1`` by definition.
+    """
+    if variant == "additive" or centring == "per_step":
+        return np.ones(curricula.shape[:2])
+    if centring != "per_slot":
+        raise ValueError(f"centring must be 'per_slot' or 'per_step', got {centring!r}")
+    return (curricula >= 0).sum(-1) / curricula.shape[-1]
+
+
+@dataclass(frozen=True)
+class NormalEquations:
+    """Sufficient statistics of the teacher-forced regression, one system per test example.
+
+    Attributes:
+        gram: ``[tests, features, features]`` ``X^T X``.
+        moment: ``[tests, features]`` ``X^T y``.
+        target_sq: ``[tests]`` ``y^T y``.
+        n_obs: number of (run, step) observations per test example.
+        n_train: training examples; features are ``[a (n_train), B (n_train)]`` for the linear
+            variant and ``n_train`` of one kind otherwise.
+    """
+
+    gram: np.ndarray
+    moment: np.ndarray
+    target_sq: np.ndarray
+    n_obs: int
+    n_train: int
+
+    def __sub__(self, other: "NormalEquations") -> "NormalEquations":
+        return NormalEquations(self.gram - other.gram, self.moment - other.moment,
+                               self.target_sq - other.target_sq, self.n_obs - other.n_obs, self.n_train)
+
+
+def normal_equations(
+    curricula: np.ndarray,
+    losses: np.ndarray,
+    n_train: int,
+    variant: Variant,
+    centring: str = "per_slot",
+) -> NormalEquations:
+    """Build ``X^T X``, ``X^T y`` and ``y^T y`` for every test example.
+
+    Args:
+        curricula: ``[runs, steps, batch]``.
+        losses: ``[runs, steps + 1, tests]``.
+        n_train: number of training examples.
+        variant: which effects are free: ``"linear"`` (both), ``"additive"`` (alpha = 1),
+            ``"multiplicative"`` (beta = 0).
+        centring: see :func:`step_baseline`.
+
+    Memory is ``tests * features^2`` floats: pass a slice of test examples for large problems.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    counts = count_matrix(curricula, n_train)
+    previous = losses[:, :-1, :].reshape(-1, losses.shape[2])  # [runs*steps, tests]
+    baseline = step_baseline(curricula, variant, centring).reshape(-1, 1)
+    target = losses[:, 1:, :].reshape(-1, losses.shape[2]) - baseline * previous
+    counts_t = counts.T.tocsr()
+    plain_gram = (counts_t @ counts).toarray()
+
+    grams, moments = [], []
+    for m in range(losses.shape[2]):
+        prev_m, target_m = previous[:, m], target[:, m]
+        weighted_t = counts_t.multiply(prev_m[None, :]).tocsr()  # [n_train, rows] rows scaled by L_{t-1}
+        if variant == "additive":
+            grams.append(plain_gram)
+            moments.append(counts_t @ target_m)
+            continue
+        mult_gram = (weighted_t.multiply(prev_m[None, :]) @ counts).toarray()
+        mult_moment = weighted_t @ target_m
+        if variant == "multiplicative":
+            grams.append(mult_gram)
+            moments.append(mult_moment)
+            continue
+        cross = (weighted_t @ counts).toarray()
+        grams.append(np.block([[mult_gram, cross], [cross.T, plain_gram]]))
+        moments.append(np.concatenate([mult_moment, counts_t @ target_m]))
+    return NormalEquations(
+        gram=np.stack(grams),
+        moment=np.stack(moments),
+        target_sq=(target**2).sum(0),
+        n_obs=target.shape[0],
+        n_train=n_train,
+    )
+
+
+def solve_ridge(equations: NormalEquations, ridge: float) -> np.ndarray:
+    """``[tests, features]`` minimiser of ``||y - X w||^2 + ridge * ||w||^2`` per test example."""
+    n_features = equations.gram.shape[-1]
+    system = equations.gram + ridge * np.eye(n_features)
+    return np.linalg.solve(system, equations.moment[..., None])[..., 0]
+
+
+def split_effects(weights: np.ndarray, variant: Variant, n_train: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(a, B)`` each ``[tests, n_train]`` from solved weights; the fixed part is zeros."""
+    zeros = np.zeros(weights.shape[:-1] + (n_train,))
+    if variant == "linear":
+        return weights[..., :n_train], weights[..., n_train:]
+    if variant == "additive":
+        return zeros, weights
+    return weights, zeros

@@ -1,0 +1,300 @@
+"""The runs format: logged training runs, loaded, validated, sliced, split and saved.
+
+A set of runs is one ``.npz`` file with
+
+- ``curricula``: int ``[runs, steps, batch]``; training-example index of each batch slot,
+  in ``[0, n_train)``, or ``-1`` for an empty slot (ragged batches);
+- ``losses``: float ``[runs, steps + 1, tests]``; ``losses[r, 0]`` before any update,
+  ``losses[r, t]`` after step ``t``;
+- optional ``n_train`` (int), ``train_ids`` ``[n_train]``, ``test_ids`` ``[tests]`` (strings)
+  and ``meta`` (a JSON string).
+
+Every other part of the package speaks this format through :class:`Runs`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+EMPTY_SLOT = -1
+
+
+class RunsFormatError(ValueError):
+    """A runs file or array does not follow the runs format; the message says what and where."""
+
+
+def _as_int_curricula(curricula: Any, source: str) -> np.ndarray:
+    array = np.asarray(curricula)
+    if array.dtype == object:
+        raise RunsFormatError(f"{source}: 'curricula' must be a numeric array, got dtype object")
+    if array.ndim != 3:
+        raise RunsFormatError(
+            f"{source}: 'curricula' must have 3 dims [runs, steps, batch], "
+            f"got {array.ndim} dims with shape {array.shape}"
+        )
+    if np.issubdtype(array.dtype, np.integer):
+        return array.astype(np.int64)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
+            bad = np.argwhere(~np.isfinite(array) | (array != np.round(array)))[0]
+            raise RunsFormatError(
+                f"{source}: 'curricula' must hold integer indices, found "
+                f"{array[tuple(bad)]!r} at [run, step, slot] = {bad.tolist()}"
+            )
+        return array.astype(np.int64)
+    raise RunsFormatError(
+        f"{source}: 'curricula' must be an integer array, got dtype {array.dtype}"
+    )
+
+
+def _as_string_ids(ids: Any, name: str, expected: int, what: str, source: str) -> np.ndarray:
+    array = np.asarray(ids)
+    if array.ndim != 1:
+        raise RunsFormatError(
+            f"{source}: '{name}' must be 1-D, got shape {array.shape}"
+        )
+    if array.shape[0] != expected:
+        raise RunsFormatError(
+            f"{source}: '{name}' has {array.shape[0]} entries but there are {expected} {what}"
+        )
+    return array.astype(str)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """Logged training runs in the runs format.
+
+    Attributes:
+        curricula: ``[runs, steps, batch]`` int64, ``-1`` marks an empty slot.
+        losses: ``[runs, steps + 1, tests]`` float64.
+        n_train: number of training examples indices refer to.
+        train_ids: ``[n_train]`` strings.
+        test_ids: ``[tests]`` strings.
+        meta: free-form metadata (model, task, learning rate, seeds, ...).
+
+    Construction validates everything; an invalid input raises :class:`RunsFormatError`.
+    """
+
+    curricula: np.ndarray
+    losses: np.ndarray
+    n_train: int
+    train_ids: np.ndarray
+    test_ids: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+    @classmethod
+    def create(
+        cls,
+        curricula: Any,
+        losses: Any,
+        n_train: int | None = None,
+        train_ids: Sequence[str] | None = None,
+        test_ids: Sequence[str] | None = None,
+        meta: dict | None = None,
+        source: str = "runs",
+    ) -> "Runs":
+        """Validate arrays and build a :class:`Runs`; ``source`` names the input in errors."""
+        curricula = _as_int_curricula(curricula, source)
+        losses = np.asarray(losses)
+        if not np.issubdtype(losses.dtype, np.number) or np.issubdtype(losses.dtype, np.complexfloating):
+            raise RunsFormatError(f"{source}: 'losses' must be a real float array, got dtype {losses.dtype}")
+        losses = losses.astype(np.float64)
+        if losses.ndim != 3:
+            raise RunsFormatError(
+                f"{source}: 'losses' must have 3 dims [runs, steps + 1, tests], "
+                f"got {losses.ndim} dims with shape {losses.shape}"
+            )
+        n_runs, n_steps, _ = curricula.shape
+        if n_runs == 0:
+            raise RunsFormatError(f"{source}: there are no runs ('curricula' has shape {curricula.shape})")
+        if n_steps == 0:
+            raise RunsFormatError(f"{source}: runs have no steps ('curricula' has shape {curricula.shape})")
+        if curricula.shape[2] == 0:
+            raise RunsFormatError(f"{source}: batches have no slots ('curricula' has shape {curricula.shape})")
+        if losses.shape[0] != n_runs:
+            raise RunsFormatError(
+                f"{source}: 'losses' has {losses.shape[0]} runs but 'curricula' has {n_runs}"
+            )
+        if losses.shape[1] != n_steps + 1:
+            raise RunsFormatError(
+                f"{source}: 'losses' must have steps + 1 = {n_steps + 1} entries on axis 1 "
+                f"(one before any update, one after each of the {n_steps} steps in 'curricula'), "
+                f"got {losses.shape[1]}"
+            )
+        if losses.shape[2] == 0:
+            raise RunsFormatError(f"{source}: 'losses' has no test examples (shape {losses.shape})")
+        if not np.all(np.isfinite(losses)):
+            bad = np.argwhere(~np.isfinite(losses))
+            raise RunsFormatError(
+                f"{source}: 'losses' holds {len(bad)} non-finite value(s) (NaN or inf); first at "
+                f"[run, step, test] = {bad[0].tolist()}: {losses[tuple(bad[0])]}"
+            )
+        if np.any(curricula < EMPTY_SLOT):
+            bad = np.argwhere(curricula < EMPTY_SLOT)[0]
+            raise RunsFormatError(
+                f"{source}: 'curricula' holds {curricula[tuple(bad)]} at [run, step, slot] = "
+                f"{bad.tolist()}; indices must be in [0, n_train) or -1 for an empty slot"
+            )
+        max_index = int(curricula.max())
+        if n_train is None:
+            if max_index < 0:
+                raise RunsFormatError(f"{source}: every slot of 'curricula' is empty (-1) and no 'n_train' is given")
+            n_train = max_index + 1
+        n_train = int(n_train)
+        if n_train <= 0:
+            raise RunsFormatError(f"{source}: 'n_train' must be positive, got {n_train}")
+        if max_index >= n_train:
+            bad = np.argwhere(curricula >= n_train)[0]
+            raise RunsFormatError(
+                f"{source}: 'curricula' holds index {curricula[tuple(bad)]} at [run, step, slot] = "
+                f"{bad.tolist()}, out of range for n_train = {n_train} (expected [0, {n_train}))"
+            )
+        n_tests = losses.shape[2]
+        if train_ids is None:
+            train_ids = np.array([f"train_{i}" for i in range(n_train)])
+        if test_ids is None:
+            test_ids = np.array([f"test_{m}" for m in range(n_tests)])
+        train_ids = _as_string_ids(train_ids, "train_ids", n_train, "training examples (n_train)", source)
+        test_ids = _as_string_ids(test_ids, "test_ids", n_tests, "test examples (losses.shape[2])", source)
+        return cls(curricula, losses, n_train, train_ids, test_ids, dict(meta or {}))
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def n_runs(self) -> int:
+        return int(self.curricula.shape[0])
+
+    @property
+    def n_steps(self) -> int:
+        return int(self.curricula.shape[1])
+
+    @property
+    def batch_size(self) -> int:
+        """Number of slots per step (the largest batch; smaller batches pad with ``-1``)."""
+        return int(self.curricula.shape[2])
+
+    @property
+    def n_tests(self) -> int:
+        return int(self.losses.shape[2])
+
+    @property
+    def initial_losses(self) -> np.ndarray:
+        """``[runs, tests]`` losses before any update."""
+        return self.losses[:, 0, :]
+
+    def __repr__(self) -> str:
+        return (
+            f"Runs(runs={self.n_runs}, steps={self.n_steps}, batch={self.batch_size}, "
+            f"tests={self.n_tests}, n_train={self.n_train})"
+        )
+
+    # ---------------------------------------------------------------- slicing
+    def select_runs(self, index: Any) -> "Runs":
+        """Runs picked by an int array, a slice or a boolean mask over runs."""
+        index = _normalise_index(index, self.n_runs, "runs")
+        return Runs.create(self.curricula[index], self.losses[index], self.n_train,
+                           self.train_ids, self.test_ids, self.meta)
+
+    def select_tests(self, index: Any) -> "Runs":
+        """Keep the test examples picked by ``index`` (ints, slice or mask)."""
+        index = _normalise_index(index, self.n_tests, "tests")
+        return Runs.create(self.curricula, self.losses[:, :, index], self.n_train,
+                           self.train_ids, self.test_ids[index], self.meta)
+
+    def first_steps(self, n_steps: int) -> "Runs":
+        """The first ``n_steps`` steps of every run (``losses`` keeps ``n_steps + 1`` entries)."""
+        if not 1 <= n_steps <= self.n_steps:
+            raise ValueError(f"n_steps must be in [1, {self.n_steps}], got {n_steps}")
+        return Runs.create(self.curricula[:, :n_steps], self.losses[:, : n_steps + 1], self.n_train,
+                           self.train_ids, self.test_ids, self.meta)
+
+    def split(self, n_heldout: int) -> tuple["Runs", "Runs"]:
+        """``(train, heldout)`` with the last ``n_heldout`` runs held out."""
+        if not 1 <= n_heldout < self.n_runs:
+            raise ValueError(
+                f"n_heldout must be in [1, {self.n_runs - 1}] for {self.n_runs} runs, got {n_heldout}"
+            )
+        cut = self.n_runs - n_heldout
+        return self.select_runs(slice(0, cut)), self.select_runs(slice(cut, None))
+
+    def check_compatible(self, other: "Runs", what: str = "held-out runs") -> None:
+        """Raise unless ``other`` has the same training pool and test examples."""
+        if other.n_train != self.n_train:
+            raise RunsFormatError(
+                f"{what}: n_train = {other.n_train}, but the simulator was fitted with n_train = {self.n_train}"
+            )
+        if other.n_tests != self.n_tests:
+            raise RunsFormatError(
+                f"{what}: {other.n_tests} test examples, but the simulator was fitted on {self.n_tests}"
+            )
+
+    # -------------------------------------------------------------------- I/O
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Runs":
+        """Read and validate a runs ``.npz`` file."""
+        path = Path(path)
+        source = str(path)
+        if not path.exists():
+            raise RunsFormatError(f"{source}: no such file")
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except Exception as error:  # noqa: BLE001 - numpy raises several kinds here
+            raise RunsFormatError(f"{source}: not a readable .npz file ({error})") from error
+        with archive:
+            missing = [name for name in ("curricula", "losses") if name not in archive.files]
+            if missing:
+                raise RunsFormatError(
+                    f"{source}: missing required array(s) {missing}; found {sorted(archive.files)}"
+                )
+            n_train = int(archive["n_train"]) if "n_train" in archive.files else None
+            train_ids = archive["train_ids"] if "train_ids" in archive.files else None
+            test_ids = archive["test_ids"] if "test_ids" in archive.files else None
+            meta = {}
+            if "meta" in archive.files:
+                try:
+                    meta = json.loads(str(archive["meta"]))
+                except json.JSONDecodeError as error:
+                    raise RunsFormatError(f"{source}: 'meta' is not valid JSON ({error})") from error
+            return cls.create(archive["curricula"], archive["losses"], n_train, train_ids,
+                              test_ids, meta, source=source)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write atomically: a crash never leaves a half-written file at ``path``."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
+        os.close(handle)
+        try:
+            np.savez(
+                tmp_name,
+                curricula=self.curricula,
+                losses=self.losses,
+                n_train=np.int64(self.n_train),
+                train_ids=self.train_ids.astype(str),
+                test_ids=self.test_ids.astype(str),
+                meta=np.array(json.dumps(self.meta, sort_keys=True)),
+            )
+            os.replace(tmp_name, path)
+        finally:
+            if os.path.exists(tmp_name):
+                os.remove(tmp_name)
+
+
+def _normalise_index(index: Any, size: int, axis: str) -> Any:
+    if isinstance(index, slice):
+        return index
+    array = np.asarray(index)
+    if array.dtype == bool:
+        if array.shape != (size,):
+            raise ValueError(f"boolean mask over {axis} must have shape ({size},), got {array.shape}")
+        return np.flatnonzero(array)
+    array = array.astype(np.int64).reshape(-1)
+    if array.size and (array.min() < -size or array.max() >= size):
+        raise IndexError(f"{axis} index out of range for {size} {axis}: {array.tolist()}")
+    return array

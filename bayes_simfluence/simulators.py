@@ -1,0 +1,214 @@
+"""The paper's point-estimate simulators: mean trajectory and Simfluence-Linear (and special cases).
+
+Every simulator has ``name``, ``simulate(curricula, initial_losses)`` returning
+``[runs, steps + 1, tests]`` and ``save(path)``; probabilistic ones add ``simulate_draws``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import jax.numpy as jnp
+import numpy as np
+
+from bayes_simfluence import ridge as ridge_lib
+from bayes_simfluence.cross_validation import choose_ridge
+from bayes_simfluence.rollout import batch_sums, roll_out
+from bayes_simfluence.runs import Runs, RunsFormatError, _as_int_curricula
+
+
+@runtime_checkable
+class Simulator(Protocol):
+    """Predicts test-loss trajectories for curricula."""
+
+    name: str
+
+    def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
+        """``curricula [runs, steps, batch]``, ``initial_losses [runs, tests]`` -> ``[runs, steps + 1, tests]``."""
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted simulator so that :func:`bayes_simfluence.methods.load_simulator` reads it back."""
+
+
+@runtime_checkable
+class ProbabilisticSimulator(Simulator, Protocol):
+    """A simulator with a predictive distribution over trajectories."""
+
+    def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int,
+                       seed: int = 0, include_noise: bool = True) -> np.ndarray:
+        """``[draws, runs, steps + 1, tests]`` trajectories drawn from the (posterior) predictive."""
+
+
+def check_simulation_inputs(curricula: np.ndarray, initial_losses: np.ndarray, n_train: int,
+                            n_tests: int) -> tuple[np.ndarray, np.ndarray]:
+    """Validate what a fitted simulator is asked to simulate; return int curricula and float losses."""
+    curricula = _as_int_curricula(curricula, "curricula to simulate")
+    initial_losses = np.asarray(initial_losses, dtype=np.float64)
+    if initial_losses.shape != (curricula.shape[0], n_tests):
+        raise RunsFormatError(
+            f"initial_losses must have shape [runs, tests] = ({curricula.shape[0]}, {n_tests}), "
+            f"got {initial_losses.shape}"
+        )
+    if not np.all(np.isfinite(initial_losses)):
+        raise RunsFormatError("initial_losses holds NaN or inf values")
+    if curricula.size and (curricula.max() >= n_train or curricula.min() < -1):
+        raise RunsFormatError(
+            f"curricula to simulate hold indices in [{curricula.min()}, {curricula.max()}]; "
+            f"the simulator knows training examples [0, {n_train}) and -1 for empty slots"
+        )
+    return curricula, initial_losses
+
+
+@dataclass
+class MeanTrajectory:
+    """Curriculum-blind baseline: the average observed trajectory of each test example.
+
+    A new run is simulated as ``L_0 + (mean_t - mean_0)``: the mean trajectory itself when runs
+    share their initial loss (the usual case, same initial weights), shifted otherwise.
+    """
+
+    name: str = "mean"
+    mean_losses: np.ndarray | None = None  # [steps + 1, tests]
+
+    def fit(self, runs: Runs) -> "MeanTrajectory":
+        self.mean_losses = runs.losses.mean(axis=0)
+        return self
+
+    def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
+        mean_losses = _fitted(self.mean_losses, self.name)
+        curricula = np.asarray(curricula)
+        if curricula.ndim != 3:
+            raise RunsFormatError(f"curricula must have 3 dims [runs, steps, batch], got shape {curricula.shape}")
+        n_steps = curricula.shape[1]
+        if n_steps > mean_losses.shape[0] - 1:
+            raise RunsFormatError(
+                f"the mean trajectory covers {mean_losses.shape[0] - 1} steps; cannot simulate {n_steps}"
+            )
+        initial_losses = np.asarray(initial_losses, dtype=np.float64)
+        if initial_losses.shape != (curricula.shape[0], mean_losses.shape[1]):
+            raise RunsFormatError(
+                f"initial_losses must have shape ({curricula.shape[0]}, {mean_losses.shape[1]}), "
+                f"got {initial_losses.shape}"
+            )
+        change = mean_losses[: n_steps + 1] - mean_losses[:1]
+        return initial_losses[:, None, :] + change[None]
+
+    def save(self, path: str | Path) -> None:
+        np.savez(path, kind=np.array("mean-trajectory"), mean_losses=_fitted(self.mean_losses, self.name))
+
+    @classmethod
+    def load(cls, path: Path) -> "MeanTrajectory":
+        with np.load(path) as archive:
+            return cls(mean_losses=archive["mean_losses"])
+
+
+@dataclass
+class SimfluenceLinear:
+    """Simfluence-Linear fitted by teacher-forced ridge regression (closed form).
+
+    ``L_t = alpha(c_t) * L_{t-1} + beta(c_t)``, ``alpha(c_t) = sum_{i in c_t} A_i``,
+    ``beta(c_t) = sum_{i in c_t} B_i``, one ``(A, B)`` per test example.
+
+    The paper leaves the centre of the L2 penalty open. Shrinking ``A`` towards 0 would make a
+    strongly regularised model predict ``L_t = beta``; we shrink ``A_i`` towards ``1 / batch``
+    (``batch`` = slots per step) and ``B_i`` towards 0, so a fully regularised model predicts an
+    unchanged loss at every full step. Fitted ``A`` is reported in the paper's form (the
+    ``1 / batch`` included).
+
+    Args:
+        variant: ``"linear"``; ``"additive"`` (alpha = 1, TracIn-like) or ``"multiplicative"`` (beta = 0).
+        ridge: penalty ``lambda`` on ``||A - 1/batch||^2 + ||B||^2`` in the sum of squared one-step
+            errors; ``None`` chooses it by leave-runs-out cross-validation (see :func:`choose_ridge`).
+    """
+
+    variant: str = "linear"
+    ridge: float | None = None
+    cv_folds: int = 4
+    cv_max_tests: int = 8
+    multiplicative: np.ndarray | None = None  # A: [tests, n_train]
+    additive: np.ndarray | None = None  # B: [tests, n_train]
+    batch_size: int = 0
+    ridge_selected: float | None = None
+    cv_report: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.variant not in ridge_lib.VARIANTS:
+            raise ValueError(f"variant must be one of {ridge_lib.VARIANTS}, got {self.variant!r}")
+
+    @property
+    def name(self) -> str:
+        return self.variant
+
+    def fit(self, runs: Runs) -> "SimfluenceLinear":
+        """Fit ``(A, B)`` on the training runs; chooses the ridge by CV when none was given."""
+        if self.ridge is None:
+            self.ridge_selected, self.cv_report = choose_ridge(
+                runs, self.variant, n_folds=self.cv_folds, max_tests=self.cv_max_tests
+            )
+        else:
+            if self.ridge < 0:
+                raise ValueError(f"ridge must be >= 0, got {self.ridge}")
+            self.ridge_selected = float(self.ridge)
+        equations = ridge_lib.normal_equations(runs.curricula, runs.losses, runs.n_train, self.variant)
+        weights = ridge_lib.solve_ridge(equations, self.ridge_selected)
+        self.batch_size = runs.batch_size
+        self.set_effects(*ridge_lib.split_effects(weights, self.variant, runs.n_train), runs.batch_size)
+        return self
+
+    def set_effects(self, centred_a: np.ndarray, additive: np.ndarray, batch_size: int) -> None:
+        """Store effects given as deviations ``a = A - 1/batch`` (``[tests, n_train]`` each)."""
+        self.batch_size = batch_size
+        offset = 0.0 if self.variant == "additive" else 1.0 / batch_size
+        self.multiplicative = centred_a + offset
+        self.additive = additive
+
+    def step_coefficients(self, curricula: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+        """``alpha, beta``: each ``[runs, steps, tests]`` for ``curricula [runs, steps, batch]``."""
+        A = jnp.asarray(_fitted(self.multiplicative, self.name))
+        B = jnp.asarray(_fitted(self.additive, self.name))
+        curricula = jnp.asarray(curricula)
+        if self.variant == "additive":
+            alpha = jnp.ones(curricula.shape[:2] + (A.shape[0],))
+        else:
+            alpha = batch_sums(A, curricula)
+        return alpha, batch_sums(B, curricula)
+
+    def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
+        A = _fitted(self.multiplicative, self.name)
+        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, A.shape[1], A.shape[0])
+        alpha, beta = self.step_coefficients(curricula)
+        return np.asarray(roll_out(alpha, beta, jnp.asarray(initial_losses, dtype=alpha.dtype)),
+                          dtype=np.float64)
+
+    def save(self, path: str | Path) -> None:
+        np.savez(
+            path,
+            kind=np.array("simfluence-point"),
+            variant=np.array(self.variant),
+            multiplicative=_fitted(self.multiplicative, self.name),
+            additive=_fitted(self.additive, self.name),
+            batch_size=np.int64(self.batch_size),
+            ridge=np.float64(self.ridge_selected if self.ridge_selected is not None else np.nan),
+            cv_report=np.array(json.dumps(self.cv_report)),
+        )
+
+    @classmethod
+    def load(cls, path: Path) -> "SimfluenceLinear":
+        with np.load(path) as archive:
+            return cls(
+                variant=str(archive["variant"]),
+                multiplicative=archive["multiplicative"],
+                additive=archive["additive"],
+                batch_size=int(archive["batch_size"]),
+                ridge_selected=float(archive["ridge"]),
+                cv_report=json.loads(str(archive["cv_report"])),
+            )
+
+
+def _fitted(value: np.ndarray | None, name: str) -> np.ndarray:
+    if value is None:
+        raise RuntimeError(f"simulator '{name}' is not fitted: call fit(runs) first")
+    return value
