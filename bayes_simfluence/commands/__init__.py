@@ -1,0 +1,1 @@
+"""CLI sub-commands, one module each (discovered by :mod:`bayes_simfluence.cli`)."""

@@ -1,0 +1,26 @@
+"""Argument helpers shared by several sub-commands (private: not a sub-command)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """``key=value`` -> ``(key, value)``; the value is parsed as JSON when it can be (numbers, true)."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value: object = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def add_method_options(parser: argparse.ArgumentParser) -> None:
+    """``--option KEY=VALUE`` (repeatable) and ``--seed``."""
+    parser.add_argument("--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                        help="method setting, repeatable, e.g. -o ridge=0.1, -o num_samples=500, "
+                             "-o scores=runs.scores.npz")
+    parser.add_argument("--seed", type=int, default=0, help="random seed for stochastic inference (default 0)")

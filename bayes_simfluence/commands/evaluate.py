@@ -1,0 +1,81 @@
+"""``bayes-simfluence evaluate``: fit methods on training runs, score them on held-out runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bayes_simfluence.commands._arguments import add_method_options
+from bayes_simfluence.evaluation import DEFAULT_EVAL_DRAWS, evaluate_methods, format_table
+from bayes_simfluence.methods import FitContext, available_methods
+from bayes_simfluence.runs import Runs
+
+EXAMPLES = """examples:
+  # two files: fit on train.npz, score on heldout.npz
+  bayes-simfluence evaluate --train train.npz --heldout heldout.npz -m mean -m linear
+  # one file: hold out its last 5 runs, print JSON
+  bayes-simfluence evaluate --runs runs.npz --heldout-runs 5 -m mean -m additive -m linear --json
+
+Metrics (steps 1..T of every held-out run, simulated from its observed initial loss):
+  all_steps_mse   mean squared error over all steps, runs and test examples
+  final_step_mse  the same at the last step
+  spearman        rank correlation of final losses pooled over (run, test) pairs; mostly
+                  says which test examples are hard: the curriculum-blind 'mean' scores high
+  spearman_runs   per test example, rank correlation across runs of the final loss, averaged:
+                  does the simulator rank curricula right? (NaN where a prediction is constant)
+  coverage_50/90, crps   Bayesian methods only: calibration of the predictive bands
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="score simulators on held-out runs",
+        description="Fit each --method on training runs and score its simulated trajectories on held-out runs.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--train", type=Path, help="training runs (.npz, runs format)")
+    parser.add_argument("--heldout", type=Path, help="held-out runs (.npz) with the same pool and test examples")
+    parser.add_argument("--runs", type=Path, help="one runs file to split instead of --train/--heldout")
+    parser.add_argument("--heldout-runs", type=int, metavar="K", help="with --runs: hold out the last K runs")
+    parser.add_argument("--method", "-m", action="append", required=True, metavar="NAME",
+                        help=f"method to evaluate, repeatable; one of {', '.join(available_methods())}")
+    parser.add_argument("--draws", type=int, default=DEFAULT_EVAL_DRAWS,
+                        help=f"predictive draws for coverage/CRPS of Bayesian methods (default {DEFAULT_EVAL_DRAWS})")
+    parser.add_argument("--json", action="store_true", help="print one JSON object {method: {metric: value}}")
+    add_method_options(parser)
+    parser.set_defaults(func=run)
+
+
+def load_train_heldout(args: argparse.Namespace) -> tuple[Runs, Runs, Path | None]:
+    """The training and held-out runs named by ``--train/--heldout`` or ``--runs/--heldout-runs``."""
+    if args.runs is not None:
+        if args.train is not None or args.heldout is not None:
+            raise ValueError("give either --runs with --heldout-runs, or --train with --heldout, not both")
+        if args.heldout_runs is None:
+            raise ValueError("--runs needs --heldout-runs K (how many of the last runs to hold out)")
+        train, heldout = Runs.load(args.runs).split(args.heldout_runs)
+        return train, heldout, args.runs
+    if args.train is None or args.heldout is None:
+        raise ValueError("give --train and --heldout, or --runs with --heldout-runs")
+    return Runs.load(args.train), Runs.load(args.heldout), args.train
+
+
+def run(args: argparse.Namespace) -> int:
+    train, heldout, train_path = load_train_heldout(args)
+    context = FitContext(train_path=train_path, seed=args.seed, options=dict(args.option))
+    results = evaluate_methods(args.method, train, heldout, context, n_draws=args.draws)
+    if args.json:
+        print(json.dumps(_strict_json(results), indent=2))
+    else:
+        print(f"train: {train}\nheld-out: {heldout}\n")
+        print(format_table(results))
+    return 0
+
+
+def _strict_json(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """Replace NaN/inf (e.g. an undefined Spearman) with null so any JSON parser reads the output."""
+    return {name: {key: (value if np.isfinite(value) else None) for key, value in scores.items()}
+            for name, scores in results.items()}

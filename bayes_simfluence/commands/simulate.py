@@ -1,0 +1,54 @@
+"""``bayes-simfluence simulate``: predict loss trajectories for curricula with a saved simulator."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from bayes_simfluence.methods import load_simulator
+from bayes_simfluence.runs import Runs
+
+EXAMPLES = """examples:
+  bayes-simfluence simulate --simulator linear.npz --curricula new.npz --out predicted.npz
+
+--curricula is a runs-format file: its 'curricula' are simulated from its losses[:, 0];
+the rest of its 'losses' is ignored. The output is a runs-format file whose losses are the
+predicted trajectories [runs, steps + 1, tests]. With a Bayesian simulator, --draws N also
+writes 'draws' [N, runs, steps + 1, tests] into the output.
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "simulate", help="simulate curricula with a saved simulator",
+        description="Predict the loss trajectory of every test example under given curricula.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--simulator", type=Path, required=True, help="file written by 'fit'")
+    parser.add_argument("--curricula", type=Path, required=True,
+                        help="runs-format file whose curricula and initial losses are simulated")
+    parser.add_argument("--out", type=Path, required=True, help="output runs-format .npz")
+    parser.add_argument("--draws", type=int, default=0,
+                        help="Bayesian simulators: also save this many posterior predictive draws")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the draws")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    simulator = load_simulator(args.simulator)
+    given = Runs.load(args.curricula)
+    predicted = simulator.simulate(given.curricula, given.initial_losses)
+    output = Runs.create(given.curricula, predicted, given.n_train, given.train_ids, given.test_ids,
+                         {**given.meta, "simulated_by": str(args.simulator)})
+    output.save(args.out)
+    if args.draws:
+        if not hasattr(simulator, "simulate_draws"):
+            raise ValueError(f"--draws needs a Bayesian simulator; {args.simulator} is '{simulator.name}'")
+        draws = simulator.simulate_draws(given.curricula, given.initial_losses, args.draws, seed=args.seed)
+        with np.load(args.out) as archive:
+            arrays = dict(archive)
+        np.savez(args.out, **arrays, draws=np.asarray(draws))
+    print(f"simulated {given.n_runs} curricula x {given.n_tests} test examples; wrote {args.out}")
+    return 0

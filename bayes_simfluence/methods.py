@@ -1,0 +1,153 @@
+"""Registry of simulation methods by name: fit one on runs, load a saved one.
+
+Method names are what users type (``--method linear``). Modules that provide methods register
+them at import with :func:`register_method` / :func:`register_loader`; this module imports a
+provider only when one of its names is asked for, so optional dependencies (torch for TracIn)
+are needed only by the methods that use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from bayes_simfluence.runs import Runs
+from bayes_simfluence.simulators import MeanTrajectory, SimfluenceLinear, Simulator
+
+
+@dataclass
+class FitContext:
+    """What a method may need besides the training runs.
+
+    Attributes:
+        train_path: the training runs file, if any (TracIn/influence find their scores beside it).
+        seed: random seed for stochastic inference.
+        options: method-specific settings, e.g. ``{"ridge": 0.1}``, ``{"scores": "runs.scores.npz"}``,
+            ``{"num_samples": 500}``.
+    """
+
+    train_path: Path | None = None
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+MethodFactory = Callable[[Runs, FitContext], Simulator]
+Loader = Callable[[Path], Simulator]
+
+_METHODS: dict[str, MethodFactory] = {}
+_LOADERS: dict[str, Loader] = {}
+
+#: where methods defined outside this module live; imported on first use.
+PROVIDERS: dict[str, str] = {
+    "tracin": "bayes_simfluence.collect.tracin",
+    "influence": "bayes_simfluence.collect.influence",
+    "bayes-svi": "bayes_simfluence.bayes.methods",
+    "bayes-nuts": "bayes_simfluence.bayes.methods",
+    "bayes-exact": "bayes_simfluence.bayes.methods",
+}
+
+
+def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
+    """Decorator registering ``factory(train, context) -> fitted Simulator`` under ``name``."""
+
+    def decorate(factory: MethodFactory) -> MethodFactory:
+        _METHODS[name] = factory
+        return factory
+
+    return decorate
+
+
+def register_loader(kind: str, loader: Loader) -> None:
+    """Register how to read back a simulator saved with ``kind`` in its file."""
+    _LOADERS[kind] = loader
+
+
+def _import_provider(module: str) -> str | None:
+    """Import a provider module; return why it is unavailable, or None."""
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name and error.name.startswith("bayes_simfluence"):
+            return f"module {module} is not part of this installation"
+        return (f"it needs the package '{error.name}', which is not installed "
+                "(install the extra: pip install 'bayes-simfluence[collect]')")
+    return None
+
+
+def available_methods() -> list[str]:
+    """Names of every method known to this installation (provided or not yet imported)."""
+    return sorted(set(_METHODS) | set(PROVIDERS))
+
+
+def fit_method(name: str, train: Runs, context: FitContext | None = None) -> Simulator:
+    """Fit the method called ``name`` on ``train`` and return the fitted simulator."""
+    context = context or FitContext()
+    if name not in _METHODS and name in PROVIDERS:
+        reason = _import_provider(PROVIDERS[name])
+        if reason is not None and name not in _METHODS:
+            raise ValueError(f"method '{name}' is unavailable: {reason}")
+    if name not in _METHODS:
+        raise ValueError(f"unknown method '{name}'; choose from {available_methods()}")
+    return _METHODS[name](train, context)
+
+
+def load_simulator(path: str | Path) -> Simulator:
+    """Read a simulator written by its ``save``; the file's ``kind`` picks the loader."""
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such simulator file")
+    kind = _read_kind(path)
+    if kind not in _LOADERS:
+        for module in sorted(set(PROVIDERS.values())):
+            _import_provider(module)
+    if kind not in _LOADERS:
+        raise ValueError(f"{path}: unknown simulator kind '{kind}'; known: {sorted(_LOADERS)}")
+    return _LOADERS[kind](path)
+
+
+def _read_kind(path: Path) -> str:
+    """The ``kind`` of a saved simulator: an ``.npz`` array, or a NetCDF/JSON attribute."""
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                if "kind" in archive.files:
+                    return str(archive["kind"])
+        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
+            raise ValueError(f"{path}: not a readable simulator file ({error})") from error
+        raise ValueError(f"{path}: no 'kind' entry; was it written by a simulator's save()?")
+    for module in sorted(set(PROVIDERS.values())):
+        _import_provider(module)
+    for kind, sniff in _SNIFFERS.items():
+        if sniff(path):
+            return kind
+    raise ValueError(f"{path}: unrecognised simulator file (expected .npz or a saved posterior)")
+
+
+_SNIFFERS: dict[str, Callable[[Path], bool]] = {}
+
+
+def register_sniffer(kind: str, sniff: Callable[[Path], bool]) -> None:
+    """For simulators saved in formats other than ``.npz``: ``sniff(path)`` says if it is ``kind``."""
+    _SNIFFERS[kind] = sniff
+
+
+@register_method("mean")
+def _fit_mean(train: Runs, context: FitContext) -> Simulator:
+    return MeanTrajectory().fit(train)
+
+
+def _point_factory(variant: str) -> MethodFactory:
+    def factory(train: Runs, context: FitContext) -> Simulator:
+        return SimfluenceLinear(variant=variant, ridge=context.options.get("ridge")).fit(train)
+
+    return factory
+
+
+for _variant in ("linear", "additive", "multiplicative"):
+    register_method(_variant)(_point_factory(_variant))
+register_loader("mean-trajectory", MeanTrajectory.load)
+register_loader("simfluence-point", SimfluenceLinear.load)

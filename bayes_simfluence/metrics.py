@@ -1,0 +1,110 @@
+"""Scores of simulated trajectories against observed held-out runs.
+
+All functions take ``predicted``/``observed`` ``[runs, steps + 1, tests]`` and ignore step 0 (the
+given initial loss); probabilistic scores take ``draws [draws, runs, steps + 1, tests]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scoringrules
+from scipy import stats
+
+
+def _check(predicted: np.ndarray, observed: np.ndarray) -> None:
+    if predicted.shape != observed.shape:
+        raise ValueError(f"predicted has shape {predicted.shape} but observed has {observed.shape}")
+
+
+def all_steps_mse(predicted: np.ndarray, observed: np.ndarray, per_test: bool = False) -> float | np.ndarray:
+    """Mean squared error over steps ``1..T``, runs and test examples (``[tests]`` if ``per_test``)."""
+    _check(predicted, observed)
+    squared = (predicted[:, 1:] - observed[:, 1:]) ** 2
+    return squared.mean(axis=(0, 1)) if per_test else float(squared.mean())
+
+
+def final_step_mse(predicted: np.ndarray, observed: np.ndarray, per_test: bool = False) -> float | np.ndarray:
+    """Mean squared error at the last step (``[tests]`` if ``per_test``)."""
+    _check(predicted, observed)
+    squared = (predicted[:, -1] - observed[:, -1]) ** 2
+    return squared.mean(axis=0) if per_test else float(squared.mean())
+
+
+def spearman(predicted: np.ndarray, observed: np.ndarray) -> float:
+    """Spearman correlation of final-step losses pooled over all (run, test example) pairs.
+
+    Mostly measures whether the simulator knows which test examples are hard; a
+    curriculum-blind predictor already scores high.
+    """
+    _check(predicted, observed)
+    return float(stats.spearmanr(predicted[:, -1].ravel(), observed[:, -1].ravel()).statistic)
+
+
+def spearman_across_runs(predicted: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, int]:
+    """Per test example, Spearman across runs of the final-step loss.
+
+    Returns:
+        ``(rho [tests], n_undefined)``: ``rho`` is NaN where the prediction or the observation is
+        constant across runs (rank correlation undefined); ``n_undefined`` counts those.
+    """
+    _check(predicted, observed)
+    final_pred, final_obs = predicted[:, -1], observed[:, -1]  # [runs, tests]
+    defined = (np.ptp(final_pred, axis=0) > 0) & (np.ptp(final_obs, axis=0) > 0)
+    rho = np.full(final_pred.shape[1], np.nan)
+    if final_pred.shape[0] >= 2:
+        ranks_pred = stats.rankdata(final_pred, axis=0)
+        ranks_obs = stats.rankdata(final_obs, axis=0)
+        centred_p = ranks_pred - ranks_pred.mean(0)
+        centred_o = ranks_obs - ranks_obs.mean(0)
+        denom = np.sqrt((centred_p**2).sum(0) * (centred_o**2).sum(0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rho = np.where(defined, (centred_p * centred_o).sum(0) / denom, np.nan)
+    else:
+        defined[:] = False
+    return rho, int((~defined).sum())
+
+
+def spearman_runs(predicted: np.ndarray, observed: np.ndarray) -> tuple[float, int]:
+    """Mean over test examples of :func:`spearman_across_runs` (NaN-safe) and the undefined count."""
+    rho, n_undefined = spearman_across_runs(predicted, observed)
+    mean = float(np.nanmean(rho)) if np.any(np.isfinite(rho)) else float("nan")
+    return mean, n_undefined
+
+
+def coverage(draws: np.ndarray, observed: np.ndarray, level: float, per_test: bool = False) -> float | np.ndarray:
+    """Fraction of observed losses (steps ``1..T``) inside the central ``level`` band of the draws."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check(draws[0], observed)
+    lower, upper = np.quantile(draws[:, :, 1:], [(1 - level) / 2, (1 + level) / 2], axis=0)
+    inside = (observed[:, 1:] >= lower) & (observed[:, 1:] <= upper)
+    return inside.mean(axis=(0, 1)) if per_test else float(inside.mean())
+
+
+def crps(draws: np.ndarray, observed: np.ndarray, per_test: bool = False) -> float | np.ndarray:
+    """Continuous ranked probability score of the draws (ensemble estimator), steps ``1..T``; lower is better."""
+    _check(draws[0], observed)
+    scores = scoringrules.crps_ensemble(observed[:, 1:], draws[:, :, 1:], m_axis=0, estimator="fair")
+    scores = np.asarray(scores)
+    return scores.mean(axis=(0, 1)) if per_test else float(scores.mean())
+
+
+def point_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float]:
+    """The four point-prediction metrics of the paper's protocol, plus the undefined-rank count."""
+    rho_runs, n_undefined = spearman_runs(predicted, observed)
+    return {
+        "all_steps_mse": all_steps_mse(predicted, observed),
+        "final_step_mse": final_step_mse(predicted, observed),
+        "spearman": spearman(predicted, observed),
+        "spearman_runs": rho_runs,
+        "spearman_runs_undefined": n_undefined,
+    }
+
+
+def band_scores(draws: np.ndarray, observed: np.ndarray) -> dict[str, float]:
+    """Calibration of predictive draws: coverage of the 50% and 90% bands, and CRPS."""
+    return {
+        "coverage_50": coverage(draws, observed, 0.5),
+        "coverage_90": coverage(draws, observed, 0.9),
+        "crps": crps(draws, observed),
+    }

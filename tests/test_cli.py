@@ -1,0 +1,79 @@
+"""The CLI round trip: fit, save, load, simulate, evaluate; bad files exit 2 without a traceback."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bayes_simfluence.cli import main
+from bayes_simfluence.runs import Runs
+from bayes_simfluence.synthetic import synthetic_runs
+
+
+@pytest.fixture()
+def runs_files(tmp_path):
+    runs, _ = synthetic_runs(n_train=12, n_tests=3, n_runs=14, n_steps=20, batch_size=2,
+                             effect_scale=0.05, seed=7)
+    train, held = runs.split(4)
+    paths = {"all": tmp_path / "all.npz", "train": tmp_path / "train.npz", "held": tmp_path / "held.npz"}
+    runs.save(paths["all"])
+    train.save(paths["train"])
+    held.save(paths["held"])
+    return paths
+
+
+def test_fit_save_load_simulate_round_trip(runs_files, tmp_path, capsys):
+    model = tmp_path / "linear.npz"
+    assert main(["fit", "--train", str(runs_files["train"]), "--method", "linear", "-o", "ridge=0.01",
+                 "--out", str(model)]) == 0
+    predicted_path = tmp_path / "predicted.npz"
+    assert main(["simulate", "--simulator", str(model), "--curricula", str(runs_files["held"]),
+                 "--out", str(predicted_path)]) == 0
+    predicted = Runs.load(predicted_path)
+    held = Runs.load(runs_files["held"])
+    assert predicted.losses.shape == held.losses.shape
+    np.testing.assert_allclose(predicted.losses[:, 0], held.losses[:, 0])
+    # the reloaded simulator predicts what the in-memory one does
+    from bayes_simfluence.simulators import SimfluenceLinear
+    direct = SimfluenceLinear(ridge=0.01).fit(Runs.load(runs_files["train"]))
+    np.testing.assert_allclose(predicted.losses, direct.simulate(held.curricula, held.initial_losses), rtol=1e-6)
+
+
+def test_evaluate_json_from_two_files_and_from_one_split(runs_files, capsys):
+    assert main(["evaluate", "--train", str(runs_files["train"]), "--heldout", str(runs_files["held"]),
+                 "-m", "mean", "-m", "linear", "--json"]) == 0
+    two_files = json.loads(capsys.readouterr().out)
+    assert set(two_files) == {"mean", "linear"}
+    for key in ("all_steps_mse", "final_step_mse", "spearman", "spearman_runs"):
+        assert key in two_files["linear"]
+    assert two_files["mean"]["spearman_runs"] is None  # constant prediction: undefined, not NaN
+    assert two_files["linear"]["all_steps_mse"] < two_files["mean"]["all_steps_mse"]
+    assert main(["evaluate", "--runs", str(runs_files["all"]), "--heldout-runs", "4", "-m", "linear",
+                 "--json"]) == 0
+    one_file = json.loads(capsys.readouterr().out)
+    assert one_file["linear"]["all_steps_mse"] == pytest.approx(two_files["linear"]["all_steps_mse"])
+
+
+def test_evaluate_prints_a_table(runs_files, capsys):
+    assert main(["evaluate", "--runs", str(runs_files["all"]), "--heldout-runs", "4", "-m", "additive",
+                 "-m", "multiplicative"]) == 0
+    out = capsys.readouterr().out
+    assert "all_steps_mse" in out and "multiplicative" in out
+
+
+def test_bad_file_exits_2_with_the_validation_message(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, curricula=np.zeros((2, 3, 1), int), losses=np.ones((2, 3, 1)))
+    result = subprocess.run([sys.executable, "-m", "bayes_simfluence.cli", "evaluate", "--runs", str(bad),
+                             "--heldout-runs", "1", "-m", "mean"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "steps + 1 = 4" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unknown_method_and_missing_arguments_exit_2(runs_files, capsys):
+    assert main(["evaluate", "--runs", str(runs_files["all"]), "--heldout-runs", "2", "-m", "magic"]) == 2
+    assert "unknown method 'magic'" in capsys.readouterr().err
+    assert main(["evaluate", "--runs", str(runs_files["all"]), "-m", "mean"]) == 2
+    assert "--heldout-runs" in capsys.readouterr().err

@@ -1,0 +1,66 @@
+"""Evaluation metrics against closed forms and reference implementations."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bayes_simfluence import metrics
+
+
+def trajectories(seed=0, runs=6, steps=4, tests=3):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(runs, steps + 1, tests)), rng.normal(size=(runs, steps + 1, tests))
+
+
+def test_mse_ignores_step_zero_and_breaks_down_per_test():
+    predicted, observed = trajectories()
+    predicted[:, 0] += 100.0
+    per_test = metrics.all_steps_mse(predicted, observed, per_test=True)
+    assert per_test.shape == (3,)
+    assert metrics.all_steps_mse(predicted, observed) == pytest.approx(np.mean((predicted - observed)[:, 1:] ** 2))
+    assert metrics.final_step_mse(predicted, observed) == pytest.approx(np.mean((predicted - observed)[:, -1] ** 2))
+
+
+def test_pooled_spearman_matches_scipy():
+    predicted, observed = trajectories()
+    expected = stats.spearmanr(predicted[:, -1].ravel(), observed[:, -1].ravel()).statistic
+    assert metrics.spearman(predicted, observed) == pytest.approx(expected)
+
+
+def test_spearman_across_runs_per_test_and_nan_safe():
+    predicted, observed = trajectories()
+    predicted[:, -1, 2] = 1.0  # constant prediction for test 2: undefined
+    rho, undefined = metrics.spearman_across_runs(predicted, observed)
+    for m in range(2):
+        assert rho[m] == pytest.approx(stats.spearmanr(predicted[:, -1, m], observed[:, -1, m]).statistic)
+    assert np.isnan(rho[2]) and undefined == 1
+    mean, count = metrics.spearman_runs(predicted, observed)
+    assert mean == pytest.approx(np.mean(rho[:2])) and count == 1
+
+
+def test_coverage_of_calibrated_gaussian_draws():
+    rng = np.random.default_rng(1)
+    observed = rng.normal(size=(50, 21, 20))
+    draws = rng.normal(size=(400, 50, 21, 20))
+    # 20000 points: binomial sd of the coverage is about 0.004, so 0.02 is 5 sd
+    assert metrics.coverage(draws, observed, 0.9) == pytest.approx(0.9, abs=0.02)
+    assert metrics.coverage(draws, observed, 0.5) == pytest.approx(0.5, abs=0.02)
+    assert metrics.coverage(0.1 * draws, observed, 0.9) < 0.3
+
+
+def test_crps_agrees_with_the_gaussian_closed_form():
+    rng = np.random.default_rng(2)
+    observed = rng.normal(size=(4, 3, 5)) * 0.5
+    draws = rng.normal(size=(4000, 4, 3, 5))
+    z = observed[:, 1:]
+    closed = z * (2 * stats.norm.cdf(z) - 1) + 2 * stats.norm.pdf(z) - 1 / np.sqrt(np.pi)
+    # Monte Carlo error of the fair ensemble CRPS with 4000 draws averaged over 40 points: < 0.005
+    assert metrics.crps(draws, observed) == pytest.approx(closed.mean(), abs=0.01)
+
+
+def test_shape_mismatch_is_refused():
+    predicted, observed = trajectories()
+    with pytest.raises(ValueError, match="shape"):
+        metrics.all_steps_mse(predicted[:, :-1], observed)
+    with pytest.raises(ValueError, match="level must be in"):
+        metrics.coverage(predicted[None], observed, 90)
