@@ -149,3 +149,33 @@ def split_effects(weights: np.ndarray, variant: Variant, n_train: int) -> tuple[
     if variant == "additive":
         return zeros, weights
     return weights, zeros
+
+
+def tests_per_chunk(n_features: int, max_bytes: int = 2**29) -> int:
+    """How many test examples' ``[features, features]`` float64 systems fit in ``max_bytes``
+    (the solve needs about three copies)."""
+    return max(1, max_bytes // (3 * 8 * n_features * n_features))
+
+
+def fit_ridge(
+    curricula: np.ndarray,
+    losses: np.ndarray,
+    n_train: int,
+    variant: Variant,
+    ridge: float,
+    centring: str = "per_slot",
+    max_bytes: int = 2**29,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge solution for every test example, built and solved in memory-bounded chunks of tests.
+
+    Returns:
+        ``(a, B)`` each ``[tests, n_train]``: deviations of the multiplicative effects from their
+        centre (see :func:`step_baseline`) and the additive effects.
+    """
+    n_features = 2 * n_train if variant == "linear" else n_train
+    chunk = tests_per_chunk(n_features, max_bytes)
+    parts = []
+    for start in range(0, losses.shape[2], chunk):
+        equations = normal_equations(curricula, losses[:, :, start:start + chunk], n_train, variant, centring)
+        parts.append(split_effects(solve_ridge(equations, ridge), variant, n_train))
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -152,10 +152,9 @@ class SimfluenceLinear:
             if self.ridge < 0:
                 raise ValueError(f"ridge must be >= 0, got {self.ridge}")
             self.ridge_selected = float(self.ridge)
-        equations = ridge_lib.normal_equations(runs.curricula, runs.losses, runs.n_train, self.variant)
-        weights = ridge_lib.solve_ridge(equations, self.ridge_selected)
-        self.batch_size = runs.batch_size
-        self.set_effects(*ridge_lib.split_effects(weights, self.variant, runs.n_train), runs.batch_size)
+        centred_a, additive = ridge_lib.fit_ridge(runs.curricula, runs.losses, runs.n_train, self.variant,
+                                                  self.ridge_selected)
+        self.set_effects(centred_a, additive, runs.batch_size)
         return self
 
     def set_effects(self, centred_a: np.ndarray, additive: np.ndarray, batch_size: int) -> None:

@@ -134,3 +134,13 @@ def test_simulate_refuses_bad_inputs():
         SimfluenceLinear().simulate(runs.curricula, runs.initial_losses)
     with pytest.raises(ValueError, match="variant must be one of"):
         SimfluenceLinear(variant="quadratic")
+
+
+def test_chunked_fit_equals_one_shot_fit():
+    runs, _ = synthetic_runs(n_train=9, n_tests=5, n_runs=6, n_steps=12, batch_size=3, seed=8)
+    one_shot = ridge_lib.split_effects(
+        ridge_lib.solve_ridge(ridge_lib.normal_equations(runs.curricula, runs.losses, 9, "linear"), 0.2),
+        "linear", 9)
+    chunked = ridge_lib.fit_ridge(runs.curricula, runs.losses, 9, "linear", 0.2, max_bytes=1)  # 1 test a chunk
+    np.testing.assert_allclose(chunked[0], one_shot[0], rtol=1e-10)
+    np.testing.assert_allclose(chunked[1], one_shot[1], rtol=1e-10)
