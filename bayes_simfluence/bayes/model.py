@@ -1,0 +1,221 @@
+"""Hierarchical Bayesian Simfluence-Linear as NumPyro models.
+
+On the standardised scale of :mod:`bayes_simfluence.bayes.data` (losses of test example ``m``
+divided by their typical size ``c_m``), one teacher-forced step of run ``r`` is
+
+    L_t - L_{t-1} = (sum_{i in c_t} a[m, i]) * L_{t-1} + sum_{i in c_t} B[m, i] + d[m, t] + eps,
+
+so ``alpha(c_t) = 1 + sum a`` and ``beta(c_t) = sum B + d_t``. Choices, and why:
+
+- **Centring** (``alpha = 1 + sum a``): a step whose examples have no effect keeps the loss,
+  whatever the batch size, so ragged batches need no special case (an empty slot adds 0) and
+  the prior centre ``a = B = 0`` means "no influence", not "forget the loss".
+- **Hierarchy over training examples**: ``a[m, i] ~ Normal(mu_a[m], s[m])`` and
+  ``B[m, i] ~ Normal(mu_B[m], s[m])`` with the population location ``mu`` and scale ``s``
+  learned per test example (weakly informative hyperpriors ``Normal(0, 0.1)`` and
+  ``HalfNormal(0.1)``: one example moving the loss by 10% of its size is already a lot).
+  Examples seen rarely shrink to the population. ``a`` and ``B`` share the scale ``s``: on the
+  standardised scale their features have the same units, and a single scale keeps the
+  collapsed marginal likelihood cheap (one eigendecomposition per test example serves every
+  hyperparameter value, see :mod:`bayes_simfluence.bayes.conjugate`).
+- **No pooling of effects across test examples.** Each test example's hyperparameters are
+  informed by ``n_train`` effects and ``runs * steps`` observations, so borrowing strength across
+  test examples changes little, while coupling them would turn ``tests`` independent
+  ``2 n_train``-dimensional problems into one ``2 n_train tests``-dimensional one and break the
+  chunking over test examples that keeps large problems in memory.
+- **Step component** (``step_component=True``): ``d[m, t]`` is a curriculum-independent change
+  of the loss at step ``t``, shared by every run, with a random-walk prior
+  ``d_1 ~ Normal(0, (kappa sigma)^2)``, ``d_t - d_{t-1} ~ Normal(0, (rho sigma)^2)``; its scales
+  are relative to the noise scale ``sigma[m]`` (so the prior is free of the loss units and the
+  collapsed likelihood stays cheap). With ``a = B = 0`` it is the mean trajectory; with
+  ``d = 0`` it is the plain model. The population locations are then fixed at 0: the step
+  component already carries what every batch does on average, and a free ``mu_B`` would be
+  confounded with it when batches are full.
+- **Noise**: ``Normal(0, sigma[m])`` or, with ``likelihood="student_t"``, ``StudentT(nu, 0,
+  sigma[m])`` for the spiky steps of real runs (not conjugate: SVI and NUTS only).
+  ``sigma[m] ~ HalfNormal(1)`` on the standardised scale.
+- **Positivity**: losses are modelled on their own scale, not on a log scale, because that is
+  the Simfluence recurrence and it keeps the likelihood linear-Gaussian. Nothing forces a
+  simulated loss to stay positive; with ``alpha`` near 1 and small ``beta`` trajectories stay
+  positive in practice, but predictive draws near zero loss can dip below 0 (we do not
+  truncate, which would break the conjugate path and bias the bands).
+- **Non-centred parameterisation** (``noncentred=True``, the default) of ``a`` and ``B`` through
+  ``LocScaleReparam``: removes the funnel between ``s`` and the effects for NUTS. The random
+  walk is always non-centred (innovations are the latent variables).
+- **Variants**: ``"additive"`` fixes ``a = 0`` (``alpha = 1``), ``"multiplicative"`` fixes
+  ``B = 0``; same code, one part absent.
+
+Plates are named ``test_example``, ``train_example``, ``run`` and ``step`` so ArviZ dims follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from jax import Array
+from numpyro.handlers import reparam
+from numpyro.infer.reparam import LocScaleReparam
+
+from bayes_simfluence.rollout import batch_sums
+
+VARIANTS = ("linear", "additive", "multiplicative")
+LIKELIHOODS = ("normal", "student_t")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Structure and hyperprior scales of the model (all on the standardised scale).
+
+    Attributes:
+        variant: ``"linear"``, ``"additive"`` (``a = 0``) or ``"multiplicative"`` (``B = 0``).
+        step_component: add the curriculum-independent random-walk step change ``d[m, t]``.
+        likelihood: ``"normal"`` or ``"student_t"``.
+        nu: degrees of freedom of the Student-t likelihood.
+        noncentred: non-centred ``a`` and ``B`` (better NUTS geometry with few observations).
+        location_prior: sd of the ``Normal(0, .)`` prior of the population locations ``mu_a``, ``mu_B``.
+        effect_scale_prior: scale of the ``HalfNormal`` prior of the population scale ``s``.
+        noise_prior: scale of the ``HalfNormal`` prior of the noise scale ``sigma``.
+        drift_initial: ``kappa``: sd of the first step change, in units of ``sigma``.
+        drift_smoothness: ``rho``: sd of the step-to-step change of ``d``, in units of ``sigma``.
+    """
+
+    variant: str = "linear"
+    step_component: bool = True
+    likelihood: str = "normal"
+    nu: float = 4.0
+    noncentred: bool = True
+    location_prior: float = 0.1
+    effect_scale_prior: float = 0.1
+    noise_prior: float = 1.0
+    drift_initial: float = 10.0
+    drift_smoothness: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        for name in ("nu", "location_prior", "effect_scale_prior", "noise_prior", "drift_initial",
+                     "drift_smoothness"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+
+    @property
+    def has_multiplicative(self) -> bool:
+        return self.variant != "additive"
+
+    @property
+    def has_additive(self) -> bool:
+        return self.variant != "multiplicative"
+
+    @property
+    def has_locations(self) -> bool:
+        """Population locations are free only without the step component (which absorbs them)."""
+        return not self.step_component
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _effect(name: str, location: Array, scale: Array, n_tests: int, n_train: int) -> Array:
+    """``[tests, n_train]`` effects ``Normal(location[m], scale[m])``."""
+    with numpyro.plate("test_example", n_tests, dim=-2), numpyro.plate("train_example", n_train, dim=-1):
+        return numpyro.sample(name, dist.Normal(location[:, None], scale[:, None]))
+
+
+def effects_model(n_tests: int, n_train: int, n_steps: int, config: ModelConfig) -> dict[str, Array]:
+    """The prior over every parameter; returns the effects on the standardised scale.
+
+    Returns:
+        ``{"a": [tests, n_train], "B": [tests, n_train], "drift": [tests, steps] or None,
+        "sigma": [tests]}`` (absent parts as zeros).
+    """
+    zeros_tests = jnp.zeros(n_tests)
+    with numpyro.plate("test_example", n_tests, dim=-1):
+        sigma = numpyro.sample("noise_scale", dist.HalfNormal(config.noise_prior))
+        scale = numpyro.sample("effect_scale", dist.HalfNormal(config.effect_scale_prior))
+        mu_a = mu_b = zeros_tests
+        if config.has_locations and config.has_multiplicative:
+            mu_a = numpyro.sample("a_location", dist.Normal(0.0, config.location_prior))
+        if config.has_locations and config.has_additive:
+            mu_b = numpyro.sample("B_location", dist.Normal(0.0, config.location_prior))
+    zeros = jnp.zeros((n_tests, n_train))
+    a = _effect("a", mu_a, scale, n_tests, n_train) if config.has_multiplicative else zeros
+    b = _effect("B", mu_b, scale, n_tests, n_train) if config.has_additive else zeros
+    drift = None
+    if config.step_component:
+        with numpyro.plate("test_example", n_tests, dim=-2), numpyro.plate("step", n_steps, dim=-1):
+            innovation = numpyro.sample("drift_innovation", dist.Normal(0.0, 1.0))
+        walk = jnp.concatenate([config.drift_initial * innovation[:, :1],
+                                config.drift_smoothness * innovation[:, 1:]], axis=1)
+        drift = numpyro.deterministic("step_drift", sigma[:, None] * jnp.cumsum(walk, axis=1))
+    return {"a": a, "B": b, "drift": drift, "sigma": sigma}
+
+
+def step_mean(a: Array, b: Array, drift: Array | None, curricula: Array, previous: Array) -> Array:
+    """``[runs, steps, tests]`` expected change ``(sum a) L_{t-1} + sum B + d_t``.
+
+    Args:
+        a, b: ``[tests, n_train]``; drift: ``[tests, steps]`` or None;
+        curricula: ``[runs, steps, batch]``; previous: ``[runs, steps, tests]``.
+    """
+    mean = batch_sums(a, curricula) * previous + batch_sums(b, curricula)
+    if drift is not None:
+        mean = mean + drift.T[None]
+    return mean
+
+
+def noise_distribution(sigma: Array, config: ModelConfig) -> dist.Distribution:
+    """The per-step noise with scale ``sigma`` (broadcast over ``[runs, steps, tests]``)."""
+    if config.likelihood == "student_t":
+        return dist.StudentT(config.nu, 0.0, sigma)
+    return dist.Normal(0.0, sigma)
+
+
+def reparameterised(fn: Any, config: ModelConfig) -> Any:
+    """``fn`` with ``a`` and ``B`` non-centred when ``config.noncentred``."""
+    if not config.noncentred:
+        return fn
+    return reparam(fn, config={"a": LocScaleReparam(0.0), "B": LocScaleReparam(0.0)})
+
+
+def simfluence_model(curricula: Array, previous: Array, change: Array | None, n_train: int,
+                     config: ModelConfig) -> None:
+    """The full model: priors (:func:`effects_model`) and the teacher-forced likelihood.
+
+    Args:
+        curricula: ``[runs, steps, batch]``; previous: ``[runs, steps, tests]`` standardised
+            ``L_{t-1}``; change: ``[runs, steps, tests]`` observed standardised changes (None to
+            draw them); n_train: training examples.
+    """
+    n_runs, n_steps, n_tests = previous.shape
+    params = effects_model(n_tests, n_train, n_steps, config)
+    mean = step_mean(params["a"], params["B"], params["drift"], curricula, previous)
+    noise = noise_distribution(params["sigma"], config)
+    with numpyro.plate("run", n_runs, dim=-3), numpyro.plate("step", n_steps, dim=-2), \
+            numpyro.plate("test_example", n_tests, dim=-1):
+        numpyro.sample("y", _shifted(noise, mean), obs=change)
+
+
+def _shifted(noise: dist.Distribution, mean: Array) -> dist.Distribution:
+    if isinstance(noise, dist.StudentT):
+        return dist.StudentT(noise.df, mean, noise.scale)
+    return dist.Normal(mean, noise.scale)
+
+
+def model_for(config: ModelConfig) -> Any:
+    """The full model, reparameterised as ``config`` asks (what NUTS and SVI run)."""
+    return reparameterised(simfluence_model, config)
+
+
+def prior_for(config: ModelConfig) -> Any:
+    """The prior part only (no likelihood), reparameterised like :func:`model_for`.
+
+    Used to turn guide or chain draws of the latent sites into ``a``, ``B`` and the drift
+    without evaluating the likelihood.
+    """
+    return reparameterised(effects_model, config)
