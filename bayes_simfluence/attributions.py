@@ -1,0 +1,240 @@
+"""Per-training-example attributions with posterior uncertainty.
+
+Two kinds of effect of training example ``i`` on test example ``m``:
+
+- its **parameters**: the multiplicative effect ``a[m, i]`` (``alpha = 1 + sum a`` over a batch)
+  and the additive effect ``B[m, i]``, and their combination, the **one-step effect**
+  ``a[m, i] * L + B[m, i]``: how much one appearance of ``i`` changes the loss when it is ``L``;
+- its **effect on the final loss under a curriculum**: simulated final loss with the
+  curriculum minus the final loss with ``i`` left out of it, paired draw by draw.
+
+Negative effects help (lower the loss). Rankings use a posterior quantity that accounts for
+uncertainty: by default the conservative end of the credible interval (the upper bound for
+"helpful", the lower bound for "harmful"), or ``P(effect < 0)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from bayes_simfluence.collect.curricula import compact
+from bayes_simfluence.compare import DEFAULT_DRAWS, as_curricula, simulate_draws_of
+from bayes_simfluence.runs import EMPTY_SLOT
+from bayes_simfluence.simulators import Simulator
+
+RANKINGS = ("bound", "probability", "mean")
+#: bytes of simulated trajectories held at once by :func:`final_loss_effects`.
+MEMORY_BUDGET = 256 * 2**20
+
+
+class EffectDraws(NamedTuple):
+    """Posterior draws of the per-example effects (one draw for a point simulator).
+
+    Attributes:
+        multiplicative: ``[draws, tests, n_train]`` ``a``: ``alpha(c_t) = 1 + sum_{i in c_t} a_i``.
+        additive: ``[draws, tests, n_train]`` ``B``: ``beta(c_t) = sum_{i in c_t} B_i``.
+    """
+
+    multiplicative: np.ndarray
+    additive: np.ndarray
+
+
+def effect_draws(simulator: Simulator, n_draws: int = DEFAULT_DRAWS, seed: int = 0) -> EffectDraws:
+    """The effects of a fitted simulator in the centred form ``alpha = 1 + sum a``.
+
+    Bayesian simulators give ``n_draws`` posterior draws through their ``effect_draws``
+    accessor; Simfluence point simulators give one draw, with the paper's ``A`` centred as
+    ``a = A - 1 / batch`` (so a full batch of ``a = 0`` keeps the loss) and ``a = 0`` for the
+    additive variant.
+    """
+    if hasattr(simulator, "effect_draws"):
+        multiplicative, additive = simulator.effect_draws(n_draws, seed=seed)
+        return EffectDraws(np.asarray(multiplicative, dtype=np.float64), np.asarray(additive, dtype=np.float64))
+    if getattr(simulator, "additive", None) is not None and getattr(simulator, "multiplicative", None) is not None:
+        A = np.asarray(simulator.multiplicative, dtype=np.float64)
+        if getattr(simulator, "variant", "linear") == "additive":
+            centred = np.zeros_like(A)
+        else:
+            centred = A - 1.0 / simulator.batch_size
+        return EffectDraws(centred[None], np.asarray(simulator.additive, dtype=np.float64)[None])
+    raise ValueError(f"simulator '{getattr(simulator, 'name', type(simulator).__name__)}' has no per-example "
+                     "effects (attributions need a Simfluence or Bayesian simulator)")
+
+
+@dataclass(frozen=True)
+class ExampleEffects:
+    """Posterior draws of one effect per training example, with intervals and rankings.
+
+    Attributes:
+        draws: ``[draws, examples]`` effect draws; negative = lowers the loss (helpful).
+        examples: ``[examples]`` training-example indices the columns refer to.
+        description: what the effect is (for tables and plot labels).
+        level: credibility of the intervals.
+        train_ids: optional ``[n_train]`` names of all training examples.
+    """
+
+    draws: np.ndarray
+    examples: np.ndarray
+    description: str
+    level: float = 0.9
+    train_ids: np.ndarray | None = None
+
+    @property
+    def mean(self) -> np.ndarray:
+        """``[examples]`` posterior mean."""
+        return self.draws.mean(axis=0)
+
+    def interval(self, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(lower, upper)``, each ``[examples]``: central credible interval (default ``self.level``)."""
+        level = self.level if level is None else level
+        lower, upper = np.quantile(self.draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        return lower, upper
+
+    @property
+    def prob_helpful(self) -> np.ndarray:
+        """``[examples]`` ``P(effect < 0)``."""
+        return (self.draws < 0).mean(axis=0)
+
+    @property
+    def prob_harmful(self) -> np.ndarray:
+        """``[examples]`` ``P(effect > 0)``."""
+        return (self.draws > 0).mean(axis=0)
+
+    def ranking(self, helpful: bool = True, by: str = "bound") -> np.ndarray:
+        """Column positions from most to least helpful (or harmful).
+
+        ``by``: ``"bound"`` ranks by the conservative interval end (upper bound ascending for
+        helpful, lower bound descending for harmful: "at least this helpful with probability
+        (1 + level) / 2"); ``"probability"`` by ``P(effect < 0)`` (or ``> 0``), ties broken by
+        the bound; ``"mean"`` by the posterior mean alone.
+        """
+        if by not in RANKINGS:
+            raise ValueError(f"by must be one of {RANKINGS}, got {by!r}")
+        lower, upper = self.interval()
+        sign = 1.0 if helpful else -1.0
+        bound = upper if helpful else lower
+        if by == "bound":
+            return np.lexsort((sign * self.mean, sign * bound))
+        if by == "probability":
+            probability = self.prob_helpful if helpful else self.prob_harmful
+            return np.lexsort((sign * bound, -probability))
+        return np.argsort(sign * self.mean, kind="stable")
+
+    def top(self, k: int = 10, helpful: bool = True, by: str = "bound") -> np.ndarray:
+        """``[k]`` training-example indices of the ``k`` most helpful (or harmful) examples."""
+        return self.examples[self.ranking(helpful, by)[:k]]
+
+    def name(self, example: int) -> str:
+        return str(self.train_ids[example]) if self.train_ids is not None else f"train_{example}"
+
+    def records(self, k: int | None = None, helpful: bool = True, by: str = "bound") -> list[dict[str, Any]]:
+        """Ranked rows ``{example, id, mean, lower, upper, prob_helpful, prob_harmful}``."""
+        order = self.ranking(helpful, by)[: (k if k is not None else len(self.examples))]
+        lower, upper = self.interval()
+        return [{"example": int(self.examples[j]), "id": self.name(int(self.examples[j])),
+                 "mean": float(self.mean[j]), "lower": float(lower[j]), "upper": float(upper[j]),
+                 "prob_helpful": float(self.prob_helpful[j]), "prob_harmful": float(self.prob_harmful[j])}
+                for j in order]
+
+    def to_dict(self, k: int = 10, by: str = "bound") -> dict[str, Any]:
+        return {"description": self.description, "level": self.level, "draws": int(self.draws.shape[0]),
+                "ranked_by": by, "top_helpful": self.records(k, True, by), "top_harmful": self.records(k, False, by)}
+
+    def table(self, k: int = 10, by: str = "bound") -> str:
+        """The top ``k`` helpful and harmful examples with means, intervals and probabilities."""
+        percent = f"{100 * self.level:g}%"
+        lines = [f"{self.description} ({self.draws.shape[0]} draws; ranked by {by}; negative = helpful)"]
+        for helpful in (True, False):
+            lines.append(f"top {'helpful' if helpful else 'harmful'}:")
+            lines.append(f"  {'id':<20}{'mean':>11}{percent + ' interval':>26}{'P(<0)':>8}{'P(>0)':>8}")
+            for row in self.records(k, helpful, by):
+                lines.append(f"  {row['id'][:20]:<20}{row['mean']:>+11.3e}  [{row['lower']:+.3e}, "
+                             f"{row['upper']:+.3e}]{row['prob_helpful']:>8.3f}{row['prob_harmful']:>8.3f}")
+        return "\n".join(lines)
+
+
+def _check_test(test: int, n_tests: int) -> int:
+    if not 0 <= int(test) < n_tests:
+        raise ValueError(f"test example {test} out of range for {n_tests} test examples")
+    return int(test)
+
+
+def one_step_effects(effects: EffectDraws, test: int, loss: float, level: float = 0.9,
+                     train_ids: Sequence[str] | None = None) -> ExampleEffects:
+    """Effect of one appearance of each training example on ``test``'s loss when it equals ``loss``:
+    ``a[:, test, i] * loss + B[:, test, i]`` (``[draws, n_train]``)."""
+    test = _check_test(test, effects.additive.shape[1])
+    draws = effects.multiplicative[:, test] * loss + effects.additive[:, test]
+    return ExampleEffects(draws, np.arange(draws.shape[1]), f"one-step effect on test {test} at loss {loss:.4g}",
+                          level, None if train_ids is None else np.asarray(train_ids))
+
+
+def parameter_effects(effects: EffectDraws, test: int, part: str, level: float = 0.9,
+                      train_ids: Sequence[str] | None = None) -> ExampleEffects:
+    """Posterior of the ``"multiplicative"`` (``a``) or ``"additive"`` (``B``) effect of every
+    training example on ``test``."""
+    if part not in EffectDraws._fields:
+        raise ValueError(f"part must be one of {EffectDraws._fields}, got {part!r}")
+    values = getattr(effects, part)
+    test = _check_test(test, values.shape[1])
+    return ExampleEffects(values[:, test], np.arange(values.shape[2]), f"{part} effect on test {test}", level,
+                          None if train_ids is None else np.asarray(train_ids))
+
+
+def _final_losses(simulator: Simulator, curricula: np.ndarray, initial_losses: np.ndarray, tests: np.ndarray,
+                  n_draws: int, seed: int) -> np.ndarray:
+    """``[draws, runs]`` noise-free final loss of each curriculum, averaged over ``tests``."""
+    start = np.broadcast_to(initial_losses, (curricula.shape[0], initial_losses.shape[0]))
+    draws = simulate_draws_of(simulator, curricula, start, n_draws, seed, include_noise=False)
+    return draws[:, :, -1][..., tests].mean(-1)
+
+
+def final_loss_effects(simulator: Simulator, curriculum: Any, initial_losses: np.ndarray,
+                       examples: Sequence[int] | None = None, tests: Sequence[int] | None = None,
+                       n_draws: int = DEFAULT_DRAWS, seed: int = 0, level: float = 0.9,
+                       train_ids: Sequence[str] | None = None) -> ExampleEffects:
+    """Effect of each training example on the final loss under ``curriculum``, paired by draw.
+
+    The curriculum with every example of ``examples`` left out in turn (all its occurrences)
+    and the curriculum itself are simulated in one call (same parameter draws, no noise), and
+    ``effect_i = final_loss(curriculum) - final_loss(curriculum without i)``, the final loss
+    averaged over ``tests`` (default all).
+
+    Args:
+        curriculum: one curriculum ``[steps, batch]`` or a list of batches.
+        initial_losses: ``[tests]`` losses before training.
+        examples: training examples to attribute (default: every example in the curriculum).
+
+    Returns:
+        :class:`ExampleEffects` with ``draws [draws, examples]``.
+    """
+    base = as_curricula(curriculum, "curriculum")
+    if base.shape[0] != 1:
+        raise ValueError(f"final_loss_effects takes one curriculum [steps, batch], got {base.shape[0]} runs")
+    initial_losses = np.asarray(initial_losses, dtype=np.float64)
+    if initial_losses.ndim != 1:
+        raise ValueError(f"initial_losses must be [tests], got shape {initial_losses.shape}")
+    n_tests = initial_losses.shape[0]
+    tests = np.arange(n_tests) if tests is None else np.asarray(tests, dtype=np.int64).reshape(-1)
+    if tests.size == 0 or tests.min() < 0 or tests.max() >= n_tests:
+        raise ValueError(f"tests: indices {tests.tolist()} out of range for {n_tests} test examples")
+    present = np.unique(base[base >= 0])
+    examples = present if examples is None else np.asarray(examples, dtype=np.int64).reshape(-1)
+    missing = np.setdiff1d(examples, present)
+    if missing.size:
+        raise ValueError(f"examples {missing.tolist()[:10]} do not appear in the curriculum; leaving them out "
+                         "changes nothing")
+    without = compact(np.where(base == examples[:, None, None], EMPTY_SLOT, base))  # [examples, steps, batch]
+    # Same seed for every chunk: the same parameter draws, so the differences stay paired.
+    chunk = max(1, int(MEMORY_BUDGET // (8 * n_draws * (base.shape[1] + 1) * n_tests)))
+    final = np.concatenate([
+        _final_losses(simulator, part, initial_losses, tests, n_draws, seed)
+        for part in [base] + [without[i: i + chunk] for i in range(0, len(examples), chunk)]
+    ], axis=1)  # [draws, 1 + examples]
+    description = (f"effect on the final loss (mean over {tests.size} test example(s)) of keeping each example "
+                   f"in a {base.shape[1]}-step curriculum")
+    return ExampleEffects(final[:, :1] - final[:, 1:], examples, description, level,
+                          None if train_ids is None else np.asarray(train_ids))

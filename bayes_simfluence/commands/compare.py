@@ -1,0 +1,162 @@
+"""``bayes-simfluence compare``: which curriculum gives the lower test loss, with what probability?"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bayes_simfluence import counterfactuals
+from bayes_simfluence.compare import DEFAULT_DRAWS, REDUCTIONS, Comparison, as_curricula, compare, pad_width
+from bayes_simfluence.methods import load_simulator
+from bayes_simfluence.plots import plot_comparison
+from bayes_simfluence.runs import Runs
+
+EXAMPLES = """examples:
+  # two curricula (runs-format files; FILE:K picks run K, FILE alone averages over its runs)
+  bayes-simfluence compare --simulator posterior.nc --curricula heldout.npz:0 --curricula heldout.npz:1
+  # a hand-written curriculum: a JSON list of batches, e.g. [[3, 17], [4, 5, 6], [8]]
+  bayes-simfluence compare --simulator posterior.nc --curricula heldout.npz:0 --curricula mine.json \\
+      --tests 0,2,5 --plot compare.png --json
+  # one call each: leave examples out, repeat them, insert one at steps, re-order easy-to-hard
+  bayes-simfluence compare --simulator posterior.nc --curricula heldout.npz:0 --leave-out 3,17
+  bayes-simfluence compare --simulator posterior.nc --curricula heldout.npz:0 --repeat 3,17 --times 3
+  bayes-simfluence compare --simulator posterior.nc --curricula heldout.npz:0 --insert 17 --at-steps 0,40,80
+  bayes-simfluence compare --simulator posterior.nc --curricula heldout.npz:0 --reorder
+
+Curricula: a runs-format .npz (its losses[first run, 0] are the initial losses unless
+--initial-losses is given), a .json list of batches (or a list of such lists: several runs,
+averaged), or a .npy int array [steps, batch] / [runs, steps, batch]; -1 marks an empty slot.
+Differences are paired draw by draw and are 'candidate - reference' (negative: lower loss).
+"""
+
+
+def parse_indices(text: str) -> list[int]:
+    """``"3,17"`` -> ``[3, 17]``."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+
+
+def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Curricula named on the command line: ``PATH`` or ``PATH:RUNS`` (runs-format files only).
+
+    Returns:
+        ``(curricula [runs, steps, batch], initial_losses [tests] or None, label)``.
+    """
+    head, _, tail = spec.rpartition(":")
+    path_text, runs_text = (head, tail) if head and tail.replace(",", "").isdigit() else (spec, "")
+    path = Path(path_text)
+    if not path.exists():
+        raise ValueError(f"{path}: no such curricula file")
+    label = path.stem + (f":{runs_text}" if runs_text else "")
+    if path.suffix == ".npz":
+        runs = Runs.load(path)
+        if runs_text:
+            runs = runs.select_runs(parse_indices(runs_text))
+        return runs.curricula, runs.losses[0, 0], label
+    if runs_text:
+        raise ValueError(f"{spec}: ':RUNS' selects runs of a runs-format .npz file only")
+    if path.suffix == ".json":
+        batches = json.loads(path.read_text())
+        if not isinstance(batches, list) or not batches:
+            raise ValueError(f"{path}: expected a JSON list of batches (lists of training-example indices)")
+        nested = all(isinstance(batch, list) and batch and isinstance(batch[0], list) for batch in batches)
+        if not nested:
+            return as_curricula(batches, str(path)), None, label
+        runs = [as_curricula(curriculum, str(path)) for curriculum in batches]
+        if len({run.shape[1] for run in runs}) > 1:
+            raise ValueError(f"{path}: the runs of one candidate must have the same number of steps")
+        width = max(run.shape[2] for run in runs)
+        return np.concatenate([pad_width(run, width) for run in runs]), None, label
+    if path.suffix == ".npy":
+        return as_curricula(np.load(path, allow_pickle=False), str(path)), None, label
+    raise ValueError(f"{path}: curricula must be a runs-format .npz, a .json list of batches or a .npy array")
+
+
+def read_initial_losses(path: Path) -> np.ndarray:
+    """``[tests]`` initial losses from a runs-format .npz (``losses[0, 0]``), a .json list or a .npy."""
+    if not path.exists():
+        raise ValueError(f"{path}: no such initial-losses file")
+    if path.suffix == ".npz":
+        return Runs.load(path).losses[0, 0]
+    if path.suffix == ".json":
+        return np.asarray(json.loads(path.read_text()), dtype=np.float64)
+    return np.load(path, allow_pickle=False).astype(np.float64)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare", help="compare curricula: posterior of the loss difference and P(best)",
+        description="Simulate candidate curricula with a fitted (Bayesian) simulator and compare their final "
+                    "and mean test loss draw by draw.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--simulator", type=Path, required=True, help="file written by 'fit' (a posterior or a point fit)")
+    parser.add_argument("--curricula", action="append", required=True, metavar="FILE[:RUNS]",
+                        help="a candidate curriculum, repeatable (first = reference)")
+    parser.add_argument("--label", action="append", default=[], help="name of each --curricula, repeatable")
+    parser.add_argument("--initial-losses", type=Path, help="initial test losses (.npz runs file, .json or .npy)")
+    parser.add_argument("--tests", type=parse_indices, help="test-example indices to compare on (default all)")
+    parser.add_argument("--reduction", choices=REDUCTIONS, default="mean", help="over the test examples (default mean)")
+    parser.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help=f"posterior draws (default {DEFAULT_DRAWS})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    parser.add_argument("--level", type=float, default=0.9, help="credibility of the intervals (default 0.9)")
+    parser.add_argument("--noise", action="store_true", help="include the simulator's noise in the draws")
+    shortcuts = parser.add_argument_group("counterfactual shortcuts (edit the first --curricula, a single run)")
+    edits = shortcuts.add_mutually_exclusive_group()
+    edits.add_argument("--leave-out", type=parse_indices, metavar="I,J", help="leave these training examples out")
+    edits.add_argument("--repeat", type=parse_indices, metavar="I,J", help="show these examples --times times")
+    edits.add_argument("--insert", type=int, metavar="I", help="add this example at each of --at-steps")
+    edits.add_argument("--reorder", action="store_true", help="random vs easy-to-hard vs hard-to-easy orderings")
+    shortcuts.add_argument("--times", type=int, default=2, help="with --repeat (default 2)")
+    shortcuts.add_argument("--at-steps", type=parse_indices, metavar="S,T", help="with --insert: 0-based steps")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write the comparison figure")
+    parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    parser.set_defaults(func=run)
+
+
+def _comparison(args: argparse.Namespace) -> Comparison:
+    simulator = load_simulator(args.simulator)
+    read = [read_curricula(spec) for spec in args.curricula]
+    initial = read_initial_losses(args.initial_losses) if args.initial_losses else next(
+        (losses for _, losses, _ in read if losses is not None), None)
+    if initial is None:
+        raise ValueError("no initial losses: give --initial-losses, or at least one runs-format .npz curricula file")
+    options = dict(tests=args.tests, reduction=args.reduction, n_draws=args.draws, seed=args.seed,
+                   level=args.level, include_noise=args.noise)
+    shortcut = args.leave_out or args.repeat or args.insert is not None or args.reorder
+    if not shortcut:
+        if len(read) < 2:
+            raise ValueError("give two or more --curricula, or one with a shortcut (--leave-out, --repeat, --insert, --reorder)")
+        labels = args.label or [label for _, _, label in read]
+        return compare(simulator, [curricula for curricula, _, _ in read], initial, labels=labels, **options)
+    if len(read) != 1 or read[0][0].shape[0] != 1:
+        raise ValueError("a shortcut edits one curriculum: give exactly one --curricula with one run (e.g. FILE.npz:0)")
+    curriculum = read[0][0][0]
+    if args.leave_out:
+        return counterfactuals.compare_leave_out(simulator, curriculum, args.leave_out, initial, **options)
+    if args.repeat:
+        return counterfactuals.compare_repeat(simulator, curriculum, args.repeat, initial, times=args.times, **options)
+    if args.insert is not None:
+        if not args.at_steps:
+            raise ValueError("--insert needs --at-steps S,T")
+        return counterfactuals.compare_insert(simulator, curriculum, args.insert, args.at_steps, initial, **options)
+    return counterfactuals.compare_orderings(simulator, curriculum, initial, **options)
+
+
+def run(args: argparse.Namespace) -> int:
+    comparison = _comparison(args)
+    if args.json:
+        print(json.dumps(comparison.to_dict(), indent=2))
+    else:
+        print(comparison.summary())
+    if args.plot:
+        args.plot.parent.mkdir(parents=True, exist_ok=True)
+        plot_comparison(comparison).savefig(args.plot, dpi=150)
+        if not args.json:
+            print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,103 @@
+"""``bayes-simfluence plot``: trajectory bands on logged runs, and per-example attributions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bayes_simfluence import attributions
+from bayes_simfluence.commands.compare import parse_indices, read_curricula
+from bayes_simfluence.compare import DEFAULT_DRAWS, simulate_draws_of
+from bayes_simfluence.methods import load_simulator
+from bayes_simfluence.plots import plot_effects, plot_trajectories
+from bayes_simfluence.runs import Runs
+
+EXAMPLES = """examples:
+  # observed vs simulated (median, 50% and 90% predictive bands) for 2 runs x 3 test examples
+  bayes-simfluence plot trajectories --simulator posterior.nc --runs heldout.npz --run 0,1 --test 0,1,2 \\
+      --plot trajectories.png
+  # which training examples lowered test example 4's final loss under run 0's curriculum?
+  bayes-simfluence plot attributions --simulator posterior.nc --curricula heldout.npz:0 --test 4 --plot attr.png
+  # the posterior of the per-example parameters: one-step effect a * L0 + B (or --part additive)
+  bayes-simfluence plot attributions --simulator posterior.nc --curricula heldout.npz:0 --test 4 --part one-step \\
+      --plot attr.png --json
+
+Attributions are ranked by the conservative end of the 90% interval (--by bound), by
+P(effect < 0) (--by probability) or by the posterior mean alone (--by mean).
+"""
+
+PARTS = ("final-loss", "one-step", "additive", "multiplicative")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plot", help="figures: trajectory bands, attributions",
+        description="Write a figure (PNG, PDF or SVG by extension).",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
+    trajectories = kinds.add_parser("trajectories", help="observed vs simulated trajectories with bands")
+    trajectories.add_argument("--runs", type=Path, required=True, help="runs-format file (e.g. held-out runs)")
+    trajectories.add_argument("--run", type=parse_indices, default=[0], help="runs to show (default 0)")
+    trajectories.add_argument("--test", type=parse_indices, default=[0], help="test examples to show (default 0)")
+    effects = kinds.add_parser("attributions", help="top helpful / harmful training examples with intervals")
+    effects.add_argument("--curricula", required=True, metavar="FILE[:RUN]",
+                         help="one curriculum (and, for .npz, the initial losses)")
+    effects.add_argument("--test", type=parse_indices, default=None,
+                         help="test example(s); final-loss effects average over them (default all); "
+                              "the other parts take one")
+    effects.add_argument("--part", choices=PARTS, default="final-loss",
+                         help="final-loss effect under the curriculum (default), one-step effect a*L0+B, or a or B")
+    effects.add_argument("--top", type=int, default=10, help="how many helpful and harmful examples (default 10)")
+    effects.add_argument("--by", choices=attributions.RANKINGS, default="bound", help="ranking (default bound)")
+    effects.add_argument("--json", action="store_true", help="print the ranked examples as JSON")
+    for kind in (trajectories, effects):
+        kind.add_argument("--simulator", type=Path, required=True, help="file written by 'fit'")
+        kind.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help=f"posterior draws (default {DEFAULT_DRAWS})")
+        kind.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+        kind.add_argument("--plot", type=Path, required=True, metavar="FILE.png", help="where to write the figure")
+        kind.set_defaults(func=run)
+
+
+def _trajectories(args: argparse.Namespace):
+    simulator = load_simulator(args.simulator)
+    runs = Runs.load(args.runs)
+    draws = simulate_draws_of(simulator, runs.curricula, runs.initial_losses, args.draws, args.seed,
+                              include_noise=True)
+    return plot_trajectories(draws, runs.losses, args.run, args.test, test_ids=runs.test_ids,
+                             title=f"{getattr(simulator, 'name', 'simulator')} on {args.runs.name}")
+
+
+def _attributions(args: argparse.Namespace):
+    simulator = load_simulator(args.simulator)
+    curricula, initial, _ = read_curricula(args.curricula)
+    if curricula.shape[0] != 1:
+        raise ValueError("attributions take one curriculum: pick a run with FILE.npz:K")
+    if initial is None:
+        raise ValueError("attributions need the initial losses: give the curriculum as a runs-format .npz")
+    if args.part == "final-loss":
+        effects = attributions.final_loss_effects(simulator, curricula[0], initial, tests=args.test,
+                                                  n_draws=args.draws, seed=args.seed)
+    else:
+        if not args.test or len(args.test) != 1:
+            raise ValueError(f"--part {args.part} takes one --test")
+        draws = attributions.effect_draws(simulator, args.draws, args.seed)
+        test = args.test[0]
+        if not 0 <= test < initial.shape[0]:
+            raise ValueError(f"test example {test} out of range for {initial.shape[0]} test examples")
+        effects = (attributions.one_step_effects(draws, test, float(initial[test])) if args.part == "one-step"
+                   else attributions.parameter_effects(draws, test, args.part))
+    print(json.dumps(effects.to_dict(args.top, args.by), indent=2) if args.json else effects.table(args.top, args.by))
+    return plot_effects(effects, args.top, args.by)
+
+
+def run(args: argparse.Namespace) -> int:
+    figure = _trajectories(args) if args.kind == "trajectories" else _attributions(args)
+    args.plot.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.plot, dpi=150)
+    if not getattr(args, "json", False):
+        print(f"wrote {args.plot}")
+    return 0

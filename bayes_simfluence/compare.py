@@ -1,0 +1,253 @@
+"""Compare candidate curricula under a (Bayesian) simulator, draw by draw.
+
+Every candidate is simulated from the same initial losses with the same seed, so draw ``d`` of
+every candidate uses the same parameter draw: differences between candidates are computed per
+draw (paired), never from marginal bands. A candidate is one curriculum ``[steps, batch]``, a
+ragged list of batches, or a set of curricula ``[runs, steps, batch]`` (e.g. several random
+orderings) whose losses are averaged over its runs. Candidates may differ in batch width (padded
+with ``-1``) and in number of steps; each is summarised by
+
+- ``final``: the loss after its last step;
+- ``mean``: the mean loss over its own steps ``1..T`` (step 0, shared by all, excluded);
+
+both reduced over the chosen test examples (mean or sum). Lower is better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from bayes_simfluence.collect.curricula import from_batches
+from bayes_simfluence.runs import EMPTY_SLOT, RunsFormatError
+from bayes_simfluence.simulators import Simulator
+
+QUANTITIES = ("final", "mean")
+REDUCTIONS = ("mean", "sum")
+#: posterior predictive draws used when the caller does not say.
+DEFAULT_DRAWS = 400
+
+
+def as_curricula(candidate: Any, label: str = "candidate") -> np.ndarray:
+    """One candidate as ``[runs, steps, batch]`` int64.
+
+    Accepts an int array ``[steps, batch]`` or ``[runs, steps, batch]``, or a list of batches
+    (lists of example indices, possibly of different lengths; shorter ones padded with ``-1``).
+    """
+    if isinstance(candidate, np.ndarray):
+        array = candidate
+    elif isinstance(candidate, (list, tuple)) and candidate and all(
+            isinstance(batch, (list, tuple, np.ndarray)) and np.ndim(batch) == 1 for batch in candidate):
+        array = from_batches(candidate)
+    else:
+        array = np.asarray(candidate)
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or 0 in array.shape:
+        raise ValueError(f"{label}: a curriculum must be [steps, batch], [runs, steps, batch] or a list of "
+                         f"batches, got shape {np.shape(array)}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(f"{label}: curriculum indices must be integers, got dtype {array.dtype}")
+    if np.any(array < EMPTY_SLOT):
+        raise ValueError(f"{label}: curriculum holds index {int(array.min())}; indices must be >= 0 "
+                         "or -1 for an empty slot")
+    return array.astype(np.int64)
+
+
+def pad_width(curricula: np.ndarray, width: int) -> np.ndarray:
+    """``[runs, steps, batch]`` padded on the right with ``-1`` to ``[runs, steps, width]``."""
+    extra = width - curricula.shape[2]
+    if extra < 0:
+        raise ValueError(f"cannot pad a batch of width {curricula.shape[2]} to {width}")
+    return np.pad(curricula, ((0, 0), (0, 0), (0, extra)), constant_values=EMPTY_SLOT)
+
+
+def simulate_draws_of(simulator: Simulator, curricula: np.ndarray, initial_losses: np.ndarray,
+                      n_draws: int, seed: int, include_noise: bool) -> np.ndarray:
+    """``[draws, runs, steps + 1, tests]`` from a probabilistic simulator; a point one gives 1 draw."""
+    if hasattr(simulator, "simulate_draws"):
+        draws = simulator.simulate_draws(curricula, initial_losses, n_draws, seed=seed,
+                                         include_noise=include_noise)
+    else:
+        draws = simulator.simulate(curricula, initial_losses)[None]
+    return np.asarray(draws, dtype=np.float64)
+
+
+def _interval(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Central ``level`` interval over axis 0."""
+    lower, upper = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return lower, upper
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Paired posterior draws of each candidate's loss.
+
+    Attributes:
+        labels: ``[candidates]`` names.
+        tests: ``[tests]`` indices of the test examples the losses are reduced over.
+        reduction: ``"mean"`` or ``"sum"`` over those test examples.
+        trajectories: one ``[draws, steps_k + 1]`` reduced loss trajectory per candidate
+            (averaged over the candidate's runs).
+        steps: ``[candidates]`` number of steps of each candidate.
+        reference: index of the candidate differences are taken against.
+        level: credibility of the reported intervals.
+        include_noise: whether the draws include the simulator's noise (else parameter uncertainty only).
+    """
+
+    labels: tuple[str, ...]
+    tests: np.ndarray
+    reduction: str
+    trajectories: tuple[np.ndarray, ...]
+    steps: np.ndarray
+    reference: int = 0
+    level: float = 0.9
+    include_noise: bool = False
+
+    @property
+    def n_draws(self) -> int:
+        return int(self.trajectories[0].shape[0])
+
+    def losses(self, quantity: str = "final") -> np.ndarray:
+        """``[draws, candidates]`` final-step loss or mean loss over each candidate's steps."""
+        if quantity == "final":
+            return np.stack([trajectory[:, -1] for trajectory in self.trajectories], axis=1)
+        if quantity == "mean":
+            return np.stack([trajectory[:, 1:].mean(axis=1) for trajectory in self.trajectories], axis=1)
+        raise ValueError(f"quantity must be one of {QUANTITIES}, got {quantity!r}")
+
+    def differences(self, quantity: str = "final") -> np.ndarray:
+        """``[draws, candidates]`` paired difference ``loss_k - loss_reference`` (negative: k is better)."""
+        losses = self.losses(quantity)
+        return losses - losses[:, self.reference : self.reference + 1]
+
+    def prob_best(self, quantity: str = "final") -> np.ndarray:
+        """``[candidates]`` posterior probability that each candidate has the lowest loss (ties share)."""
+        losses = self.losses(quantity)
+        winners = losses == losses.min(axis=1, keepdims=True)
+        return (winners / winners.sum(axis=1, keepdims=True)).mean(axis=0)
+
+    def prob_better(self, quantity: str = "final") -> np.ndarray:
+        """``[candidates]`` ``P(loss_k < loss_reference)``, from the paired draws."""
+        return (self.differences(quantity) < 0).mean(axis=0)
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary: per candidate, for ``final`` and ``mean`` loss, the posterior mean,
+        the ``level`` interval, the paired difference to the reference with its interval,
+        ``P(better than reference)`` and ``P(best)``."""
+        candidates = []
+        stats = {}
+        for quantity in QUANTITIES:
+            losses, differences = self.losses(quantity), self.differences(quantity)
+            loss_low, loss_high = _interval(losses, self.level)
+            diff_low, diff_high = _interval(differences, self.level)
+            stats[quantity] = (losses.mean(0), loss_low, loss_high, differences.mean(0), diff_low, diff_high,
+                               self.prob_better(quantity), self.prob_best(quantity))
+        for k, label in enumerate(self.labels):
+            entry: dict[str, Any] = {"label": label, "steps": int(self.steps[k])}
+            for quantity, values in stats.items():
+                mean, low, high, diff, diff_low, diff_high, better, best = (float(v[k]) for v in values)
+                entry[quantity] = {
+                    "loss": mean, "loss_interval": [low, high],
+                    "difference": diff, "difference_interval": [diff_low, diff_high],
+                    "prob_better": better, "prob_best": best,
+                }
+            candidates.append(entry)
+        return {
+            "reference": self.labels[self.reference], "level": self.level, "reduction": self.reduction,
+            "tests": self.tests.tolist(), "draws": self.n_draws, "include_noise": self.include_noise,
+            "candidates": candidates,
+        }
+
+    def summary(self) -> str:
+        """A readable table: one row per candidate and quantity."""
+        percent = f"{100 * self.level:g}%"
+        header = (f"{'candidate':<24}{'steps':>6}  {'quantity':<8}{'loss (' + percent + ' CI)':>30}"
+                  f"{'diff vs ' + self.labels[self.reference][:12] + ' (' + percent + ' CI)':>42}"
+                  f"{'P(better)':>11}{'P(best)':>9}")
+        lines = [
+            f"{self.reduction} loss over {len(self.tests)} test example(s); {self.n_draws} paired draws"
+            + ("" if self.include_noise else " (parameter uncertainty, no noise)"),
+            header, "-" * len(header),
+        ]
+        data = self.to_dict()
+        for entry in data["candidates"]:
+            for quantity in QUANTITIES:
+                stats = entry[quantity]
+                loss = f"{stats['loss']:.4g} [{stats['loss_interval'][0]:.4g}, {stats['loss_interval'][1]:.4g}]"
+                diff = (f"{stats['difference']:+.4g} [{stats['difference_interval'][0]:+.4g}, "
+                        f"{stats['difference_interval'][1]:+.4g}]")
+                lines.append(f"{entry['label'][:24]:<24}{entry['steps']:>6}  {quantity:<8}{loss:>30}{diff:>42}"
+                             f"{stats['prob_better']:>11.3f}{stats['prob_best']:>9.3f}")
+        return "\n".join(lines)
+
+
+def _check_tests(tests: Sequence[int] | None, n_tests: int) -> np.ndarray:
+    if tests is None:
+        return np.arange(n_tests)
+    tests = np.asarray(tests, dtype=np.int64).reshape(-1)
+    if tests.size == 0:
+        raise ValueError("tests: give at least one test example index (or None for all)")
+    if tests.min() < 0 or tests.max() >= n_tests:
+        raise ValueError(f"tests: indices {tests.tolist()} out of range for {n_tests} test examples "
+                         f"(the initial losses have {n_tests} entries)")
+    return tests
+
+
+def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses: np.ndarray,
+            tests: Sequence[int] | None = None, reduction: str = "mean", n_draws: int = DEFAULT_DRAWS,
+            seed: int = 0, labels: Sequence[str] | None = None, reference: int = 0, level: float = 0.9,
+            include_noise: bool = False) -> Comparison:
+    """Simulate every candidate curriculum and compare them draw by draw.
+
+    Args:
+        simulator: a fitted simulator; with ``simulate_draws`` (Bayesian) the comparison has
+            ``n_draws`` posterior draws, otherwise it is one point draw.
+        curricula_list: two or more candidates, each ``[steps, batch]``, ``[runs, steps, batch]``
+            or a list of batches (see :func:`as_curricula`).
+        initial_losses: ``[tests]`` losses of the initial model on every test example, shared by
+            all candidates (they start from the same weights).
+        tests: indices of the test examples to compare on (default all).
+        reduction: ``"mean"`` or ``"sum"`` of the loss over ``tests``.
+        n_draws, seed: posterior draws; the same seed for every candidate pairs the draws.
+        labels: names of the candidates (default ``"A"``, ``"B"``, ...).
+        reference: the candidate differences are taken against.
+        level: credibility of the intervals, in ``(0, 1)``.
+        include_noise: add the simulator's noise to the draws (simulated with the same seed for
+            every candidate); default off: the comparison is about the curricula's effects.
+
+    Returns:
+        A :class:`Comparison`.
+    """
+    if len(curricula_list) < 2:
+        raise ValueError(f"compare needs at least two candidate curricula, got {len(curricula_list)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    labels = tuple(labels) if labels is not None else tuple(chr(ord("A") + k) if k < 26 else f"C{k}"
+                                                            for k in range(len(curricula_list)))
+    if len(labels) != len(curricula_list):
+        raise ValueError(f"{len(labels)} labels for {len(curricula_list)} candidates")
+    if not 0 <= reference < len(curricula_list):
+        raise ValueError(f"reference must be in [0, {len(curricula_list)}), got {reference}")
+    initial_losses = np.asarray(initial_losses, dtype=np.float64)
+    if initial_losses.ndim != 1:
+        raise RunsFormatError(f"initial_losses must be [tests] (one loss per test example, shared by all "
+                              f"candidates), got shape {initial_losses.shape}")
+    tests = _check_tests(tests, initial_losses.shape[0])
+    candidates = [as_curricula(candidate, label) for candidate, label in zip(curricula_list, labels)]
+    width = max(candidate.shape[2] for candidate in candidates)
+    trajectories = []
+    for candidate in candidates:
+        start = np.broadcast_to(initial_losses, (candidate.shape[0], initial_losses.shape[0]))
+        draws = simulate_draws_of(simulator, pad_width(candidate, width), start, n_draws, seed, include_noise)
+        selected = draws[..., tests]  # [draws, runs, steps + 1, tests]
+        reduced = selected.mean(-1) if reduction == "mean" else selected.sum(-1)
+        trajectories.append(reduced.mean(axis=1))  # [draws, steps + 1]
+    if len({trajectory.shape[0] for trajectory in trajectories}) != 1:
+        raise ValueError("the simulator returned different numbers of draws for different candidates")
+    return Comparison(labels, tests, reduction, tuple(trajectories),
+                      np.array([candidate.shape[1] for candidate in candidates]), reference, level, include_noise)

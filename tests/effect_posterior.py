@@ -1,0 +1,59 @@
+"""A probabilistic simulator with a known Gaussian posterior over centred effects (test double).
+
+Draw ``d`` of the effects is ``a = a_mean + sd_a * z_a[d]``, ``B = B_mean + sd_B * z_B[d]`` with
+``z ~ N(0, 1)`` from ``seed`` alone: the same seed gives the same parameter draws whatever the
+curricula, as the Bayesian simulators promise. ``L_t = (1 + sum a) L_{t-1} + sum B (+ noise)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bayes_simfluence.rollout import batch_sums, roll_out
+
+
+@dataclass
+class GaussianEffects:
+    a_mean: np.ndarray  # [tests, n_train]
+    b_mean: np.ndarray  # [tests, n_train]
+    sd_a: float = 0.0
+    sd_b: float = 0.0
+    noise: float = 0.0
+    name: str = "gaussian-effects"
+
+    def effect_draws(self, n_draws: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """``(a, B)``, each ``[draws, tests, n_train]``."""
+        rng = np.random.default_rng(seed)
+        z_a = rng.standard_normal((n_draws,) + self.a_mean.shape)
+        z_b = rng.standard_normal((n_draws,) + self.b_mean.shape)
+        return self.a_mean + self.sd_a * z_a, self.b_mean + self.sd_b * z_b
+
+    def _roll(self, a: np.ndarray, b: np.ndarray, curricula: np.ndarray, initial: np.ndarray) -> np.ndarray:
+        curricula = jnp.asarray(curricula)
+        alpha = 1.0 + batch_sums(jnp.asarray(a), curricula)
+        beta = batch_sums(jnp.asarray(b), curricula)
+        return np.asarray(roll_out(alpha, beta, jnp.asarray(initial, dtype=alpha.dtype)))
+
+    def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
+        return self._roll(self.a_mean, self.b_mean, curricula, initial_losses)
+
+    def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int, seed: int = 0,
+                       include_noise: bool = True) -> np.ndarray:
+        curricula = np.asarray(curricula)
+        if curricula.max() >= self.a_mean.shape[1]:
+            raise ValueError(f"curricula hold index {curricula.max()} out of range for n_train = {self.a_mean.shape[1]}")
+        if np.shape(initial_losses) != (curricula.shape[0], self.a_mean.shape[0]):
+            raise ValueError(f"initial_losses must have shape {(curricula.shape[0], self.a_mean.shape[0])}")
+        a, b = self.effect_draws(n_draws, seed)
+        roll = jax.vmap(lambda a_d, b_d: roll_out(1.0 + batch_sums(a_d, jnp.asarray(curricula)),
+                                                  batch_sums(b_d, jnp.asarray(curricula)),
+                                                  jnp.asarray(initial_losses, dtype=jnp.float32)))
+        draws = np.array(roll(jnp.asarray(a, dtype=jnp.float32), jnp.asarray(b, dtype=jnp.float32)), dtype=np.float64)
+        if include_noise and self.noise > 0:
+            key = jax.random.PRNGKey(seed + 1)
+            draws[:, :, 1:] += self.noise * np.asarray(jax.random.normal(key, draws[:, :, 1:].shape))
+        return draws

@@ -1,0 +1,87 @@
+"""Figures are built and written; the CLI writes the PNGs (compare and plot)."""
+
+import json
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+
+from bayes_simfluence import attributions as at
+from bayes_simfluence.cli import main
+from bayes_simfluence.compare import compare
+from bayes_simfluence.plots import plot_comparison, plot_effects, plot_scores, plot_trajectories
+from bayes_simfluence.simulators import SimfluenceLinear
+from bayes_simfluence.synthetic import synthetic_runs
+from effect_posterior import GaussianEffects
+
+PNG_MAGIC = b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def posterior():
+    rng = np.random.default_rng(0)
+    return GaussianEffects(rng.normal(-0.01, 0.005, (3, 8)), rng.normal(0, 0.01, (3, 8)), 0.002, 0.004, noise=0.02)
+
+
+def _is_png(path) -> bool:
+    return path.read_bytes()[:4] == PNG_MAGIC
+
+
+def test_library_figures(posterior, tmp_path):
+    curricula = np.tile(np.arange(8).reshape(4, 2), (2, 3, 1))  # [2 runs, 12 steps, 2]
+    draws = posterior.simulate_draws(curricula, np.full((2, 3), 2.0), 100)
+    observed = draws[7]
+    figures = {
+        "trajectories": plot_trajectories(draws, observed, runs=[0, 1], tests=[0, 2], point=draws.mean(0)),
+        "comparison": plot_comparison(compare(posterior, [curricula[0], curricula[0, :6]], np.full(3, 2.0),
+                                              n_draws=100)),
+        "effects": plot_effects(at.final_loss_effects(posterior, curricula[0], np.full(3, 2.0), n_draws=100), k=3),
+        "scores": plot_scores({"mean": {"mse": 1.0}, "bayes": {"mse": 0.5, "crps": 0.1}}, ["mse", "crps"]),
+    }
+    for name, figure in figures.items():
+        assert isinstance(figure, Figure)
+        figure.savefig(tmp_path / f"{name}.png", dpi=60)
+        assert _is_png(tmp_path / f"{name}.png")
+    assert len(figures["trajectories"].axes) == 4
+    with pytest.raises(ValueError, match="out of range"):
+        plot_trajectories(draws, observed, runs=[2])
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cli")
+    runs, _ = synthetic_runs(n_train=10, n_tests=3, n_runs=12, n_steps=15, batch_size=2, effect_scale=0.05, seed=3)
+    runs.save(folder / "runs.npz")
+    SimfluenceLinear(ridge=0.01).fit(runs).save(folder / "linear.npz")
+    (folder / "mine.json").write_text(json.dumps([[0, 1], [2], [3, 4, 5]]))
+    return folder
+
+
+def test_compare_cli_writes_the_png_and_json(saved, capsys):
+    png = saved / "out" / "compare.png"
+    assert main(["compare", "--simulator", str(saved / "linear.npz"), "--curricula", f"{saved / 'runs.npz'}:0",
+                 "--curricula", str(saved / "mine.json"), "--tests", "0,2", "--plot", str(png), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [c["label"] for c in report["candidates"]] == ["runs:0", "mine"] and report["tests"] == [0, 2]
+    assert _is_png(png)
+    assert main(["compare", "--simulator", str(saved / "linear.npz"), "--curricula", f"{saved / 'runs.npz'}:1",
+                 "--leave-out", "3,4"]) == 0
+    assert "without 3,4" in capsys.readouterr().out
+
+
+def test_compare_cli_errors_exit_2(saved, capsys):
+    args = ["compare", "--simulator", str(saved / "linear.npz")]
+    assert main(args + ["--curricula", str(saved / "mine.json"), "--curricula", str(saved / "mine.json")]) == 2
+    assert "initial losses" in capsys.readouterr().err
+    assert main(args + ["--curricula", f"{saved / 'runs.npz'}:0", "--leave-out", "3", "--tests", "7"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main(args + ["--curricula", f"{saved / 'runs.npz'}:0"]) == 2
+
+
+def test_plot_cli_writes_trajectories_and_attributions(saved, capsys):
+    for kind, extra in (("trajectories", ["--runs", str(saved / "runs.npz"), "--run", "0,1", "--test", "1"]),
+                        ("attributions", ["--curricula", f"{saved / 'runs.npz'}:0", "--top", "4"])):
+        png = saved / f"{kind}.png"
+        assert main(["plot", kind, "--simulator", str(saved / "linear.npz"), "--plot", str(png)] + extra) == 0
+        assert _is_png(png)
+    assert "top helpful" in capsys.readouterr().out
