@@ -45,7 +45,9 @@ so ``alpha(c_t) = 1 + sum a`` and ``beta(c_t) = sum B + d_t``. Choices, and why:
 - **Variants**: ``"additive"`` fixes ``a = 0`` (``alpha = 1``), ``"multiplicative"`` fixes
   ``B = 0``; same code, one part absent.
 
-Plates are named ``test_example``, ``train_example``, ``run`` and ``step`` so ArviZ dims follow.
+Plates are named ``test_example`` (always the last dim), ``train_example``, ``run`` and ``step``
+so ArviZ dims follow; sites of effects are therefore ``[n_train, tests]`` and
+:func:`effects_model` returns them transposed.
 """
 
 from __future__ import annotations
@@ -122,9 +124,13 @@ class ModelConfig:
 
 
 def _effect(name: str, location: Array, scale: Array, n_tests: int, n_train: int) -> Array:
-    """``[tests, n_train]`` effects ``Normal(location[m], scale[m])``."""
-    with numpyro.plate("test_example", n_tests, dim=-2), numpyro.plate("train_example", n_train, dim=-1):
-        return numpyro.sample(name, dist.Normal(location[:, None], scale[:, None]))
+    """``[tests, n_train]`` effects ``Normal(location[m], scale[m])``.
+
+    The site itself is ``[n_train, tests]``: every plate keeps one dim throughout the model
+    (``test_example`` is always the last), as autoguides require.
+    """
+    with numpyro.plate("train_example", n_train, dim=-2), numpyro.plate("test_example", n_tests, dim=-1):
+        return numpyro.sample(name, dist.Normal(location, scale)).T
 
 
 def effects_model(n_tests: int, n_train: int, n_steps: int, config: ModelConfig) -> dict[str, Array]:
@@ -148,8 +154,8 @@ def effects_model(n_tests: int, n_train: int, n_steps: int, config: ModelConfig)
     b = _effect("B", mu_b, scale, n_tests, n_train) if config.has_additive else zeros
     drift = None
     if config.step_component:
-        with numpyro.plate("test_example", n_tests, dim=-2), numpyro.plate("step", n_steps, dim=-1):
-            innovation = numpyro.sample("drift_innovation", dist.Normal(0.0, 1.0))
+        with numpyro.plate("step", n_steps, dim=-2), numpyro.plate("test_example", n_tests, dim=-1):
+            innovation = numpyro.sample("drift_innovation", dist.Normal(0.0, 1.0)).T  # [tests, steps]
         walk = jnp.concatenate([config.drift_initial * innovation[:, :1],
                                 config.drift_smoothness * innovation[:, 1:]], axis=1)
         drift = numpyro.deterministic("step_drift", sigma[:, None] * jnp.cumsum(walk, axis=1))

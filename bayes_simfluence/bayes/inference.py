@@ -1,0 +1,289 @@
+"""Inference for the Bayesian Simfluence model: NUTS, SVI and the exact (collapsed) path.
+
+Every routine returns a :class:`FitResult` holding draws on the standardised scale with a
+leading ``[chains, draws]`` pair of axes. All of them run in float64 (``jax.enable_x64``
+inside, so other users of JAX keep their default), are jitted by NumPyro, run the same code on
+CPU and GPU, and are reproducible given ``seed``.
+
+- :func:`run_nuts`: NUTS on the full model (several chains; ``chain_method="parallel"`` when
+  there is one device per chain, else ``"sequential"``, which works on one CPU).
+- :func:`run_svi`: SVI with ``AutoNormal``, ``AutoLowRankMultivariateNormal`` or (small
+  problems) ``AutoMultivariateNormal``; ClippedAdam with exponential learning-rate decay; the
+  ELBO is checked for convergence over the last two windows of steps.
+- :func:`run_exact`: integrates ``(a, B)`` and the step component out analytically
+  (:mod:`bayes_simfluence.bayes.conjugate`), runs NUTS on the 2-4 hyperparameters per test
+  example, and draws ``(a, B, d)`` exactly given each hyperparameter draw.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.handlers import condition
+from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_median
+from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal
+from numpyro.optim import ClippedAdam
+
+from bayes_simfluence.bayes import conjugate
+from bayes_simfluence.bayes.data import ModelData
+from bayes_simfluence.bayes.model import ModelConfig, model_for, prior_for, step_mean
+
+GUIDES = ("normal", "lowrank", "mvn")
+HYPER_SITES = ("noise_scale", "effect_scale", "a_location", "B_location")
+
+
+class FitResult(NamedTuple):
+    """Posterior draws on the standardised scale.
+
+    Attributes:
+        draws: ``"a"``, ``"B"`` ``[chains, draws, tests, n_train]``; ``"drift"``
+            ``[chains, draws, tests, steps]`` (step component only); ``"noise_scale"``,
+            ``"effect_scale"`` (and ``"a_location"``, ``"B_location"`` when free)
+            ``[chains, draws, tests]``. Absent effects are zeros.
+        sample_stats: NUTS statistics ``[chains, draws]`` (``diverging``, ``num_steps``, ...);
+            empty for SVI.
+        info: method, settings, seconds, and method-specific checks (ELBO trace and
+            convergence for SVI, divergences for NUTS).
+    """
+
+    draws: dict[str, np.ndarray]
+    sample_stats: dict[str, np.ndarray]
+    info: dict[str, Any]
+
+
+def default_chain_method(num_chains: int) -> str:
+    """``"parallel"`` with one device per chain (GPUs, or CPUs set up as devices), else ``"sequential"``."""
+    return "parallel" if jax.local_device_count() >= num_chains > 1 else "sequential"
+
+
+def _init_values(data: ModelData) -> dict[str, np.ndarray]:
+    """Starting point: noise at the spread of the observed changes, small effects."""
+    spread = data.change.std(axis=(0, 1))
+    return {"noise_scale": np.where(spread > 0, spread, 1.0), "effect_scale": np.full(data.n_tests, 0.01)}
+
+
+def _init_strategy(values: dict[str, np.ndarray]) -> Any:
+    def init(site: dict | None = None) -> Any:
+        if site is not None and site["name"] in values:
+            return jnp.asarray(values[site["name"]])
+        return init_to_median(site)
+
+    return init
+
+
+def _conditioned(model: Any, fixed: dict[str, np.ndarray] | None) -> Any:
+    return condition(model, data={k: jnp.asarray(v) for k, v in fixed.items()}) if fixed else model
+
+
+def _model_args(data: ModelData) -> tuple:
+    return (jnp.asarray(data.curricula), jnp.asarray(data.previous), jnp.asarray(data.change), data.n_train)
+
+
+def _collect(samples: dict[str, Any], data: ModelData, config: ModelConfig, lead: tuple[int, ...],
+             fixed: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Named parameter draws ``[*lead, ...]`` from sites (fixed hyperparameters broadcast)."""
+    shape_tests = lead + (data.n_tests,)
+    zeros = np.zeros(shape_tests + (data.n_train,))
+    draws = {  # sites are [..., n_train, tests]
+        "a": np.swapaxes(np.asarray(samples["a"]), -1, -2) if config.has_multiplicative else zeros,
+        "B": np.swapaxes(np.asarray(samples["B"]), -1, -2) if config.has_additive else zeros,
+    }
+    if config.step_component:
+        draws["drift"] = np.asarray(samples["step_drift"])
+    for name in HYPER_SITES:
+        if name in samples:
+            draws[name] = np.asarray(samples[name])
+        elif fixed and name in fixed:
+            draws[name] = np.broadcast_to(np.asarray(fixed[name], dtype=np.float64), shape_tests).copy()
+    return {k: v.reshape(lead + v.shape[len(lead):]) for k, v in draws.items()}
+
+
+def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_samples: int = 500,
+             num_chains: int = 4, chain_method: str | None = None, target_accept: float = 0.85,
+             max_tree_depth: int = 10, seed: int = 0, progress: bool = True,
+             fixed: dict[str, np.ndarray] | None = None) -> FitResult:
+    """NUTS on the full (non-collapsed) model.
+
+    Args:
+        fixed: optional hyperparameter values ``{site: [tests]}`` to condition on (e.g. to
+            compare with :func:`bayes_simfluence.bayes.conjugate.posterior_given`).
+    """
+    chain_method = chain_method or default_chain_method(num_chains)
+    start = time.perf_counter()
+    with jax.enable_x64(True):
+        model = _conditioned(model_for(config), fixed)
+        kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
+                      init_strategy=_init_strategy({k: v for k, v in _init_values(data).items()
+                                                    if not fixed or k not in fixed}))
+        mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=chain_method, progress_bar=progress)
+        mcmc.run(jax.random.PRNGKey(seed), *_model_args(data), config,
+                 extra_fields=("diverging", "num_steps", "accept_prob", "energy"))
+        samples = mcmc.get_samples(group_by_chain=True)
+        extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    seconds = time.perf_counter() - start
+    divergences = int(extra["diverging"].sum())
+    if divergences:
+        warnings.warn(f"NUTS: {divergences} divergent transitions after warmup; raise target_accept "
+                      "or check the model", stacklevel=2)
+    info = {"method": "nuts", "num_warmup": num_warmup, "num_samples": num_samples, "num_chains": num_chains,
+            "chain_method": chain_method, "target_accept": target_accept, "seconds": seconds,
+            "divergences": divergences, "seed": seed}
+    return FitResult(_collect(samples, data, config, (num_chains, num_samples), fixed), extra, info)
+
+
+def _guide(kind: str, model: Any, init: Any, rank: int | None) -> Any:
+    if kind == "normal":
+        return AutoNormal(model, init_loc_fn=init, init_scale=0.01)
+    if kind == "lowrank":
+        return AutoLowRankMultivariateNormal(model, init_loc_fn=init, init_scale=0.01, rank=rank)
+    if kind == "mvn":
+        return AutoMultivariateNormal(model, init_loc_fn=init, init_scale=0.01)
+    raise ValueError(f"guide must be one of {GUIDES}, got {kind!r}")
+
+
+def elbo_converged(losses: np.ndarray, rtol: float = 1e-4) -> tuple[bool, dict[str, float]]:
+    """Compare the mean loss (negative ELBO) of the last two windows (each 10% of the steps).
+
+    Converged when the change is below ``rtol`` relative to the loss, or below twice its
+    Monte Carlo standard error (the ELBO estimate is noisy).
+    """
+    window = max(len(losses) // 10, 1)
+    last, previous = losses[-window:], losses[-2 * window:-window]
+    if len(previous) == 0 or not np.all(np.isfinite(last)):
+        return False, {"elbo_change": float("nan")}
+    change = float(previous.mean() - last.mean())
+    noise = float(2.0 * np.hypot(last.std(), previous.std()) / np.sqrt(window))
+    relative = abs(change) / max(abs(float(last.mean())), 1.0)
+    return bool(relative < rtol or abs(change) < noise), {"elbo_change": change, "elbo_noise": noise,
+                                                          "elbo_relative_change": relative}
+
+
+def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_steps: int = 3000,
+            learning_rate: float = 0.01, final_lr_fraction: float = 0.05, num_draws: int = 200,
+            rank: int | None = None, seed: int = 0, progress: bool = True,
+            fixed: dict[str, np.ndarray] | None = None) -> FitResult:
+    """SVI with an autoguide; ``num_draws`` draws from the fitted guide ``[1, num_draws, ...]``.
+
+    The learning rate decays exponentially from ``learning_rate`` to
+    ``final_lr_fraction * learning_rate``. A :class:`UserWarning` says when the ELBO has not
+    converged (see :func:`elbo_converged`).
+    """
+    start = time.perf_counter()
+    with jax.enable_x64(True):
+        init_values = {k: v for k, v in _init_values(data).items() if not fixed or k not in fixed}
+        model = _conditioned(model_for(config), fixed)
+        autoguide = _guide(guide, model, _init_strategy(init_values), rank)
+        decay = final_lr_fraction ** (1.0 / max(num_steps, 1))
+        schedule = lambda i: learning_rate * decay**i  # noqa: E731 - exponential decay
+        svi = SVI(model, autoguide, ClippedAdam(step_size=schedule, clip_norm=10.0), Trace_ELBO())
+        result = svi.run(jax.random.PRNGKey(seed), num_steps, *_model_args(data), config, progress_bar=progress)
+        losses = np.asarray(result.losses)
+        sites = [s for s in ("a", "B", "step_drift", *HYPER_SITES)]
+        predictive = Predictive(_conditioned(prior_for(config), fixed), guide=autoguide, params=result.params,
+                                num_samples=num_draws, return_sites=sites)
+        samples = predictive(jax.random.PRNGKey(seed + 1), data.n_tests, data.n_train, data.n_steps, config)
+    seconds = time.perf_counter() - start
+    converged, check = elbo_converged(losses)
+    if not converged:
+        warnings.warn(f"SVI: the ELBO has not converged after {num_steps} steps ({check}); "
+                      "raise num_steps or learning_rate", stacklevel=2)
+    info = {"method": "svi", "guide": guide, "num_steps": num_steps, "learning_rate": learning_rate,
+            "final_lr_fraction": final_lr_fraction, "seconds": seconds, "elbo_converged": converged,
+            "final_loss": float(losses[-max(len(losses) // 10, 1):].mean()), "seed": seed,
+            "loss_trace": losses[:: max(len(losses) // 200, 1)].tolist(), **check}
+    draws = _collect({k: np.asarray(v)[None] for k, v in samples.items()}, data, config, (1, num_draws), fixed)
+    return FitResult(draws, {}, info)
+
+
+def collapsed_model(stats: conjugate.CollapsedStats, config: ModelConfig) -> None:
+    """Hyperparameters only, with ``(a, B, d)`` integrated out (Normal likelihood)."""
+    n_tests = stats.eigenvalues.shape[0]
+    with numpyro.plate("test_example", n_tests, dim=-1):
+        sigma = numpyro.sample("noise_scale", dist.HalfNormal(config.noise_prior))
+        scale = numpyro.sample("effect_scale", dist.HalfNormal(config.effect_scale_prior))
+        mu_a = mu_b = jnp.zeros(n_tests)
+        if config.has_locations and config.has_multiplicative:
+            mu_a = numpyro.sample("a_location", dist.Normal(0.0, config.location_prior))
+        if config.has_locations and config.has_additive:
+            mu_b = numpyro.sample("B_location", dist.Normal(0.0, config.location_prior))
+        numpyro.factor("collapsed_likelihood",
+                       conjugate.log_evidence(stats, sigma, scale, jnp.stack([mu_a, mu_b], -1)))
+
+
+def _locations(draws: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """``[..., tests, 2]`` population locations (zeros where fixed)."""
+    return np.stack([draws.get("a_location", np.zeros(shape)), draws.get("B_location", np.zeros(shape))], -1)
+
+
+def run_exact(data: ModelData, config: ModelConfig, num_warmup: int = 300, num_samples: int = 100,
+              num_chains: int = 2, chain_method: str | None = None, chunk_size: int = 8, seed: int = 0,
+              progress: bool = True) -> FitResult:
+    """Collapsed NUTS on the hyperparameters, then exact draws of ``(a, B, d)`` for each draw.
+
+    Cost: one eigendecomposition of a ``features x features`` matrix per test example
+    (``features = 2 n_train`` for the linear variant), then ``O(tests * features)`` per NUTS
+    gradient; memory ``tests * features^2`` floats for the eigenvectors.
+    """
+    chain_method = chain_method or default_chain_method(num_chains)
+    start = time.perf_counter()
+    stats = conjugate.collapsed_statistics(data, config, chunk_size=chunk_size, progress=progress)
+    stats_seconds = time.perf_counter() - start
+    light = stats._replace(eigenvectors=np.zeros(0))
+    with jax.enable_x64(True):
+        mcmc = MCMC(NUTS(collapsed_model, init_strategy=_init_strategy(_init_values(data))),
+                    num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=chain_method, progress_bar=progress)
+        mcmc.run(jax.random.PRNGKey(seed), light, config, extra_fields=("diverging", "num_steps"))
+        hyper = {k: np.asarray(v) for k, v in mcmc.get_samples(group_by_chain=True).items()}
+        extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
+    hyper_seconds = time.perf_counter() - start - stats_seconds
+    lead = (num_chains, num_samples)
+    flat = {k: v.reshape((-1, data.n_tests)) for k, v in hyper.items()}
+    rng = np.random.default_rng(seed)
+    weights = conjugate.draw_effects(stats, flat["noise_scale"], flat["effect_scale"],
+                                     _locations(flat, flat["noise_scale"].shape), rng, chunk_size)
+    draws = split_weights(weights, data.n_train, config)
+    if config.step_component:
+        system = conjugate.drift_system(data.n_runs, data.n_steps, config)
+        fitted = fitted_step_sums(draws["a"], draws["B"], data)
+        draws["drift"] = conjugate.draw_drift(system, data.change.sum(0).T, fitted, flat["noise_scale"], rng)
+    draws.update(flat)
+    draws = {k: v.reshape(lead + v.shape[1:]) for k, v in draws.items()}
+    divergences = int(extra["diverging"].sum())
+    if divergences:
+        warnings.warn(f"exact path: {divergences} divergent transitions in the hyperparameter NUTS", stacklevel=2)
+    info = {"method": "exact", "num_warmup": num_warmup, "num_samples": num_samples, "num_chains": num_chains,
+            "chain_method": chain_method, "seconds": time.perf_counter() - start,
+            "statistics_seconds": stats_seconds, "hyper_nuts_seconds": hyper_seconds,
+            "divergences": divergences, "seed": seed}
+    return FitResult(draws, extra, info)
+
+
+def split_weights(weights: np.ndarray, n_train: int, config: ModelConfig) -> dict[str, np.ndarray]:
+    """``{"a", "B"}`` ``[..., tests, n_train]`` from ``w [..., tests, features]`` (absent part zeros)."""
+    zeros = np.zeros(weights.shape[:-1] + (n_train,))
+    if config.variant == "linear":
+        return {"a": weights[..., :n_train], "B": weights[..., n_train:]}
+    if config.variant == "additive":
+        return {"a": zeros, "B": weights}
+    return {"a": weights, "B": zeros}
+
+
+def fitted_step_sums(a: np.ndarray, b: np.ndarray, data: ModelData, batch_size: int = 8) -> np.ndarray:
+    """``[draws, tests, steps]`` ``Z^T X w``: the effects' part of the change, summed over runs per step."""
+    curricula, previous = jnp.asarray(data.curricula), jnp.asarray(data.previous)
+
+    def one(pair: tuple) -> jnp.ndarray:
+        return step_mean(pair[0], pair[1], None, curricula, previous).sum(0).T
+
+    with jax.enable_x64(True):
+        out = jax.lax.map(one, (jnp.asarray(a), jnp.asarray(b)), batch_size=batch_size)
+    return np.asarray(out)

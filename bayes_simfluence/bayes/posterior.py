@@ -1,0 +1,301 @@
+"""The fitted Bayesian simulator: parameter draws, posterior trajectories, bands, save/load.
+
+Parameters are held in loss units: ``alpha(c_t) = 1 + sum_{i in c_t} a[m, i]``,
+``beta(c_t) = sum_{i in c_t} B[m, i] + d[m, t]`` (``d`` = step component, absent in the plain
+model), noise scale ``sigma[m]``. A trajectory draw rolls ``L_t = alpha_t L_{t-1} + beta_t (+ noise)``
+out from ``L_0`` with ``lax.scan`` (:func:`bayes_simfluence.rollout.roll_out`).
+
+Draws are paired: for a given ``seed`` and ``n_draws``, :meth:`BayesianSimfluence.simulate_draws`
+uses the same parameter draws (and, per run index, the same noise) whatever the curricula, so
+differences between two curricula's draws are draws of the difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+from bayes_simfluence.bayes.data import ModelData
+from bayes_simfluence.bayes.inference import FitResult
+from bayes_simfluence.bayes.model import ModelConfig, noise_distribution, step_mean
+from bayes_simfluence.rollout import batch_sums, roll_out
+from bayes_simfluence.runs import Runs
+from bayes_simfluence.simulators import check_simulation_inputs
+
+#: bytes of intermediate arrays one chunk of draws may use (the output itself is extra).
+CHUNK_BYTES = 256 * 2**20
+SAVED_KIND = "bayes-simfluence-posterior"
+
+
+class TrajectoryBands(NamedTuple):
+    """Summaries of trajectory draws, each ``[runs, steps + 1, tests]``.
+
+    Attributes:
+        mean, median: pointwise over draws.
+        lower, upper: ``{level: array}`` central credible bands, e.g. ``lower[0.9]`` is the 5% quantile.
+    """
+
+    mean: np.ndarray
+    median: np.ndarray
+    lower: dict[float, np.ndarray]
+    upper: dict[float, np.ndarray]
+
+
+@dataclass
+class BayesianSimfluence:
+    """Posterior draws of hierarchical Simfluence-Linear, as a probabilistic simulator.
+
+    Attributes:
+        method: ``"svi"``, ``"nuts"`` or ``"exact"``.
+        config: the model.
+        a: ``[chains, draws, tests, n_train]`` multiplicative effects (``alpha = 1 + sum a``).
+        b: ``[chains, draws, tests, n_train]`` additive effects, loss units.
+        drift: ``[chains, draws, tests, steps]`` step component in loss units, or None.
+        sigma: ``[chains, draws, tests]`` noise scale, loss units.
+        hyper: hyperparameter draws ``[chains, draws, tests]`` on the standardised scale
+            (``effect_scale``, and ``a_location``/``B_location`` when free).
+        scale: ``[tests]`` loss scale used to standardise.
+        train_ids, test_ids: ids from the training runs.
+        sample_stats: NUTS statistics ``[chains, draws]``.
+        info: how the fit ran (method settings, seconds, ELBO, divergences).
+    """
+
+    method: str
+    config: ModelConfig
+    a: np.ndarray
+    b: np.ndarray
+    drift: np.ndarray | None
+    sigma: np.ndarray
+    hyper: dict[str, np.ndarray]
+    scale: np.ndarray
+    train_ids: np.ndarray
+    test_ids: np.ndarray
+    sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def from_fit(cls, result: FitResult, data: ModelData, runs: Runs, config: ModelConfig) -> "BayesianSimfluence":
+        """Convert standardised draws of an inference routine to loss units."""
+        draws, scale = result.draws, data.scale
+        drift = draws["drift"] * scale[:, None] if "drift" in draws else None
+        hyper = {k: draws[k] for k in ("effect_scale", "a_location", "B_location") if k in draws}
+        return cls(method=result.info["method"], config=config, a=draws["a"], b=draws["B"] * scale[:, None],
+                   drift=drift, sigma=draws["noise_scale"] * scale, hyper=hyper, scale=scale,
+                   train_ids=runs.train_ids, test_ids=runs.test_ids, sample_stats=result.sample_stats,
+                   info=result.info)
+
+    @property
+    def name(self) -> str:
+        return f"bayes-{self.method}"
+
+    @property
+    def n_chains(self) -> int:
+        return int(self.a.shape[0])
+
+    @property
+    def n_draws(self) -> int:
+        """Stored draws, all chains together."""
+        return int(self.a.shape[0] * self.a.shape[1])
+
+    @property
+    def n_train(self) -> int:
+        return int(self.a.shape[-1])
+
+    @property
+    def n_tests(self) -> int:
+        return int(self.a.shape[-2])
+
+    # --------------------------------------------------------------- accessors
+    def draw_indices(self, n_draws: int | None = None, seed: int = 0) -> np.ndarray:
+        """Which stored draws (flat over chains) a call with ``n_draws`` and ``seed`` uses.
+
+        ``None`` means all of them in order; fewer than stored are picked without replacement,
+        more with replacement. Depends only on ``(n_draws, seed)``: paired across curricula.
+        """
+        if n_draws is None:
+            return np.arange(self.n_draws)
+        if n_draws <= 0:
+            raise ValueError(f"n_draws must be positive, got {n_draws}")
+        rng = np.random.default_rng(seed)
+        return rng.choice(self.n_draws, size=n_draws, replace=n_draws > self.n_draws)
+
+    def parameter_draws(self, n_draws: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        """Flat parameter draws: ``"a"``, ``"B"`` ``[draws, tests, n_train]``, ``"drift"``
+        ``[draws, tests, steps]`` (if any), ``"sigma"`` ``[draws, tests]``; the same draws
+        :meth:`simulate_draws` uses for the same ``n_draws`` and ``seed``."""
+        index = self.draw_indices(n_draws, seed)
+        out = {"a": _flat(self.a)[index], "B": _flat(self.b)[index], "sigma": _flat(self.sigma)[index]}
+        if self.drift is not None:
+            out["drift"] = _flat(self.drift)[index]
+        return out
+
+    def multiplicative_effects(self, n_draws: int | None = None, seed: int = 0) -> np.ndarray:
+        """``[draws, tests, n_train]`` draws of ``a`` (``alpha = 1 + sum a``)."""
+        return self.parameter_draws(n_draws, seed)["a"]
+
+    def additive_effects(self, n_draws: int | None = None, seed: int = 0) -> np.ndarray:
+        """``[draws, tests, n_train]`` draws of ``B`` (loss units)."""
+        return self.parameter_draws(n_draws, seed)["B"]
+
+    # -------------------------------------------------------------- simulation
+    def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int = 200,
+                       seed: int = 0, include_noise: bool = True, run_offset: int = 0) -> np.ndarray:
+        """``[draws, runs, steps + 1, tests]`` posterior (predictive) trajectory draws.
+
+        Args:
+            curricula: ``[runs, steps, batch]``; initial_losses: ``[runs, tests]``.
+            n_draws: trajectories; ``seed`` fixes which parameter draws and which noise.
+            include_noise: add the likelihood noise at every step (posterior predictive);
+                False gives parameter uncertainty only.
+            run_offset: index of the first run, so a run's noise does not depend on how runs
+                are chunked by the caller.
+
+        Curricula longer than the training runs extend the step component by its random walk.
+        Computed in chunks of draws of about :data:`CHUNK_BYTES`.
+        """
+        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests)
+        params = self.parameter_draws(n_draws, seed)
+        keys = jax.random.split(jax.random.PRNGKey(seed), len(params["a"]))
+        return self._roll_out_draws(params, keys, curricula, initial_losses, include_noise, run_offset)
+
+    def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
+        """``[runs, steps + 1, tests]`` posterior mean trajectory (mean over every stored draw,
+        without noise, which has mean zero; the step component is held at its last value beyond
+        the training horizon, its expected value)."""
+        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests)
+        params = self.parameter_draws(None)
+        total = np.zeros((curricula.shape[0], curricula.shape[1] + 1, self.n_tests))
+        for chunk in _chunks(self.n_draws, self._draws_per_chunk(curricula)):
+            part = {k: v[chunk] for k, v in params.items()}
+            total += self._roll_out_draws(part, None, curricula, initial_losses, False, 0).sum(0)
+        return total / self.n_draws
+
+    def bands(self, curricula: np.ndarray, initial_losses: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9),
+              n_draws: int = 500, seed: int = 0, include_noise: bool = True,
+              runs_per_chunk: int | None = None) -> TrajectoryBands:
+        """Mean, median and central bands at ``levels`` of :meth:`simulate_draws`, chunked over runs."""
+        for level in levels:
+            if not 0 < level < 1:
+                raise ValueError(f"levels must be in (0, 1), got {level}")
+        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests)
+        per_run = n_draws * (curricula.shape[1] + 1) * self.n_tests * 8 * 2
+        runs_per_chunk = runs_per_chunk or max(1, CHUNK_BYTES // per_run)
+        quantiles = sorted({0.5} | {(1 - lv) / 2 for lv in levels} | {(1 + lv) / 2 for lv in levels})
+        means, values = [], []
+        for chunk in _chunks(curricula.shape[0], runs_per_chunk):
+            draws = self.simulate_draws(curricula[chunk], initial_losses[chunk], n_draws, seed, include_noise,
+                                        run_offset=chunk.start)
+            means.append(draws.mean(0))
+            values.append(np.quantile(draws, quantiles, axis=0))
+        mean, table = np.concatenate(means), dict(zip(quantiles, np.concatenate(values, axis=1)))
+        return TrajectoryBands(mean, table[0.5], {lv: table[(1 - lv) / 2] for lv in levels},
+                               {lv: table[(1 + lv) / 2] for lv in levels})
+
+    def _draws_per_chunk(self, curricula: np.ndarray) -> int:
+        n_runs, n_steps, batch = curricula.shape
+        per_draw = n_runs * (n_steps + 1) * self.n_tests * (batch + 6) * 8
+        return max(1, CHUNK_BYTES // per_draw)
+
+    def _roll_out_draws(self, params: dict[str, np.ndarray], keys: Array | None, curricula: np.ndarray,
+                        initial_losses: np.ndarray, include_noise: bool, run_offset: int) -> np.ndarray:
+        n_runs, n_steps, _ = curricula.shape
+        drift = self._drift_for(params, n_steps, keys)
+        with jax.enable_x64(True):
+            args = (jnp.asarray(params["a"]), jnp.asarray(params["B"]), jnp.asarray(drift),
+                    jnp.asarray(params["sigma"]))
+            if include_noise:
+                args = args + (keys,)
+            fn = _trajectory_fn(jnp.asarray(curricula), jnp.asarray(initial_losses), self.config,
+                                include_noise, run_offset)
+            out = jax.lax.map(fn, args, batch_size=self._draws_per_chunk(curricula))
+            return np.asarray(out)
+
+    def _drift_for(self, params: dict[str, np.ndarray], n_steps: int, keys: Array | None) -> np.ndarray:
+        """``[draws, tests, n_steps]`` step component, extended past the training horizon."""
+        n = len(params["a"])
+        if self.drift is None:
+            return np.zeros((n, self.n_tests, n_steps))
+        drift = params["drift"]
+        known = drift.shape[-1]
+        if n_steps <= known:
+            return drift[..., :n_steps]
+        last = np.repeat(drift[..., -1:], n_steps - known, axis=-1)
+        if keys is None:
+            return np.concatenate([drift, last], axis=-1)
+        with jax.enable_x64(True):
+            walk = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (self.n_tests, n_steps - known)))(keys)
+        step_sd = self.config.drift_smoothness * params["sigma"][..., None]
+        return np.concatenate([drift, last + step_sd * np.cumsum(np.asarray(walk), axis=-1)], axis=-1)
+
+    # ------------------------------------------------------------- likelihood
+    def log_likelihood(self, runs: Runs, n_draws: int | None = None) -> np.ndarray:
+        """``[chains, draws, runs, steps, tests]`` pointwise teacher-forced log-likelihood of
+        ``runs`` in loss units (for LOO). ``n_draws`` thins each chain evenly."""
+        if runs.n_steps > (self.drift.shape[-1] if self.drift is not None else runs.n_steps):
+            raise ValueError("runs are longer than the training runs the step component was fitted on")
+        per_chain = self.a.shape[1]
+        take = np.arange(per_chain) if n_draws is None else np.unique(
+            np.linspace(0, per_chain - 1, min(n_draws, per_chain)).round().astype(int))
+        previous, change = runs.losses[:, :-1], np.diff(runs.losses, axis=1)
+        drift = (self.drift[:, take, :, : runs.n_steps] if self.drift is not None
+                 else np.zeros(self.a.shape[:1] + (len(take), self.n_tests, runs.n_steps)))
+        with jax.enable_x64(True):
+            curricula, prev, obs = jnp.asarray(runs.curricula), jnp.asarray(previous), jnp.asarray(change)
+
+            def one(arg: tuple) -> Array:
+                a, b, d, sigma = arg
+                mean = step_mean(a, b, d, curricula, prev)
+                return noise_distribution(sigma, self.config).log_prob(obs - mean)
+
+            flat = (self.a[:, take], self.b[:, take], drift, self.sigma[:, take])
+            lead = flat[0].shape[:2]
+            stacked = tuple(jnp.asarray(x.reshape((-1,) + x.shape[2:])) for x in flat)
+            out = jax.lax.map(one, stacked, batch_size=self._draws_per_chunk(runs.curricula))
+        return np.asarray(out).reshape(lead + out.shape[1:])
+
+    # -------------------------------------------------------------------- I/O
+    def save(self, path: str | Path) -> None:
+        """Write the posterior as NetCDF through ArviZ (groups ``posterior``, ``sample_stats``)."""
+        from bayes_simfluence.bayes import diagnostics
+
+        diagnostics.write_netcdf(diagnostics.to_inference_data(self), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BayesianSimfluence":
+        from bayes_simfluence.bayes import diagnostics
+
+        return cls(**diagnostics.read_posterior(path))
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return x.reshape((-1,) + x.shape[2:])
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _trajectory_fn(curricula: Array, initial_losses: Array, config: ModelConfig, include_noise: bool,
+                   run_offset: int) -> Any:
+    """One draw's ``[runs, steps + 1, tests]`` roll-out from ``(a, B, drift, sigma[, key])``."""
+    run_ids = run_offset + jnp.arange(curricula.shape[0])
+
+    def trajectory(arg: tuple) -> Array:
+        a, b, drift, sigma = arg[:4]
+        alpha = 1.0 + batch_sums(a, curricula)
+        beta = batch_sums(b, curricula) + drift.T[None]
+        if include_noise:
+            key = jax.random.fold_in(arg[4], 0)
+            steps = beta.shape[1:2]
+            noise = jax.vmap(lambda r: noise_distribution(sigma, config).sample(jax.random.fold_in(key, r), steps))(run_ids)
+            beta = beta + noise
+        return roll_out(alpha, beta, initial_losses)
+
+    return trajectory
