@@ -262,8 +262,12 @@ class BayesianSimfluence:
 
     # -------------------------------------------------------------------- I/O
     def save(self, path: str | Path) -> None:
-        """Write the posterior as NetCDF through ArviZ (groups ``posterior``, ``sample_stats``)."""
+        """Write the posterior as NetCDF through ArviZ (groups ``posterior``, ``sample_stats``,
+        ``constant_data``); use a ``.nc`` name (``.npz`` is taken by the point simulators)."""
         from bayes_simfluence.bayes import diagnostics
+
+        if Path(path).suffix == ".npz":
+            raise ValueError(f"{path}: a Bayesian posterior is saved as NetCDF; use a .nc file name")
 
         diagnostics.write_netcdf(diagnostics.to_inference_data(self), path)
 

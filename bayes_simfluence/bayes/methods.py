@@ -1,0 +1,118 @@
+"""Registration of the Bayesian methods (``bayes-svi``, ``bayes-nuts``, ``bayes-exact``) and their options.
+
+Options (``--option key=value``; values may arrive as strings, numbers or booleans):
+
+- model, every method: ``variant`` (linear | additive | multiplicative), ``step`` (step
+  component, default true), ``likelihood`` (normal | student_t; not for bayes-exact), ``nu``,
+  ``noncentred``, ``location_prior``, ``effect_scale_prior``, ``noise_prior``,
+  ``drift_initial``, ``drift_smoothness``; ``progress`` (progress bars, default true).
+- bayes-svi: ``guide`` (normal | lowrank | mvn), ``num_steps``, ``learning_rate``,
+  ``final_lr_fraction``, ``num_draws``, ``rank``.
+- bayes-nuts: ``num_warmup``, ``num_samples``, ``num_chains``, ``chain_method``,
+  ``target_accept``, ``max_tree_depth``.
+- bayes-exact: ``num_warmup``, ``num_samples``, ``num_chains``, ``chain_method``, ``chunk_size``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable
+
+from bayes_simfluence.bayes import inference
+from bayes_simfluence.bayes.data import model_data
+from bayes_simfluence.bayes.diagnostics import KIND, is_posterior_file
+from bayes_simfluence.bayes.model import ModelConfig
+from bayes_simfluence.bayes.posterior import BayesianSimfluence
+from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer
+from bayes_simfluence.runs import Runs
+
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _bool(value: Any, key: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"option {key}: expected true or false, got {value!r}")
+
+
+def _number(kind: Callable[[Any], Any]) -> Callable[[Any, str], Any]:
+    def parse(value: Any, key: str) -> Any:
+        try:
+            number = kind(value)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"option {key}: expected a {kind.__name__}, got {value!r}") from error
+        if kind is int and float(value) != number:
+            raise ValueError(f"option {key}: expected an integer, got {value!r}")
+        return number
+
+    return parse
+
+
+def _text(value: Any, key: str) -> str:
+    return str(value)
+
+
+MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
+    "variant": ("variant", _text), "step": ("step_component", _bool), "likelihood": ("likelihood", _text),
+    "nu": ("nu", _number(float)), "noncentred": ("noncentred", _bool),
+    "location_prior": ("location_prior", _number(float)),
+    "effect_scale_prior": ("effect_scale_prior", _number(float)),
+    "noise_prior": ("noise_prior", _number(float)), "drift_initial": ("drift_initial", _number(float)),
+    "drift_smoothness": ("drift_smoothness", _number(float)),
+}
+CHAIN_OPTIONS = {"num_warmup": _number(int), "num_samples": _number(int), "num_chains": _number(int),
+                 "chain_method": _text}
+INFERENCE_OPTIONS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
+    "svi": {"guide": _text, "num_steps": _number(int), "learning_rate": _number(float),
+            "final_lr_fraction": _number(float), "num_draws": _number(int), "rank": _number(int)},
+    "nuts": {**CHAIN_OPTIONS, "target_accept": _number(float), "max_tree_depth": _number(int)},
+    "exact": {**CHAIN_OPTIONS, "chunk_size": _number(int)},
+}
+RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": inference.run_exact}
+
+
+def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, dict[str, Any]]:
+    """``(model config, keyword arguments of the inference routine)`` from user options.
+
+    Unknown keys are reported with a warning (other methods fitted in the same call may use them).
+    """
+    model_kwargs, run_kwargs = {}, {"progress": True}
+    known = INFERENCE_OPTIONS[method]
+    for key, value in options.items():
+        if key in MODEL_OPTIONS:
+            field, parse = MODEL_OPTIONS[key]
+            model_kwargs[field] = parse(value, key)
+        elif key in known:
+            run_kwargs[key] = known[key](value, key)
+        elif key == "progress":
+            run_kwargs["progress"] = _bool(value, key)
+        else:
+            warnings.warn(f"bayes-{method} ignores option {key!r}; it knows "
+                          f"{sorted(set(MODEL_OPTIONS) | set(known) | {'progress'})}", stacklevel=3)
+    return ModelConfig(**model_kwargs), run_kwargs
+
+
+def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) -> BayesianSimfluence:
+    """Fit the Bayesian model on ``train`` with ``method`` in ``{"svi", "nuts", "exact"}``."""
+    config, kwargs = parse_options(options, method)
+    data = model_data(train)
+    result = RUNNERS[method](data, config, seed=seed, **kwargs)
+    return BayesianSimfluence.from_fit(result, data, train, config)
+
+
+def _factory(method: str) -> Callable[[Runs, FitContext], BayesianSimfluence]:
+    def factory(train: Runs, context: FitContext) -> BayesianSimfluence:
+        return fit_bayes(method, train, context.options, seed=context.seed)
+
+    return factory
+
+
+for _method in RUNNERS:
+    register_method(f"bayes-{_method}")(_factory(_method))
+register_loader(KIND, BayesianSimfluence.load)
+register_sniffer(KIND, is_posterior_file)
