@@ -1,0 +1,202 @@
+"""Curricula: which training examples go into each batch of a run.
+
+A curriculum is an int array ``[steps, batch]`` of training-example indices; a set of them is
+``[runs, steps, batch]``. ``-1`` marks an empty slot (a short last batch, a removed example),
+exactly as in the runs format. Samplers are seeded per run (``numpy`` generator seeded with
+``[seed, run]``), so run ``r`` gets the same curriculum however many runs are asked for.
+
+Samplers (the protocols of the literature):
+
+- :func:`random_orderings`: every run sees the whole pool, a fresh random order each epoch;
+- :func:`random_subsets`: every run trains on a random subset of the pool (e.g. 128 of 200,
+  as in GPTfluence), in a fresh random order each epoch.
+
+Editing helpers, used to ask counterfactual questions: :func:`from_batches`,
+:func:`leave_out`, :func:`insert_at`, :func:`move_to_step`, :func:`reorder_steps`,
+:func:`repeat_curriculum`. Each takes ``[steps, batch]`` or ``[runs, steps, batch]`` and
+returns the same number of dims.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from bayes_simfluence.runs import EMPTY_SLOT
+
+PROTOCOLS = ("orderings", "subsets")
+
+
+def _run_rng(seed: int, run: int) -> np.random.Generator:
+    return np.random.default_rng([int(seed), int(run)])
+
+
+def _epoch_batches(order: np.ndarray, batch_size: int, drop_last: bool) -> np.ndarray:
+    """``[steps, batch]`` batches of one epoch's ``order``; a short last batch is padded with -1."""
+    n_full, rest = divmod(order.size, batch_size)
+    if rest and not drop_last:
+        order = np.concatenate([order, np.full(batch_size - rest, EMPTY_SLOT, dtype=np.int64)])
+        n_full += 1
+    return order[: n_full * batch_size].reshape(n_full, batch_size)
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if int(value) < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value}")
+
+
+def random_orderings(n_train: int, n_runs: int, batch_size: int, epochs: int = 1, seed: int = 0,
+                     drop_last: bool = False) -> np.ndarray:
+    """Every run sees all ``n_train`` examples once per epoch, in a fresh random order.
+
+    Returns:
+        ``[runs, steps, batch]`` int64 with ``steps = epochs * ceil(n_train / batch_size)``
+        (``floor`` with ``drop_last``); a short last batch of each epoch is padded with -1.
+    """
+    return random_subsets(n_train, n_runs, n_train, batch_size, epochs, seed, drop_last)
+
+
+def random_subsets(n_train: int, n_runs: int, subset_size: int, batch_size: int, epochs: int = 1,
+                   seed: int = 0, drop_last: bool = False) -> np.ndarray:
+    """Every run draws ``subset_size`` of the ``n_train`` examples, then trains on them for
+    ``epochs`` epochs, each in a fresh random order.
+
+    Returns:
+        ``[runs, steps, batch]`` int64, ``steps = epochs * ceil(subset_size / batch_size)``.
+    """
+    _check_positive(n_train=n_train, n_runs=n_runs, subset_size=subset_size, batch_size=batch_size,
+                    epochs=epochs)
+    if subset_size > n_train:
+        raise ValueError(f"subset_size ({subset_size}) cannot exceed the pool size n_train ({n_train})")
+    if drop_last and subset_size < batch_size:
+        raise ValueError(f"with drop_last, subset_size ({subset_size}) must be at least batch_size ({batch_size})")
+    runs = []
+    for run in range(n_runs):
+        rng = _run_rng(seed, run)
+        subset = rng.choice(n_train, size=subset_size, replace=False)
+        epochs_batches = [_epoch_batches(rng.permutation(subset), batch_size, drop_last) for _ in range(epochs)]
+        runs.append(np.concatenate(epochs_batches, axis=0))
+    return np.stack(runs).astype(np.int64)
+
+
+def sample_curricula(protocol: str, n_train: int, n_runs: int, batch_size: int, epochs: int = 1,
+                     seed: int = 0, subset_size: int | None = None, drop_last: bool = False) -> np.ndarray:
+    """Dispatch on ``protocol`` (``"orderings"`` or ``"subsets"``); ``[runs, steps, batch]``."""
+    if protocol == "orderings":
+        return random_orderings(n_train, n_runs, batch_size, epochs, seed, drop_last)
+    if protocol == "subsets":
+        if subset_size is None:
+            raise ValueError("the 'subsets' protocol needs subset_size (examples per run)")
+        return random_subsets(n_train, n_runs, subset_size, batch_size, epochs, seed, drop_last)
+    raise ValueError(f"unknown curriculum protocol {protocol!r}; choose from {PROTOCOLS}")
+
+
+def from_batches(batches: Iterable[Sequence[int]], n_train: int | None = None) -> np.ndarray:
+    """A user-specified curriculum: one list of example indices per step.
+
+    Returns:
+        ``[steps, batch]`` int64, ``batch`` = the longest list; shorter ones are padded with -1.
+    """
+    batches = [list(map(int, batch)) for batch in batches]
+    if not batches:
+        raise ValueError("a curriculum needs at least one batch")
+    width = max(len(batch) for batch in batches)
+    if width == 0:
+        raise ValueError("every batch of the curriculum is empty")
+    curriculum = np.full((len(batches), width), EMPTY_SLOT, dtype=np.int64)
+    for step, batch in enumerate(batches):
+        curriculum[step, : len(batch)] = batch
+    _check_indices(curriculum, n_train)
+    return curriculum
+
+
+def _check_indices(curricula: np.ndarray, n_train: int | None) -> None:
+    if np.any(curricula < EMPTY_SLOT):
+        raise ValueError(f"curriculum indices must be >= 0 (or -1 for an empty slot), got {curricula.min()}")
+    if n_train is not None and curricula.size and curricula.max() >= n_train:
+        raise ValueError(f"curriculum index {curricula.max()} is out of range for n_train = {n_train}")
+
+
+def _as_3d(curricula: np.ndarray) -> tuple[np.ndarray, bool]:
+    array = np.asarray(curricula, dtype=np.int64)
+    if array.ndim == 2:
+        return array[None], True
+    if array.ndim == 3:
+        return array, False
+    raise ValueError(f"curricula must be [steps, batch] or [runs, steps, batch], got shape {array.shape}")
+
+
+def _restore(curricula: np.ndarray, squeeze: bool) -> np.ndarray:
+    return curricula[0] if squeeze else curricula
+
+
+def compact(curricula: np.ndarray) -> np.ndarray:
+    """Move the filled slots of every batch to the left, keeping their order; same shape."""
+    array, squeeze = _as_3d(curricula)
+    empty = array == EMPTY_SLOT
+    order = np.argsort(empty, axis=-1, kind="stable")
+    return _restore(np.take_along_axis(array, order, axis=-1), squeeze)
+
+
+def leave_out(curricula: np.ndarray, examples: Iterable[int]) -> np.ndarray:
+    """Remove every occurrence of ``examples``: their slots become -1 (batches shrink). Same shape."""
+    array, squeeze = _as_3d(curricula)
+    removed = np.where(np.isin(array, np.fromiter(examples, dtype=np.int64)), EMPTY_SLOT, array)
+    return _restore(compact(removed), squeeze)
+
+
+def insert_at(curricula: np.ndarray, example: int, step: int) -> np.ndarray:
+    """Add ``example`` to the batch of ``step`` (0-based) in every run.
+
+    It takes the first empty slot; when the batch is full every batch gains one column (-1
+    elsewhere), so the other steps are unchanged.
+    """
+    array, squeeze = _as_3d(curricula)
+    if not 0 <= step < array.shape[1]:
+        raise ValueError(f"step must be in [0, {array.shape[1]}), got {step}")
+    if example < 0:
+        raise ValueError(f"example index must be >= 0, got {example}")
+    array = compact(array)
+    if np.any(array[:, step, -1] != EMPTY_SLOT):
+        array = np.concatenate([array, np.full(array.shape[:2] + (1,), EMPTY_SLOT, dtype=np.int64)], axis=-1)
+    array = array.copy()
+    first_empty = np.argmax(array[:, step] == EMPTY_SLOT, axis=-1)
+    array[np.arange(array.shape[0]), step, first_empty] = example
+    return _restore(array, squeeze)
+
+
+def move_to_step(curricula: np.ndarray, example: int, step: int) -> np.ndarray:
+    """Remove every occurrence of ``example`` and show it once, at ``step``."""
+    return insert_at(leave_out(curricula, [example]), example, step)
+
+
+def reorder_steps(curricula: np.ndarray, order: Sequence[int]) -> np.ndarray:
+    """The same batches in another order: new step ``t`` is old step ``order[t]``."""
+    array, squeeze = _as_3d(curricula)
+    order = np.asarray(order, dtype=np.int64)
+    if sorted(order.tolist()) != list(range(array.shape[1])):
+        raise ValueError(f"order must be a permutation of the {array.shape[1]} steps")
+    return _restore(array[:, order], squeeze)
+
+
+def repeat_curriculum(curricula: np.ndarray, times: int) -> np.ndarray:
+    """The whole curriculum ``times`` times in a row (more epochs of the same order)."""
+    _check_positive(times=times)
+    array, squeeze = _as_3d(curricula)
+    return _restore(np.concatenate([array] * times, axis=1), squeeze)
+
+
+def group_steps(curricula: np.ndarray, every: int) -> np.ndarray:
+    """Merge ``every`` consecutive optimiser steps into one row: ``[runs, steps / every, every * batch]``.
+
+    This is how a collection that logs losses only every ``every`` steps is stored in the runs
+    format: one runs-file step is ``every`` optimiser steps.
+    """
+    _check_positive(every=every)
+    array, squeeze = _as_3d(curricula)
+    runs, steps, batch = array.shape
+    if steps % every:
+        raise ValueError(f"the number of steps ({steps}) must be a multiple of eval_every ({every})")
+    return _restore(array.reshape(runs, steps // every, every * batch), squeeze)
