@@ -62,7 +62,8 @@ def tiny_gpt2(directory: Path, seed: int = 0) -> Path:
     """A 2-layer GPT-2 (hidden 16) saved with the MiniLM tokenizer; returns its directory."""
     tokenizer = _tokenizer()
     config = GPT2Config(vocab_size=tokenizer.vocab_size, n_embd=16, n_layer=2, n_head=2, n_positions=64,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                        bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id)
     torch.manual_seed(seed)
     path = directory / "tiny-gpt2"
     GPT2LMHeadModel(config).save_pretrained(path)

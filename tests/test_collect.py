@@ -1,0 +1,181 @@
+"""The collector on tiny models: valid runs, exact step-0 losses, resume after a kill, workers, CLI, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bayes_simfluence import cli
+from bayes_simfluence.collect import CollectConfig, OptimConfig, collect
+from bayes_simfluence.collect.collector import partial_dir_for
+from bayes_simfluence.collect.data import load_examples
+from bayes_simfluence.collect.losses import collate, encode, example_losses
+from bayes_simfluence.collect.model import load_model, select_parameters
+from bayes_simfluence.runs import Runs
+
+from collect_fixtures import lm_files, sentiment_files, tiny_bert, tiny_gpt2
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tiny")
+    train, test = sentiment_files(directory)
+    return {"model": tiny_bert(directory, dropout=0.1), "train": train, "test": test, "dir": directory}
+
+
+def _config(tiny, **overrides):
+    settings = dict(model=tiny["model"], train=tiny["train"], test=tiny["test"], id_field="id", runs=3,
+                    batch_size=4, epochs=2, optim=OptimConfig(lr=0.1))
+    settings.update(overrides)
+    return CollectConfig(**settings)
+
+
+def _direct_losses(model_path, train, test, task="classification"):
+    _, test_examples, labels = load_examples(train, test, task, id_field=None)
+    model, tokenizer = load_model(model_path, task, max(len(labels), 2))
+    model.eval()
+    with torch.no_grad():
+        batch = collate(encode(test_examples, tokenizer), np.arange(len(test_examples)))
+        return example_losses(model, batch).double().numpy()
+
+
+def test_collection_writes_valid_runs_with_exact_initial_losses(tiny, tmp_path):
+    runs = collect(_config(tiny), tmp_path / "runs.npz", progress=False)
+    loaded = Runs.load(tmp_path / "runs.npz")
+    assert loaded.losses.shape == (3, 7, 4) and loaded.curricula.shape == (3, 6, 4)
+    np.testing.assert_array_equal(loaded.losses, runs.losses)
+    assert list(loaded.train_ids[:2]) == ["ex0", "ex1"]
+    direct = _direct_losses(tiny["model"], tiny["train"], tiny["test"])
+    np.testing.assert_allclose(loaded.losses[:, 0], np.broadcast_to(direct, (3, 4)), rtol=1e-5)
+    assert not np.allclose(loaded.losses[:, -1], loaded.losses[:, 0])  # training moved the losses
+    meta = loaded.meta
+    assert meta["optimizer"]["lr"] == 0.1 and meta["seeds"]["curriculum"] == 0
+    assert set(meta["versions"]) >= {"torch", "transformers", "datasets"}
+    assert len(meta["learning_rates"]) == 6
+    assert not partial_dir_for(tmp_path / "runs.npz").exists()
+
+
+def test_workers_and_scores_do_not_change_the_runs(tiny, tmp_path):
+    one = collect(_config(tiny), tmp_path / "one.npz", progress=False, threads=1)
+    scored = collect(_config(tiny, scores=("tracin",)), tmp_path / "scored.npz", progress=False, threads=1)
+    two = collect(_config(tiny), tmp_path / "two.npz", progress=False, workers=2, threads=1)
+    np.testing.assert_array_equal(one.losses, scored.losses)
+    np.testing.assert_array_equal(one.losses, two.losses)
+    np.testing.assert_array_equal(one.curricula, two.curricula)
+
+
+def test_eval_every_groups_optimiser_steps(tiny, tmp_path):
+    every = collect(_config(tiny, eval_every=2), tmp_path / "every.npz", progress=False)
+    full = collect(_config(tiny), tmp_path / "full.npz", progress=False)
+    assert every.curricula.shape == (3, 3, 8)
+    np.testing.assert_allclose(every.losses, full.losses[:, ::2], rtol=1e-6)
+
+
+def test_causal_lm_loss_covers_target_tokens_only(tmp_path):
+    train, test = lm_files(tmp_path)
+    model_path = tiny_gpt2(tmp_path)
+    runs = collect(CollectConfig(model=model_path, train=train, test=test, task="causal-lm", runs=2, batch_size=3),
+                   tmp_path / "lm.npz", progress=False)
+    direct = _direct_losses(model_path, train, test, task="causal-lm")
+    np.testing.assert_allclose(runs.losses[0, 0], direct, rtol=1e-5)
+    # the loss ignores the prompt: changing the prompt's last token changes the loss, padding does not
+    model, tokenizer = load_model(model_path, "causal-lm")
+    _, examples, _ = load_examples(train, test, "causal-lm")
+    encoded = encode(examples, tokenizer)
+    alone = [example_losses(model, collate(encoded, [i])).item() for i in range(len(examples))]
+    np.testing.assert_allclose(direct, alone, rtol=1e-5)
+
+
+def test_resume_refuses_a_different_configuration(tiny, tmp_path):
+    out = tmp_path / "runs.npz"
+    partial = partial_dir_for(out)
+    partial.mkdir()
+    (partial / "config.json").write_text(json.dumps({"config": {**_config(tiny).to_dict(), "epochs": 5},
+                                                     "curricula_sha256": "x"}))
+    with pytest.raises(ValueError, match="differs in: epochs, curricula"):
+        collect(_config(tiny), out, progress=False)
+
+
+def test_existing_output_needs_overwrite(tiny, tmp_path):
+    out = tmp_path / "runs.npz"
+    out.write_bytes(b"old")
+    with pytest.raises(ValueError, match="overwrite"):
+        collect(_config(tiny), out, progress=False)
+
+
+def test_kill_and_resume_gives_the_uninterrupted_result(tiny, tmp_path):
+    arguments = ["collect", "--model", str(tiny["model"]), "--train", str(tiny["train"]), "--test",
+                 str(tiny["test"]), "--id-field", "id", "--runs", "3", "--batch-size", "2", "--epochs", "40",
+                 "--lr", "0.05", "--threads", "1", "--quiet"]
+    out = tmp_path / "killed.npz"
+    command = [sys.executable, "-m", "bayes_simfluence.cli", *arguments, "--out", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first_run = partial_dir_for(out) / "run_00000.npz"
+    deadline = time.time() + 120
+    while not first_run.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert first_run.exists() and not out.exists(), process.stderr.read().decode()[-2000:]
+    assert not (partial_dir_for(out) / "run_00002.npz").exists()  # killed while runs were left
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert cli.main([*arguments, "--out", str(tmp_path / "straight.npz")]) == 0
+    killed, straight = Runs.load(out), Runs.load(tmp_path / "straight.npz")
+    np.testing.assert_array_equal(killed.curricula, straight.curricula)
+    np.testing.assert_array_equal(killed.losses, straight.losses)
+    assert killed.meta == straight.meta
+    assert not partial_dir_for(out).exists()
+
+
+def test_cli_collect_writes_runs_and_scores(tiny, tmp_path, capsys):
+    out = tmp_path / "cli.npz"
+    code = cli.main(["collect", "--model", str(tiny["model"]), "--train", str(tiny["train"]), "--test",
+                     str(tiny["test"]), "--runs", "2", "--protocol", "subsets", "--subset-size", "8",
+                     "--batch-size", "4", "--scores", "tracin", "--scores", "influence", "--score-params", "head",
+                     "--quiet", "--out", str(out)])
+    assert code == 0
+    runs = Runs.load(out)
+    assert runs.curricula.shape == (2, 2, 4) and runs.n_train == 12
+    assert "wrote" in capsys.readouterr().out
+    assert (tmp_path / "cli.scores.npz").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--text-field", "sentence"], "no text field 'sentence'"),
+    (["--protocol", "subsets"], "subset_size"),
+    (["--trainable", "encoder.nothing"], "matches no parameter"),
+])
+def test_cli_bad_inputs_give_clear_errors(tiny, tmp_path, capsys, extra, message):
+    code = cli.main(["collect", "--model", str(tiny["model"]), "--train", str(tiny["train"]), "--test",
+                     str(tiny["test"]), "--quiet", "--out", str(tmp_path / "bad.npz"), *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_missing_files_and_models(tiny, tmp_path, capsys):
+    assert cli.main(["collect", "--model", str(tiny["model"]), "--train", str(tmp_path / "none.jsonl"),
+                     "--test", str(tiny["test"]), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    assert cli.main(["collect", "--model", str(tmp_path / "no-model"), "--train", str(tiny["train"]),
+                     "--test", str(tiny["test"]), "--quiet", "--out", str(tmp_path / "y.npz")]) == 2
+    assert "could not load model" in capsys.readouterr().err
+
+
+def test_parameter_specs(tiny):
+    model, _ = load_model(tiny["model"], "classification")
+    assert select_parameters(model, "head") == ["bert.pooler.dense.weight", "bert.pooler.dense.bias",
+                                                "classifier.weight", "classifier.bias"]
+    last = select_parameters(model, "last:1")
+    assert all(n.startswith(("bert.encoder.layer.1.", "bert.pooler", "classifier")) for n in last)
+    assert len(select_parameters(model, "all")) > len(last)
+    with pytest.raises(ValueError, match="only 2 blocks"):
+        select_parameters(model, "last:3")

@@ -1,0 +1,59 @@
+"""The demo pipeline (on a tiny model standing in for MiniLM) and the embedded task and model."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bayes_simfluence import cli
+from bayes_simfluence.collect import CollectConfig, OptimConfig, embedded
+from bayes_simfluence.collect.data import load_examples
+
+from collect_fixtures import sentiment_files, tiny_bert
+
+
+def test_embedded_task_is_real_labelled_text():
+    train, test, labels = load_examples(embedded.embedded_data_path("train"), embedded.embedded_data_path("test"),
+                                        id_field="id")
+    assert labels == ["negative", "positive"]
+    assert len(train) == 214 and len(test) == 40
+    assert len(set(train.texts)) == len(train.texts) and not set(train.texts) & set(test.texts)
+    rows = [json.loads(line) for line in embedded.embedded_data_path("train").read_text().splitlines()]
+    kinds = {row["kind"] for row in rows[:64]}
+    assert kinds == {"clean", "near_duplicate", "mislabelled", "hard"}  # the demo pool has all kinds
+
+
+def test_embedded_model_loads_offline_as_a_classifier():
+    from bayes_simfluence.collect.model import load_model
+
+    model, tokenizer = load_model(embedded.embedded_model_path(), "classification", init_seed=0)
+    again, _ = load_model(embedded.embedded_model_path(), "classification", init_seed=0)
+    assert sum(p.numel() for p in model.parameters()) > 20_000_000
+    np.testing.assert_array_equal(model.classifier.weight.detach().numpy(), again.classifier.weight.detach().numpy())
+
+
+def test_demo_runs_end_to_end(tmp_path, monkeypatch, capsys):
+    train, test = sentiment_files(tmp_path, n_train=16, n_test=4)
+    model = tiny_bert(tmp_path)
+
+    def tiny_demo_config(runs: int) -> CollectConfig:
+        return CollectConfig(model=model, train=train, test=test, id_field="id", runs=runs, protocol="subsets",
+                             subset_size=12, batch_size=4, epochs=2, optim=OptimConfig(lr=0.2),
+                             scores=("tracin", "influence"), score_params="head")
+
+    monkeypatch.setattr(embedded, "demo_config", tiny_demo_config)
+    out = tmp_path / "demo"
+    code = cli.main(["demo", "--out", str(out), "--runs", "6", "--heldout-runs", "2", "--workers", "1", "--quiet",
+                     "-m", "mean", "-m", "linear", "-m", "tracin", "-m", "influence", "-m", "no-such-method"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "skipped no-such-method" in printed and "linear" in printed
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["results"]) == {"mean", "linear", "tracin", "influence"}
+    assert summary["files"]["runs_bytes"] > 0 and summary["seconds"]["total"] > 0
+    assert (out / "trajectories.png").stat().st_size > 1000
+
+
+def test_demo_rejects_bad_heldout(tmp_path, capsys):
+    assert cli.main(["demo", "--out", str(tmp_path), "--runs", "4", "--heldout-runs", "4"]) == 2
+    assert "--heldout-runs" in capsys.readouterr().err
