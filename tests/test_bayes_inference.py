@@ -11,13 +11,13 @@ from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.bayes.synthetic import model_runs
 
-CONFIG = ModelConfig()  # the default: linear, step component, non-centred
+CONFIG = ModelConfig()  # the default: linear, step component; centred for NUTS, non-centred for SVI
 
 
 @pytest.fixture(scope="module")
 def small():
-    """The reference synthetic problem: 6 training examples, 2 test examples, ragged batches."""
-    runs, truth = model_runs(n_train=6, n_tests=2, n_runs=6, n_steps=12, batch_size=2, empty_fraction=0.2,
+    """The reference synthetic problem: 10 training examples, 2 test examples, ragged batches."""
+    runs, truth = model_runs(n_train=10, n_tests=2, n_runs=8, n_steps=16, batch_size=2, empty_fraction=0.2,
                              effect_scale=0.01, noise_scale=0.01, seed=11)
     return runs, model_data(runs)
 
@@ -50,14 +50,16 @@ def test_nuts_matches_the_exact_posterior_within_monte_carlo_error(small, fixed_
     mean, cov = exact
     sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
     z = (w.mean((0, 1)) - mean) / (sd / np.sqrt(ess))
-    assert np.abs(z).max() < 4.0  # 24 parameters: a 4-sigma excursion has probability < 0.2%
+    assert np.abs(z).max() < 4.0  # 40 parameters: a 4-sigma excursion has probability < 0.3%
     flat = w.reshape(-1, *w.shape[2:])
-    # sample sd of correlated draws: relative standard error about 1 / sqrt(2 ess)
+    # sample sd of Gaussian draws: relative standard error 1 / sqrt(2 ess), with the ESS of the
+    # squared deviations (NUTS draws can be antithetic for the mean but not for the variance)
+    ess_sq = np.asarray(effective_sample_size((w - mean) ** 2))
     ratio = flat.std(0) / sd
-    assert np.all(np.abs(ratio - 1) < 4 / np.sqrt(2 * ess))
+    assert np.all(np.abs(ratio - 1) < 4 / np.sqrt(2 * ess_sq))
     for m in range(data.n_tests):
         exact_corr = cov[m] / np.outer(sd[m], sd[m])
-        assert np.abs(np.corrcoef(flat[:, m].T) - exact_corr).max() < 4 / np.sqrt(ess[m].min())
+        assert np.abs(np.corrcoef(flat[:, m].T) - exact_corr).max() < 4 / np.sqrt(ess_sq[m].min())
 
 
 def test_full_rank_svi_matches_the_exact_posterior(small, fixed_hyper, exact):

@@ -93,25 +93,30 @@ def test_arviz_conversion_has_named_dims_and_ids(problem):
     assert 0.8 <= check["coverage_90"] <= 1.0 and check["p_final"].shape == (train.n_tests,)
 
 
-def test_fit_method_save_and_load_round_trip(tmp_path):
-    runs, _ = model_runs(n_train=8, n_tests=2, n_runs=6, n_steps=10, batch_size=2, seed=2)
-    context = FitContext(seed=3, options={"step": "false", "num_samples": "30", "num_warmup": 100,
-                                          "progress": False})
-    simulator = fit_method("bayes-exact", runs, context)
-    assert simulator.name == "bayes-exact" and simulator.drift is None and "a_location" in simulator.hyper
+def test_save_and_load_round_trip(problem, tmp_path):
+    train, held, _, posterior = problem
     path = tmp_path / "posterior.nc"
-    simulator.save(path)
+    posterior.save(path)
     loaded = load_simulator(path)
-    np.testing.assert_allclose(loaded.simulate(runs.curricula, runs.initial_losses),
-                               simulator.simulate(runs.curricula, runs.initial_losses))
-    np.testing.assert_array_equal(loaded.simulate_draws(runs.curricula, runs.initial_losses, 7, seed=1),
-                                  simulator.simulate_draws(runs.curricula, runs.initial_losses, 7, seed=1))
-    assert loaded.config == simulator.config and loaded.info["seed"] == 3
+    curricula, initial = held.curricula[:3], held.initial_losses[:3]
+    np.testing.assert_allclose(loaded.simulate(curricula, initial), posterior.simulate(curricula, initial))
+    np.testing.assert_array_equal(loaded.simulate_draws(curricula, initial, 50, seed=4),
+                                  posterior.simulate_draws(curricula, initial, 50, seed=4))
+    assert loaded.config == posterior.config and loaded.info == posterior.info
     not_ours = tmp_path / "other.nc"
     not_ours.write_bytes(b"CDF\x01 not really")
     assert not diagnostics.is_posterior_file(not_ours)
     with pytest.raises(ValueError, match="NetCDF"):
-        simulator.save(tmp_path / "posterior.npz")
+        posterior.save(tmp_path / "posterior.npz")
+
+
+def test_fit_method_parses_string_options(problem):
+    train = problem[0]
+    context = FitContext(seed=3, options={"step": "false", "num_samples": "30", "num_warmup": 100,
+                                          "progress": False})
+    simulator = fit_method("bayes-exact", train, context)
+    assert simulator.name == "bayes-exact" and simulator.drift is None and "a_location" in simulator.hyper
+    assert simulator.n_draws == 60 and simulator.info["seed"] == 3
 
 
 def test_bad_inputs_give_clear_errors(problem):

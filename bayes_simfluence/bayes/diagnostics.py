@@ -162,10 +162,10 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
 
 
 def summary(data: Any, var_names: list[str] | None = None) -> Any:
-    """``pandas.DataFrame`` with ``r_hat``, ``ess_bulk``, ``ess_tail`` (and MCSE) per parameter."""
+    """``pandas.DataFrame`` with ``r_hat``, ``ess_bulk``, ``ess_tail`` (and MCSE) per parameter, unrounded."""
     if ARVIZ_1:  # ARVIZ 1.x
-        return arviz_stats.summary(data, var_names=var_names, kind="diagnostics")
-    return az.summary(data, var_names=var_names, kind="diagnostics")
+        return arviz_stats.summary(data, var_names=var_names, kind="diagnostics", round_to=None)
+    return az.summary(data, var_names=var_names, kind="diagnostics", round_to="none")
 
 
 def count_divergences(data: Any, warn: bool = True) -> int:

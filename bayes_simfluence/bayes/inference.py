@@ -116,6 +116,7 @@ def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_sa
             compare with :func:`bayes_simfluence.bayes.conjugate.posterior_given`).
     """
     chain_method = chain_method or default_chain_method(num_chains)
+    config = config.parameterised(noncentred=False)
     start = time.perf_counter()
     with jax.enable_x64(True):
         model = _conditioned(model_for(config), fixed)
@@ -135,6 +136,7 @@ def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_sa
                       "or check the model", stacklevel=2)
     info = {"method": "nuts", "num_warmup": num_warmup, "num_samples": num_samples, "num_chains": num_chains,
             "chain_method": chain_method, "target_accept": target_accept, "seconds": seconds,
+            "noncentred": config.noncentred,
             "divergences": divergences, "seed": seed}
     return FitResult(_collect(samples, data, config, (num_chains, num_samples), fixed), extra, info)
 
@@ -152,7 +154,7 @@ def _guide(kind: str, model: Any, init: Any, rank: int | None) -> Any:
 def elbo_converged(losses: np.ndarray, rtol: float = 1e-4) -> tuple[bool, dict[str, float]]:
     """Compare the mean loss (negative ELBO) of the last two windows (each 10% of the steps).
 
-    Converged when the change is below ``rtol`` relative to the loss, or below twice its
+    Converged when the change is below ``rtol`` relative to the loss, or below three times its
     Monte Carlo standard error (the ELBO estimate is noisy).
     """
     window = max(len(losses) // 10, 1)
@@ -160,7 +162,7 @@ def elbo_converged(losses: np.ndarray, rtol: float = 1e-4) -> tuple[bool, dict[s
     if len(previous) == 0 or not np.all(np.isfinite(last)):
         return False, {"elbo_change": float("nan")}
     change = float(previous.mean() - last.mean())
-    noise = float(2.0 * np.hypot(last.std(), previous.std()) / np.sqrt(window))
+    noise = float(3.0 * np.hypot(last.std(), previous.std()) / np.sqrt(window))
     relative = abs(change) / max(abs(float(last.mean())), 1.0)
     return bool(relative < rtol or abs(change) < noise), {"elbo_change": change, "elbo_noise": noise,
                                                           "elbo_relative_change": relative}
@@ -176,6 +178,7 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
     ``final_lr_fraction * learning_rate``. A :class:`UserWarning` says when the ELBO has not
     converged (see :func:`elbo_converged`).
     """
+    config = config.parameterised(noncentred=True)
     start = time.perf_counter()
     with jax.enable_x64(True):
         init_values = {k: v for k, v in _init_values(data).items() if not fixed or k not in fixed}
@@ -195,7 +198,7 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
     if not converged:
         warnings.warn(f"SVI: the ELBO has not converged after {num_steps} steps ({check}); "
                       "raise num_steps or learning_rate", stacklevel=2)
-    info = {"method": "svi", "guide": guide, "num_steps": num_steps, "learning_rate": learning_rate,
+    info = {"method": "svi", "guide": guide, "noncentred": config.noncentred, "num_steps": num_steps, "learning_rate": learning_rate,
             "final_lr_fraction": final_lr_fraction, "seconds": seconds, "elbo_converged": converged,
             "final_loss": float(losses[-max(len(losses) // 10, 1):].mean()), "seed": seed,
             "loss_trace": losses[:: max(len(losses) // 200, 1)].tolist(), **check}
