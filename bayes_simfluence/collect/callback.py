@@ -17,7 +17,10 @@ step = one optimiser step, with all its micro-batches)::
     callback.runs().save("run.npz")
 
 Test losses are logged before training and after every optimiser step with the same
-per-example losses as the collector (:mod:`bayes_simfluence.collect.losses`).
+per-example losses as the collector (:mod:`bayes_simfluence.collect.losses`). The callback
+records what the Trainer did; it does not change how the Trainer scales its loss (with gradient
+accumulation, transformers 5 sums the micro-batch means of models that ignore
+``num_items_in_batch``, e.g. BERT classifiers, where the collector takes one batch mean).
 """
 
 from __future__ import annotations

@@ -276,8 +276,10 @@ def package_versions() -> dict[str, str]:
 
 
 def _identity(config: CollectConfig, curricula: np.ndarray) -> dict:
-    return {"config": config.to_dict(),
-            "curricula_sha256": hashlib.sha256(np.ascontiguousarray(curricula, dtype=np.int64).tobytes()).hexdigest()}
+    """What a resumed collection must share with the original, as it reads back from JSON."""
+    identity = {"config": config.to_dict(),
+                "curricula_sha256": hashlib.sha256(np.ascontiguousarray(curricula, dtype=np.int64).tobytes()).hexdigest()}
+    return json.loads(json.dumps(identity))
 
 
 def partial_dir_for(out: Path) -> Path:
