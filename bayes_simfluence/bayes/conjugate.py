@@ -143,19 +143,19 @@ def collapsed_statistics(data: ModelData, config: ModelConfig, chunk_size: int =
             features, target_steps = step_features(data.select_tests(chunk), config)
             solved = _solve_drift(system, np.moveaxis(features, 0, 1))  # [steps, chunk, features]
             solved = np.moveaxis(solved, 1, 0)
-            gram = gram - np.einsum("mtf,mtg->mfg", features, solved)
-            moment = moment - np.einsum("mtf,mt->mf", solved, target_steps)
+            gram = gram - np.matmul(np.swapaxes(features, 1, 2), solved)
+            moment = moment - np.matmul(np.swapaxes(solved, 1, 2), target_steps[..., None])[..., 0]
             target_sq = target_sq - np.einsum("mt,tm->m", target_steps, _solve_drift(system, target_steps.T))
         gram = 0.5 * (gram + np.swapaxes(gram, 1, 2))
         eigenvalues, eigenvectors = np.linalg.eigh(gram)
         eigenvalues = np.clip(eigenvalues, 0.0, None)
         ut = np.swapaxes(eigenvectors, 1, 2)
-        gram_e = np.einsum("mfg,kg->mkf", gram, indicators)
+        gram_e = np.swapaxes(np.matmul(gram, indicators.T), 1, 2)  # [chunk, 2, features]
         pieces.append((
             eigenvalues, eigenvectors,
-            np.einsum("mgf,mf->mg", ut, moment),
-            np.einsum("mgf,mkf->mkg", ut, gram_e),
-            np.einsum("mgf,kf->mkg", ut, indicators),
+            np.matmul(ut, moment[..., None])[..., 0],
+            np.swapaxes(np.matmul(ut, np.swapaxes(gram_e, 1, 2)), 1, 2),
+            np.swapaxes(np.matmul(ut, indicators.T), 1, 2),
             target_sq,
             np.einsum("kf,mf->mk", indicators, moment),
             np.einsum("lf,mkf->mkl", indicators, gram_e),
@@ -226,7 +226,8 @@ def draw_effects(stats: CollapsedStats, sigma: np.ndarray, scale: np.ndarray, mu
     out = np.empty_like(coords)
     for start in range(0, coords.shape[1], chunk_size):
         chunk = slice(start, start + chunk_size)
-        out[:, chunk] = np.einsum("mfg,dmg->dmf", stats.eigenvectors[chunk], coords[:, chunk])
+        # [chunk, features, features] @ [chunk, features, draws] -> [draws, chunk, features]
+        out[:, chunk] = np.moveaxis(np.matmul(stats.eigenvectors[chunk], np.moveaxis(coords[:, chunk], 0, -1)), -1, 0)
     return out
 
 
