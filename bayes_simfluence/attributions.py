@@ -45,14 +45,14 @@ class EffectDraws(NamedTuple):
 def effect_draws(simulator: Simulator, n_draws: int = DEFAULT_DRAWS, seed: int = 0) -> EffectDraws:
     """The effects of a fitted simulator in the centred form ``alpha = 1 + sum a``.
 
-    Bayesian simulators give ``n_draws`` posterior draws through their ``effect_draws``
-    accessor; Simfluence point simulators give one draw, with the paper's ``A`` centred as
-    ``a = A - 1 / batch`` (so a full batch of ``a = 0`` keeps the loss) and ``a = 0`` for the
-    additive variant.
+    Bayesian simulators give ``n_draws`` posterior draws through ``parameter_draws(n_draws,
+    seed)`` (the draws ``simulate_draws`` uses with the same arguments); Simfluence point
+    simulators give one draw, with the paper's ``A`` centred as ``a = A - 1 / batch`` (so a full
+    batch of ``a = 0`` keeps the loss) and ``a = 0`` for the additive variant.
     """
-    if hasattr(simulator, "effect_draws"):
-        multiplicative, additive = simulator.effect_draws(n_draws, seed=seed)
-        return EffectDraws(np.asarray(multiplicative, dtype=np.float64), np.asarray(additive, dtype=np.float64))
+    if hasattr(simulator, "parameter_draws"):
+        draws = simulator.parameter_draws(n_draws, seed)
+        return EffectDraws(np.asarray(draws["a"], dtype=np.float64), np.asarray(draws["B"], dtype=np.float64))
     if getattr(simulator, "additive", None) is not None and getattr(simulator, "multiplicative", None) is not None:
         A = np.asarray(simulator.multiplicative, dtype=np.float64)
         if getattr(simulator, "variant", "linear") == "additive":

@@ -25,12 +25,12 @@ class GaussianEffects:
     noise: float = 0.0
     name: str = "gaussian-effects"
 
-    def effect_draws(self, n_draws: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """``(a, B)``, each ``[draws, tests, n_train]``."""
+    def parameter_draws(self, n_draws: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """``{"a", "B"}``, each ``[draws, tests, n_train]``, as the Bayesian simulator's accessor."""
         rng = np.random.default_rng(seed)
         z_a = rng.standard_normal((n_draws,) + self.a_mean.shape)
         z_b = rng.standard_normal((n_draws,) + self.b_mean.shape)
-        return self.a_mean + self.sd_a * z_a, self.b_mean + self.sd_b * z_b
+        return {"a": self.a_mean + self.sd_a * z_a, "B": self.b_mean + self.sd_b * z_b}
 
     def _roll(self, a: np.ndarray, b: np.ndarray, curricula: np.ndarray, initial: np.ndarray) -> np.ndarray:
         curricula = jnp.asarray(curricula)
@@ -48,7 +48,8 @@ class GaussianEffects:
             raise ValueError(f"curricula hold index {curricula.max()} out of range for n_train = {self.a_mean.shape[1]}")
         if np.shape(initial_losses) != (curricula.shape[0], self.a_mean.shape[0]):
             raise ValueError(f"initial_losses must have shape {(curricula.shape[0], self.a_mean.shape[0])}")
-        a, b = self.effect_draws(n_draws, seed)
+        params = self.parameter_draws(n_draws, seed)
+        a, b = params["a"], params["B"]
         roll = jax.vmap(lambda a_d, b_d: roll_out(1.0 + batch_sums(a_d, jnp.asarray(curricula)),
                                                   batch_sums(b_d, jnp.asarray(curricula)),
                                                   jnp.asarray(initial_losses, dtype=jnp.float32)))

@@ -26,7 +26,7 @@ def test_final_loss_effects_are_exact_paired_differences_in_an_additive_model(ad
     curriculum = np.concatenate([np.arange(N_TRAIN), np.arange(5)]).reshape(5, 3)
     effects = at.final_loss_effects(additive, curriculum, np.full(N_TESTS, 2.0), n_draws=100, seed=5)
     counts = np.bincount(curriculum.ravel(), minlength=N_TRAIN)
-    _, b = additive.effect_draws(100, seed=5)
+    b = additive.parameter_draws(100, seed=5)["B"]
     expected = counts[None, :] * b.mean(axis=1)  # [draws, n_train]; mean over the test examples
     np.testing.assert_allclose(effects.draws, expected[:, effects.examples], atol=2e-6)  # float32 roll-out
     assert effects.top(1, helpful=True)[0] == 3 and effects.top(1, helpful=False)[0] == 7
@@ -73,3 +73,25 @@ def test_examples_not_in_the_curriculum_are_an_error(additive):
         at.final_loss_effects(additive, [[0, 1]], np.ones(N_TESTS), examples=[5], n_draws=10)
     with pytest.raises(ValueError, match="out of range"):
         at.final_loss_effects(additive, [[0, 1]], np.ones(N_TESTS), tests=[N_TESTS], n_draws=10)
+
+
+def test_the_bayesian_posterior_recovers_true_final_loss_effects_and_pairs_exactly():
+    """End to end with the collapsed-exact Bayesian fit on runs drawn from known effects."""
+    from scipy import stats
+
+    from bayes_simfluence.compare import compare
+    from bayes_simfluence.methods import FitContext, fit_method
+
+    runs, truth = synthetic_runs(n_train=12, n_tests=3, n_runs=12, n_steps=24, batch_size=3, effect_scale=0.05,
+                                 seed=1)
+    posterior = fit_method("bayes-exact", runs, FitContext(options={"num_warmup": 200, "num_samples": 100,
+                                                                    "progress": False}))
+    curriculum, initial = runs.curricula[0], runs.initial_losses[0]
+    oracle = GaussianEffects(truth.multiplicative - 1.0 / 3, truth.additive)  # centred truth, no uncertainty
+    true = at.final_loss_effects(oracle, curriculum, initial, n_draws=1).draws[0]
+    fitted = at.final_loss_effects(posterior, curriculum, initial, n_draws=200)
+    assert stats.spearmanr(fitted.mean, true).statistic > 0.8
+    assert fitted.top(1)[0] in fitted.examples[np.argsort(true)[:3]]
+    # the same curriculum twice, with the predictive noise: paired draws cancel exactly
+    same = compare(posterior, [curriculum, curriculum.copy()], initial, n_draws=100, include_noise=True)
+    np.testing.assert_array_equal(same.differences("final"), 0.0)
