@@ -168,7 +168,7 @@ def elbo_converged(losses: np.ndarray, rtol: float = 1e-4) -> tuple[bool, dict[s
                                                           "elbo_relative_change": relative}
 
 
-def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_steps: int = 3000,
+def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_steps: int = 2000,
             learning_rate: float = 0.01, final_lr_fraction: float = 0.05, num_draws: int = 200,
             rank: int | None = None, seed: int = 0, progress: bool = True,
             fixed: dict[str, np.ndarray] | None = None) -> FitResult:
