@@ -165,11 +165,11 @@ class Comparison:
         """A readable table: one row per candidate and quantity."""
         percent = f"{100 * self.level:g}%"
         header = (f"{'candidate':<24}{'steps':>6}  {'quantity':<8}{'loss (' + percent + ' CI)':>30}"
-                  f"{'diff vs ' + self.labels[self.reference][:12] + ' (' + percent + ' CI)':>42}"
-                  f"{'P(better)':>11}{'P(best)':>9}")
+                  f"{'diff vs reference (' + percent + ' CI)':>42}{'P(better)':>11}{'P(best)':>9}")
         lines = [
             f"{self.reduction} loss over {len(self.tests)} test example(s); {self.n_draws} paired draws"
-            + ("" if self.include_noise else " (parameter uncertainty, no noise)"),
+            + ("" if self.include_noise else " (parameter uncertainty, no noise)")
+            + f"; reference: {self.labels[self.reference]}",
             header, "-" * len(header),
         ]
         data = self.to_dict()

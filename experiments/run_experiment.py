@@ -60,8 +60,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 class ExperimentConfig:
     """Sizes and seeds of the experiment (the collection follows :func:`demo_config`)."""
 
-    runs: int = 30
-    heldout: int = 6
+    runs: int = 28
+    heldout: int = 5
     train_size: int = 96
     test_size: int = 32
     subset_size: int = 48
