@@ -1,0 +1,14 @@
+"""Bayesian Simfluence: hierarchical Simfluence-Linear in NumPyro with NUTS, SVI and an exact path.
+
+Modules: :mod:`~bayes_simfluence.bayes.data` (standardised teacher-forced data),
+:mod:`~bayes_simfluence.bayes.model` (the NumPyro model), :mod:`~bayes_simfluence.bayes.conjugate`
+(exact Gaussian posterior and collapsed likelihood), :mod:`~bayes_simfluence.bayes.inference`
+(NUTS, SVI, exact), :mod:`~bayes_simfluence.bayes.posterior` (the fitted simulator),
+:mod:`~bayes_simfluence.bayes.diagnostics` (every ArviZ call), :mod:`~bayes_simfluence.bayes.methods`
+(``bayes-svi``, ``bayes-nuts``, ``bayes-exact``), :mod:`~bayes_simfluence.bayes.synthetic`.
+"""
+
+from bayes_simfluence.bayes.model import ModelConfig
+from bayes_simfluence.bayes.posterior import BayesianSimfluence, TrajectoryBands
+
+__all__ = ["BayesianSimfluence", "ModelConfig", "TrajectoryBands"]
