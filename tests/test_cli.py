@@ -77,3 +77,26 @@ def test_unknown_method_and_missing_arguments_exit_2(runs_files, capsys):
     assert "unknown method 'magic'" in capsys.readouterr().err
     assert main(["evaluate", "--runs", str(runs_files["all"]), "-m", "mean"]) == 2
     assert "--heldout-runs" in capsys.readouterr().err
+
+
+def test_bayesian_fit_saves_a_posterior_that_simulate_and_evaluate_reuse(runs_files, tmp_path, capsys):
+    posterior = tmp_path / "posterior.nc"
+    options = ["-o", "num_draws=50", "-o", "progress=false"]  # default 2000 SVI steps: converged here
+    assert main(["fit", "--train", str(runs_files["train"]), "--method", "bayes-svi", *options,
+                 "--out", str(posterior)]) == 0
+    predicted_path = tmp_path / "predicted.npz"
+    assert main(["simulate", "--simulator", str(posterior), "--curricula", str(runs_files["held"]),
+                 "--out", str(predicted_path)]) == 0
+    held = Runs.load(runs_files["held"])
+    predicted = Runs.load(predicted_path).losses
+    assert predicted.shape == held.losses.shape and np.isfinite(predicted).all()
+    capsys.readouterr()
+    assert main(["evaluate", "--train", str(runs_files["train"]), "--heldout", str(runs_files["held"]),
+                 "-m", "mean", "-m", "bayes-svi", *options, "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    for key in ("all_steps_mse", "coverage_50", "coverage_90", "crps"):
+        assert np.isfinite(scores["bayes-svi"][key]), key
+    assert 0 <= scores["bayes-svi"]["coverage_50"] <= scores["bayes-svi"]["coverage_90"] <= 1
+    assert "coverage_90" not in scores["mean"] or scores["mean"]["coverage_90"] is None
+    # the simulator learned something about these runs: it beats the curriculum-blind baseline
+    assert scores["bayes-svi"]["all_steps_mse"] < scores["mean"]["all_steps_mse"]
