@@ -106,11 +106,18 @@ def effect_difficulty(simulator: Simulator, initial_losses: np.ndarray, tests: S
 
 
 def compare_leave_out(simulator: Simulator, curriculum: Any, examples: Sequence[int], initial_losses: np.ndarray,
-                      **options: Any) -> Comparison:
-    """The curriculum as given vs without every occurrence of ``examples``."""
+                      repack: bool = True, **options: Any) -> Comparison:
+    """The curriculum as given vs without every occurrence of ``examples``.
+
+    ``repack=True`` (default) packs the remaining examples into full batches, as training on
+    the reduced data set would (fewer steps). ``repack=False`` keeps the steps and empties the
+    removed examples' slots; Simfluence sums effects over a batch's slots while SGD averages
+    gradients over the examples present, so shrunken batches are outside what runs with full
+    batches identify (see the README, "Ragged batches"); prefer the default.
+    """
     base = _one_curriculum(curriculum)
     examples = _examples(examples, base)
-    return compare(simulator, [base, leave_out(base, examples.tolist())], initial_losses,
+    return compare(simulator, [base, leave_out(base, examples.tolist(), repack=repack)], initial_losses,
                    labels=["as given", f"without {_label(examples)}"], **options)
 
 

@@ -137,17 +137,27 @@ def plot_effects(effects: ExampleEffects, k: int = 10, by: str = "bound", title:
 
 
 def plot_scores(results: dict[str, dict[str, float]], metrics: Sequence[str], title: str | None = None) -> Figure:
-    """One horizontal bar chart per metric, one bar per method (missing metrics left blank)."""
+    """One horizontal bar chart per metric, one bar per method (missing metrics left blank).
+
+    A metric whose positive values span more than two decades gets a log axis, so that one
+    method far off does not flatten the others.
+    """
     methods = list(results)
     figure = Figure(figsize=(3.2 * len(metrics), 0.32 * len(methods) + 1.5), layout="constrained")
     axes = figure.subplots(1, len(metrics), squeeze=False, sharey=True)[0]
     positions = np.arange(len(methods))[::-1]
     for axis, metric in zip(axes, metrics):
         values = np.array([results[m].get(metric, np.nan) for m in methods], dtype=float)
-        axis.barh(positions, np.nan_to_num(values), color=[COLOURS[i % len(COLOURS)] for i in range(len(methods))])
+        positive = values[np.isfinite(values) & (values > 0)]
+        log = len(positive) == np.isfinite(values).sum() > 1 and positive.max() > 100 * positive.min()
+        base = positive.min() / 2 if log else 0.0
+        axis.barh(positions, np.where(np.isfinite(values), values - base, 0.0), left=base,
+                  color=[COLOURS[i % len(COLOURS)] for i in range(len(methods))])
         for position, value in zip(positions, values):
-            axis.text(0, position, f" {value:.3g}" if np.isfinite(value) else " n/a", va="center", fontsize=7)
-        axis.set_title(metric, fontsize=9)
+            axis.text(base, position, f" {value:.3g}" if np.isfinite(value) else " n/a", va="center", fontsize=7)
+        if log:
+            axis.set_xscale("log")
+        axis.set_title(metric + (" (log scale)" if log else ""), fontsize=9)
         axis.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(positions)
     axes[0].set_yticklabels(methods, fontsize=8)

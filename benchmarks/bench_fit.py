@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import resource
 import subprocess
 import sys
@@ -79,7 +81,7 @@ def worker(method: str, data: Path) -> dict:
         start = time.perf_counter()
         simulator.simulate_draws(runs.curricula, runs.initial_losses, 100)
         out["simulate_100_draws_seconds"] = time.perf_counter() - start
-    if method == "nuts":
+    if method in ("nuts", "exact"):  # both are MCMC (exact: NUTS over the hyperparameters)
         from numpyro.diagnostics import effective_sample_size
 
         ess = np.concatenate([np.asarray(effective_sample_size(x)).ravel()
@@ -151,7 +153,7 @@ def bench_evaluate(workdir: Path) -> list[dict]:
 
 
 def markdown(rows: list[dict], evaluate: list[dict]) -> str:
-    lines = ["| N | T | M | method | fit s | simulate mean s | 100 draws s | peak RSS GB | NUTS min ESS/s | note |",
+    lines = ["| N | T | M | method | fit s | simulate mean s | 100 draws s | peak RSS GB | MCMC min ESS/s | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v: "" if v is None else f"{v:.3g}"  # noqa: E731
     for r in rows:
@@ -180,10 +182,17 @@ def main() -> None:
         rows = bench_grid(tuple(args.methods), Path(tmp))
         evaluate = [] if args.skip_evaluate else bench_evaluate(Path(tmp))
     RESULTS.mkdir(exist_ok=True)
-    meta = {"machine": "2 CPU cores, 24 GiB, no GPU", "nuts_settings": NUTS_SETTINGS, "time_limit_s": TIME_LIMIT,
+    import jax
+    import numpyro
+
+    meta = {"machine": f"{os.cpu_count()} CPU cores, no GPU ({platform.processor() or platform.machine()})",
+            "versions": {"jax": jax.__version__, "numpyro": numpyro.__version__, "python": platform.python_version()},
+            "nuts_settings": NUTS_SETTINGS, "time_limit_s": TIME_LIMIT,
             "memory_limit_gb": MEMORY_LIMIT / 2**30, "data": "bayes_simfluence.bayes.synthetic.decaying_runs"}
     (RESULTS / "bench_fit.json").write_text(json.dumps({"meta": meta, "grid": rows, "evaluate": evaluate}, indent=2))
-    (RESULTS / "bench_fit.md").write_text(markdown(rows, evaluate))
+    header = (f"# Fit and simulate timings\n\n{meta['machine']}; {meta['versions']}; NUTS: {NUTS_SETTINGS}; "
+              "each cell in its own process (times include JAX compilation; peak RSS is the process's).\n\n")
+    (RESULTS / "bench_fit.md").write_text(header + markdown(rows, evaluate))
 
 
 if __name__ == "__main__":

@@ -120,46 +120,57 @@ def evaluate_all(config: ExperimentConfig, train: Runs, heldout: Runs, train_pat
     return scores, simulators, errors
 
 
+def _retrain(config: ExperimentConfig, curriculum: np.ndarray, path: Path) -> np.ndarray:
+    """``[steps + 1, tests]`` losses of one real run on ``curriculum`` ``[steps, batch]``."""
+    real_config = replace(config.collect_config(), runs=1, scores=())
+    return collect(real_config, path, curricula=curriculum[None], workers=1, overwrite=True, progress=False).losses[0]
+
+
 def counterfactual_check(config: ExperimentConfig, simulator, heldout: Runs, folder: Path
                          ) -> tuple[Comparison, dict, object]:
     """Predict, then retrain for real: held-out run 0 as given vs without its top-k harmful,
-    top-k helpful and k random training examples (ranked by the final-loss effect's 90% bound)."""
+    top-k helpful and k random training examples (ranked by the final-loss effect's 90% bound).
+
+    Each leave-out is made twice: re-packed into full batches (what training on the reduced
+    data set does; fewer steps) and with the removed slots emptied (same steps, smaller
+    batches). Returns the comparison of the re-packed candidates, the report and the effects.
+    """
     curriculum, initial = heldout.curricula[0], heldout.initial_losses[0]
     effects = final_loss_effects(simulator, curriculum, initial, n_draws=config.draws, seed=config.seed,
                                  train_ids=heldout.train_ids)
     k = config.top_k
     harmful, helpful = effects.top(k, helpful=False), effects.top(k, helpful=True)
     random = np.random.default_rng(config.seed).choice(effects.examples, size=k, replace=False)
-    labels = ["as given", f"without top-{k} harmful", f"without top-{k} helpful", f"without {k} random"]
-    candidates = [curriculum] + [leave_out(curriculum, chosen.tolist()) for chosen in (harmful, helpful, random)]
-    predicted = compare(simulator, candidates, initial, n_draws=config.draws, seed=config.seed, labels=labels)
-    width = max(c.shape[1] for c in candidates)
-    padded = np.stack([np.pad(c, ((0, 0), (0, width - c.shape[1])), constant_values=-1) for c in candidates])
-    real_config = replace(config.collect_config(), runs=len(candidates), scores=())
-    start = time.perf_counter()
-    real = collect(real_config, folder / "counterfactual_runs.npz", curricula=padded, workers=config.workers,
-                   overwrite=True, progress=False)
-    observed_final = real.losses[:, -1].mean(axis=1)  # [candidates]
-    observed_mean = real.losses[:, 1:].mean(axis=(1, 2))
-    report = {"removed": {"harmful": harmful.tolist(), "helpful": helpful.tolist(), "random": random.tolist()},
-              "removed_ids": {"harmful": [effects.name(int(i)) for i in harmful],
-                              "helpful": [effects.name(int(i)) for i in helpful]},
-              "retrain_seconds": time.perf_counter() - start,
-              "logged_vs_retrained_as_given_max_abs": float(np.abs(real.losses[0] - heldout.losses[0]).max()),
+    removed = {"harmful": harmful, "helpful": helpful, "random": random}
+    names = {"harmful": f"top-{k} harmful", "helpful": f"top-{k} helpful", "random": f"{k} random"}
+    report = {"removed": {key: value.tolist() for key, value in removed.items()},
+              "removed_ids": {key: [effects.name(int(i)) for i in value] for key, value in removed.items()},
               "candidates": []}
-    final_diff, mean_diff = predicted.differences("final"), predicted.differences("mean")
-    for j, label in enumerate(labels):
-        low, high = np.quantile(final_diff[:, j], [0.05, 0.95])
-        mean_low, mean_high = np.quantile(mean_diff[:, j], [0.05, 0.95])
-        report["candidates"].append({
-            "label": label,
-            "predicted_final_difference": float(final_diff[:, j].mean()), "predicted_final_90": [float(low), float(high)],
-            "observed_final_difference": float(observed_final[j] - observed_final[0]),
-            "predicted_mean_difference": float(mean_diff[:, j].mean()),
-            "predicted_mean_90": [float(mean_low), float(mean_high)],
-            "observed_mean_difference": float(observed_mean[j] - observed_mean[0]),
-            "prob_lower_final": float((final_diff[:, j] < 0).mean()),
-        })
+    start = time.perf_counter()
+    reference = _retrain(config, curriculum, folder / "counterfactual_as_given.npz")
+    report["logged_vs_retrained_as_given_max_abs"] = float(np.abs(reference - heldout.losses[0]).max())
+    predicted = None
+    for repack in (True, False):
+        labels = ["as given"] + [f"without {names[key]}" + ("" if repack else " (slots emptied)") for key in removed]
+        candidates = [curriculum] + [leave_out(curriculum, chosen.tolist(), repack=repack) for chosen in removed.values()]
+        comparison = compare(simulator, candidates, initial, n_draws=config.draws, seed=config.seed, labels=labels)
+        predicted = comparison if repack else predicted
+        final_diff, mean_diff = comparison.differences("final"), comparison.differences("mean")
+        for j, (key, candidate) in enumerate(zip(removed, candidates[1:]), start=1):
+            real = _retrain(config, candidate, folder / f"counterfactual_{key}_{'repacked' if repack else 'emptied'}.npz")
+            low, high = np.quantile(final_diff[:, j], [0.05, 0.95])
+            mean_low, mean_high = np.quantile(mean_diff[:, j], [0.05, 0.95])
+            report["candidates"].append({
+                "label": labels[j], "repacked": repack, "steps": int(candidate.shape[0]),
+                "predicted_final_difference": float(final_diff[:, j].mean()),
+                "predicted_final_90": [float(low), float(high)],
+                "observed_final_difference": float(real[-1].mean() - reference[-1].mean()),
+                "predicted_mean_difference": float(mean_diff[:, j].mean()),
+                "predicted_mean_90": [float(mean_low), float(mean_high)],
+                "observed_mean_difference": float(real[1:].mean() - reference[1:].mean()),
+                "prob_lower_final": float((final_diff[:, j] < 0).mean()),
+            })
+    report["retrain_seconds"] = time.perf_counter() - start
     return predicted, report, effects
 
 
@@ -194,12 +205,12 @@ def write_tables(scores: dict, errors: dict, folder: Path) -> str:
 
 
 def counterfactual_table(report: dict) -> str:
-    lines = ["| curriculum (held-out run 0) | predicted change in final loss (mean, 90% interval) | P(lower) "
-             "| observed change (retrained) | predicted change in mean loss | observed |", "|---|---|---|---|---|---|"]
-    for row in report["candidates"][1:]:
+    lines = ["| curriculum (held-out run 0) | steps | predicted change in final loss (mean, 90% interval) | P(lower) "
+             "| observed change (retrained) | predicted change in mean loss | observed |", "|---|---|---|---|---|---|---|"]
+    for row in report["candidates"]:
         low, high = row["predicted_final_90"]
         mean_low, mean_high = row["predicted_mean_90"]
-        lines.append(f"| {row['label']} | {row['predicted_final_difference']:+.4f} [{low:+.4f}, {high:+.4f}] | "
+        lines.append(f"| {row['label']} | {row['steps']} | {row['predicted_final_difference']:+.4f} [{low:+.4f}, {high:+.4f}] | "
                      f"{row['prob_lower_final']:.2f} | {row['observed_final_difference']:+.4f} | "
                      f"{row['predicted_mean_difference']:+.4f} [{mean_low:+.4f}, {mean_high:+.4f}] | "
                      f"{row['observed_mean_difference']:+.4f} |")

@@ -126,6 +126,9 @@ def test_counterfactual_shortcuts_answer_the_obvious_cases(known):
     # leaving out harmful examples (6-11) lowers the loss; leaving out helpful ones raises it
     assert cf.compare_leave_out(known, curriculum, [8, 9], initial, n_draws=200).prob_better("final")[1] > 0.95
     assert cf.compare_leave_out(known, curriculum, [0, 1], initial, n_draws=200).prob_better("final")[1] < 0.05
+    repacked = cf.compare_leave_out(known, curriculum, [8, 9], initial, n_draws=50)
+    kept_steps = cf.compare_leave_out(known, curriculum, [8, 9], initial, n_draws=50, repack=False)
+    assert list(repacked.steps) == [6, 5] and list(kept_steps.steps) == [6, 6]
     repeated = cf.compare_repeat(known, curriculum, [0, 1, 2], initial, times=3, n_draws=200)
     assert repeated.prob_best("final")[1] > 0.95
     inserted = cf.compare_insert(known, curriculum, 0, [0, 5], initial, n_draws=100)

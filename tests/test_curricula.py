@@ -65,6 +65,18 @@ def test_leave_out_insert_move_reorder_repeat():
         cur.reorder_steps(c, [0, 0, 1])
 
 
+def test_leave_out_with_repacking_fills_full_batches():
+    c = np.array([[[0, 1], [2, 3], [1, 4], [5, 6]]])
+    packed = cur.leave_out(c, [1], repack=True)
+    np.testing.assert_array_equal(packed, [[[0, 2], [3, 4], [5, 6]]])  # order kept, one step fewer
+    np.testing.assert_array_equal(cur.leave_out(c[0], [0, 1], repack=True), [[2, 3], [4, 5], [6, -1]])
+    two_runs = np.array([[[0, 1], [2, 3]], [[0, 0], [0, 3]]])
+    with pytest.raises(ValueError, match="same, non-zero number of steps"):
+        cur.leave_out(two_runs, [0], repack=True)  # runs would end at different steps
+    with pytest.raises(ValueError, match="non-zero"):
+        cur.leave_out(c, [0, 1, 2, 3, 4, 5, 6], repack=True)
+
+
 def test_group_steps_merges_optimiser_steps():
     c = np.arange(12).reshape(1, 6, 2)
     np.testing.assert_array_equal(cur.group_steps(c, 3)[0], [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])

@@ -140,11 +140,30 @@ def compact(curricula: np.ndarray) -> np.ndarray:
     return _restore(np.take_along_axis(array, order, axis=-1), squeeze)
 
 
-def leave_out(curricula: np.ndarray, examples: Iterable[int]) -> np.ndarray:
-    """Remove every occurrence of ``examples``: their slots become -1 (batches shrink). Same shape."""
+def leave_out(curricula: np.ndarray, examples: Iterable[int], repack: bool = False) -> np.ndarray:
+    """Remove every occurrence of ``examples``.
+
+    With ``repack=False`` their slots become -1 (batches shrink, same shape). With
+    ``repack=True`` the remaining examples, in their order, are packed into full batches of the
+    same width, as a data loader over the reduced data set would do: fewer steps, no empty slots
+    except in the last batch. Every run must then keep the same number of steps (a run cannot
+    end early in the runs format); pass one run at a time otherwise.
+    """
     array, squeeze = _as_3d(curricula)
     removed = np.where(np.isin(array, np.fromiter(examples, dtype=np.int64)), EMPTY_SLOT, array)
-    return _restore(compact(removed), squeeze)
+    if not repack:
+        return _restore(compact(removed), squeeze)
+    width = array.shape[-1]
+    kept = [run[run != EMPTY_SLOT] for run in removed.reshape(len(removed), -1)]
+    steps = {-(-len(run) // width) for run in kept}
+    if len(steps) != 1 or 0 in steps:
+        raise ValueError(f"repacked runs would have {sorted(steps)} steps; repack needs every run to keep the "
+                         "same, non-zero number of steps (pass one run at a time)")
+    n_steps = steps.pop()
+    packed = np.full((len(kept), n_steps * width), EMPTY_SLOT, dtype=np.int64)
+    for run, examples_kept in enumerate(kept):
+        packed[run, : len(examples_kept)] = examples_kept
+    return _restore(packed.reshape(len(kept), n_steps, width), squeeze)
 
 
 def insert_at(curricula: np.ndarray, example: int, step: int) -> np.ndarray:

@@ -108,10 +108,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--noise", action="store_true", help="include the simulator's noise in the draws")
     shortcuts = parser.add_argument_group("counterfactual shortcuts (edit the first --curricula, a single run)")
     edits = shortcuts.add_mutually_exclusive_group()
-    edits.add_argument("--leave-out", type=parse_indices, metavar="I,J", help="leave these training examples out")
+    edits.add_argument("--leave-out", type=parse_indices, metavar="I,J",
+                       help="leave these training examples out (the rest re-packed into full batches)")
     edits.add_argument("--repeat", type=parse_indices, metavar="I,J", help="show these examples --times times")
     edits.add_argument("--insert", type=int, metavar="I", help="add this example at each of --at-steps")
     edits.add_argument("--reorder", action="store_true", help="random vs easy-to-hard vs hard-to-easy orderings")
+    shortcuts.add_argument("--keep-steps", action="store_true",
+                           help="with --leave-out: keep every step and empty the removed slots instead of re-packing")
     shortcuts.add_argument("--times", type=int, default=2, help="with --repeat (default 2)")
     shortcuts.add_argument("--at-steps", type=parse_indices, metavar="S,T", help="with --insert: 0-based steps")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write the comparison figure")
@@ -138,7 +141,8 @@ def _comparison(args: argparse.Namespace) -> Comparison:
         raise ValueError("a shortcut edits one curriculum: give exactly one --curricula with one run (e.g. FILE.npz:0)")
     curriculum = read[0][0][0]
     if args.leave_out:
-        return counterfactuals.compare_leave_out(simulator, curriculum, args.leave_out, initial, **options)
+        return counterfactuals.compare_leave_out(simulator, curriculum, args.leave_out, initial,
+                                                 repack=not args.keep_steps, **options)
     if args.repeat:
         return counterfactuals.compare_repeat(simulator, curriculum, args.repeat, initial, times=args.times, **options)
     if args.insert is not None:
