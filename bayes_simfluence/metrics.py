@@ -82,9 +82,14 @@ def coverage(draws: np.ndarray, observed: np.ndarray, level: float, per_test: bo
 
 
 def crps(draws: np.ndarray, observed: np.ndarray, per_test: bool = False) -> float | np.ndarray:
-    """Continuous ranked probability score of the draws (ensemble estimator), steps ``1..T``; lower is better."""
+    """Continuous ranked probability score of the draws (ensemble estimator), steps ``1..T``; lower is better.
+
+    The fair (unbiased) ensemble CRPS, computed with the probability-weighted-moment form: the
+    same value as the pairwise form, in memory linear in the number of draws (the pairwise
+    form needs ``[points, draws, draws]``: 11 GiB for 200 draws of a 6 x 200 x 32 held-out set).
+    """
     _check(draws[0], observed)
-    scores = scoringrules.crps_ensemble(observed[:, 1:], draws[:, :, 1:], m_axis=0, estimator="fair")
+    scores = scoringrules.crps_ensemble(observed[:, 1:], draws[:, :, 1:], m_axis=0, estimator="pwm")
     scores = np.asarray(scores)
     return scores.mean(axis=(0, 1)) if per_test else float(scores.mean())
 

@@ -84,8 +84,12 @@ def worker(method: str, data: Path) -> dict:
     if method in ("nuts", "exact"):  # both are MCMC (exact: NUTS over the hyperparameters)
         from numpyro.diagnostics import effective_sample_size
 
-        ess = np.concatenate([np.asarray(effective_sample_size(x)).ravel()
-                              for x in (simulator.a, simulator.b, simulator.sigma, *simulator.hyper.values())])
+        draws = np.concatenate([np.asarray(x, np.float64).reshape(*x.shape[:2], -1)
+                                for x in (simulator.a, simulator.b, simulator.sigma, *simulator.hyper.values())], -1)
+        spread = draws.std(axis=(0, 1))
+        varying = draws[..., spread > 1e-9 * (np.abs(draws).max(axis=(0, 1)) + 1e-300)]  # fixed entries: no ESS
+        ess = np.asarray(effective_sample_size(varying))
+        ess = ess[np.isfinite(ess)]
         out["ess_bulk_min"], out["ess_bulk_median"] = float(ess.min()), float(np.median(ess))
         out["ess_min_per_second"] = out["ess_bulk_min"] / out["fit_seconds"]
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -155,7 +159,7 @@ def bench_evaluate(workdir: Path) -> list[dict]:
 def markdown(rows: list[dict], evaluate: list[dict]) -> str:
     lines = ["| N | T | M | method | fit s | simulate mean s | 100 draws s | peak RSS GB | MCMC min ESS/s | note |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    fmt = lambda v: "" if v is None else f"{v:.3g}"  # noqa: E731
+    fmt = lambda v: "" if v is None else f"{v:.3g}" if v >= 0 else "n/a (ESS estimate < 0)"  # noqa: E731
     for r in rows:
         note = r.get("skipped") or r.get("failed", "")
         note = note.replace("\n", " ")[:120]
@@ -174,12 +178,17 @@ def main() -> None:
     parser.add_argument("--worker", nargs=2, metavar=("METHOD", "DATA"), help=argparse.SUPPRESS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--skip-evaluate", action="store_true")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="keep the grid of the existing results file and redo only the evaluate timings")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]))))
         return
     with tempfile.TemporaryDirectory() as tmp:
-        rows = bench_grid(tuple(args.methods), Path(tmp))
+        if args.evaluate_only:
+            rows = json.loads((RESULTS / "bench_fit.json").read_text())["grid"]
+        else:
+            rows = bench_grid(tuple(args.methods), Path(tmp))
         evaluate = [] if args.skip_evaluate else bench_evaluate(Path(tmp))
     RESULTS.mkdir(exist_ok=True)
     import jax

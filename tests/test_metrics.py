@@ -58,6 +58,16 @@ def test_crps_agrees_with_the_gaussian_closed_form():
     assert metrics.crps(draws, observed) == pytest.approx(closed.mean(), abs=0.01)
 
 
+def test_crps_is_the_fair_pairwise_ensemble_score():
+    rng = np.random.default_rng(3)
+    observed, draws = rng.normal(size=(2, 4, 3)), rng.normal(size=(7, 2, 4, 3))
+    x, y = draws[:, :, 1:], observed[:, 1:]
+    m = len(draws)
+    pairwise = np.abs(x[:, None] - x[None]).sum(axis=(0, 1)) / (2 * m * (m - 1))
+    fair = np.abs(x - y).mean(axis=0) - pairwise
+    assert metrics.crps(draws, observed) == pytest.approx(fair.mean(), rel=1e-12)
+
+
 def test_shape_mismatch_is_refused():
     predicted, observed = trajectories()
     with pytest.raises(ValueError, match="shape"):
