@@ -33,6 +33,7 @@ METHODS = ("ridge", "exact", "svi", "nuts")
 NUTS_SETTINGS = {"num_warmup": 300, "num_samples": 300, "num_chains": 2}
 TIME_LIMIT = 900
 MEMORY_LIMIT = 12 * 2**30
+STDERR_MARK = "\n--- stderr ---\n"
 
 
 def grid() -> list[dict]:
@@ -105,7 +106,7 @@ def run_child(args: list[str], limit: int) -> tuple[int | None, str, float]:
     try:
         done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=limit,
                               preexec_fn=_limit_memory)
-        return done.returncode, done.stdout + done.stderr[-2000:], time.perf_counter() - start
+        return done.returncode, done.stdout + STDERR_MARK + done.stderr[-2000:], time.perf_counter() - start
     except subprocess.TimeoutExpired:
         return None, f"timed out after {limit} s", time.perf_counter() - start
 
@@ -126,7 +127,7 @@ def bench_grid(methods: tuple[str, ...], workdir: Path) -> list[dict]:
                 code, text, wall = run_child([__file__, "--worker", method, str(data)], TIME_LIMIT)
                 row["wall_seconds"] = wall
                 if code == 0:
-                    row.update(json.loads(text.strip().splitlines()[-1]))
+                    row.update(json.loads(text.split(STDERR_MARK)[0].strip().splitlines()[-1]))
                 else:
                     row["failed"] = text[-600:] if code is not None else text
             print(json.dumps(row), flush=True)
@@ -148,7 +149,8 @@ def bench_evaluate(workdir: Path) -> list[dict]:
         row = {"command": f"evaluate --runs N=400,T=200,R=24+6,M=32 -m {method}", "wall_seconds": wall,
                "returncode": code}
         if code == 0:
-            row["scores"] = json.loads(text[text.index("{"): text.rindex("}") + 1])
+            out = text.split(STDERR_MARK)[0]  # warnings on stderr may hold braces too
+            row["scores"] = json.loads(out[out.index("{"): out.rindex("}") + 1])
         else:
             row["failed"] = text[-1500:]
         print(json.dumps(row), flush=True)
