@@ -148,9 +148,9 @@ def plot_scores(results: dict[str, dict[str, float]], metrics: Sequence[str], ti
     positions = np.arange(len(methods))[::-1]
     for axis, metric in zip(axes, metrics):
         values = np.array([results[m].get(metric, np.nan) for m in methods], dtype=float)
-        positive = values[np.isfinite(values) & (values > 0)]
-        log = len(positive) == np.isfinite(values).sum() > 1 and positive.max() > 100 * positive.min()
-        base = positive.min() / 2 if log else 0.0
+        finite = values[np.isfinite(values)]
+        log = len(finite) > 1 and bool(np.all(finite > 0)) and finite.max() > 100 * finite.min()
+        base = finite.min() / 2 if log else 0.0
         axis.barh(positions, np.where(np.isfinite(values), values - base, 0.0), left=base,
                   color=[COLOURS[i % len(COLOURS)] for i in range(len(methods))])
         for position, value in zip(positions, values):

@@ -149,12 +149,12 @@ def counterfactual_check(config: ExperimentConfig, simulator, heldout: Runs, fol
     start = time.perf_counter()
     reference = _retrain(config, curriculum, folder / "counterfactual_as_given.npz")
     report["logged_vs_retrained_as_given_max_abs"] = float(np.abs(reference - heldout.losses[0]).max())
-    predicted = None
+    comparisons = {}
     for repack in (True, False):
         labels = ["as given"] + [f"without {names[key]}" + ("" if repack else " (slots emptied)") for key in removed]
         candidates = [curriculum] + [leave_out(curriculum, chosen.tolist(), repack=repack) for chosen in removed.values()]
         comparison = compare(simulator, candidates, initial, n_draws=config.draws, seed=config.seed, labels=labels)
-        predicted = comparison if repack else predicted
+        comparisons[repack] = comparison
         final_diff, mean_diff = comparison.differences("final"), comparison.differences("mean")
         for j, (key, candidate) in enumerate(zip(removed, candidates[1:]), start=1):
             real = _retrain(config, candidate, folder / f"counterfactual_{key}_{'repacked' if repack else 'emptied'}.npz")
@@ -171,7 +171,7 @@ def counterfactual_check(config: ExperimentConfig, simulator, heldout: Runs, fol
                 "prob_lower_final": float((final_diff[:, j] < 0).mean()),
             })
     report["retrain_seconds"] = time.perf_counter() - start
-    return predicted, report, effects
+    return comparisons[True], report, effects
 
 
 def _format(value) -> str:
