@@ -20,7 +20,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from bayes_simfluence.collect.curricula import compact
+from bayes_simfluence.curricula import compact
 from bayes_simfluence.compare import DEFAULT_DRAWS, as_curricula, simulate_draws_of
 from bayes_simfluence.runs import EMPTY_SLOT
 from bayes_simfluence.simulators import Simulator

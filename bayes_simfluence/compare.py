@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bayes_simfluence.collect.curricula import from_batches
+from bayes_simfluence.curricula import from_batches
 from bayes_simfluence.runs import EMPTY_SLOT, RunsFormatError
 from bayes_simfluence.simulators import Simulator
 

@@ -10,7 +10,7 @@ Each takes one curriculum (``[steps, batch]`` or a list of batches), the initial
 ``reduction``, ``n_draws``, ``seed``, ``level``, ``include_noise``), and returns its
 :class:`~bayes_simfluence.compare.Comparison` with the unchanged curriculum as reference
 (random orderings for :func:`compare_orderings`). Curriculum edits come from
-:mod:`bayes_simfluence.collect.curricula`; the two edits that module lacks live here.
+:mod:`bayes_simfluence.curricula`; the two edits that module lacks live here.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bayes_simfluence.attributions import effect_draws
-from bayes_simfluence.collect.curricula import compact, insert_at, leave_out
+from bayes_simfluence.curricula import compact, insert_at, leave_out
 from bayes_simfluence.compare import Comparison, as_curricula, compare
 from bayes_simfluence.runs import EMPTY_SLOT
 from bayes_simfluence.simulators import Simulator

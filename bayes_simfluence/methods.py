@@ -3,7 +3,7 @@
 Method names are what users type (``--method linear``). Modules that provide methods register
 them at import with :func:`register_method` / :func:`register_loader`; this module imports a
 provider only when one of its names is asked for, so optional dependencies (torch for TracIn)
-are needed only by the methods that use them.
+are needed only by the methods that use them (none of the core's methods needs an extra).
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ _LOADERS: dict[str, Loader] = {}
 
 #: where methods defined outside this module live; imported on first use.
 PROVIDERS: dict[str, str] = {
-    "tracin": "bayes_simfluence.collect.tracin",
-    "influence": "bayes_simfluence.collect.influence",
+    "tracin": "bayes_simfluence.scores",
+    "influence": "bayes_simfluence.scores",
     "bayes-svi": "bayes_simfluence.bayes.methods",
     "bayes-nuts": "bayes_simfluence.bayes.methods",
     "bayes-exact": "bayes_simfluence.bayes.methods",
@@ -110,8 +110,11 @@ def load_simulator(path: str | Path) -> Simulator:
 
 
 def _read_kind(path: Path) -> str:
-    """The ``kind`` of a saved simulator: an ``.npz`` array, or a NetCDF/JSON attribute."""
-    if path.suffix == ".npz":
+    """The ``kind`` of a saved simulator: an array of an ``.npz`` archive (a zip file, whatever its
+    name), or what a registered sniffer recognises (a NetCDF posterior)."""
+    with open(path, "rb") as handle:
+        is_zip = handle.read(4) == b"PK\x03\x04"
+    if is_zip:
         try:
             with np.load(path, allow_pickle=False) as archive:
                 if "kind" in archive.files:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from bayes_simfluence import atomic
 
 EMPTY_SLOT = -1
 
@@ -264,26 +265,15 @@ class Runs:
             return cls.create(archive["curricula"], archive["losses"], n_train, train_ids,
                               test_ids, meta, source=source)
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of a runs file, by name."""
+        return {"curricula": self.curricula, "losses": self.losses, "n_train": np.int64(self.n_train),
+                "train_ids": self.train_ids.astype(str), "test_ids": self.test_ids.astype(str),
+                "meta": np.array(json.dumps(self.meta, sort_keys=True))}
+
     def save(self, path: str | os.PathLike) -> None:
-        """Write atomically: a crash never leaves a half-written file at ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-        os.close(handle)
-        try:
-            np.savez(
-                tmp_name,
-                curricula=self.curricula,
-                losses=self.losses,
-                n_train=np.int64(self.n_train),
-                train_ids=self.train_ids.astype(str),
-                test_ids=self.test_ids.astype(str),
-                meta=np.array(json.dumps(self.meta, sort_keys=True)),
-            )
-            os.replace(tmp_name, path)
-        finally:
-            if os.path.exists(tmp_name):
-                os.remove(tmp_name)
+        """Write atomically at exactly ``path``: a crash never leaves a half-written file there."""
+        atomic.savez(path, self.arrays())
 
 
 def _normalise_index(index: Any, size: int, axis: str) -> Any:

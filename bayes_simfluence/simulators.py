@@ -14,6 +14,7 @@ from typing import Protocol, runtime_checkable
 import jax.numpy as jnp
 import numpy as np
 
+from bayes_simfluence import atomic
 from bayes_simfluence import ridge as ridge_lib
 from bayes_simfluence.cross_validation import choose_ridge
 from bayes_simfluence.rollout import batch_sums, roll_out
@@ -97,7 +98,7 @@ class MeanTrajectory:
         return initial_losses[:, None, :] + change[None]
 
     def save(self, path: str | Path) -> None:
-        np.savez(path, kind=np.array("mean-trajectory"), mean_losses=_fitted(self.mean_losses, self.name))
+        atomic.savez(path, {"kind": np.array("mean-trajectory"), "mean_losses": _fitted(self.mean_losses, self.name)})
 
     @classmethod
     def load(cls, path: Path) -> "MeanTrajectory":
@@ -183,16 +184,15 @@ class SimfluenceLinear:
                           dtype=np.float64)
 
     def save(self, path: str | Path) -> None:
-        np.savez(
-            path,
-            kind=np.array("simfluence-point"),
-            variant=np.array(self.variant),
-            multiplicative=_fitted(self.multiplicative, self.name),
-            additive=_fitted(self.additive, self.name),
-            batch_size=np.int64(self.batch_size),
-            ridge=np.float64(self.ridge_selected if self.ridge_selected is not None else np.nan),
-            cv_report=np.array(json.dumps(self.cv_report)),
-        )
+        atomic.savez(path, {
+            "kind": np.array("simfluence-point"),
+            "variant": np.array(self.variant),
+            "multiplicative": _fitted(self.multiplicative, self.name),
+            "additive": _fitted(self.additive, self.name),
+            "batch_size": np.int64(self.batch_size),
+            "ridge": np.float64(self.ridge_selected if self.ridge_selected is not None else np.nan),
+            "cv_report": np.array(json.dumps(self.cv_report)),
+        })
 
     @classmethod
     def load(cls, path: Path) -> "SimfluenceLinear":

@@ -51,7 +51,7 @@ def main() -> None:
                 draws = post.simulate_draws(held.curricula, held.initial_losses, 200, seed=seed)
                 elpd = diagnostics.loo(models[label])
                 row[label] = {
-                    "elpd_loo": float(elpd.elpd_loo), "elpd_loo_se": float(elpd.se),
+                    "elpd_loo": elpd.elpd, "elpd_loo_se": elpd.se,
                     "heldout_mse": all_steps_mse(post.simulate(held.curricula, held.initial_losses), held.losses),
                     "coverage_50": coverage(draws, held.losses, 0.5), "coverage_90": coverage(draws, held.losses, 0.9),
                     "crps": crps(draws[:100], held.losses), "fit_seconds": post.info["seconds"],

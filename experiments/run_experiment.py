@@ -41,7 +41,7 @@ import numpy as np
 
 from bayes_simfluence.attributions import final_loss_effects
 from bayes_simfluence.collect.collector import collect
-from bayes_simfluence.collect.curricula import leave_out
+from bayes_simfluence.curricula import leave_out
 from bayes_simfluence.collect.embedded import demo_config
 from bayes_simfluence.compare import Comparison, compare
 from bayes_simfluence.evaluation import score_simulator

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bayes_simfluence.bayes import diagnostics
+from bayes_simfluence.bayes import diagnostics, posterior_io
 from bayes_simfluence.bayes.methods import fit_bayes, parse_options
 from bayes_simfluence.bayes.model import step_mean
 from bayes_simfluence.bayes.synthetic import model_runs
@@ -88,7 +88,9 @@ def test_arviz_conversion_has_named_dims_and_ids(problem):
     assert list(group["train_example"].values) == list(train.train_ids)
     assert list(group["test_example"].values) == list(train.test_ids)
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "run", "step", "test_example")
-    assert np.isfinite(float(diagnostics.loo(idata).elpd_loo))
+    elpd = diagnostics.loo(idata)
+    assert np.isfinite(elpd.elpd) and elpd.se > 0 and elpd.n_data_points == elpd.pointwise.size == train.losses[:, 1:].size
+    assert np.isclose(elpd.pointwise.sum(), elpd.elpd)
     check = diagnostics.posterior_predictive_check(posterior, train, n_draws=100)
     assert 0.8 <= check["coverage_90"] <= 1.0 and check["p_final"].shape == (train.n_tests,)
 
@@ -105,7 +107,7 @@ def test_save_and_load_round_trip(problem, tmp_path):
     assert loaded.config == posterior.config and loaded.info == posterior.info
     not_ours = tmp_path / "other.nc"
     not_ours.write_bytes(b"CDF\x01 not really")
-    assert not diagnostics.is_posterior_file(not_ours)
+    assert not posterior_io.is_posterior_file(not_ours)
     with pytest.raises(ValueError, match="NetCDF"):
         posterior.save(tmp_path / "posterior.npz")
 

@@ -100,3 +100,34 @@ def test_bayesian_fit_saves_a_posterior_that_simulate_and_evaluate_reuse(runs_fi
     assert "coverage_90" not in scores["mean"] or scores["mean"]["coverage_90"] is None
     # the simulator learned something about these runs: it beats the curriculum-blind baseline
     assert scores["bayes-svi"]["all_steps_mse"] < scores["mean"]["all_steps_mse"]
+
+
+def test_outputs_land_at_exactly_the_given_path(runs_files, tmp_path):
+    model = tmp_path / "model.bin"
+    assert main(["fit", "--train", str(runs_files["train"]), "-m", "linear", "-o", "ridge=0.01", "--out", str(model)]) == 0
+    out = tmp_path / "predicted"
+    assert main(["simulate", "--simulator", str(model), "--curricula", str(runs_files["held"]), "--out", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.npz", "held.npz", "model.bin", "predicted", "train.npz"]
+    assert Runs.load(out).losses.shape == Runs.load(runs_files["held"]).losses.shape
+
+
+def test_simulate_checks_its_arguments_before_writing(runs_files, tmp_path, capsys):
+    model = tmp_path / "linear.npz"
+    assert main(["fit", "--train", str(runs_files["train"]), "-m", "linear", "-o", "ridge=0.01", "--out", str(model)]) == 0
+    for draws, message in (("-3", "--draws must be >= 0"), ("5", "--draws needs a Bayesian simulator")):
+        out = tmp_path / f"draws{draws}.npz"
+        assert main(["simulate", "--simulator", str(model), "--curricula", str(runs_files["held"]),
+                     "--out", str(out), "--draws", draws]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_an_interrupted_write_leaves_nothing_behind(tmp_path):
+    from bayes_simfluence import atomic
+
+    target = tmp_path / "file.npz"
+    with pytest.raises(KeyboardInterrupt), atomic.atomic_path(target) as temporary:
+        temporary.write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert list(tmp_path.iterdir()) == []
+    atomic.savez(target, {"x": np.arange(3)})
+    assert list(tmp_path.iterdir()) == [target] and np.load(target)["x"].tolist() == [0, 1, 2]

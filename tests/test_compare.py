@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bayes_simfluence import counterfactuals as cf
-from bayes_simfluence.collect.curricula import insert_at, leave_out
+from bayes_simfluence.curricula import insert_at, leave_out
 from bayes_simfluence.compare import as_curricula, compare
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import SimfluenceLinear

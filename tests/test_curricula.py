@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bayes_simfluence.collect import curricula as cur
+from bayes_simfluence import curricula as cur
 from bayes_simfluence.runs import Runs
 
 

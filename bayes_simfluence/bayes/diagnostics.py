@@ -1,77 +1,34 @@
-"""Every ArviZ call of the package: conversion, NetCDF files, summary, divergences, PPC, LOO.
+"""Diagnostics of a fitted posterior through ArviZ: conversion, summary, divergences, PPC, LOO.
 
-ArviZ versions: Python 3.11 resolves arviz 0.23 (``InferenceData``); Python >= 3.12 may
-resolve arviz 1.x, whose data are ``xarray.DataTree`` objects handled by ``arviz_base`` and
-``arviz_stats``. Groups are built here as plain ``xarray.Dataset`` objects with named dims
-(``chain``, ``draw``, ``test_example``, ``train_example``, ``run``, ``step``) and coords from the
-runs' ids, so the only version-specific code is the small block marked ``ARVIZ 1.x`` below
-(container, summary, loo, compare); it is not exercised by the tests on Python 3.11.
+Reads posteriors, never writes them (files are :mod:`bayes_simfluence.bayes.posterior_io`'s job).
+Data carry named dims (``chain``, ``draw``, ``test_example``, ``train_example``, ``run``,
+``step``) and the runs' ids as coords. ArviZ 0.x (Python 3.11) and 1.x (Python >= 3.12) are both
+supported; version-specific lines are marked ``ARVIZ 1.x``, the containers live in
+:mod:`bayes_simfluence.bayes.arviz_data`.
 """
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
-from bayes_simfluence.bayes.model import ModelConfig
+from bayes_simfluence.bayes import arviz_data
+from bayes_simfluence.bayes.arviz_data import ARVIZ_1
+from bayes_simfluence.bayes.posterior import BayesianSimfluence
+from bayes_simfluence.bayes.posterior_io import posterior_groups
 from bayes_simfluence.metrics import band_scores
 from bayes_simfluence.runs import Runs
 
-try:  # ARVIZ 1.x ------------------------------------------------------------------
-    import arviz_base
+if ARVIZ_1:  # ARVIZ 1.x
     import arviz_stats
-
-    ARVIZ_1 = True
-except ImportError:  # arviz 0.x -----------------------------------------------------
+else:
     import arviz as az
 
-    ARVIZ_1 = False
 
-if TYPE_CHECKING:
-    from bayes_simfluence.bayes.posterior import BayesianSimfluence
-
-KIND_ATTRIBUTE = "bayes_simfluence_kind"
-KIND = "bayes-simfluence-posterior"
-DIMS = {
-    "a": ["test_example", "train_example"],
-    "B": ["test_example", "train_example"],
-    "step_drift": ["test_example", "step"],
-    "noise_scale": ["test_example"],
-    "effect_scale": ["test_example"],
-    "a_location": ["test_example"],
-    "B_location": ["test_example"],
-}
-
-
-def _dataset(arrays: dict[str, np.ndarray], dims: dict[str, list[str]], coords: dict[str, Any],
-             attrs: dict[str, Any] | None = None) -> xr.Dataset:
-    variables = {name: (["chain", "draw", *dims.get(name, [])], value) for name, value in arrays.items()}
-    used = {d for name in arrays for d in dims.get(name, [])}
-    first = next(iter(arrays.values()))
-    all_coords = {"chain": np.arange(first.shape[0]), "draw": np.arange(first.shape[1]),
-                  **{k: v for k, v in coords.items() if k in used}}
-    return xr.Dataset(variables, coords=all_coords, attrs=attrs or {})
-
-
-def _container(groups: dict[str, xr.Dataset]) -> Any:
-    """An ``InferenceData`` (arviz 0.x) or a ``DataTree`` (arviz 1.x) of the groups."""
-    if ARVIZ_1:  # ARVIZ 1.x
-        return xr.DataTree.from_dict(groups)
-    return az.InferenceData(**groups)
-
-
-def _group(data: Any, name: str) -> xr.Dataset | None:
-    if ARVIZ_1:  # ARVIZ 1.x
-        return data[name].to_dataset() if name in data.children else None
-    return getattr(data, name, None) if name in data.groups() else None
-
-
-def to_inference_data(posterior: "BayesianSimfluence", runs: Runs | None = None,
+def to_inference_data(posterior: BayesianSimfluence, runs: Runs | None = None,
                       log_likelihood: bool = False, n_draws: int | None = None) -> Any:
     """The posterior as ArviZ data with named dims and the runs' ids as coords.
 
@@ -80,85 +37,16 @@ def to_inference_data(posterior: "BayesianSimfluence", runs: Runs | None = None,
     and ``log_likelihood=True``, ``log_likelihood`` (``y`` ``[chain, draw, run, step, test_example]``,
     teacher-forced, for LOO) and ``observed_data``.
     """
-    coords = {"test_example": posterior.test_ids, "train_example": posterior.train_ids}
-    arrays = {"a": posterior.a, "B": posterior.b, "noise_scale": posterior.sigma, **posterior.hyper}
-    if posterior.drift is not None:
-        arrays["step_drift"] = posterior.drift
-        coords["step"] = np.arange(1, posterior.drift.shape[-1] + 1)
-    attrs = {KIND_ATTRIBUTE: KIND, "method": posterior.method, "config": json.dumps(posterior.config.to_dict()),
-             "info": json.dumps(posterior.info, default=_jsonable)}
-    groups = {"posterior": _dataset(arrays, DIMS, coords, attrs),
-              "constant_data": xr.Dataset({"loss_scale": (["test_example"], posterior.scale)},
-                                          coords={"test_example": posterior.test_ids})}
-    if posterior.sample_stats:
-        stats = {("n_steps" if k == "num_steps" else k): v for k, v in posterior.sample_stats.items()}
-        groups["sample_stats"] = _dataset(stats, {}, {})
+    groups = posterior_groups(posterior.fields())
     if runs is not None and log_likelihood:
         values = posterior.log_likelihood(runs, n_draws=n_draws)
         run_coords = {"run": np.arange(runs.n_runs), "step": np.arange(1, runs.n_steps + 1),
                       "test_example": runs.test_ids}
-        groups["log_likelihood"] = _dataset({"y": values}, {"y": ["run", "step", "test_example"]}, run_coords)
+        groups["log_likelihood"] = arviz_data.draws_dataset({"y": values}, {"y": ["run", "step", "test_example"]},
+                                                            run_coords)
         groups["observed_data"] = xr.Dataset({"y": (["run", "step", "test_example"], np.diff(runs.losses, axis=1))},
                                              coords=run_coords)
-    return _container(groups)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
-
-
-def write_netcdf(data: Any, path: str | Path) -> None:
-    """Write ArviZ data to one NetCDF file."""
-    data.to_netcdf(str(path))
-
-
-def _open(path: str | Path) -> Any:
-    if ARVIZ_1:  # ARVIZ 1.x
-        return xr.open_datatree(str(path))
-    return az.from_netcdf(str(path))
-
-
-def is_posterior_file(path: str | Path) -> bool:
-    """True when ``path`` is a NetCDF file written by :meth:`BayesianSimfluence.save`."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(4)
-        if magic not in (b"\x89HDF", b"CDF\x01", b"CDF\x02"):
-            return False
-        data = _open(path)
-        group = _group(data, "posterior")
-        return group is not None and group.attrs.get(KIND_ATTRIBUTE) == KIND
-    except Exception:  # noqa: BLE001 - anything unreadable is simply not ours
-        return False
-
-
-def read_posterior(path: str | Path) -> dict[str, Any]:
-    """Keyword arguments of :class:`BayesianSimfluence` from a saved file."""
-    data = _open(path)
-    posterior = _group(data, "posterior")
-    if posterior is None or posterior.attrs.get(KIND_ATTRIBUTE) != KIND:
-        raise ValueError(f"{path}: not a Bayesian Simfluence posterior file")
-    stats = _group(data, "sample_stats")
-    constant = _group(data, "constant_data")
-    hyper = {k: posterior[k].values for k in ("effect_scale", "a_location", "B_location") if k in posterior}
-    return {
-        "method": str(posterior.attrs["method"]),
-        "config": ModelConfig(**json.loads(posterior.attrs["config"])),
-        "a": posterior["a"].values, "b": posterior["B"].values,
-        "drift": posterior["step_drift"].values if "step_drift" in posterior else None,
-        "sigma": posterior["noise_scale"].values, "hyper": hyper,
-        "scale": constant["loss_scale"].values,
-        "train_ids": posterior["train_example"].values.astype(str),
-        "test_ids": posterior["test_example"].values.astype(str),
-        "sample_stats": ({("num_steps" if k == "n_steps" else k): v.values for k, v in stats.data_vars.items()}
-                         if stats is not None else {}),
-        "info": json.loads(posterior.attrs["info"]),
-    }
+    return arviz_data.container(groups)
 
 
 def summary(data: Any, var_names: list[str] | None = None) -> Any:
@@ -170,7 +58,7 @@ def summary(data: Any, var_names: list[str] | None = None) -> Any:
 
 def count_divergences(data: Any, warn: bool = True) -> int:
     """Divergent transitions in ``sample_stats`` (0 when there are none or no NUTS stats)."""
-    stats = _group(data, "sample_stats")
+    stats = arviz_data.group(data, "sample_stats")
     if stats is None or "diverging" not in stats:
         return 0
     count = int(stats["diverging"].values.sum())
@@ -180,25 +68,53 @@ def count_divergences(data: Any, warn: bool = True) -> int:
     return count
 
 
-def loo(data: Any) -> Any:
+class Elpd(NamedTuple):
+    """A PSIS-LOO estimate, the same whatever the ArviZ version.
+
+    Attributes:
+        elpd: expected log pointwise predictive density (sum over observations), ``se`` its standard error.
+        p: effective number of parameters.
+        n_data_points: observations left out one at a time.
+        max_pareto_k: largest Pareto k (above ~0.7 the estimate of that observation is unreliable).
+        pointwise: ``[observations]`` elpd of each one.
+    """
+
+    elpd: float
+    se: float
+    p: float
+    n_data_points: int
+    max_pareto_k: float
+    pointwise: np.ndarray
+
+
+def loo(data: Any) -> Elpd:
     """PSIS-LOO over the teacher-forced (run, step, test example) observations.
 
     Needs data built with ``log_likelihood=True``. Leaving one step out is a one-step-ahead
     check; whole held-out runs are the stronger test (:func:`bayes_simfluence.evaluation`).
     """
     if ARVIZ_1:  # ARVIZ 1.x
-        return arviz_stats.loo(data, pointwise=True)
-    return az.loo(data, pointwise=True)
+        result = arviz_stats.loo(data, pointwise=True)
+        return Elpd(float(result.elpd), float(result.se), float(result.p), int(result.n_data_points),
+                    float(np.max(result.pareto_k.values)), np.ravel(result.elpd_i.values))
+    result = az.loo(data, pointwise=True)
+    return Elpd(float(result.elpd_loo), float(result.se), float(result.p_loo), int(result.n_data_points),
+                float(np.max(result.pareto_k.values)), np.ravel(result.loo_i.values))
 
 
 def compare(models: dict[str, Any]) -> Any:
-    """ArviZ model comparison (ELPD-LOO) of several fitted variants on the same runs."""
+    """ArviZ model comparison (ELPD-LOO) of fitted variants on the same runs.
+
+    Returns a ``pandas.DataFrame`` indexed by model, best first, with at least the columns
+    ``elpd``, ``p``, ``elpd_diff``, ``se``, ``dse`` and ``weight`` (ArviZ 0.x's ``elpd_loo`` and
+    ``p_loo`` are renamed to ArviZ 1.x's names).
+    """
     if ARVIZ_1:  # ARVIZ 1.x
         return arviz_stats.compare(models)
-    return az.compare(models)
+    return az.compare(models).rename(columns={"elpd_loo": "elpd", "p_loo": "p"})
 
 
-def posterior_predictive_check(posterior: "BayesianSimfluence", runs: Runs, n_draws: int = 200,
+def posterior_predictive_check(posterior: BayesianSimfluence, runs: Runs, n_draws: int = 200,
                                seed: int = 0) -> dict[str, Any]:
     """Posterior predictive check on (training) runs: simulate them from their ``L_0``.
 

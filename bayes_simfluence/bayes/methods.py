@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from bayes_simfluence.bayes import inference
 from bayes_simfluence.bayes.data import model_data
-from bayes_simfluence.bayes.diagnostics import KIND, is_posterior_file
+from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer

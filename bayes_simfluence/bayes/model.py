@@ -14,7 +14,7 @@ so ``alpha(c_t) = 1 + sum a`` and ``beta(c_t) = sum B + d_t``. Choices, and why:
   present; and with full batches only batch sums plus the step component are identified (a
   constant added to every ``B`` and ``batch`` times it taken from ``d`` change no run). A
   curriculum with emptied slots reads that unidentified level, so counterfactual leave-outs
-  re-pack full batches (:func:`bayes_simfluence.collect.curricula.leave_out`).
+  re-pack full batches (:func:`bayes_simfluence.curricula.leave_out`).
 - **Hierarchy over training examples**: ``a[m, i] ~ Normal(mu_a[m], s[m])`` and
   ``B[m, i] ~ Normal(mu_B[m], s[m])`` with the population location ``mu`` and scale ``s``
   learned per test example (weakly informative hyperpriors ``Normal(0, 0.1)`` and

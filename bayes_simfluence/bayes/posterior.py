@@ -12,6 +12,7 @@ differences between two curricula's draws are draws of the difference.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import Array
 
+from bayes_simfluence.bayes import posterior_io
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult
 from bayes_simfluence.bayes.model import ModelConfig, noise_distribution, step_mean
@@ -30,7 +32,6 @@ from bayes_simfluence.simulators import check_simulation_inputs
 
 #: bytes of intermediate arrays one chunk of draws may use (the output itself is extra).
 CHUNK_BYTES = 256 * 2**20
-SAVED_KIND = "bayes-simfluence-posterior"
 
 
 class TrajectoryBands(NamedTuple):
@@ -261,21 +262,18 @@ class BayesianSimfluence:
         return np.asarray(out).reshape(lead + out.shape[1:])
 
     # -------------------------------------------------------------------- I/O
+    def fields(self) -> dict[str, Any]:
+        """The dataclass fields by name (arrays not copied): what a posterior file holds."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
     def save(self, path: str | Path) -> None:
-        """Write the posterior as NetCDF through ArviZ (groups ``posterior``, ``sample_stats``,
-        ``constant_data``); use a ``.nc`` name (``.npz`` is taken by the point simulators)."""
-        from bayes_simfluence.bayes import diagnostics
-
-        if Path(path).suffix == ".npz":
-            raise ValueError(f"{path}: a Bayesian posterior is saved as NetCDF; use a .nc file name")
-
-        diagnostics.write_netcdf(diagnostics.to_inference_data(self), path)
+        """Write the posterior as NetCDF (ArviZ groups ``posterior``, ``sample_stats``,
+        ``constant_data``), atomically; use a ``.nc`` name (``.npz`` is taken by the point simulators)."""
+        posterior_io.write_posterior(self.fields(), path)
 
     @classmethod
     def load(cls, path: str | Path) -> "BayesianSimfluence":
-        from bayes_simfluence.bayes import diagnostics
-
-        return cls(**diagnostics.read_posterior(path))
+        return cls(**posterior_io.read_posterior(path))
 
 
 def _flat(x: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
-from bayes_simfluence.collect.curricula import from_batches
+from bayes_simfluence.curricula import from_batches
 from bayes_simfluence.collect.data import Examples
 from bayes_simfluence.collect.losses import LossEvaluator, encode
 from bayes_simfluence.runs import Runs

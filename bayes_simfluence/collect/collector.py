@@ -8,7 +8,7 @@ optimiser steps, in batched ``inference_mode`` forward passes.
 
 ``eval_every = k > 1`` is stored honestly in the runs format: one runs-file step is ``k``
 optimiser steps, and its batch is the ``k`` optimiser batches side by side (``k * batch``
-slots, see :func:`~bayes_simfluence.collect.curricula.group_steps`).
+slots, see :func:`~bayes_simfluence.curricula.group_steps`).
 
 Durability: ``<out>.partial/`` holds ``config.json`` and one ``run_XXXXX.npz`` per finished
 run, each written atomically. Run the same command again after a crash and it redoes at most
@@ -25,7 +25,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +32,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bayes_simfluence.collect import curricula as curricula_lib
+from bayes_simfluence import atomic
+from bayes_simfluence import curricula as curricula_lib
 from bayes_simfluence.collect.data import Examples, load_examples
 from bayes_simfluence.collect.gradients import loss_gradients, parameter_count
 from bayes_simfluence.collect.influence import (default_damping, influence_scores,
@@ -41,11 +41,9 @@ from bayes_simfluence.collect.influence import (default_damping, influence_score
 from bayes_simfluence.collect.losses import LossEvaluator, collate, encode, example_losses
 from bayes_simfluence.collect.model import load_model, select_parameters, set_trainable
 from bayes_simfluence.collect.optim import OptimConfig, build_optimizer, learning_rates
-from bayes_simfluence.collect.scores import ScoreSet, save_scores, scores_path_for
 from bayes_simfluence.collect.tracin import tracin_scores
 from bayes_simfluence.runs import Runs
-
-SCORE_METHODS = ("tracin", "influence")
+from bayes_simfluence.scores import SCORE_METHODS, ScoreSet, save_scores, scores_path_for
 
 
 @dataclass(frozen=True)
@@ -133,17 +131,6 @@ class CollectConfig:
 
 def _seed_for(seed: int, run: int) -> int:
     return int(np.random.default_rng([seed, run]).integers(2**31))
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(handle)
-    try:
-        np.savez(tmp_name, **arrays)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
 
 
 def configured_examples(config: CollectConfig) -> tuple[Examples, Examples, list]:
@@ -302,9 +289,8 @@ def _prepare_partial(partial: Path, identity: dict) -> None:
                 f"or delete {partial} to start over")
         return
     partial.mkdir(parents=True, exist_ok=True)
-    tmp = partial / "config.json.tmp"
-    tmp.write_text(json.dumps(identity, indent=2, sort_keys=True))
-    os.replace(tmp, config_path)
+    with atomic.atomic_path(config_path) as temporary:
+        temporary.write_text(json.dumps(identity, indent=2, sort_keys=True))
 
 
 def _run_path(partial: Path, run: int) -> Path:
@@ -326,7 +312,7 @@ def _work(task: tuple[int, str, bool]) -> int:
     identity = multiprocessing.current_process()._identity
     position = identity[0] if identity else 1
     result = _EXECUTOR.run(run, position=position, progress=progress)
-    _atomic_savez(_run_path(Path(partial), run), **result)
+    atomic.savez(_run_path(Path(partial), run), result)
     return run
 
 
@@ -389,7 +375,7 @@ def _collect(config: CollectConfig, out: Path, partial: Path, curricula: np.ndar
                dynamic_ncols=True)
     if executor is not None:
         for run in todo:
-            _atomic_savez(_run_path(partial, run), **executor.run(run, position=1, progress=progress))
+            atomic.savez(_run_path(partial, run), executor.run(run, position=1, progress=progress))
             bar.update()
     elif todo:
         context = multiprocessing.get_context("spawn")

@@ -20,8 +20,8 @@ Woodbury identity, with Gram matrices only (no ``d x d`` matrix)::
 
     P = I - R^T (n lambda I + R R^T)^{-1} R,   rows of R: sqrt(p_ik) g_ik (or g_i)
 
-Registered as method ``influence``; scores are computed during collection
-(``collect --scores influence``), see :mod:`bayes_simfluence.collect.scores`.
+This module computes the scores (needs torch) during ``collect --scores influence``; the
+method ``influence`` that rolls them out lives in the core, :mod:`bayes_simfluence.scores`.
 """
 
 from __future__ import annotations
@@ -31,11 +31,6 @@ import torch
 
 from bayes_simfluence.collect.gradients import log_prob_gradients, loss_gradients
 from bayes_simfluence.collect.losses import Encoded
-from bayes_simfluence.collect.scores import AdditiveScoreSimulator, score_factory
-from bayes_simfluence.methods import register_loader, register_method
-
-METHOD = "influence"
-
 
 def default_damping(learning_rates: np.ndarray) -> float:
     """``1 / sum_t eta_t``: the L2 strength that matches early stopping after the whole run."""
@@ -76,6 +71,3 @@ def influence_scores(test_gradients: torch.Tensor, train_gradients: torch.Tensor
     correction = test_rows @ torch.linalg.solve(system, train_rows)
     return (plain - correction).numpy().astype(np.float32)
 
-
-register_method(METHOD)(score_factory(METHOD))
-register_loader(METHOD, AdditiveScoreSimulator.load)

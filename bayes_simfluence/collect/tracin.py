@@ -1,7 +1,7 @@
 """TracIn (TracInCP) as a simulator: Simfluence-Additive with ``B_i = -eta_t <grad L(z_test), grad L(z_i)>``.
 
 The pair score at a checkpoint is the plain dot product of per-example loss gradients over the
-chosen parameter subset; :class:`~bayes_simfluence.collect.scores.AdditiveScoreSimulator`
+chosen parameter subset; :class:`~bayes_simfluence.scores.AdditiveScoreSimulator`
 applies ``-eta_t / |c_t|`` per step (the loss of a batch is the mean of its examples' losses,
 so one SGD step moves the weights by ``-eta_t / |c_t| sum_i grad L(z_i)``; to first order the test
 loss then changes by exactly ``beta(c_t)``).
@@ -10,8 +10,8 @@ With Adam(W) the update is preconditioned and TracIn's first-order argument no l
 exactly; the scores are then the plain-SGD approximation (as in the TracIn paper). Collect with
 ``--optimizer sgd`` for the faithful version.
 
-Registered as method ``tracin``; it fits nothing and needs the scores computed during
-collection (``collect --scores tracin``), see :mod:`bayes_simfluence.collect.scores`.
+This module computes the scores (needs torch) during ``collect --scores tracin``; the method
+``tracin`` that rolls them out lives in the core, :mod:`bayes_simfluence.scores`.
 """
 
 from __future__ import annotations
@@ -19,16 +19,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bayes_simfluence.collect.scores import AdditiveScoreSimulator, score_factory
-from bayes_simfluence.methods import register_loader, register_method
-
-METHOD = "tracin"
-
 
 def tracin_scores(test_gradients: torch.Tensor, train_gradients: torch.Tensor) -> np.ndarray:
     """``[tests, n_train]`` dot products of ``test_gradients [tests, d]`` and ``train_gradients [n_train, d]``."""
     return (test_gradients @ train_gradients.T).numpy().astype(np.float32)
 
-
-register_method(METHOD)(score_factory(METHOD))
-register_loader(METHOD, AdditiveScoreSimulator.load)

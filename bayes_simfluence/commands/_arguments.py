@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 
 
@@ -24,3 +25,16 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
                         help="method setting, repeatable, e.g. -o ridge=0.1, -o num_samples=500, "
                              "-o scores=runs.scores.npz")
     parser.add_argument("--seed", type=int, default=0, help="random seed for stochastic inference (default 0)")
+
+
+#: packages of the ``collect`` extra that logging runs needs (the modelling commands need none).
+COLLECT_PACKAGES: tuple[str, ...] = ("torch", "transformers", "datasets")
+
+
+def require_collect_extra(command: str) -> None:
+    """Raise a one-line :class:`ValueError` naming the extra when ``command`` cannot run here."""
+    missing = [name for name in COLLECT_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ValueError(f"'{command}' trains models and needs the collect extra (missing: {', '.join(missing)}); "
+                         "install it with: pip install 'bayes-simfluence[collect]'")
+

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bayes_simfluence.commands._arguments import require_collect_extra
+
 EXAMPLES = """examples:
   # sentiment classifier, 32 runs on random orderings of the pool, 2 epochs of batch 8
   bayes-simfluence collect --model ./my-bert --train train.jsonl --test test.jsonl \\
@@ -93,7 +95,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def read_curricula(path: Path) -> np.ndarray:
     """``[runs, steps, batch]`` curricula from ``.npy`` or ``.json`` (ragged batches padded with -1)."""
-    from bayes_simfluence.collect.curricula import from_batches
+    from bayes_simfluence.curricula import from_batches
 
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such curricula file")
@@ -129,8 +131,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    require_collect_extra("collect")
     from bayes_simfluence.collect.collector import collect
-    from bayes_simfluence.collect.scores import scores_path_for
+    from bayes_simfluence.scores import scores_path_for
 
     config = config_from_args(args)
     curricula = None

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bayes_simfluence.commands._arguments import require_collect_extra
+
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes-svi")
 
 EXAMPLES = """examples:
@@ -97,9 +99,10 @@ def plot_trajectories(path: Path, heldout, simulators: dict, n_tests: int = 4) -
 
 
 def run(args: argparse.Namespace) -> int:
+    require_collect_extra("demo")
     from bayes_simfluence.collect.collector import collect
     from bayes_simfluence.collect.embedded import demo_config
-    from bayes_simfluence.collect.scores import scores_path_for
+    from bayes_simfluence.scores import scores_path_for
     from bayes_simfluence.evaluation import format_table
     from bayes_simfluence.methods import FitContext
 

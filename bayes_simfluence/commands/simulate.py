@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bayes_simfluence import atomic
 from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.runs import Runs
 
@@ -37,18 +38,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.draws < 0:
+        raise ValueError(f"--draws must be >= 0, got {args.draws}")
     simulator = load_simulator(args.simulator)
+    if args.draws and not hasattr(simulator, "simulate_draws"):
+        raise ValueError(f"--draws needs a Bayesian simulator; {args.simulator} is '{simulator.name}'")
     given = Runs.load(args.curricula)
     predicted = simulator.simulate(given.curricula, given.initial_losses)
     output = Runs.create(given.curricula, predicted, given.n_train, given.train_ids, given.test_ids,
                          {**given.meta, "simulated_by": str(args.simulator)})
-    output.save(args.out)
+    arrays = output.arrays()
     if args.draws:
-        if not hasattr(simulator, "simulate_draws"):
-            raise ValueError(f"--draws needs a Bayesian simulator; {args.simulator} is '{simulator.name}'")
-        draws = simulator.simulate_draws(given.curricula, given.initial_losses, args.draws, seed=args.seed)
-        with np.load(args.out) as archive:
-            arrays = dict(archive)
-        np.savez(args.out, **arrays, draws=np.asarray(draws))
+        arrays["draws"] = np.asarray(simulator.simulate_draws(given.curricula, given.initial_losses, args.draws,
+                                                              seed=args.seed))
+    atomic.savez(args.out, arrays)
     print(f"simulated {given.n_runs} curricula x {given.n_tests} test examples; wrote {args.out}")
     return 0

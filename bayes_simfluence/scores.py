@@ -26,14 +26,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from bayes_simfluence.methods import FitContext
+from bayes_simfluence import atomic
+from bayes_simfluence.methods import FitContext, register_loader, register_method
 from bayes_simfluence.rollout import batch_sums, roll_out, slot_counts
 from bayes_simfluence.runs import Runs, RunsFormatError
 from bayes_simfluence.simulators import Simulator, check_simulation_inputs
@@ -95,18 +95,6 @@ def _positions(known: np.ndarray, wanted: np.ndarray, what: str, method: str) ->
     return np.array([lookup[name] for name in np.asarray(wanted).astype(str).tolist()], dtype=np.int64)
 
 
-def _atomic_savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(handle)
-    try:
-        np.savez(tmp_name, **arrays)
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-
-
 def _arrays(score_set: ScoreSet, prefix: str) -> dict[str, np.ndarray]:
     return {
         f"{prefix}scores": score_set.scores,
@@ -135,7 +123,7 @@ def save_scores(path: str | os.PathLike, score_sets: list[ScoreSet]) -> None:
             arrays = {name: archive[name] for name in archive.files}
     for score_set in score_sets:
         arrays.update(_arrays(score_set, f"{score_set.method}_"))
-    _atomic_savez(path, arrays)
+    atomic.savez(path, arrays)
 
 
 def load_scores(path: str | os.PathLike, method: str) -> ScoreSet:
@@ -191,7 +179,7 @@ class AdditiveScoreSimulator:
     def save(self, path: str | os.PathLike) -> None:
         arrays = _arrays(self.score_set, "")
         arrays["kind"] = np.array(self.score_set.method)
-        _atomic_savez(Path(path), arrays)
+        atomic.savez(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AdditiveScoreSimulator":
@@ -220,3 +208,11 @@ def score_factory(method: str):
         return AdditiveScoreSimulator(score_set)
 
     return factory
+
+
+#: methods whose simulator is a roll-out of precomputed scores (computed by ``collect --scores``).
+SCORE_METHODS: tuple[str, ...] = ("tracin", "influence")
+
+for _method in SCORE_METHODS:
+    register_method(_method)(score_factory(_method))
+    register_loader(_method, AdditiveScoreSimulator.load)

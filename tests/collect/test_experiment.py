@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "run_experiment.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "run_experiment.py"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,109 @@
+"""Posterior files: a fitted posterior's fields <-> one NetCDF file (ArviZ groups, named dims).
+
+Works on the *fields* of :class:`~bayes_simfluence.bayes.posterior.BayesianSimfluence` (a plain
+mapping: ``method``, ``config``, ``a``, ``b``, ``drift``, ``sigma``, ``hyper``, ``scale``,
+``train_ids``, ``test_ids``, ``sample_stats``, ``info``), so it imports neither the posterior class
+nor the diagnostics: both import it.
+
+File layout: group ``posterior`` (``a``, ``B`` ``[chain, draw, test_example, train_example]``,
+``step_drift`` ``[chain, draw, test_example, step]``, ``noise_scale`` and hyperparameters
+``[chain, draw, test_example]``; effects in loss units, hyperparameters standardised; attributes
+``bayes_simfluence_kind``, ``method``, ``config`` and ``info`` as JSON), ``constant_data``
+(``loss_scale [test_example]``) and, for NUTS, ``sample_stats``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import xarray as xr
+
+from bayes_simfluence.bayes import arviz_data
+from bayes_simfluence.bayes.model import ModelConfig
+
+KIND_ATTRIBUTE = "bayes_simfluence_kind"
+KIND = "bayes-simfluence-posterior"
+HYPERPARAMETERS = ("effect_scale", "a_location", "B_location")
+DIMS = {
+    "a": ["test_example", "train_example"],
+    "B": ["test_example", "train_example"],
+    "step_drift": ["test_example", "step"],
+    "noise_scale": ["test_example"],
+    **{name: ["test_example"] for name in HYPERPARAMETERS},
+}
+_NETCDF_MAGIC = (b"\x89HDF", b"CDF\x01", b"CDF\x02")
+
+
+def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
+    """The ArviZ groups ``posterior``, ``constant_data`` (and ``sample_stats``) of a posterior's fields."""
+    coords = {"test_example": fields["test_ids"], "train_example": fields["train_ids"]}
+    arrays = {"a": fields["a"], "B": fields["b"], "noise_scale": fields["sigma"], **fields["hyper"]}
+    if fields["drift"] is not None:
+        arrays["step_drift"] = fields["drift"]
+        coords["step"] = np.arange(1, fields["drift"].shape[-1] + 1)
+    attrs = {KIND_ATTRIBUTE: KIND, "method": fields["method"], "config": json.dumps(fields["config"].to_dict()),
+             "info": json.dumps(fields["info"], default=_jsonable)}
+    groups = {"posterior": arviz_data.draws_dataset(arrays, DIMS, coords, attrs),
+              "constant_data": xr.Dataset({"loss_scale": (["test_example"], fields["scale"])},
+                                          coords={"test_example": fields["test_ids"]})}
+    if fields["sample_stats"]:
+        stats = {("n_steps" if k == "num_steps" else k): v for k, v in fields["sample_stats"].items()}
+        groups["sample_stats"] = arviz_data.draws_dataset(stats, {}, {})
+    return groups
+
+
+def write_posterior(fields: Mapping[str, Any], path: str | Path) -> None:
+    """Write a posterior to ``path`` (NetCDF, atomically: nothing is left behind on failure)."""
+    if Path(path).suffix == ".npz":
+        raise ValueError(f"{path}: a Bayesian posterior is saved as NetCDF; use a .nc file name")
+    arviz_data.write_netcdf(arviz_data.container(posterior_groups(fields)), path)
+
+
+def is_posterior_file(path: str | Path) -> bool:
+    """True when ``path`` is a NetCDF file written by :func:`write_posterior`."""
+    try:
+        with open(path, "rb") as handle:
+            if handle.read(4) not in _NETCDF_MAGIC:
+                return False
+        posterior = arviz_data.group(arviz_data.open_netcdf(path), "posterior")
+        return posterior is not None and posterior.attrs.get(KIND_ATTRIBUTE) == KIND
+    except Exception:  # noqa: BLE001 - anything unreadable is simply not ours
+        return False
+
+
+def read_posterior(path: str | Path) -> dict[str, Any]:
+    """The fields (keyword arguments of ``BayesianSimfluence``) saved in ``path``."""
+    data = arviz_data.open_netcdf(path)
+    posterior = arviz_data.group(data, "posterior")
+    if posterior is None or posterior.attrs.get(KIND_ATTRIBUTE) != KIND:
+        raise ValueError(f"{path}: not a Bayesian Simfluence posterior file")
+    stats = arviz_data.group(data, "sample_stats")
+    constant = arviz_data.group(data, "constant_data")
+    missing = [name for name in ("a", "B", "noise_scale") if name not in posterior]
+    if missing or constant is None or "loss_scale" not in constant:
+        raise ValueError(f"{path}: posterior file lacks {missing or ['constant_data/loss_scale']}")
+    return {
+        "method": str(posterior.attrs["method"]),
+        "config": ModelConfig(**json.loads(posterior.attrs["config"])),
+        "a": posterior["a"].values, "b": posterior["B"].values,
+        "drift": posterior["step_drift"].values if "step_drift" in posterior else None,
+        "sigma": posterior["noise_scale"].values,
+        "hyper": {k: posterior[k].values for k in HYPERPARAMETERS if k in posterior},
+        "scale": constant["loss_scale"].values,
+        "train_ids": posterior["train_example"].values.astype(str),
+        "test_ids": posterior["test_example"].values.astype(str),
+        "sample_stats": ({("num_steps" if k == "n_steps" else k): v.values for k, v in stats.data_vars.items()}
+                         if stats is not None else {}),
+        "info": json.loads(posterior.attrs["info"]),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
