@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DATA)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    timings = {}
+    timings_path = args.out / "collection_seconds.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     for name in args.only or list(SETS):
         start = time.perf_counter()
         runs = collect(collection(name), args.out / f"{name}.npz", workers=args.workers, threads=1, overwrite=True)
         timings[name] = round(time.perf_counter() - start, 1)
         print(f"{name}: {runs} in {timings[name]} s")
-    (args.out / "collection_seconds.json").write_text(json.dumps(timings, indent=2) + "\n")
+        timings_path.write_text(json.dumps(timings, indent=2) + "\n")
 
 
 if __name__ == "__main__":
