@@ -43,7 +43,7 @@ SETS: dict[str, dict] = {
                          optim=OptimConfig(optimizer="sgd", lr=0.02, momentum=0.9)),
     "mlp_adam": dict(batch_size=4, epochs=3, trainable="head", optim=OptimConfig(optimizer="adamw", lr=3e-3)),
     "minilm_adamw": dict(batch_size=4, epochs=2, trainable="last:1",
-                         optim=OptimConfig(optimizer="adamw", lr=1e-4, schedule="linear", warmup_steps=3)),
+                         optim=OptimConfig(optimizer="adamw", lr=1e-3, schedule="linear", warmup_steps=3)),
 }
 
 

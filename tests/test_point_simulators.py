@@ -144,3 +144,21 @@ def test_chunked_fit_equals_one_shot_fit():
     chunked = ridge_lib.fit_ridge(runs.curricula, runs.losses, 9, "linear", 0.2, max_bytes=1)  # 1 test a chunk
     np.testing.assert_allclose(chunked[0], one_shot[0], rtol=1e-10)
     np.testing.assert_allclose(chunked[1], one_shot[1], rtol=1e-10)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_chosen_ridge_is_within_10_percent_of_the_best_fixed_strength_on_heldout_runs(seed):
+    """Oracle: the best of a fine grid of fixed strengths, judged on held-out runs the CV never sees.
+
+    Few noisy runs for many effects: too weak a ridge is about 1.4x the best, too strong 16x."""
+    runs, _ = synthetic_runs(n_train=40, n_tests=6, n_runs=14, n_steps=20, batch_size=3,
+                             effect_scale=0.03, noise_scale=0.05, seed=seed)
+    train, held = runs.split(6)
+    mse = lambda sim: np.mean((sim.simulate(held.curricula, held.initial_losses) - held.losses)[:, 1:] ** 2)
+    chosen = SimfluenceLinear().fit(train)
+    best_fixed = min(mse(SimfluenceLinear(ridge=r).fit(train)) for r in 10.0 ** np.arange(-4, 4.01, 0.25))
+    assert mse(chosen) <= 1.10 * best_fixed
+    report = chosen.cv_report
+    assert report["ridge_grid"] == sorted(report["ridge_grid"]) and chosen.ridge_selected in report["ridge_grid"]
+    assert len(report["cv_tests"]) == 6 and np.argmin(report["cv_log_relative"]) == report["ridge_grid"].index(
+        chosen.ridge_selected)

@@ -4,6 +4,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "run_experiment.py"
@@ -19,9 +20,9 @@ def experiment():
 
 
 def test_options_reach_their_method(experiment, tmp_path):
-    config, out = experiment.parse_args(["--out", str(tmp_path), "--runs", "6", "--methods", "mean,bayes-svi",
+    config, out, refreshed = experiment.parse_args(["--out", str(tmp_path), "--runs", "6", "--methods", "mean,bayes-svi",
                                          "--option", "bayes-svi:num_steps=500", "--option", "bayes-svi:guide=lowrank"])
-    assert out == tmp_path and config.runs == 6 and config.methods == ("mean", "bayes-svi")
+    assert out == tmp_path and refreshed == () and config.runs == 6 and config.methods == ("mean", "bayes-svi")
     assert config.method_options == {"bayes-svi": {"num_steps": 500, "guide": "lowrank"}}
     assert config.collect_config().runs == 6
     with pytest.raises(SystemExit):
@@ -36,3 +37,7 @@ def test_tables_mark_the_best_and_list_failures(experiment, tmp_path):
     assert "not run: ValueError: no scores" in table
     csv_text = (tmp_path / "results.csv").read_text()
     assert csv_text.splitlines()[0].startswith("method,all_steps_mse") and "not run" in csv_text
+    # a refresh reads the rows that ran back, as numbers, empty cells as NaN
+    read = experiment.read_scores(tmp_path / "results.csv")
+    assert set(read) == {"mean", "bayes-svi"} and read["bayes-svi"]["crps"] == 0.05
+    assert np.isnan(read["mean"]["crps"]) and read["mean"]["final_step_mse"] == 0.3
