@@ -130,27 +130,47 @@ class ExampleEffects:
     def name(self, example: int) -> str:
         return str(self.train_ids[example]) if self.train_ids is not None else f"train_{example}"
 
+    @property
+    def has_uncertainty(self) -> bool:
+        """False for a point simulator's single draw: intervals and probabilities mean nothing."""
+        return self.draws.shape[0] > 1
+
     def records(self, k: int | None = None, helpful: bool = True, by: str = "bound") -> list[dict[str, Any]]:
-        """Ranked rows ``{example, id, mean, lower, upper, prob_helpful, prob_harmful}``."""
-        order = self.ranking(helpful, by)[: (k if k is not None else len(self.examples))]
+        """Ranked rows ``{example, id, mean, lower, upper, prob_helpful, prob_harmful}``: at most ``k``
+        examples whose mean effect has the asked sign (negative: helpful); without uncertainty
+        (one draw) the interval and probabilities are None."""
+        if k is not None and k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        sign_ok = self.mean < 0 if helpful else self.mean > 0
+        order = [j for j in self.ranking(helpful, by) if sign_ok[j]][:k]
         lower, upper = self.interval()
+        known = self.has_uncertainty
         return [{"example": int(self.examples[j]), "id": self.name(int(self.examples[j])),
-                 "mean": float(self.mean[j]), "lower": float(lower[j]), "upper": float(upper[j]),
-                 "prob_helpful": float(self.prob_helpful[j]), "prob_harmful": float(self.prob_harmful[j])}
+                 "mean": float(self.mean[j]), "lower": float(lower[j]) if known else None,
+                 "upper": float(upper[j]) if known else None,
+                 "prob_helpful": float(self.prob_helpful[j]) if known else None,
+                 "prob_harmful": float(self.prob_harmful[j]) if known else None}
                 for j in order]
 
     def to_dict(self, k: int = 10, by: str = "bound") -> dict[str, Any]:
         return {"description": self.description, "level": self.level, "draws": int(self.draws.shape[0]),
+                "uncertainty": "posterior draws" if self.has_uncertainty else "none (point simulator)",
                 "ranked_by": by, "top_helpful": self.records(k, True, by), "top_harmful": self.records(k, False, by)}
 
     def table(self, k: int = 10, by: str = "bound") -> str:
         """The top ``k`` helpful and harmful examples with means, intervals and probabilities."""
         percent = f"{100 * self.level:g}%"
-        lines = [f"{self.description} ({self.draws.shape[0]} draws; ranked by {by}; negative = helpful)"]
+        note = "" if self.has_uncertainty else "; point simulator: no uncertainty, ranked by the point effect"
+        lines = [f"{self.description} ({self.draws.shape[0]} draws; ranked by {by}; negative = helpful{note})"]
         for helpful in (True, False):
-            lines.append(f"top {'helpful' if helpful else 'harmful'}:")
-            lines.append(f"  {'id':<20}{'mean':>11}{percent + ' interval':>26}{'P(<0)':>8}{'P(>0)':>8}")
-            for row in self.records(k, helpful, by):
+            rows = self.records(k, helpful, by)
+            lines.append(f"top {'helpful' if helpful else 'harmful'}:" + ("" if rows else " none"))
+            if rows:
+                lines.append(f"  {'id':<20}{'mean':>11}{percent + ' interval':>26}{'P(<0)':>8}{'P(>0)':>8}")
+            for row in rows:
+                if row["lower"] is None:
+                    lines.append(f"  {row['id'][:20]:<20}{row['mean']:>+11.3e}{'-':>26}{'-':>8}{'-':>8}")
+                    continue
                 lines.append(f"  {row['id'][:20]:<20}{row['mean']:>+11.3e}  [{row['lower']:+.3e}, "
                              f"{row['upper']:+.3e}]{row['prob_helpful']:>8.3f}{row['prob_harmful']:>8.3f}")
         return "\n".join(lines)

@@ -2,7 +2,9 @@
 
 Each sub-command lives in its own module in :mod:`bayes_simfluence.commands`, defining
 ``register(subparsers)`` (adds its parser and ``set_defaults(func=run)``) and ``run(args) -> int``.
-Modules whose name starts with ``_`` are helpers, not commands. This module only discovers them and turns input errors into a one-line message and exit code 2.
+Modules whose name starts with ``_`` are helpers, not commands. This module only discovers them
+and turns errors into one line on stderr: exit code 2 for bad input, 1 for anything unexpected
+(``--debug`` shows the traceback), 130 on an interrupt.
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import pkgutil
 import sys
 
 from bayes_simfluence import commands
-from bayes_simfluence.runs import RunsFormatError
 
 USAGE_ERROR = 2
+INTERNAL_ERROR = 1
+INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog="Run 'bayes-simfluence COMMAND --help' for the options and examples of each command.",
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
         if module_info.name.startswith("_"):
@@ -37,16 +41,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; input errors give one line and exit 2, anything unexpected one line and exit 1.
+
+    ``--debug`` (before the command) re-raises instead, for the full traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return USAGE_ERROR
+    prefix = f"bayes-simfluence {args.command}: error:"
     try:
         return int(args.func(args) or 0)
-    except (RunsFormatError, ValueError, FileNotFoundError) as error:
-        print(f"bayes-simfluence {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"bayes-simfluence {args.command}: interrupted; nothing was left half-written", file=sys.stderr)
+        return INTERRUPTED
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        if args.debug:
+            raise
+        print(f"{prefix} {_one_line(error)}", file=sys.stderr)
         return USAGE_ERROR
+    except Exception as error:  # noqa: BLE001 - the boundary: one line, the traceback on request
+        if args.debug:
+            raise
+        print(f"{prefix} unexpected {type(error).__name__}: {_one_line(error)} "
+              "(rerun with --debug before the command for the traceback)", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text[:2000] if text else type(error).__name__
 
 
 if __name__ == "__main__":

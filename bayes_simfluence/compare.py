@@ -150,16 +150,30 @@ class Comparison:
             for quantity, values in stats.items():
                 mean, low, high, diff, diff_low, diff_high, better, best = (float(v[k]) for v in values)
                 entry[quantity] = {
-                    "loss": mean, "loss_interval": [low, high],
-                    "difference": diff, "difference_interval": [diff_low, diff_high],
-                    "prob_better": better, "prob_best": best,
+                    "loss": mean, "loss_interval": [low, high] if self.has_uncertainty else None,
+                    "difference": diff, "difference_interval": [diff_low, diff_high] if self.has_uncertainty else None,
+                    "prob_better": better if self.has_uncertainty else None,
+                    "prob_best": best if self.has_uncertainty else None,
                 }
             candidates.append(entry)
         return {
             "reference": self.labels[self.reference], "level": self.level, "reduction": self.reduction,
             "tests": self.tests.tolist(), "draws": self.n_draws, "include_noise": self.include_noise,
-            "candidates": candidates,
+            "uncertainty": self.uncertainty, "candidates": candidates,
         }
+
+    @property
+    def has_uncertainty(self) -> bool:
+        """False for a point simulator's single draw: no interval or probability is meaningful."""
+        return self.n_draws > 1
+
+    @property
+    def uncertainty(self) -> str:
+        """What the draws' spread stands for, said in every summary."""
+        if not self.has_uncertainty:
+            return "none: a point simulator gives one trajectory (fit a bayes-* method for intervals and P(better))"
+        return "posterior predictive (parameters and noise)" if self.include_noise else \
+            "parameter uncertainty only (no noise)"
 
     def summary(self) -> str:
         """A readable table: one row per candidate and quantity."""
@@ -167,20 +181,24 @@ class Comparison:
         header = (f"{'candidate':<24}{'steps':>6}  {'quantity':<8}{'loss (' + percent + ' CI)':>30}"
                   f"{'diff vs reference (' + percent + ' CI)':>42}{'P(better)':>11}{'P(best)':>9}")
         lines = [
-            f"{self.reduction} loss over {len(self.tests)} test example(s); {self.n_draws} paired draws"
-            + ("" if self.include_noise else " (parameter uncertainty, no noise)")
-            + f"; reference: {self.labels[self.reference]}",
+            f"{self.reduction} loss over {len(self.tests)} test example(s); {self.n_draws} paired draw(s); "
+            f"uncertainty: {self.uncertainty}; reference: {self.labels[self.reference]}",
             header, "-" * len(header),
         ]
         data = self.to_dict()
         for entry in data["candidates"]:
             for quantity in QUANTITIES:
                 stats = entry[quantity]
-                loss = f"{stats['loss']:.4g} [{stats['loss_interval'][0]:.4g}, {stats['loss_interval'][1]:.4g}]"
-                diff = (f"{stats['difference']:+.4g} [{stats['difference_interval'][0]:+.4g}, "
-                        f"{stats['difference_interval'][1]:+.4g}]")
+                if self.has_uncertainty:
+                    loss = f"{stats['loss']:.4g} [{stats['loss_interval'][0]:.4g}, {stats['loss_interval'][1]:.4g}]"
+                    diff = (f"{stats['difference']:+.4g} [{stats['difference_interval'][0]:+.4g}, "
+                            f"{stats['difference_interval'][1]:+.4g}]")
+                    chances = f"{stats['prob_better']:>11.3f}{stats['prob_best']:>9.3f}"
+                else:
+                    loss, diff, chances = f"{stats['loss']:.4g} [-]", f"{stats['difference']:+.4g} [-]", \
+                        f"{'-':>11}{'-':>9}"
                 lines.append(f"{entry['label'][:24]:<24}{entry['steps']:>6}  {quantity:<8}{loss:>30}{diff:>42}"
-                             f"{stats['prob_better']:>11.3f}{stats['prob_best']:>9.3f}")
+                             + chances)
         return "\n".join(lines)
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
-from bayes_simfluence.methods import FitContext, fit_method
+from bayes_simfluence.methods import FitContext, check_options, fit_method, options_for
 from bayes_simfluence.metrics import band_scores, point_scores
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import ProbabilisticSimulator, Simulator
+from bayes_simfluence.validation import checked_result
 
 #: predictive draws used for coverage and CRPS of probabilistic simulators.
 DEFAULT_EVAL_DRAWS = 200
@@ -22,11 +22,12 @@ def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_
     Probabilistic simulators are scored on their posterior mean (point metrics) and on
     ``n_draws`` posterior predictive draws (``coverage_50``, ``coverage_90``, ``crps``).
     """
-    predicted = simulator.simulate(heldout.curricula, heldout.initial_losses)
+    what = f"'{simulator.name}' simulating the held-out runs"
+    predicted = checked_result(simulator.simulate(heldout.curricula, heldout.initial_losses), what)
     scores = point_scores(predicted, heldout.losses)
     if isinstance(simulator, ProbabilisticSimulator) and hasattr(simulator, "simulate_draws"):
         draws = simulator.simulate_draws(heldout.curricula, heldout.initial_losses, n_draws, seed=seed)
-        scores.update(band_scores(np.asarray(draws), heldout.losses))
+        scores.update(band_scores(checked_result(draws, what), heldout.losses))
     return scores
 
 
@@ -41,10 +42,11 @@ def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: Fi
     """
     train.check_compatible(heldout)
     context = context or FitContext()
+    check_options(methods, context.options)
     results: dict[str, dict[str, float]] = {}
     for name in methods:
         start = time.perf_counter()
-        simulator = fit_method(name, train, context)
+        simulator = fit_method(name, train, options_for(name, context))
         fitted = time.perf_counter()
         scores = score_simulator(simulator, heldout, n_draws=n_draws, seed=context.seed)
         scores["fit_seconds"] = fitted - start

@@ -11,12 +11,13 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import MeanTrajectory, SimfluenceLinear, Simulator
+from bayes_simfluence.validation import InputError, number
 
 
 @dataclass
@@ -51,14 +52,38 @@ PROVIDERS: dict[str, str] = {
 }
 
 
-def register_method(name: str) -> Callable[[MethodFactory], MethodFactory]:
-    """Decorator registering ``factory(train, context) -> fitted Simulator`` under ``name``."""
+_OPTIONS: dict[str, frozenset[str]] = {}
+
+
+def register_method(name: str, options: Iterable[str] = ()) -> Callable[[MethodFactory], MethodFactory]:
+    """Decorator registering ``factory(train, context) -> fitted Simulator`` under ``name``.
+
+    ``options``: the ``context.options`` keys the method reads (anything else is refused by
+    :func:`check_options`); the factory validates their values.
+    """
 
     def decorate(factory: MethodFactory) -> MethodFactory:
         _METHODS[name] = factory
+        _OPTIONS[name] = frozenset(options)
         return factory
 
     return decorate
+
+
+def method_options(name: str) -> frozenset[str]:
+    """The option keys method ``name`` reads (importing its provider if needed)."""
+    _require(name)
+    return _OPTIONS[name]
+
+
+def check_options(methods: Iterable[str], options: dict) -> None:
+    """Refuse options that none of ``methods`` reads (a typo would otherwise be silently ignored)."""
+    methods = list(methods)
+    known = set().union(*(method_options(name) for name in methods)) if methods else set()
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise InputError(f"-o {unknown[0]}: no method of {methods} reads this option; they read "
+                         f"{sorted(known) or 'none'}")
 
 
 def register_loader(kind: str, loader: Loader) -> None:
@@ -83,16 +108,30 @@ def available_methods() -> list[str]:
     return sorted(set(_METHODS) | set(PROVIDERS))
 
 
-def fit_method(name: str, train: Runs, context: FitContext | None = None) -> Simulator:
-    """Fit the method called ``name`` on ``train`` and return the fitted simulator."""
-    context = context or FitContext()
+def _require(name: str) -> None:
     if name not in _METHODS and name in PROVIDERS:
         reason = _import_provider(PROVIDERS[name])
         if reason is not None and name not in _METHODS:
             raise ValueError(f"method '{name}' is unavailable: {reason}")
     if name not in _METHODS:
-        raise ValueError(f"unknown method '{name}'; choose from {available_methods()}")
+        raise InputError(f"unknown method '{name}'; choose from {available_methods()}")
+
+
+def fit_method(name: str, train: Runs, context: FitContext | None = None) -> Simulator:
+    """Fit the method called ``name`` on ``train`` and return the fitted simulator.
+
+    Options in ``context`` that this method does not read are refused (use
+    :func:`options_for` to pass one method its share of a set meant for several).
+    """
+    context = context or FitContext()
+    check_options([name], context.options)
     return _METHODS[name](train, context)
+
+
+def options_for(name: str, context: FitContext) -> FitContext:
+    """``context`` with only the options method ``name`` reads (the rest are another method's)."""
+    keep = method_options(name)
+    return FitContext(context.train_path, context.seed, {k: v for k, v in context.options.items() if k in keep})
 
 
 def load_simulator(path: str | Path) -> Simulator:
@@ -105,8 +144,12 @@ def load_simulator(path: str | Path) -> Simulator:
         for module in sorted(set(PROVIDERS.values())):
             _import_provider(module)
     if kind not in _LOADERS:
-        raise ValueError(f"{path}: unknown simulator kind '{kind}'; known: {sorted(_LOADERS)}")
-    return _LOADERS[kind](path)
+        raise InputError(f"{path}: unknown simulator kind '{kind}'; known: {sorted(_LOADERS)}")
+    try:
+        return _LOADERS[kind](path)
+    except (KeyError, TypeError, IndexError, AttributeError, OSError) as error:
+        raise InputError(f"{path}: not a valid '{kind}' simulator file ({type(error).__name__}: {error}); "
+                         "was it written by 'bayes-simfluence fit'?") from error
 
 
 def _read_kind(path: Path) -> str:
@@ -145,12 +188,15 @@ def _fit_mean(train: Runs, context: FitContext) -> Simulator:
 
 def _point_factory(variant: str) -> MethodFactory:
     def factory(train: Runs, context: FitContext) -> Simulator:
-        return SimfluenceLinear(variant=variant, ridge=context.options.get("ridge")).fit(train)
+        ridge = context.options.get("ridge")
+        if ridge is not None:
+            ridge = number(ridge, "-o ridge", minimum=0.0)
+        return SimfluenceLinear(variant=variant, ridge=ridge).fit(train)
 
     return factory
 
 
 for _variant in ("linear", "additive", "multiplicative"):
-    register_method(_variant)(_point_factory(_variant))
+    register_method(_variant, options=("ridge",))(_point_factory(_variant))
 register_loader("mean-trajectory", MeanTrajectory.load)
 register_loader("simfluence-point", SimfluenceLinear.load)

@@ -8,12 +8,14 @@ central posterior (predictive) intervals: 50% darker, 90% lighter; the line is t
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from bayes_simfluence.atomic import atomic_path
 from bayes_simfluence.attributions import ExampleEffects
 from bayes_simfluence.compare import Comparison
 
@@ -91,8 +93,9 @@ def plot_comparison(comparison: Comparison, title: str | None = None) -> Figure:
         if k == comparison.reference:
             continue
         shared = min(trajectory.shape[1], reference.shape[1])
+        chance = f": P(lower final loss) = {better[k]:.2f}" if comparison.has_uncertainty else ""
         _band(bottom, np.arange(shared), trajectory[:, :shared] - reference[:, :shared], colour,
-              f"{label} - {comparison.labels[comparison.reference]}: P(lower final loss) = {better[k]:.2f}")
+              f"{label} - {comparison.labels[comparison.reference]}{chance}")
     bottom.axhline(0.0, color="black", linewidth=0.8)
     top.set_ylabel(f"{comparison.reduction} test loss")
     bottom.set_ylabel("difference")
@@ -100,7 +103,7 @@ def plot_comparison(comparison: Comparison, title: str | None = None) -> Figure:
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, frameon=False)
-    noise = "with noise" if comparison.include_noise else "parameter uncertainty"
+    noise = comparison.uncertainty.split(":")[0].split(" (")[0]
     top.set_title(title or f"{len(comparison.labels)} curricula, {comparison.n_draws} paired draws ({noise}); "
                   "median, 50% and 90% bands", fontsize=10)
     return figure
@@ -164,3 +167,14 @@ def plot_scores(results: dict[str, dict[str, float]], metrics: Sequence[str], ti
     if title:
         figure.suptitle(title, fontsize=10)
     return figure
+
+
+#: figure formats the commands write, by file extension.
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def save_figure(figure: Figure, path: str | Path, dpi: int = 150) -> None:
+    """Write ``figure`` at exactly ``path`` (format from its extension), atomically."""
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=dpi, format=path.suffix.lstrip(".") or "png")

@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sparse
 
+from bayes_simfluence.validation import check_memory
+
 Variant = Literal["linear", "additive", "multiplicative"]
 VARIANTS: tuple[str, ...] = ("linear", "additive", "multiplicative")
 
@@ -101,6 +103,10 @@ def normal_equations(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    n_features = 2 * n_train if variant == "linear" else n_train
+    check_memory(3 * 8 * losses.shape[2] * n_features**2,
+                 f"the ridge fit's normal equations ({losses.shape[2]} x {n_features}^2 for n_train = {n_train})",
+                 "n_train is the size of the pool the indices refer to: is it right?")
     counts = count_matrix(curricula, n_train)
     previous = losses[:, :-1, :].reshape(-1, losses.shape[2])  # [runs*steps, tests]
     baseline = step_baseline(curricula, variant, centring).reshape(-1, 1)

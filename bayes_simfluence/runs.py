@@ -23,12 +23,25 @@ from typing import Any, Sequence
 import numpy as np
 
 from bayes_simfluence import atomic
+from bayes_simfluence.validation import MAX_ABS_LOSS, InputError
 
 EMPTY_SLOT = -1
 
 
-class RunsFormatError(ValueError):
+class RunsFormatError(InputError):
     """A runs file or array does not follow the runs format; the message says what and where."""
+
+
+def _scalar_integer(value: Any, where: str) -> int:
+    """An integer scalar (a Python int or a 0-d integer array); fractions, text and arrays are refused."""
+    array = np.asarray(value)
+    if array.ndim != 0:
+        raise RunsFormatError(f"{where} must be one integer, got an array of shape {array.shape}")
+    if array.dtype.kind == "f" and np.isfinite(array) and float(array) == round(float(array)):
+        return int(array)
+    if array.dtype.kind not in "iu":
+        raise RunsFormatError(f"{where} must be an integer, got {array.item()!r} (dtype {array.dtype})")
+    return int(array)
 
 
 def _as_int_curricula(curricula: Any, source: str) -> np.ndarray:
@@ -137,6 +150,12 @@ class Runs:
                 f"{source}: 'losses' holds {len(bad)} non-finite value(s) (NaN or inf); first at "
                 f"[run, step, test] = {bad[0].tolist()}: {losses[tuple(bad[0])]}"
             )
+        if np.any(np.abs(losses) > MAX_ABS_LOSS):
+            bad = np.argwhere(np.abs(losses) > MAX_ABS_LOSS)
+            raise RunsFormatError(
+                f"{source}: 'losses' holds {len(bad)} value(s) beyond +-{MAX_ABS_LOSS:g} (float64 arithmetic on "
+                f"them overflows); first at [run, step, test] = {bad[0].tolist()}: {losses[tuple(bad[0])]:g}"
+            )
         if np.any(curricula < EMPTY_SLOT):
             bad = np.argwhere(curricula < EMPTY_SLOT)[0]
             raise RunsFormatError(
@@ -148,7 +167,7 @@ class Runs:
             if max_index < 0:
                 raise RunsFormatError(f"{source}: every slot of 'curricula' is empty (-1) and no 'n_train' is given")
             n_train = max_index + 1
-        n_train = int(n_train)
+        n_train = _scalar_integer(n_train, f"{source}: 'n_train'")
         if n_train <= 0:
             raise RunsFormatError(f"{source}: 'n_train' must be positive, got {n_train}")
         if max_index >= n_train:
@@ -253,7 +272,7 @@ class Runs:
                 raise RunsFormatError(
                     f"{source}: missing required array(s) {missing}; found {sorted(archive.files)}"
                 )
-            n_train = int(archive["n_train"]) if "n_train" in archive.files else None
+            n_train = archive["n_train"] if "n_train" in archive.files else None
             train_ids = archive["train_ids"] if "train_ids" in archive.files else None
             test_ids = archive["test_ids"] if "test_ids" in archive.files else None
             meta = {}
@@ -262,6 +281,9 @@ class Runs:
                     meta = json.loads(str(archive["meta"]))
                 except json.JSONDecodeError as error:
                     raise RunsFormatError(f"{source}: 'meta' is not valid JSON ({error})") from error
+                if not isinstance(meta, dict):
+                    raise RunsFormatError(f"{source}: 'meta' must be a JSON object ({{...}}), got a "
+                                          f"{type(meta).__name__}")
             return cls.create(archive["curricula"], archive["losses"], n_train, train_ids,
                               test_ids, meta, source=source)
 

@@ -108,6 +108,10 @@ def _arrays(score_set: ScoreSet, prefix: str) -> dict[str, np.ndarray]:
 
 
 def _from_arrays(archive: np.lib.npyio.NpzFile, prefix: str, method: str) -> ScoreSet:
+    for name in ("scores", "learning_rates"):
+        values = archive[f"{prefix}{name}"]
+        if not np.issubdtype(values.dtype, np.number) or not np.all(np.isfinite(values)):
+            raise RunsFormatError(f"{method} '{prefix}{name}' must be finite numbers (dtype {values.dtype})")
     return ScoreSet(method, archive[f"{prefix}scores"], archive[f"{prefix}checkpoint_steps"],
                     archive[f"{prefix}learning_rates"], int(archive[f"{prefix}updates_per_step"]),
                     archive[f"{prefix}train_ids"], archive[f"{prefix}test_ids"],
@@ -214,5 +218,5 @@ def score_factory(method: str):
 SCORE_METHODS: tuple[str, ...] = ("tracin", "influence")
 
 for _method in SCORE_METHODS:
-    register_method(_method)(score_factory(_method))
+    register_method(_method, options=("scores",))(score_factory(_method))
     register_loader(_method, AdditiveScoreSimulator.load)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +19,7 @@ from bayes_simfluence import ridge as ridge_lib
 from bayes_simfluence.cross_validation import choose_ridge
 from bayes_simfluence.rollout import batch_sums, roll_out
 from bayes_simfluence.runs import Runs, RunsFormatError, _as_int_curricula
+from bayes_simfluence.validation import MAX_ABS_LOSS, InputError
 
 
 @runtime_checkable
@@ -44,8 +45,13 @@ class ProbabilisticSimulator(Simulator, Protocol):
 
 
 def check_simulation_inputs(curricula: np.ndarray, initial_losses: np.ndarray, n_train: int,
-                            n_tests: int) -> tuple[np.ndarray, np.ndarray]:
-    """Validate what a fitted simulator is asked to simulate; return int curricula and float losses."""
+                            n_tests: int, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Validate what a fitted simulator is asked to simulate; return int curricula and float losses.
+
+    ``batch_size``: the batch width the simulator was fitted on; steps filling more slots than
+    that are refused (per-example effects summed over more slots than ever observed extrapolate,
+    and ``alpha`` compounds over the roll-out: 8 slots on a model fitted on 4 sent losses to 1e9).
+    """
     curricula = _as_int_curricula(curricula, "curricula to simulate")
     initial_losses = np.asarray(initial_losses, dtype=np.float64)
     if initial_losses.shape != (curricula.shape[0], n_tests):
@@ -53,8 +59,15 @@ def check_simulation_inputs(curricula: np.ndarray, initial_losses: np.ndarray, n
             f"initial_losses must have shape [runs, tests] = ({curricula.shape[0]}, {n_tests}), "
             f"got {initial_losses.shape}"
         )
-    if not np.all(np.isfinite(initial_losses)):
-        raise RunsFormatError("initial_losses holds NaN or inf values")
+    if not np.all(np.isfinite(initial_losses)) or np.any(np.abs(initial_losses) > MAX_ABS_LOSS):
+        raise RunsFormatError(f"initial_losses holds NaN, inf or values beyond +-{MAX_ABS_LOSS:g}")
+    filled = int((curricula >= 0).sum(-1).max()) if curricula.size else 0
+    if batch_size and filled > batch_size:
+        step = np.argwhere((curricula >= 0).sum(-1) == filled)[0].tolist()
+        raise RunsFormatError(
+            f"curricula to simulate fill {filled} slots at [run, step] = {step}; the simulator was fitted on "
+            f"batches of {batch_size} and cannot extrapolate to larger ones (split the step, or refit on such runs)"
+        )
     if curricula.size and (curricula.max() >= n_train or curricula.min() < -1):
         raise RunsFormatError(
             f"curricula to simulate hold indices in [{curricula.min()}, {curricula.max()}]; "
@@ -102,8 +115,9 @@ class MeanTrajectory:
 
     @classmethod
     def load(cls, path: Path) -> "MeanTrajectory":
-        with np.load(path) as archive:
-            return cls(mean_losses=archive["mean_losses"])
+        with np.load(path, allow_pickle=False) as archive:
+            mean_losses = _saved_array(archive, "mean_losses", path, ndim=2)
+        return cls(mean_losses=mean_losses)
 
 
 @dataclass
@@ -155,6 +169,9 @@ class SimfluenceLinear:
             self.ridge_selected = float(self.ridge)
         centred_a, additive = ridge_lib.fit_ridge(runs.curricula, runs.losses, runs.n_train, self.variant,
                                                   self.ridge_selected)
+        if not (np.all(np.isfinite(centred_a)) and np.all(np.isfinite(additive))):
+            raise InputError(f"{self.name}: the ridge fit gave non-finite effects (ridge {self.ridge_selected:g}); "
+                             "the losses' scale or the design is degenerate")
         self.set_effects(centred_a, additive, runs.batch_size)
         return self
 
@@ -178,7 +195,8 @@ class SimfluenceLinear:
 
     def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
         A = _fitted(self.multiplicative, self.name)
-        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, A.shape[1], A.shape[0])
+        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, A.shape[1], A.shape[0],
+                                                            self.batch_size)
         alpha, beta = self.step_coefficients(curricula)
         return np.asarray(roll_out(alpha, beta, jnp.asarray(initial_losses, dtype=alpha.dtype)),
                           dtype=np.float64)
@@ -196,12 +214,20 @@ class SimfluenceLinear:
 
     @classmethod
     def load(cls, path: Path) -> "SimfluenceLinear":
-        with np.load(path) as archive:
+        with np.load(path, allow_pickle=False) as archive:
+            multiplicative = _saved_array(archive, "multiplicative", path, ndim=2)
+            additive = _saved_array(archive, "additive", path, ndim=2)
+            if multiplicative.shape != additive.shape:
+                raise InputError(f"{path}: 'multiplicative' {multiplicative.shape} and 'additive' {additive.shape} "
+                                 "must both be [tests, n_train]")
+            batch_size = int(_saved_array(archive, "batch_size", path, ndim=0))
+            if batch_size < 1:
+                raise InputError(f"{path}: 'batch_size' must be >= 1, got {batch_size}")
             return cls(
                 variant=str(archive["variant"]),
-                multiplicative=archive["multiplicative"],
-                additive=archive["additive"],
-                batch_size=int(archive["batch_size"]),
+                multiplicative=multiplicative,
+                additive=additive,
+                batch_size=batch_size,
                 ridge_selected=float(archive["ridge"]),
                 cv_report=json.loads(str(archive["cv_report"])),
             )
@@ -210,4 +236,17 @@ class SimfluenceLinear:
 def _fitted(value: np.ndarray | None, name: str) -> np.ndarray:
     if value is None:
         raise RuntimeError(f"simulator '{name}' is not fitted: call fit(runs) first")
+    return value
+
+
+def _saved_array(archive: Any, name: str, path: Path, ndim: int) -> np.ndarray:
+    """Array ``name`` of a saved simulator: present, numeric, ``ndim`` dims, finite."""
+    if name not in archive.files:
+        raise InputError(f"{path}: the simulator file lacks '{name}' (it holds {sorted(archive.files)})")
+    value = archive[name]
+    if value.ndim != ndim or not np.issubdtype(value.dtype, np.number):
+        raise InputError(f"{path}: '{name}' must be a numeric array with {ndim} dims, got dtype {value.dtype} "
+                         f"and shape {value.shape}")
+    if not np.all(np.isfinite(value)):
+        raise InputError(f"{path}: '{name}' holds NaN or inf values; refit the simulator")
     return value

@@ -275,7 +275,7 @@ def refresh(config: ExperimentConfig, folder: Path, methods: tuple[str, ...], ar
     previous = read_scores(folder / "results.csv")
     runs, runs_path, _ = collect_runs(config, folder / "runs")
     train, heldout = runs.split(config.heldout)
-    scores, _, errors = evaluate_all(replace(config, methods=("mean", *methods)), train, heldout, runs_path)
+    scores, simulators, errors = evaluate_all(replace(config, methods=("mean", *methods)), train, heldout, runs_path)
     for metric in ("all_steps_mse", "final_step_mse"):
         if _format(scores["mean"][metric]) != _format(previous["mean"][metric]):
             raise SystemExit(f"the runs differ from the committed ones: mean {metric} "
@@ -293,7 +293,9 @@ def refresh(config: ExperimentConfig, folder: Path, methods: tuple[str, ...], ar
     record = json.loads((folder / "config.json").read_text())
     record.setdefault("refreshed", {}).update({name: {
         "command": "python experiments/run_experiment.py " + " ".join(argv), "git_commit": _git_commit(),
-        "date": time.strftime("%Y-%m-%d"), "report": {k: v for k, v in scores[name].items() if k == "ridge"}}
+        "date": time.strftime("%Y-%m-%d"),
+        "ridge_selected": getattr(simulators[name], "ridge_selected", None),
+        "cv_report": getattr(simulators[name], "cv_report", None)}
         for name in methods if name in scores})
     (folder / "config.json").write_text(json.dumps(record, indent=2, default=float))
     print(table)

@@ -55,7 +55,8 @@ def test_rankings_account_for_uncertainty():
     assert effects.top(1, by="probability")[0] == 11
     assert effects.top(1, helpful=False, by="bound")[0] == 12
     records = effects.records(helpful=True, by="probability")
-    assert [r["example"] for r in records] == [11, 10, 12] and records[0]["upper"] < 0
+    assert [r["example"] for r in records] == [11, 10] and records[0]["upper"] < 0  # 12 harms: not listed
+    assert [r["example"] for r in effects.records(helpful=False)] == [12]
     assert "train_11" in effects.table(2)
 
 

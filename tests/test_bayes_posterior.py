@@ -112,13 +112,19 @@ def test_save_and_load_round_trip(problem, tmp_path):
         posterior.save(tmp_path / "posterior.npz")
 
 
-def test_fit_method_parses_string_options(problem):
+def test_fit_method_parses_options_strictly(problem):
     train = problem[0]
-    context = FitContext(seed=3, options={"step": "false", "num_samples": "30", "num_warmup": 100,
+    context = FitContext(seed=3, options={"step": "false", "num_samples": 30, "num_warmup": 100,
                                           "progress": False})
     simulator = fit_method("bayes-exact", train, context)
     assert simulator.name == "bayes-exact" and simulator.drift is None and "a_location" in simulator.hyper
     assert simulator.n_draws == 60 and simulator.info["seed"] == 3
+    for options, message in (({"num_draws": "30"}, "-o num_draws: expected an integer"),
+                             ({"num_draws": 30.5}, "expected an integer"), ({"num_draws": True}, "integer"),
+                             ({"learning_rate": "fast"}, "-o learning_rate: expected a number"),
+                             ({"nosuch": 1}, "-o nosuch")):
+        with pytest.raises(ValueError, match=message):
+            fit_method("bayes-svi", train, FitContext(options=options))
 
 
 def test_bad_inputs_give_clear_errors(problem):
@@ -137,7 +143,7 @@ def test_bad_inputs_give_clear_errors(problem):
         parse_options({"step": "maybe"}, "exact")
     with pytest.raises(ValueError, match="integer"):
         parse_options({"num_samples": 2.5}, "nuts")
-    with pytest.warns(UserWarning, match="ignores option 'ridge'"):
+    with pytest.raises(ValueError, match="-o ridge: bayes-svi does not read this option"):
         parse_options({"ridge": 0.1}, "svi")
     with pytest.raises(ValueError, match="likelihood='normal'"):
         fit_bayes("exact", held, {"likelihood": "student_t", "progress": False})

@@ -61,12 +61,14 @@ def test_ragged_candidates_of_different_lengths_match_direct_simulation():
     runs, _ = synthetic_runs(n_train=N_TRAIN, n_tests=N_TESTS, n_runs=10, n_steps=12, batch_size=2, seed=2)
     point = SimfluenceLinear(ridge=0.01).fit(runs)
     initial = runs.initial_losses[0]
-    short = [[0, 1], [2], [3, 4, 5]]  # ragged list of batches, 3 steps, width 3
+    short = [[0, 1], [2], [3, 4]]  # ragged list of batches, 3 steps, width 2
     result = compare(point, [runs.curricula[0], short], initial, tests=[0, 2], reduction="sum")
     assert result.n_draws == 1 and list(result.steps) == [12, 3]
     direct = point.simulate(as_curricula(short), initial[None])[0][:, [0, 2]].sum(-1)  # [steps + 1]
     np.testing.assert_allclose(result.losses("final")[0, 1], direct[-1], rtol=1e-6)
     np.testing.assert_allclose(result.losses("mean")[0, 1], direct[1:].mean(), rtol=1e-6)
+    with pytest.raises(ValueError, match="fill 3 slots.*fitted on batches of 2"):  # no extrapolation to wider batches
+        compare(point, [runs.curricula[0], [[0, 1], [2, 3, 4]]], initial)
 
 
 def test_a_candidate_with_several_runs_is_averaged(known):

@@ -53,7 +53,7 @@ def saved(tmp_path_factory):
     runs, _ = synthetic_runs(n_train=10, n_tests=3, n_runs=12, n_steps=15, batch_size=2, effect_scale=0.05, seed=3)
     runs.save(folder / "runs.npz")
     SimfluenceLinear(ridge=0.01).fit(runs).save(folder / "linear.npz")
-    (folder / "mine.json").write_text(json.dumps([[0, 1], [2], [3, 4, 5]]))
+    (folder / "mine.json").write_text(json.dumps([[0, 1], [2], [3, 4]]))
     return folder
 
 

@@ -21,9 +21,10 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
 
 from __future__ import annotations
 
-import warnings
+import inspect
 from typing import Any, Callable
 
+from bayes_simfluence import validation
 from bayes_simfluence.bayes import inference
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
@@ -46,17 +47,12 @@ def _bool(value: Any, key: str) -> bool:
     raise ValueError(f"option {key}: expected true or false, got {value!r}")
 
 
-def _number(kind: Callable[[Any], Any]) -> Callable[[Any, str], Any]:
-    def parse(value: Any, key: str) -> Any:
-        try:
-            number = kind(value)
-        except (TypeError, ValueError) as error:
-            raise ValueError(f"option {key}: expected a {kind.__name__}, got {value!r}") from error
-        if kind is int and float(value) != number:
-            raise ValueError(f"option {key}: expected an integer, got {value!r}")
-        return number
+def _integer(minimum: int) -> Callable[[Any, str], int]:
+    return lambda value, key: validation.integer(value, f"-o {key}", minimum=minimum)
 
-    return parse
+
+def _float(value: Any, key: str) -> float:
+    return validation.number(value, f"-o {key}")
 
 
 def _text(value: Any, key: str) -> str:
@@ -65,27 +61,32 @@ def _text(value: Any, key: str) -> str:
 
 MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "variant": ("variant", _text), "step": ("step_component", _bool), "likelihood": ("likelihood", _text),
-    "nu": ("nu", _number(float)), "noncentred": ("noncentred", _bool),
-    "location_prior": ("location_prior", _number(float)),
-    "effect_scale_prior": ("effect_scale_prior", _number(float)),
-    "noise_prior": ("noise_prior", _number(float)), "drift_initial": ("drift_initial", _number(float)),
-    "drift_smoothness": ("drift_smoothness", _number(float)),
+    "nu": ("nu", _float), "noncentred": ("noncentred", _bool),
+    "location_prior": ("location_prior", _float),
+    "effect_scale_prior": ("effect_scale_prior", _float),
+    "noise_prior": ("noise_prior", _float), "drift_initial": ("drift_initial", _float),
+    "drift_smoothness": ("drift_smoothness", _float),
 }
-CHAIN_OPTIONS = {"num_warmup": _number(int), "num_samples": _number(int), "num_chains": _number(int),
+CHAIN_OPTIONS = {"num_warmup": _integer(0), "num_samples": _integer(1), "num_chains": _integer(1),
                  "chain_method": _text}
 INFERENCE_OPTIONS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
-    "svi": {"guide": _text, "num_steps": _number(int), "learning_rate": _number(float),
-            "final_lr_fraction": _number(float), "num_draws": _number(int), "rank": _number(int)},
-    "nuts": {**CHAIN_OPTIONS, "target_accept": _number(float), "max_tree_depth": _number(int)},
-    "exact": {**CHAIN_OPTIONS, "chunk_size": _number(int)},
+    "svi": {"guide": _text, "num_steps": _integer(1), "learning_rate": _float,
+            "final_lr_fraction": _float, "num_draws": _integer(1), "rank": _integer(1)},
+    "nuts": {**CHAIN_OPTIONS, "target_accept": _float, "max_tree_depth": _integer(1)},
+    "exact": {**CHAIN_OPTIONS, "chunk_size": _integer(1)},
 }
 RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": inference.run_exact}
+
+
+def option_names(method: str) -> frozenset[str]:
+    """Every ``-o`` key ``bayes-<method>`` reads."""
+    return frozenset(MODEL_OPTIONS) | frozenset(INFERENCE_OPTIONS[method]) | {"progress"}
 
 
 def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, dict[str, Any]]:
     """``(model config, keyword arguments of the inference routine)`` from user options.
 
-    Unknown keys are reported with a warning (other methods fitted in the same call may use them).
+    Unknown keys are refused (:class:`~bayes_simfluence.validation.InputError`).
     """
     model_kwargs, run_kwargs = {}, {"progress": True}
     known = INFERENCE_OPTIONS[method]
@@ -98,14 +99,20 @@ def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, di
         elif key == "progress":
             run_kwargs["progress"] = _bool(value, key)
         else:
-            warnings.warn(f"bayes-{method} ignores option {key!r}; it knows "
-                          f"{sorted(set(MODEL_OPTIONS) | set(known) | {'progress'})}", stacklevel=3)
+            raise validation.InputError(f"-o {key}: bayes-{method} does not read this option; it reads "
+                                        f"{sorted(option_names(method))}")
     return ModelConfig(**model_kwargs), run_kwargs
 
 
 def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) -> BayesianSimfluence:
     """Fit the Bayesian model on ``train`` with ``method`` in ``{"svi", "nuts", "exact"}``."""
     config, kwargs = parse_options(options, method)
+    defaults = {name: parameter.default for name, parameter in inspect.signature(RUNNERS[method]).parameters.items()}
+    settings = {**defaults, **kwargs}
+    stored = settings["num_draws"] if method == "svi" else settings["num_samples"] * settings["num_chains"]
+    validation.check_memory(8 * train.n_tests * train.n_train * (2 * stored + 16),
+                            f"bayes-{method} on {train.n_tests} test x {train.n_train} training examples "
+                            f"({stored} stored draws)", "n_train is the size of the pool the indices refer to")
     data = model_data(train)
     result = RUNNERS[method](data, config, seed=seed, **kwargs)
     return BayesianSimfluence.from_fit(result, data, train, config)
@@ -119,6 +126,6 @@ def _factory(method: str) -> Callable[[Runs, FitContext], BayesianSimfluence]:
 
 
 for _method in RUNNERS:
-    register_method(f"bayes-{_method}")(_factory(_method))
+    register_method(f"bayes-{_method}", options=option_names(_method))(_factory(_method))
 register_loader(KIND, BayesianSimfluence.load)
 register_sniffer(KIND, is_posterior_file)

@@ -29,6 +29,7 @@ from bayes_simfluence.bayes.model import ModelConfig, noise_distribution, step_m
 from bayes_simfluence.rollout import batch_sums, roll_out
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import check_simulation_inputs
+from bayes_simfluence.validation import InputError
 
 #: bytes of intermediate arrays one chunk of draws may use (the output itself is extra).
 CHUNK_BYTES = 256 * 2**20
@@ -65,6 +66,7 @@ class BayesianSimfluence:
         train_ids, test_ids: ids from the training runs.
         sample_stats: NUTS statistics ``[chains, draws]``.
         info: how the fit ran (method settings, seconds, ELBO, divergences).
+        batch_size: batch width of the training runs (wider batches are refused when simulating).
     """
 
     method: str
@@ -79,6 +81,7 @@ class BayesianSimfluence:
     test_ids: np.ndarray
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -87,10 +90,14 @@ class BayesianSimfluence:
         draws, scale = result.draws, data.scale
         drift = draws["drift"] * scale[:, None] if "drift" in draws else None
         hyper = {k: draws[k] for k in ("effect_scale", "a_location", "B_location") if k in draws}
+        for name, value in draws.items():
+            if not np.all(np.isfinite(value)):
+                raise InputError(f"bayes-{result.info['method']}: the fit gave non-finite draws of '{name}'; "
+                                 "check the losses' scale, or the inference settings")
         return cls(method=result.info["method"], config=config, a=draws["a"], b=draws["B"] * scale[:, None],
                    drift=drift, sigma=draws["noise_scale"] * scale, hyper=hyper, scale=scale,
                    train_ids=runs.train_ids, test_ids=runs.test_ids, sample_stats=result.sample_stats,
-                   info=result.info)
+                   info=result.info, batch_size=runs.batch_size)
 
     @property
     def name(self) -> str:
@@ -161,7 +168,8 @@ class BayesianSimfluence:
         Curricula longer than the training runs extend the step component by its random walk.
         Computed in chunks of draws of about :data:`CHUNK_BYTES`.
         """
-        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests)
+        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests,
+                                                            self.batch_size)
         params = self.parameter_draws(n_draws, seed)
         keys = jax.random.split(jax.random.PRNGKey(seed), len(params["a"]))
         return self._roll_out_draws(params, keys, curricula, initial_losses, include_noise, run_offset)
@@ -170,7 +178,8 @@ class BayesianSimfluence:
         """``[runs, steps + 1, tests]`` posterior mean trajectory (mean over every stored draw,
         without noise, which has mean zero; the step component is held at its last value beyond
         the training horizon, its expected value)."""
-        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests)
+        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests,
+                                                            self.batch_size)
         params = self.parameter_draws(None)
         total = np.zeros((curricula.shape[0], curricula.shape[1] + 1, self.n_tests))
         for chunk in _chunks(self.n_draws, self._draws_per_chunk(curricula)):
@@ -185,7 +194,8 @@ class BayesianSimfluence:
         for level in levels:
             if not 0 < level < 1:
                 raise ValueError(f"levels must be in (0, 1), got {level}")
-        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests)
+        curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests,
+                                                            self.batch_size)
         per_run = n_draws * (curricula.shape[1] + 1) * self.n_tests * 8 * 2
         runs_per_chunk = runs_per_chunk or max(1, CHUNK_BYTES // per_run)
         quantiles = sorted({0.5} | {(1 - lv) / 2 for lv in levels} | {(1 + lv) / 2 for lv in levels})

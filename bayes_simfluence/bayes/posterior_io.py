@@ -46,6 +46,8 @@ def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
         coords["step"] = np.arange(1, fields["drift"].shape[-1] + 1)
     attrs = {KIND_ATTRIBUTE: KIND, "method": fields["method"], "config": json.dumps(fields["config"].to_dict()),
              "info": json.dumps(fields["info"], default=_jsonable)}
+    if fields.get("batch_size") is not None:
+        attrs["batch_size"] = int(fields["batch_size"])
     groups = {"posterior": arviz_data.draws_dataset(arrays, DIMS, coords, attrs),
               "constant_data": xr.Dataset({"loss_scale": (["test_example"], fields["scale"])},
                                           coords={"test_example": fields["test_ids"]})}
@@ -85,9 +87,13 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
     missing = [name for name in ("a", "B", "noise_scale") if name not in posterior]
     if missing or constant is None or "loss_scale" not in constant:
         raise ValueError(f"{path}: posterior file lacks {missing or ['constant_data/loss_scale']}")
+    try:
+        config = ModelConfig(**json.loads(posterior.attrs["config"]))
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: the posterior's model config is unreadable ({error})") from error
     return {
         "method": str(posterior.attrs["method"]),
-        "config": ModelConfig(**json.loads(posterior.attrs["config"])),
+        "config": config,
         "a": posterior["a"].values, "b": posterior["B"].values,
         "drift": posterior["step_drift"].values if "step_drift" in posterior else None,
         "sigma": posterior["noise_scale"].values,
@@ -98,6 +104,7 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
         "sample_stats": ({("num_steps" if k == "n_steps" else k): v.values for k, v in stats.data_vars.items()}
                          if stats is not None else {}),
         "info": json.loads(posterior.attrs["info"]),
+        "batch_size": int(posterior.attrs["batch_size"]) if "batch_size" in posterior.attrs else None,
     }
 
 

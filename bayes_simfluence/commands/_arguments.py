@@ -19,12 +19,41 @@ def parse_option(text: str) -> tuple[str, object]:
     return key.strip(), value
 
 
+def parse_indices(text: str) -> list[int]:
+    """``"3,17"`` -> ``[3, 17]``: integers >= 0, at least one."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts or not all(part.isdigit() for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return [int(part) for part in parts]
+
+
+def single_index(text: str) -> int:
+    """One integer >= 0."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return int(text)
+
+
+def nonnegative_int(text: str) -> int:
+    """An integer >= 0 (seeds)."""
+    return single_index(text)
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (draws, counts, workers)."""
+    value = single_index(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def add_method_options(parser: argparse.ArgumentParser) -> None:
     """``--option KEY=VALUE`` (repeatable) and ``--seed``."""
     parser.add_argument("--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                         help="method setting, repeatable, e.g. -o ridge=0.1, -o num_samples=500, "
                              "-o scores=runs.scores.npz")
-    parser.add_argument("--seed", type=int, default=0, help="random seed for stochastic inference (default 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0,
+                        help="random seed for stochastic inference (default 0)")
 
 
 #: packages of the ``collect`` extra that logging runs needs (the modelling commands need none).

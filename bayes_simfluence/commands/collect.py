@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence.commands._arguments import require_collect_extra
+from bayes_simfluence import validation
+from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
 
 EXAMPLES = """examples:
   # sentiment classifier, 32 runs on random orderings of the pool, 2 epochs of batch 8
@@ -46,24 +47,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--prompt-field", default="prompt")
     data.add_argument("--target-field", default="target")
     data.add_argument("--id-field", help="field naming each example (default: row numbers)")
-    data.add_argument("--train-size", type=int, help="use only the first N training rows")
-    data.add_argument("--test-size", type=int, help="use only the first N test rows")
-    data.add_argument("--max-length", type=int, default=128, help="tokens per example (default 128)")
+    data.add_argument("--train-size", type=positive_int, help="use only the first N training rows")
+    data.add_argument("--test-size", type=positive_int, help="use only the first N test rows")
+    data.add_argument("--max-length", type=positive_int, default=128, help="tokens per example (default 128)")
     runs = parser.add_argument_group("runs and curricula")
-    runs.add_argument("--runs", type=int, default=8, help="number of runs (default 8)")
+    runs.add_argument("--runs", type=positive_int, default=8, help="number of runs (default 8)")
     runs.add_argument("--protocol", choices=("orderings", "subsets"), default="orderings",
                       help="orderings: whole pool each epoch; subsets: --subset-size examples per run")
-    runs.add_argument("--subset-size", type=int)
-    runs.add_argument("--batch-size", type=int, default=8)
-    runs.add_argument("--epochs", type=int, default=1)
+    runs.add_argument("--subset-size", type=positive_int)
+    runs.add_argument("--batch-size", type=positive_int, default=8)
+    runs.add_argument("--epochs", type=positive_int, default=1)
     runs.add_argument("--curricula", type=Path,
                       help="use these curricula instead of sampling: .npy int [runs, steps, batch] (-1 = empty) "
                            "or .json list of runs, each a list of batches")
-    runs.add_argument("--eval-every", type=int, default=1,
+    runs.add_argument("--eval-every", type=positive_int, default=1,
                       help="log test losses every K optimiser steps; one runs-file step is then K optimiser steps")
-    runs.add_argument("--curriculum-seed", type=int, default=0)
-    runs.add_argument("--init-seed", type=int, default=0, help="seed of a new classification head")
-    runs.add_argument("--noise-seed", type=int, default=0, help="torch seed of every run (dropout)")
+    runs.add_argument("--curriculum-seed", type=nonnegative_int, default=0)
+    runs.add_argument("--init-seed", type=nonnegative_int, default=0, help="seed of a new classification head")
+    runs.add_argument("--noise-seed", type=nonnegative_int, default=0, help="torch seed of every run (dropout)")
     runs.add_argument("--vary-noise", action="store_true", help="give each run its own dropout seed")
     runs.add_argument("--no-dropout", action="store_true", help="switch dropout off")
     training = parser.add_argument_group("training")
@@ -72,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     training.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     training.add_argument("--lr", type=float, default=0.05)
     training.add_argument("--schedule", choices=("constant", "linear", "cosine"), default="constant")
-    training.add_argument("--warmup-steps", type=int, default=0)
+    training.add_argument("--warmup-steps", type=nonnegative_int, default=0)
     training.add_argument("--momentum", type=float, default=0.0)
     training.add_argument("--weight-decay", type=float, default=0.0)
     training.add_argument("--max-grad-norm", type=float)
@@ -81,14 +82,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="compute these scores on the reference run's checkpoints (repeatable)")
     scores.add_argument("--score-params", default="last:1",
                         help="parameters whose gradients the scores use (default last:1 = last block + head)")
-    scores.add_argument("--checkpoint-every", type=int, help="optimiser steps between checkpoints (default: 4 checkpoints)")
-    scores.add_argument("--reference-run", type=int, default=0)
+    scores.add_argument("--checkpoint-every", type=positive_int, help="optimiser steps between checkpoints (default: 4 checkpoints)")
+    scores.add_argument("--reference-run", type=nonnegative_int, default=0)
     scores.add_argument("--damping", type=float, help="influence damping (default 1 / sum of learning rates)")
     output = parser.add_argument_group("output and execution")
     output.add_argument("--out", required=True, type=Path, help="runs file to write (.npz)")
     output.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    output.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
-    output.add_argument("--threads", type=int, help="torch threads per process (default: cores / workers)")
+    output.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
+    output.add_argument("--threads", type=positive_int, help="torch threads per process (default: cores / workers)")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -100,9 +101,25 @@ def read_curricula(path: Path) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such curricula file")
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            curricula = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise ValueError(f"{path}: not a readable .npy array ({error})") from error
+        if curricula.ndim != 3 or not np.issubdtype(curricula.dtype, np.integer):
+            raise ValueError(f"{path}: curricula must be an integer array [runs, steps, batch], "
+                             f"got dtype {curricula.dtype} and shape {curricula.shape}")
+        return curricula
     if path.suffix == ".json":
-        runs = [from_batches(batches) for batches in json.loads(path.read_text())]
+        try:
+            listed = validation.integer_lists(json.loads(path.read_text()), str(path))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from error
+        if not isinstance(listed, list) or not listed or not all(
+                isinstance(run, list) and run and all(isinstance(batch, list) and batch for batch in run)
+                for run in listed):
+            raise ValueError(f"{path}: expected a JSON list of runs, each a list of batches (lists of "
+                             "training-example indices), e.g. [[[0, 1], [2, 3]]] for one run of two steps")
+        runs = [from_batches(batches) for batches in listed]
         width = max(run.shape[1] for run in runs)
         if len({run.shape[0] for run in runs}) != 1:
             raise ValueError(f"{path}: every run must have the same number of steps")
@@ -132,6 +149,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     require_collect_extra("collect")
+    validation.output_path(args.out, "--out", (".npz",), "a runs file")
     from bayes_simfluence.collect.collector import collect
     from bayes_simfluence.scores import scores_path_for
 

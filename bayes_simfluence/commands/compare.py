@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence import counterfactuals
+from bayes_simfluence import counterfactuals, validation
+from bayes_simfluence.commands._arguments import nonnegative_int, parse_indices, positive_int, single_index
 from bayes_simfluence.compare import DEFAULT_DRAWS, REDUCTIONS, Comparison, as_curricula, compare, pad_width
 from bayes_simfluence.methods import load_simulator
-from bayes_simfluence.plots import plot_comparison
+from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_comparison, save_figure
 from bayes_simfluence.runs import Runs
 
 EXAMPLES = """examples:
@@ -33,12 +34,11 @@ Differences are paired draw by draw and are 'candidate - reference' (negative: l
 """
 
 
-def parse_indices(text: str) -> list[int]:
-    """``"3,17"`` -> ``[3, 17]``."""
+def _read_json(path: Path) -> object:
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from error
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
 def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -56,14 +56,18 @@ def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
     if path.suffix == ".npz":
         runs = Runs.load(path)
         if runs_text:
-            runs = runs.select_runs(parse_indices(runs_text))
+            wanted = parse_indices(runs_text)
+            if max(wanted) >= runs.n_runs:
+                raise ValueError(f"{spec}: run {max(wanted)} does not exist; {path} has runs 0..{runs.n_runs - 1}")
+            runs = runs.select_runs(wanted)
         return runs.curricula, runs.losses[0, 0], label
     if runs_text:
         raise ValueError(f"{spec}: ':RUNS' selects runs of a runs-format .npz file only")
     if path.suffix == ".json":
-        batches = json.loads(path.read_text())
-        if not isinstance(batches, list) or not batches:
-            raise ValueError(f"{path}: expected a JSON list of batches (lists of training-example indices)")
+        batches = validation.integer_lists(_read_json(path), str(path))
+        if not isinstance(batches, list) or not batches or not all(isinstance(b, list) and b for b in batches):
+            raise ValueError(f"{path}: expected a JSON list of batches (non-empty lists of training-example "
+                             "indices), or a list of such lists (several runs)")
         nested = all(isinstance(batch, list) and batch and isinstance(batch[0], list) for batch in batches)
         if not nested:
             return as_curricula(batches, str(path)), None, label
@@ -84,8 +88,19 @@ def read_initial_losses(path: Path) -> np.ndarray:
     if path.suffix == ".npz":
         return Runs.load(path).losses[0, 0]
     if path.suffix == ".json":
-        return np.asarray(json.loads(path.read_text()), dtype=np.float64)
-    return np.load(path, allow_pickle=False).astype(np.float64)
+        values = _read_json(path)
+    elif path.suffix == ".npy":
+        try:
+            values = np.load(path, allow_pickle=False)
+        except ValueError as error:
+            raise ValueError(f"{path}: not a readable .npy array ({error})") from error
+    else:
+        raise ValueError(f"{path}: initial losses must be a runs-format .npz, a .json list or a .npy array")
+    if (not isinstance(values, (list, np.ndarray)) or np.ndim(values) != 1 or len(values) == 0
+            or (isinstance(values, list) and not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                     for v in values))):
+        raise ValueError(f"{path}: initial losses must be a flat list of numbers, one per test example")
+    return validation.finite_array(values, str(path))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,8 +117,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--initial-losses", type=Path, help="initial test losses (.npz runs file, .json or .npy)")
     parser.add_argument("--tests", type=parse_indices, help="test-example indices to compare on (default all)")
     parser.add_argument("--reduction", choices=REDUCTIONS, default="mean", help="over the test examples (default mean)")
-    parser.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help=f"posterior draws (default {DEFAULT_DRAWS})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    parser.add_argument("--draws", type=positive_int, default=DEFAULT_DRAWS,
+                        help=f"posterior draws (default {DEFAULT_DRAWS})")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the draws (default 0)")
     parser.add_argument("--level", type=float, default=0.9, help="credibility of the intervals (default 0.9)")
     parser.add_argument("--noise", action="store_true", help="include the simulator's noise in the draws")
     shortcuts = parser.add_argument_group("counterfactual shortcuts (edit the first --curricula, a single run)")
@@ -111,11 +127,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     edits.add_argument("--leave-out", type=parse_indices, metavar="I,J",
                        help="leave these training examples out (the rest re-packed into full batches)")
     edits.add_argument("--repeat", type=parse_indices, metavar="I,J", help="show these examples --times times")
-    edits.add_argument("--insert", type=int, metavar="I", help="add this example at each of --at-steps")
+    edits.add_argument("--insert", type=single_index, metavar="I", help="add this example at each of --at-steps")
     edits.add_argument("--reorder", action="store_true", help="random vs easy-to-hard vs hard-to-easy orderings")
     shortcuts.add_argument("--keep-steps", action="store_true",
                            help="with --leave-out: keep every step and empty the removed slots instead of re-packing")
-    shortcuts.add_argument("--times", type=int, default=2, help="with --repeat (default 2)")
+    shortcuts.add_argument("--times", type=positive_int, default=2, help="with --repeat (default 2)")
     shortcuts.add_argument("--at-steps", type=parse_indices, metavar="S,T", help="with --insert: 0-based steps")
     parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write the comparison figure")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
@@ -153,14 +169,17 @@ def _comparison(args: argparse.Namespace) -> Comparison:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not 0 < args.level < 1:
+        raise ValueError(f"--level must be in (0, 1), got {args.level}")
+    if args.plot:
+        validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure")
     comparison = _comparison(args)
     if args.json:
-        print(json.dumps(comparison.to_dict(), indent=2))
+        print(validation.strict_json(comparison.to_dict(), indent=2))
     else:
         print(comparison.summary())
     if args.plot:
-        args.plot.parent.mkdir(parents=True, exist_ok=True)
-        plot_comparison(comparison).savefig(args.plot, dpi=150)
+        save_figure(plot_comparison(comparison), args.plot)
         if not args.json:
             print(f"wrote {args.plot}")
     return 0

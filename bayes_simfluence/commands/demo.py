@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence.commands._arguments import require_collect_extra
+from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes-svi")
 
@@ -36,14 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      "fine-tuning runs, fit the simulators, score them on held-out runs, write a table and a plot."),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output directory (default demo_output)")
-    parser.add_argument("--runs", type=int, default=24, help="runs to collect (default 24)")
-    parser.add_argument("--heldout-runs", type=int, default=4, help="last runs held out for scoring (default 4)")
+    parser.add_argument("--runs", type=positive_int, default=24, help="runs to collect (default 24)")
+    parser.add_argument("--heldout-runs", type=positive_int, default=4, help="last runs held out for scoring (default 4)")
     parser.add_argument("--method", "-m", action="append", metavar="NAME",
                         help=f"method to evaluate, repeatable (default: {', '.join(DEFAULT_METHODS)}; "
                              "ones this installation lacks are skipped)")
-    parser.add_argument("--workers", type=int, default=2, help="collection processes (default 2)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the curricula and of stochastic fits")
+    parser.add_argument("--workers", type=positive_int, default=2, help="collection processes (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per process (default 1)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the curricula and of stochastic fits")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 

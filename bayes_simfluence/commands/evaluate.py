@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence.commands._arguments import add_method_options
+from bayes_simfluence.commands._arguments import add_method_options, positive_int
 from bayes_simfluence.evaluation import DEFAULT_EVAL_DRAWS, evaluate_methods, format_table
-from bayes_simfluence.methods import FitContext, available_methods
+from bayes_simfluence.methods import FitContext, available_methods, check_options
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.validation import strict_json
 
 EXAMPLES = """examples:
   # two files: fit on train.npz, score on heldout.npz
@@ -39,10 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train", type=Path, help="training runs (.npz, runs format)")
     parser.add_argument("--heldout", type=Path, help="held-out runs (.npz) with the same pool and test examples")
     parser.add_argument("--runs", type=Path, help="one runs file to split instead of --train/--heldout")
-    parser.add_argument("--heldout-runs", type=int, metavar="K", help="with --runs: hold out the last K runs")
+    parser.add_argument("--heldout-runs", type=positive_int, metavar="K", help="with --runs: hold out the last K runs")
     parser.add_argument("--method", "-m", action="append", required=True, metavar="NAME",
                         help=f"method to evaluate, repeatable; one of {', '.join(available_methods())}")
-    parser.add_argument("--draws", type=int, default=DEFAULT_EVAL_DRAWS,
+    parser.add_argument("--draws", type=positive_int, default=DEFAULT_EVAL_DRAWS,
                         help=f"predictive draws for coverage/CRPS of Bayesian methods (default {DEFAULT_EVAL_DRAWS})")
     parser.add_argument("--json", action="store_true", help="print one JSON object {method: {metric: value}}")
     add_method_options(parser)
@@ -64,18 +65,20 @@ def load_train_heldout(args: argparse.Namespace) -> tuple[Runs, Runs, Path | Non
 
 
 def run(args: argparse.Namespace) -> int:
+    check_options(args.method, dict(args.option))
     train, heldout, train_path = load_train_heldout(args)
     context = FitContext(train_path=train_path, seed=args.seed, options=dict(args.option))
     results = evaluate_methods(args.method, train, heldout, context, n_draws=args.draws)
     if args.json:
-        print(json.dumps(_strict_json(results), indent=2))
+        print(strict_json(_undefined_as_null(results), indent=2))
     else:
         print(f"train: {train}\nheld-out: {heldout}\n")
         print(format_table(results))
     return 0
 
 
-def _strict_json(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
-    """Replace NaN/inf (e.g. an undefined Spearman) with null so any JSON parser reads the output."""
+def _undefined_as_null(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
+    """An undefined metric (NaN: e.g. Spearman of a constant prediction) as null; the predictions
+    themselves were checked finite by :func:`~bayes_simfluence.evaluation.score_simulator`."""
     return {name: {key: (value if np.isfinite(value) else None) for key, value in scores.items()}
             for name, scores in results.items()}

@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from bayes_simfluence.commands._arguments import add_method_options
-from bayes_simfluence.methods import FitContext, available_methods, fit_method
+from bayes_simfluence import validation
+from bayes_simfluence.methods import FitContext, available_methods, check_options, fit_method
 from bayes_simfluence.runs import Runs
 
 EXAMPLES = """examples:
@@ -34,11 +35,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    bayesian = args.method.startswith("bayes-")
+    validation.output_path(args.out, "--out", (".nc",) if bayesian else None, "a Bayesian posterior (NetCDF)")
+    check_options([args.method], dict(args.option))
     train = Runs.load(args.train)
     start = time.perf_counter()
     simulator = fit_method(args.method, train, FitContext(args.train, args.seed, dict(args.option)))
     seconds = time.perf_counter() - start
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     simulator.save(args.out)
     ridge = getattr(simulator, "ridge_selected", None)
     ridge_note = f", ridge {ridge:.4g}" if ridge is not None else ""

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from bayes_simfluence import attributions
-from bayes_simfluence.commands.compare import parse_indices, read_curricula
+from bayes_simfluence.commands._arguments import nonnegative_int, parse_indices, positive_int
+from bayes_simfluence.commands.compare import read_curricula
 from bayes_simfluence.compare import DEFAULT_DRAWS, simulate_draws_of
 from bayes_simfluence.methods import load_simulator
-from bayes_simfluence.plots import plot_effects, plot_trajectories
+from bayes_simfluence import validation
+from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_effects, plot_trajectories, save_figure
 from bayes_simfluence.runs import Runs
 
 EXAMPLES = """examples:
@@ -51,13 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "the other parts take one")
     effects.add_argument("--part", choices=PARTS, default="final-loss",
                          help="final-loss effect under the curriculum (default), one-step effect a*L0+B, or a or B")
-    effects.add_argument("--top", type=int, default=10, help="how many helpful and harmful examples (default 10)")
+    effects.add_argument("--top", type=positive_int, default=10, help="how many helpful and harmful examples (default 10)")
     effects.add_argument("--by", choices=attributions.RANKINGS, default="bound", help="ranking (default bound)")
     effects.add_argument("--json", action="store_true", help="print the ranked examples as JSON")
     for kind in (trajectories, effects):
         kind.add_argument("--simulator", type=Path, required=True, help="file written by 'fit'")
-        kind.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help=f"posterior draws (default {DEFAULT_DRAWS})")
-        kind.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+        kind.add_argument("--draws", type=positive_int, default=DEFAULT_DRAWS, help=f"posterior draws (default {DEFAULT_DRAWS})")
+        kind.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the draws (default 0)")
         kind.add_argument("--plot", type=Path, required=True, metavar="FILE.png", help="where to write the figure")
         kind.set_defaults(func=run)
 
@@ -65,6 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _trajectories(args: argparse.Namespace):
     simulator = load_simulator(args.simulator)
     runs = Runs.load(args.runs)
+    for flag, wanted, size, what in (("--run", args.run, runs.n_runs, "runs"), ("--test", args.test, runs.n_tests,
+                                                                                 "test examples")):
+        if max(wanted) >= size:
+            raise ValueError(f"{flag} {max(wanted)}: out of range; {args.runs} has {size} {what}")
     draws = simulate_draws_of(simulator, runs.curricula, runs.initial_losses, args.draws, args.seed,
                               include_noise=True)
     return plot_trajectories(draws, runs.losses, args.run, args.test, test_ids=runs.test_ids,
@@ -90,14 +95,15 @@ def _attributions(args: argparse.Namespace):
             raise ValueError(f"test example {test} out of range for {initial.shape[0]} test examples")
         effects = (attributions.one_step_effects(draws, test, float(initial[test])) if args.part == "one-step"
                    else attributions.parameter_effects(draws, test, args.part))
-    print(json.dumps(effects.to_dict(args.top, args.by), indent=2) if args.json else effects.table(args.top, args.by))
+    print(validation.strict_json(effects.to_dict(args.top, args.by), indent=2) if args.json
+          else effects.table(args.top, args.by))
     return plot_effects(effects, args.top, args.by)
 
 
 def run(args: argparse.Namespace) -> int:
+    validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure")
     figure = _trajectories(args) if args.kind == "trajectories" else _attributions(args)
-    args.plot.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(args.plot, dpi=150)
+    save_figure(figure, args.plot)
     if not getattr(args, "json", False):
         print(f"wrote {args.plot}")
     return 0

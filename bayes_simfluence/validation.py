@@ -1,0 +1,146 @@
+"""One validation layer for everything users hand the package: what was found, where, what was expected.
+
+Every check raises :class:`InputError` (a ``ValueError``; the CLI turns it into one line and
+exit code 2) *before* any expensive work. Integers must be integers (``1.5``, ``"1"``, ``true``
+and ``null`` are refused, not coerced); numbers must be finite and within float64 arithmetic;
+output paths are checked before a fit starts; memory is estimated from the sizes a file really
+uses and refused when it would not fit.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+#: the largest index a curriculum may hold (int64 arithmetic on indices stays exact far above it).
+MAX_INDEX = 2**40
+#: the largest loss magnitude accepted: its square and sums of squares stay finite in float64.
+MAX_ABS_LOSS = 1e100
+
+
+class InputError(ValueError):
+    """An input that cannot be used, with where it came from and what was expected."""
+
+
+def integer_lists(value: Any, where: str) -> Any:
+    """``value`` (parsed JSON) checked to hold only integers (and lists of them), returned unchanged.
+
+    Refuses floats (even ``2.0``), strings, booleans, ``null`` and integers beyond ``MAX_INDEX``,
+    naming the position, e.g. ``mine.json[0][1]: 1.5 is not an integer index``.
+    """
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, list):
+            stack.extend((child, f"{path}[{k}]") for k, child in enumerate(item))
+        elif isinstance(item, bool) or not isinstance(item, int):
+            raise InputError(f"{path}: {json.dumps(item)} is not an integer index (expected a training-example "
+                             "index >= 0, or -1 for an empty slot)")
+        elif not -1 <= item <= MAX_INDEX:
+            raise InputError(f"{path}: index {item} is out of range (expected -1 or an index in [0, {MAX_INDEX}])")
+    return value
+
+
+def integer(value: Any, where: str, minimum: int | None = None) -> int:
+    """A Python ``int`` from an option value; refuses booleans, fractions and text."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{where}: expected an integer, got {json.dumps(value, default=str)}")
+    if minimum is not None and value < minimum:
+        raise InputError(f"{where}: expected an integer >= {minimum}, got {value}")
+    return int(value)
+
+
+def number(value: Any, where: str, minimum: float | None = None) -> float:
+    """A finite float from an option value; refuses booleans, text, NaN and infinities."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"{where}: expected a number, got {json.dumps(value, default=str)}")
+    if not math.isfinite(float(value)):
+        raise InputError(f"{where}: expected a finite number, got {value}")
+    if minimum is not None and value < minimum:
+        raise InputError(f"{where}: expected a number >= {minimum}, got {value}")
+    return float(value)
+
+
+def finite_array(array: Any, where: str, max_abs: float = MAX_ABS_LOSS) -> np.ndarray:
+    """A float64 array with no NaN or inf and no entry beyond ``max_abs`` (its square would overflow)."""
+    try:
+        values = np.asarray(array, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{where}: expected numbers ({error})") from error
+    bad = ~np.isfinite(values) | (np.abs(values) > max_abs)
+    if bad.any():
+        position = np.argwhere(bad)[0].tolist()
+        raise InputError(f"{where}: {values[tuple(position)]!r} at {position} is not a finite number within "
+                         f"+-{max_abs:g} (float64 arithmetic on it would overflow)")
+    return values
+
+
+def checked_result(array: Any, what: str) -> np.ndarray:
+    """Refuse a computed result holding NaN or inf (e.g. a roll-out whose ``alpha`` exceeds 1 diverged)."""
+    values = np.asarray(array, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        share = float(np.mean(~np.isfinite(values)))
+        raise InputError(f"{what}: {share:.0%} of the values are NaN or inf; the inputs drive the computation "
+                         "out of float64 range (check the losses' scale and the curricula against the fitted runs)")
+    return values
+
+
+def output_path(path: str | os.PathLike, where: str = "--out", suffixes: Sequence[str] | None = None,
+                format_name: str = "") -> Path:
+    """Check that a file can be written at exactly ``path`` (before any work is done).
+
+    Refuses a directory at ``path``, a parent that is a regular file, and (with ``suffixes``) a
+    name whose extension does not fit the format.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{where} {path}: is a directory; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{where} {path}: {parent} is a file, not a folder")
+            break
+    if suffixes is not None and path.suffix not in suffixes:
+        raise InputError(f"{where} {path}: {format_name or 'this output'} is written as "
+                         f"{' or '.join(suffixes)}; use a file name ending so")
+    return path
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (``MemAvailable``), or physical memory."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_memory(n_bytes: float, what: str, hint: str = "") -> None:
+    """Refuse work whose arrays would need more than the memory available, saying how much."""
+    have = available_memory()
+    if n_bytes > have:
+        raise InputError(f"{what} would need about {_size(n_bytes)} of memory; {_size(have)} is available"
+                         + (f" ({hint})" if hint else ""))
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes:.0f} B"
+
+
+def strict_json(value: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that refuses NaN and infinities (they are not JSON) with a named error."""
+    try:
+        return json.dumps(value, allow_nan=False, **kwargs)
+    except ValueError as error:
+        raise InputError(f"the result holds NaN or inf values, which JSON cannot carry ({error})") from error
