@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bayes_simfluence import atomic
-from bayes_simfluence.validation import MAX_ABS_LOSS, InputError
+from bayes_simfluence.validation import MAX_ABS_LOSS, InputError, check_memory
 
 EMPTY_SLOT = -1
 
@@ -177,6 +177,8 @@ class Runs:
                 f"{bad.tolist()}, out of range for n_train = {n_train} (expected [0, {n_train}))"
             )
         n_tests = losses.shape[2]
+        check_memory(64 * n_train, f"{source}: a pool of n_train = {n_train} training examples (its ids alone)",
+                     f"the curricula use indices up to {max_index}: is 'n_train' right?")
         if train_ids is None:
             train_ids = np.array([f"train_{i}" for i in range(n_train)])
         if test_ids is None:

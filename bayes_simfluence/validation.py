@@ -37,7 +37,7 @@ def integer_lists(value: Any, where: str) -> Any:
     while stack:
         item, path = stack.pop()
         if isinstance(item, list):
-            stack.extend((child, f"{path}[{k}]") for k, child in enumerate(item))
+            stack.extend(reversed([(child, f"{path}[{k}]") for k, child in enumerate(item)]))  # first error first
         elif isinstance(item, bool) or not isinstance(item, int):
             raise InputError(f"{path}: {json.dumps(item)} is not an integer index (expected a training-example "
                              "index >= 0, or -1 for an empty slot)")

@@ -41,10 +41,9 @@ def nonnegative_int(text: str) -> int:
 
 def positive_int(text: str) -> int:
     """An integer >= 1 (draws, counts, workers)."""
-    value = single_index(text)
-    if value < 1:
+    if not text.strip().isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return value
+    return int(text)
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
