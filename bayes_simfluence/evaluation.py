@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 
 from bayes_simfluence.methods import FitContext, check_options, fit_method, options_for
-from bayes_simfluence.metrics import band_scores, point_scores
+from bayes_simfluence.metrics import band_scores, bootstrap_intervals, per_test_scores, point_scores
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import ProbabilisticSimulator, Simulator
 from bayes_simfluence.validation import checked_result
@@ -15,30 +16,48 @@ from bayes_simfluence.validation import checked_result
 DEFAULT_EVAL_DRAWS = 200
 
 
+def is_random_subsets(runs: Runs) -> bool:
+    """Whether ``runs`` follow the random-subset protocol (recorded by the collector in ``meta``),
+    the condition under which Spearman across runs of the final loss is the field's LDS."""
+    config = runs.meta.get("config")
+    return isinstance(config, dict) and config.get("protocol") == "subsets"
+
+
 def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_EVAL_DRAWS,
-                    seed: int = 0) -> dict[str, float]:
+                    seed: int = 0, random_subsets: bool | None = None) -> dict[str, Any]:
     """Simulate held-out runs from their observed ``losses[:, 0]`` and score the trajectories.
 
     Probabilistic simulators are scored on their posterior mean (point metrics) and on
-    ``n_draws`` posterior predictive draws (``coverage_50``, ``coverage_90``, ``crps``).
+    ``n_draws`` posterior predictive draws (``coverage_50``, ``coverage_90``, ``crps``). Every
+    metric that is a mean over test examples gets ``<metric>_interval``: a 90% percentile-bootstrap
+    interval over test examples. ``lds`` (= ``spearman_runs``) is reported when the held-out runs
+    follow the random-subset protocol (``random_subsets``; default: as their ``meta`` says).
     """
     what = f"'{simulator.name}' simulating the held-out runs"
     predicted = checked_result(simulator.simulate(heldout.curricula, heldout.initial_losses), what)
-    scores = point_scores(predicted, heldout.losses)
+    scores: dict[str, Any] = point_scores(predicted, heldout.losses)
+    draws = None
     if isinstance(simulator, ProbabilisticSimulator) and hasattr(simulator, "simulate_draws"):
-        draws = simulator.simulate_draws(heldout.curricula, heldout.initial_losses, n_draws, seed=seed)
-        scores.update(band_scores(checked_result(draws, what), heldout.losses))
+        draws = checked_result(simulator.simulate_draws(heldout.curricula, heldout.initial_losses, n_draws,
+                                                        seed=seed), what)
+        scores.update(band_scores(draws, heldout.losses))
+    intervals = bootstrap_intervals(per_test_scores(predicted, heldout.losses, draws), seed=seed)
+    if random_subsets if random_subsets is not None else is_random_subsets(heldout):
+        scores["lds"] = scores["spearman_runs"]
+        intervals["lds"] = intervals["spearman_runs"]
+    scores.update({f"{name}_interval": list(interval) for name, interval in intervals.items()})
     return scores
 
 
 def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: FitContext | None = None,
-                     n_draws: int = DEFAULT_EVAL_DRAWS) -> dict[str, dict[str, float]]:
+                     n_draws: int = DEFAULT_EVAL_DRAWS, random_subsets: bool | None = None) -> dict[str, dict[str, Any]]:
     """Fit every method on ``train`` and score it on ``heldout``.
 
     Returns:
         ``{method: {"all_steps_mse", "final_step_mse", "spearman", "spearman_runs", ...,
-        "fit_seconds", "simulate_seconds"}}``; probabilistic methods add ``coverage_50``,
-        ``coverage_90`` and ``crps``.
+        "fit_seconds", "simulate_seconds"}}`` with ``<metric>_interval`` bootstrap intervals;
+        probabilistic methods add ``coverage_50``, ``coverage_90`` and ``crps``; random-subset
+        runs add ``lds`` (see :func:`score_simulator`).
     """
     train.check_compatible(heldout)
     context = context or FitContext()
@@ -48,7 +67,8 @@ def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: Fi
         start = time.perf_counter()
         simulator = fit_method(name, train, options_for(name, context))
         fitted = time.perf_counter()
-        scores = score_simulator(simulator, heldout, n_draws=n_draws, seed=context.seed)
+        scores = score_simulator(simulator, heldout, n_draws=n_draws, seed=context.seed,
+                                 random_subsets=random_subsets)
         scores["fit_seconds"] = fitted - start
         scores["simulate_seconds"] = time.perf_counter() - fitted
         ridge = getattr(simulator, "ridge_selected", None)
@@ -58,20 +78,27 @@ def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: Fi
     return results
 
 
-TABLE_COLUMNS = ("all_steps_mse", "final_step_mse", "spearman", "spearman_runs",
+TABLE_COLUMNS = ("all_steps_mse", "final_step_mse", "spearman", "spearman_runs", "lds",
                  "coverage_50", "coverage_90", "crps", "fit_seconds")
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A fixed-width text table, one row per method; blank where a metric does not apply."""
+def format_table(results: dict[str, dict[str, Any]], intervals: bool = False) -> str:
+    """A fixed-width text table, one row per method; blank where a metric does not apply.
+
+    ``intervals``: print each metric's bootstrap interval beside it (``value [low, high]``).
+    """
     columns = [c for c in TABLE_COLUMNS if any(c in scores for scores in results.values())]
     width = max([len("method")] + [len(name) for name in results]) + 2
-    header = "method".ljust(width) + "".join(c.rjust(16) for c in columns)
+    column_width = 28 if intervals else 16
+    header = "method".ljust(width) + "".join(c.rjust(column_width) for c in columns)
     lines = [header, "-" * len(header)]
     for name, scores in results.items():
         cells = []
         for column in columns:
-            value = scores.get(column)
-            cells.append(("" if value is None else f"{value:.4g}").rjust(16))
+            value, interval = scores.get(column), scores.get(f"{column}_interval")
+            text = "" if value is None else f"{value:.4g}"
+            if intervals and interval is not None and text:
+                text += f" [{interval[0]:.3g}, {interval[1]:.3g}]"
+            cells.append(text.rjust(column_width))
         lines.append(name.ljust(width) + "".join(cells))
     return "\n".join(lines)

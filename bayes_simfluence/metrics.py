@@ -2,6 +2,15 @@
 
 All functions take ``predicted``/``observed`` ``[runs, steps + 1, tests]`` and ignore step 0 (the
 given initial loss); probabilistic scores take ``draws [draws, runs, steps + 1, tests]``.
+
+Names follow the field: **LDS**, the linear datamodeling score (Park et al., 2023, TRAK; dattri
+and kronfluence report it), is the mean over test examples of Spearman's rho, across models
+trained on random subsets of the pool, between predicted and actual outcomes; with the final
+loss as outcome it is :func:`spearman_runs` on held-out runs of the random-subset protocol
+(it equals ``dattri.metric.lds`` for a simulator whose final loss is additive in the examples, a
+test checks it). **Coverage** of central predictive bands, **CRPS** (continuous ranked probability
+score). :func:`bootstrap_intervals` puts percentile-bootstrap intervals over test examples on
+every metric that is a mean over test examples, so tables show which differences are real.
 """
 
 from __future__ import annotations
@@ -104,6 +113,47 @@ def point_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float
         "spearman_runs": rho_runs,
         "spearman_runs_undefined": n_undefined,
     }
+
+
+def per_test_scores(predicted: np.ndarray, observed: np.ndarray,
+                    draws: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """``{metric: [tests]}`` for every metric that is a mean over test examples (NaN where undefined)."""
+    values = {"all_steps_mse": all_steps_mse(predicted, observed, per_test=True),
+              "final_step_mse": final_step_mse(predicted, observed, per_test=True),
+              "spearman_runs": spearman_across_runs(predicted, observed)[0]}
+    if draws is not None:
+        values.update({"coverage_50": coverage(draws, observed, 0.5, per_test=True),
+                       "coverage_90": coverage(draws, observed, 0.9, per_test=True),
+                       "crps": crps(draws, observed, per_test=True)})
+    return values
+
+
+def bootstrap_intervals(per_test: dict[str, np.ndarray], level: float = 0.9, n_boot: int = 2000,
+                        seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile-bootstrap ``level`` intervals of the mean over test examples of each metric.
+
+    Test examples are resampled with replacement (the same resamples for every metric); NaN
+    entries (undefined Spearman) are left out of each resample's mean. A metric with fewer than
+    two defined test examples gets ``(nan, nan)``.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    n_tests = len(next(iter(per_test.values())))
+    picks = np.random.default_rng(seed).integers(0, n_tests, size=(n_boot, n_tests))
+    intervals = {}
+    for name, values in per_test.items():
+        values = np.asarray(values, dtype=np.float64)
+        if np.isfinite(values).sum() < 2:
+            intervals[name] = (float("nan"), float("nan"))
+            continue
+        resampled = values[picks]
+        defined = np.isfinite(resampled)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = np.where(defined, resampled, 0.0).sum(1) / defined.sum(1)
+        means = means[np.isfinite(means)]
+        low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+        intervals[name] = (float(low), float(high))
+    return intervals
 
 
 def band_scores(draws: np.ndarray, observed: np.ndarray) -> dict[str, float]:

@@ -138,6 +138,19 @@ def _size(n_bytes: float) -> str:
     return f"{n_bytes:.0f} B"
 
 
+def undefined_as_null(value: Any) -> Any:
+    """``value`` with every NaN/inf float (an *undefined* metric, e.g. Spearman of a constant
+    prediction) replaced by None, in nested dicts, lists and tuples; for reports whose inputs
+    were already checked finite."""
+    if isinstance(value, dict):
+        return {key: undefined_as_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [undefined_as_null(item) for item in value]
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return None
+    return value
+
+
 def strict_json(value: Any, **kwargs: Any) -> str:
     """``json.dumps`` that refuses NaN and infinities (they are not JSON) with a named error."""
     try:

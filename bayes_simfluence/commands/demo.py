@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
+from bayes_simfluence.validation import undefined_as_null
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes-svi")
 
@@ -128,8 +129,7 @@ def run(args: argparse.Namespace) -> int:
     plot_trajectories(plot_path, heldout, {k: v for k, v in simulators.items() if k in ("mean", "linear", "tracin", "influence", "bayes-svi")})
     wall = time.perf_counter() - start
     summary = {
-        "results": {name: {k: (float(v) if np.isfinite(v) else None) for k, v in scores.items()}
-                    for name, scores in results.items()},
+        "results": undefined_as_null(results),
         "skipped": skipped,
         "runs": {"n_runs": runs.n_runs, "n_steps": runs.n_steps, "batch": runs.batch_size,
                  "n_tests": runs.n_tests, "n_train": runs.n_train, "heldout_runs": args.heldout_runs},

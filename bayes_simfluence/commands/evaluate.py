@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-
-import numpy as np
 
 from bayes_simfluence.commands._arguments import add_method_options, positive_int
 from bayes_simfluence.evaluation import DEFAULT_EVAL_DRAWS, evaluate_methods, format_table
 from bayes_simfluence.methods import FitContext, available_methods, check_options
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.validation import strict_json
+from bayes_simfluence.validation import strict_json, undefined_as_null
 
 EXAMPLES = """examples:
   # two files: fit on train.npz, score on heldout.npz
@@ -27,6 +24,11 @@ Metrics (steps 1..T of every held-out run, simulated from its observed initial l
                   says which test examples are hard: the curriculum-blind 'mean' scores high
   spearman_runs   per test example, rank correlation across runs of the final loss, averaged:
                   does the simulator rank curricula right? (NaN where a prediction is constant)
+  lds             the linear datamodeling score (TRAK; dattri, kronfluence): spearman_runs,
+                  reported under this name when the held-out runs each trained on a random
+                  subset of the pool (collected with --protocol subsets, or --random-subsets)
+  METRIC_interval 90% percentile-bootstrap interval over test examples (JSON; --intervals
+                  prints them): overlapping intervals mean the difference may not be real
   coverage_50/90, crps   Bayesian methods only: calibration of the predictive bands
 """
 
@@ -46,6 +48,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--draws", type=positive_int, default=DEFAULT_EVAL_DRAWS,
                         help=f"predictive draws for coverage/CRPS of Bayesian methods (default {DEFAULT_EVAL_DRAWS})")
     parser.add_argument("--json", action="store_true", help="print one JSON object {method: {metric: value}}")
+    parser.add_argument("--intervals", action="store_true",
+                        help="print 90%% bootstrap intervals over test examples beside each metric (JSON always has "
+                             "them as METRIC_interval)")
+    parser.add_argument("--random-subsets", action="store_true",
+                        help="declare that the held-out runs each trained on a random subset of the pool, so that "
+                             "Spearman across runs is reported as LDS (collected runs record this themselves)")
     add_method_options(parser)
     parser.set_defaults(func=run)
 
@@ -68,17 +76,11 @@ def run(args: argparse.Namespace) -> int:
     check_options(args.method, dict(args.option))
     train, heldout, train_path = load_train_heldout(args)
     context = FitContext(train_path=train_path, seed=args.seed, options=dict(args.option))
-    results = evaluate_methods(args.method, train, heldout, context, n_draws=args.draws)
+    results = evaluate_methods(args.method, train, heldout, context, n_draws=args.draws,
+                               random_subsets=True if args.random_subsets else None)
     if args.json:
-        print(strict_json(_undefined_as_null(results), indent=2))
+        print(strict_json(undefined_as_null(results), indent=2))
     else:
         print(f"train: {train}\nheld-out: {heldout}\n")
-        print(format_table(results))
+        print(format_table(results, intervals=args.intervals))
     return 0
-
-
-def _undefined_as_null(results: dict[str, dict[str, float]]) -> dict[str, dict[str, float | None]]:
-    """An undefined metric (NaN: e.g. Spearman of a constant prediction) as null; the predictions
-    themselves were checked finite by :func:`~bayes_simfluence.evaluation.score_simulator`."""
-    return {name: {key: (value if np.isfinite(value) else None) for key, value in scores.items()}
-            for name, scores in results.items()}
