@@ -147,3 +147,17 @@ def test_bad_inputs_give_clear_errors(problem):
         parse_options({"ridge": 0.1}, "svi")
     with pytest.raises(ValueError, match="likelihood='normal'"):
         fit_bayes("exact", held, {"likelihood": "student_t", "progress": False})
+
+
+def test_new_curricula_of_the_same_shape_reuse_the_compiled_roll_out(problem):
+    from bayes_simfluence.bayes.posterior import _roll_out_chunk
+
+    _, held, _, posterior = problem
+    curricula, initial = held.curricula[:2], held.initial_losses[:2]
+    first = posterior.simulate_draws(curricula, initial, 20, seed=1)
+    compiled = _roll_out_chunk._cache_size()
+    shuffled = np.random.default_rng(0).permutation(curricula.reshape(-1)).reshape(curricula.shape)
+    second = posterior.simulate_draws(shuffled, initial, 20, seed=1)
+    posterior.simulate_draws(held.curricula[2:4], held.initial_losses[2:4], 20, seed=5)
+    assert _roll_out_chunk._cache_size() == compiled  # nothing compiled for new curricula of the same shape
+    assert not np.allclose(first, second)  # and they were really simulated

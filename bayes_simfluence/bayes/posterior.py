@@ -13,6 +13,7 @@ differences between two curricula's draws are draws of the difference.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -219,13 +220,13 @@ class BayesianSimfluence:
         n_runs, n_steps, _ = curricula.shape
         drift = self._drift_for(params, n_steps, keys)
         with jax.enable_x64(True):
-            args = (jnp.asarray(params["a"]), jnp.asarray(params["B"]), jnp.asarray(drift),
-                    jnp.asarray(params["sigma"]))
-            if include_noise:
-                args = args + (keys,)
-            fn = _trajectory_fn(jnp.asarray(curricula), jnp.asarray(initial_losses), self.config,
-                                include_noise, run_offset)
-            out = jax.lax.map(fn, args, batch_size=self._draws_per_chunk(curricula))
+            if keys is None:  # unused without noise; a placeholder keeps one signature
+                keys = jnp.zeros((len(params["a"]), 2), dtype=jnp.uint32)
+            out = _roll_out_chunk(jnp.asarray(params["a"]), jnp.asarray(params["B"]), jnp.asarray(drift),
+                                  jnp.asarray(params["sigma"]), keys, jnp.asarray(curricula),
+                                  jnp.asarray(initial_losses), run_offset + jnp.arange(n_runs),
+                                  config=self.config, include_noise=include_noise,
+                                  draws_per_chunk=self._draws_per_chunk(curricula))
             return np.asarray(out)
 
     def _drift_for(self, params: dict[str, np.ndarray], n_steps: int, keys: Array | None) -> np.ndarray:
@@ -294,20 +295,31 @@ def _chunks(n: int, size: int) -> list[slice]:
     return [slice(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _trajectory_fn(curricula: Array, initial_losses: Array, config: ModelConfig, include_noise: bool,
-                   run_offset: int) -> Any:
-    """One draw's ``[runs, steps + 1, tests]`` roll-out from ``(a, B, drift, sigma[, key])``."""
-    run_ids = run_offset + jnp.arange(curricula.shape[0])
+@functools.partial(jax.jit, static_argnames=("config", "include_noise", "draws_per_chunk"))
+def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, keys: Array, curricula: Array,
+                    initial_losses: Array, run_ids: Array, *, config: ModelConfig, include_noise: bool,
+                    draws_per_chunk: int) -> Array:
+    """``[draws, runs, steps + 1, tests]`` roll-outs of parameter draws, compiled once per shape.
+
+    Args:
+        a, b: ``[draws, tests, n_train]`` effects; drift: ``[draws, tests, steps]``; sigma:
+            ``[draws, tests]``; keys: ``[draws, 2]`` noise keys (ignored without noise).
+        curricula: ``[runs, steps, batch]``; initial_losses: ``[runs, tests]``; run_ids: ``[runs]``
+            (a run's noise depends on its id, not on how runs are chunked).
+
+    Curricula, losses and draws are arguments, the configuration is static: new curricula of
+    the same shape reuse the compiled function (a test counts compilations).
+    """
 
     def trajectory(arg: tuple) -> Array:
-        a, b, drift, sigma = arg[:4]
-        alpha = 1.0 + batch_sums(a, curricula)
-        beta = batch_sums(b, curricula) + drift.T[None]
+        a_draw, b_draw, drift_draw, sigma_draw, key = arg
+        alpha = 1.0 + batch_sums(a_draw, curricula)
+        beta = batch_sums(b_draw, curricula) + drift_draw.T[None]
         if include_noise:
-            key = jax.random.fold_in(arg[4], 0)
-            steps = beta.shape[1:2]
-            noise = jax.vmap(lambda r: noise_distribution(sigma, config).sample(jax.random.fold_in(key, r), steps))(run_ids)
+            step_key = jax.random.fold_in(key, 0)
+            noise = jax.vmap(lambda r: noise_distribution(sigma_draw, config).sample(
+                jax.random.fold_in(step_key, r), beta.shape[1:2]))(run_ids)
             beta = beta + noise
         return roll_out(alpha, beta, initial_losses)
 
-    return trajectory
+    return jax.lax.map(trajectory, (a, b, drift, sigma, keys), batch_size=draws_per_chunk)
