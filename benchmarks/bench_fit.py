@@ -182,16 +182,25 @@ def main() -> None:
     parser.add_argument("--skip-evaluate", action="store_true")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="keep the grid of the existing results file and redo only the evaluate timings")
+    parser.add_argument("--merge", action="store_true",
+                        help="redo only --methods and keep the existing results file's other rows and evaluate timings")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(args.worker[0], Path(args.worker[1]))))
         return
     with tempfile.TemporaryDirectory() as tmp:
+        previous = json.loads((RESULTS / "bench_fit.json").read_text()) if args.evaluate_only or args.merge else {}
         if args.evaluate_only:
-            rows = json.loads((RESULTS / "bench_fit.json").read_text())["grid"]
+            rows = previous["grid"]
         else:
             rows = bench_grid(tuple(args.methods), Path(tmp))
-        evaluate = [] if args.skip_evaluate else bench_evaluate(Path(tmp))
+        if args.merge:
+            key = lambda row: (row["n_train"], row["n_steps"], row["n_tests"], row["method"])  # noqa: E731
+            fresh = {key(row): row for row in rows}
+            rows = [fresh.pop(key(row), row) for row in previous["grid"]] + list(fresh.values())
+            evaluate = previous.get("evaluate", [])
+        else:
+            evaluate = [] if args.skip_evaluate else bench_evaluate(Path(tmp))
     RESULTS.mkdir(exist_ok=True)
     import jax
     import numpyro

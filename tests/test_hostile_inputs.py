@@ -125,6 +125,8 @@ def _cases() -> list[Case]:
         Case("negative test index", compare + ["{held}:1", "--tests", "-1"], "integers >= 0"),
         Case("losses overflow", ["fit", "--train", "{huge_losses}", "-m", "linear", "--out", out], "beyond +-1e+100",
              [out]),
+        Case("losses overflow in evaluate", ["evaluate", "--train", "{huge_losses}", "--heldout", "{held}", "-m",
+                                             "linear", "--json"], "beyond +-1e+100"),
         Case("fractional n_train", ["fit", "--train", "{fraction_pool}", "-m", "linear", "--out", out],
              "'n_train' must be an integer", [out]),
         Case("n_train as an array", ["fit", "--train", "{array_pool}", "-m", "linear", "--out", out],

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
 from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
-from bayes_simfluence.validation import undefined_as_null
+from bayes_simfluence.atomic import atomic_path
+from bayes_simfluence.validation import strict_json, undefined_as_null
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes-svi")
 
@@ -78,6 +78,8 @@ def plot_trajectories(path: Path, heldout, simulators: dict, n_tests: int = 4) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from bayes_simfluence.plots import save_figure
+
     run = heldout.select_runs([0])
     observed = run.losses[0]  # [steps + 1, tests]
     spread = run.losses[0].max(0) - run.losses[0].min(0)
@@ -95,7 +97,7 @@ def plot_trajectories(path: Path, heldout, simulators: dict, n_tests: int = 4) -
     np.atleast_1d(axes)[-1].legend(fontsize=7, loc="best")
     figure.suptitle("held-out run: observed vs simulated test-loss trajectories", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path, dpi=110)
     plt.close(figure)
 
 
@@ -139,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         "seconds": {"collect": collected - start, "total": wall},
         "config": config.to_dict(),
     }
-    (args.out / "results.json").write_text(json.dumps(summary, indent=2))
+    with atomic_path(args.out / "results.json") as temporary:
+        temporary.write_text(strict_json(summary, indent=2))
     print(f"\nwrote {args.out / 'results.json'} and {plot_path}; total wall time {wall:.0f} s")
     return 0
