@@ -239,3 +239,32 @@ def test_fuzzed_curricula_and_simulator_files_never_crash_or_print_nan(files, tm
         assert code in (0, 2) and "Traceback" not in err, (name, err)
         if code == 0:
             assert np.isfinite(Runs.load(tmp_path / f"o{trial}.npz").losses).all()
+
+
+def _random_runs_arrays(rng: np.random.Generator, valid: dict) -> dict:
+    """A runs file's arrays with one of them replaced by something of a random shape, dtype or value."""
+    broken = dict(valid)
+    name = list(valid)[rng.integers(len(valid))]
+    replacements = [rng.normal(size=tuple(rng.integers(0, 4, rng.integers(0, 4)))), np.array("x"),
+                    np.array([np.inf]), valid[name] * 1e120 if valid[name].dtype.kind == "f" else np.array(-7),
+                    np.int64(rng.integers(-3, 40)), rng.integers(-5, 50, size=valid[name].shape)]
+    broken[name] = replacements[rng.integers(len(replacements))]
+    return broken
+
+
+def test_fuzzed_runs_files_never_crash_any_command(files, tmp_path):
+    rng = np.random.default_rng(1)
+    with np.load(files["train"]) as archive:
+        valid = dict(archive)
+    for trial in range(25):
+        path = _save_raw(tmp_path / f"r{trial}.npz", **_random_runs_arrays(rng, valid))
+        for argv in (["fit", "--train", path, "-m", "linear", "--out", str(tmp_path / f"m{trial}.npz")],
+                     ["evaluate", "--train", path, "--heldout", files["held"], "-m", "mean", "--json"],
+                     ["simulate", "--simulator", files["linear"], "--curricula", path,
+                      "--out", str(tmp_path / f"p{trial}.npz")],
+                     ["plot", "trajectories", "--simulator", files["linear"], "--runs", path,
+                      "--plot", str(tmp_path / f"t{trial}.png")]):
+            code, out, err = run_cli(argv)
+            assert code in (0, 2) and "Traceback" not in err, (argv[0], err)
+            if code == 0 and argv[0] == "evaluate":
+                json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
