@@ -52,13 +52,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def evaluate_available(methods: list[str], train, heldout, context) -> tuple[dict, dict, dict]:
     """Fit and score each method; ``(scores, simulators, skipped reasons)`` keyed by method."""
     from bayes_simfluence.evaluation import score_simulator
-    from bayes_simfluence.methods import fit_method
+    from bayes_simfluence.methods import fit_method, options_for
 
     results, simulators, skipped = {}, {}, {}
     for name in methods:
         start = time.perf_counter()
         try:
-            simulator = fit_method(name, train, context)
+            simulator = fit_method(name, train, options_for(name, context))
         except ValueError as error:
             if "unavailable" in str(error) or "unknown method" in str(error):
                 skipped[name] = str(error)
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"collected {runs} in {collected - start:.0f} s; {runs_path} is "
           f"{runs_path.stat().st_size / 1024:.0f} KiB")
     train, heldout = runs.split(args.heldout_runs)
-    context = FitContext(train_path=runs_path, seed=args.seed)
+    context = FitContext(train_path=runs_path, seed=args.seed, options={"progress": not args.quiet})
     results, simulators, skipped = evaluate_available(args.method or list(DEFAULT_METHODS), train, heldout, context)
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
