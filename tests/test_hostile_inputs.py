@@ -239,6 +239,11 @@ def test_fuzzed_curricula_and_simulator_files_never_crash_or_print_nan(files, tm
         assert code in (0, 2) and "Traceback" not in err, (name, err)
         if code == 0:
             assert np.isfinite(Runs.load(tmp_path / f"o{trial}.npz").losses).all()
+        code, out, err = run_cli(["plot", "attributions", "--simulator", path, "--curricula", f"{files['held']}:0",
+                                  "--json", "--plot", str(tmp_path / f"a{trial}.png")])
+        assert code in (0, 2) and "Traceback" not in err, (name, err)
+        if code == 0:
+            json.loads(out, parse_constant=lambda c: pytest.fail(f"{c} in JSON output"))
 
 
 def _random_runs_arrays(rng: np.random.Generator, valid: dict) -> dict:
