@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
             "on random curricula, fit a simulator L_t = alpha(c_t) * L_{t-1} + beta(c_t) of each "
             "test example's loss, then simulate, evaluate and compare new curricula."
         ),
-        epilog="Run 'bayes-simfluence COMMAND --help' for the options and examples of each command.",
+        epilog=("Run 'bayes-simfluence COMMAND --help' for the options and examples of each command. "
+                "Exit codes: 0 done; 2 bad input (one line says what, where, and what was expected); "
+                "1 unexpected error (rerun with --debug before COMMAND for the traceback); 130 interrupted. "
+                "Outputs are written whole at exactly the given path, or not at all."),
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -134,3 +134,19 @@ def test_an_interrupted_write_leaves_nothing_behind(tmp_path):
     assert list(tmp_path.iterdir()) == []
     atomic.savez(target, {"x": np.arange(3)})
     assert list(tmp_path.iterdir()) == [target] and np.load(target)["x"].tolist() == [0, 1, 2]
+
+
+def test_unexpected_errors_are_one_line_with_a_debug_hint(runs_files, monkeypatch, capsys):
+    from bayes_simfluence.commands import simulate
+
+    def broken(args):
+        raise RuntimeError("something internal\nwith a second line")
+
+    monkeypatch.setattr(simulate, "run", broken)
+    argv = ["simulate", "--simulator", "x", "--curricula", "y", "--out", "z.npz"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unexpected RuntimeError: something internal with a second line" in err
+    assert "--debug" in err and "Traceback" not in err
+    with pytest.raises(RuntimeError, match="something internal"):
+        main(["--debug", *argv])
