@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from bayes_simfluence.curricula import compact
-from bayes_simfluence.compare import DEFAULT_DRAWS, as_curricula, simulate_draws_of
+from bayes_simfluence.compare import DEFAULT_DRAWS, as_curricula, for_tests, simulate_draws_of
 from bayes_simfluence.runs import EMPTY_SLOT
 from bayes_simfluence.simulators import Simulator
 
@@ -204,12 +204,12 @@ def parameter_effects(effects: EffectDraws, test: int, part: str, level: float =
                           None if train_ids is None else np.asarray(train_ids))
 
 
-def _final_losses(simulator: Simulator, curricula: np.ndarray, initial_losses: np.ndarray, tests: np.ndarray,
+def _final_losses(simulator: Simulator, curricula: np.ndarray, initial_losses: np.ndarray,
                   n_draws: int, seed: int) -> np.ndarray:
-    """``[draws, runs]`` noise-free final loss of each curriculum, averaged over ``tests``."""
+    """``[draws, runs]`` noise-free final loss of each curriculum, averaged over the test examples."""
     start = np.broadcast_to(initial_losses, (curricula.shape[0], initial_losses.shape[0]))
     draws = simulate_draws_of(simulator, curricula, start, n_draws, seed, include_noise=False)
-    return draws[:, :, -1][..., tests].mean(-1)
+    return draws[:, :, -1].mean(-1)
 
 
 def final_loss_effects(simulator: Simulator, curriculum: Any, initial_losses: np.ndarray,
@@ -249,9 +249,10 @@ def final_loss_effects(simulator: Simulator, curriculum: Any, initial_losses: np
                          "changes nothing")
     without = compact(np.where(base == examples[:, None, None], EMPTY_SLOT, base))  # [examples, steps, batch]
     # Same seed for every chunk: the same parameter draws, so the differences stay paired.
-    chunk = max(1, int(MEMORY_BUDGET // (8 * n_draws * (base.shape[1] + 1) * n_tests)))
+    simulator, initial_losses = for_tests(simulator, initial_losses, tests)  # simulate only those
+    chunk = max(1, int(MEMORY_BUDGET // (8 * n_draws * (base.shape[1] + 1) * tests.size)))
     final = np.concatenate([
-        _final_losses(simulator, part, initial_losses, tests, n_draws, seed)
+        _final_losses(simulator, part, initial_losses, n_draws, seed)
         for part in [base] + [without[i: i + chunk] for i in range(0, len(examples), chunk)]
     ], axis=1)  # [draws, 1 + examples]
     description = (f"effect on the final loss (mean over {tests.size} test example(s)) of keeping each example "

@@ -64,6 +64,14 @@ def pad_width(curricula: np.ndarray, width: int) -> np.ndarray:
     return np.pad(curricula, ((0, 0), (0, 0), (0, extra)), constant_values=EMPTY_SLOT)
 
 
+def for_tests(simulator: Simulator, initial_losses: np.ndarray, tests: np.ndarray
+              ) -> tuple[Simulator, np.ndarray]:
+    """The simulator and ``initial_losses [tests]`` restricted to ``tests`` (nothing else is simulated)."""
+    if len(tests) == len(initial_losses) and np.array_equal(tests, np.arange(len(initial_losses))):
+        return simulator, initial_losses
+    return simulator.select_tests(tests), initial_losses[tests]
+
+
 def simulate_draws_of(simulator: Simulator, curricula: np.ndarray, initial_losses: np.ndarray,
                       n_draws: int, seed: int, include_noise: bool) -> np.ndarray:
     """``[draws, runs, steps + 1, tests]`` from a probabilistic simulator; a point one gives 1 draw."""
@@ -258,11 +266,12 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
     tests = _check_tests(tests, initial_losses.shape[0])
     candidates = [as_curricula(candidate, label) for candidate, label in zip(curricula_list, labels)]
     width = max(candidate.shape[2] for candidate in candidates)
+    simulator, initial_losses = for_tests(simulator, initial_losses, tests)
     trajectories = []
     for candidate in candidates:
         start = np.broadcast_to(initial_losses, (candidate.shape[0], initial_losses.shape[0]))
-        draws = simulate_draws_of(simulator, pad_width(candidate, width), start, n_draws, seed, include_noise)
-        selected = draws[..., tests]  # [draws, runs, steps + 1, tests]
+        selected = simulate_draws_of(simulator, pad_width(candidate, width), start, n_draws, seed,
+                                     include_noise)  # [draws, runs, steps + 1, tests]
         reduced = selected.mean(-1) if reduction == "mean" else selected.sum(-1)
         trajectories.append(reduced.mean(axis=1))  # [draws, steps + 1]
     if len({trajectory.shape[0] for trajectory in trajectories}) != 1:

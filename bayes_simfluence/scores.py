@@ -180,6 +180,12 @@ class AdditiveScoreSimulator:
         trajectory = roll_out(jnp.ones_like(beta), beta, jnp.asarray(initial_losses, dtype=jnp.float32))
         return np.asarray(trajectory, dtype=np.float64)
 
+    def select_tests(self, tests: np.ndarray) -> "AdditiveScoreSimulator":
+        scores = self.score_set
+        return AdditiveScoreSimulator(ScoreSet(scores.method, scores.scores[:, tests], scores.checkpoint_steps,
+                                               scores.learning_rates, scores.updates_per_step, scores.train_ids,
+                                               scores.test_ids[tests], dict(scores.meta)))
+
     def save(self, path: str | os.PathLike) -> None:
         arrays = _arrays(self.score_set, "")
         arrays["kind"] = np.array(self.score_set.method)

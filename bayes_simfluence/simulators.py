@@ -6,6 +6,7 @@ Every simulator has ``name``, ``simulate(curricula, initial_losses)`` returning
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,10 @@ class Simulator(Protocol):
 
     def save(self, path: str | Path) -> None:
         """Write the fitted simulator so that :func:`bayes_simfluence.methods.load_simulator` reads it back."""
+
+    def select_tests(self, tests: np.ndarray) -> "Simulator":
+        """The same simulator for test examples ``tests`` only (test examples are independent),
+        so decisions about a few of them simulate only those."""
 
 
 @runtime_checkable
@@ -109,6 +114,9 @@ class MeanTrajectory:
             )
         change = mean_losses[: n_steps + 1] - mean_losses[:1]
         return initial_losses[:, None, :] + change[None]
+
+    def select_tests(self, tests: np.ndarray) -> "MeanTrajectory":
+        return MeanTrajectory(self.name, _fitted(self.mean_losses, self.name)[:, tests])
 
     def save(self, path: str | Path) -> None:
         atomic.savez(path, {"kind": np.array("mean-trajectory"), "mean_losses": _fitted(self.mean_losses, self.name)})
@@ -200,6 +208,10 @@ class SimfluenceLinear:
         alpha, beta = self.step_coefficients(curricula)
         return np.asarray(roll_out(alpha, beta, jnp.asarray(initial_losses, dtype=alpha.dtype)),
                           dtype=np.float64)
+
+    def select_tests(self, tests: np.ndarray) -> "SimfluenceLinear":
+        return dataclasses.replace(self, multiplicative=_fitted(self.multiplicative, self.name)[tests],
+                                   additive=_fitted(self.additive, self.name)[tests])
 
     def save(self, path: str | Path) -> None:
         atomic.savez(path, {

@@ -7,6 +7,7 @@ curricula, as the Bayesian simulators promise. ``L_t = (1 + sum a) L_{t-1} + sum
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import jax
@@ -24,13 +25,25 @@ class GaussianEffects:
     sd_b: float = 0.0
     noise: float = 0.0
     name: str = "gaussian-effects"
+    tests: np.ndarray | None = None  # set by select_tests: which of the original test examples
+
+    def select_tests(self, tests: np.ndarray) -> "GaussianEffects":
+        """The same draws for a subset of test examples (the full draws are made, then sliced)."""
+        kept = np.arange(self.a_mean.shape[0]) if self.tests is None else self.tests
+        return dataclasses.replace(self, tests=kept[np.asarray(tests)])
+
+    def _means(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.tests is None:
+            return self.a_mean, self.b_mean
+        return self.a_mean[self.tests], self.b_mean[self.tests]
 
     def parameter_draws(self, n_draws: int, seed: int = 0) -> dict[str, np.ndarray]:
         """``{"a", "B"}``, each ``[draws, tests, n_train]``, as the Bayesian simulator's accessor."""
         rng = np.random.default_rng(seed)
         z_a = rng.standard_normal((n_draws,) + self.a_mean.shape)
         z_b = rng.standard_normal((n_draws,) + self.b_mean.shape)
-        return {"a": self.a_mean + self.sd_a * z_a, "B": self.b_mean + self.sd_b * z_b}
+        draws = {"a": self.a_mean + self.sd_a * z_a, "B": self.b_mean + self.sd_b * z_b}
+        return draws if self.tests is None else {k: v[:, self.tests] for k, v in draws.items()}
 
     def _roll(self, a: np.ndarray, b: np.ndarray, curricula: np.ndarray, initial: np.ndarray) -> np.ndarray:
         curricula = jnp.asarray(curricula)
@@ -39,15 +52,16 @@ class GaussianEffects:
         return np.asarray(roll_out(alpha, beta, jnp.asarray(initial, dtype=alpha.dtype)))
 
     def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
-        return self._roll(self.a_mean, self.b_mean, curricula, initial_losses)
+        return self._roll(*self._means(), curricula, initial_losses)
 
     def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int, seed: int = 0,
                        include_noise: bool = True) -> np.ndarray:
         curricula = np.asarray(curricula)
+        n_tests = self._means()[0].shape[0]
         if curricula.max() >= self.a_mean.shape[1]:
             raise ValueError(f"curricula hold index {curricula.max()} out of range for n_train = {self.a_mean.shape[1]}")
-        if np.shape(initial_losses) != (curricula.shape[0], self.a_mean.shape[0]):
-            raise ValueError(f"initial_losses must have shape {(curricula.shape[0], self.a_mean.shape[0])}")
+        if np.shape(initial_losses) != (curricula.shape[0], n_tests):
+            raise ValueError(f"initial_losses must have shape {(curricula.shape[0], n_tests)}")
         params = self.parameter_draws(n_draws, seed)
         a, b = params["a"], params["B"]
         roll = jax.vmap(lambda a_d, b_d: roll_out(1.0 + batch_sums(a_d, jnp.asarray(curricula)),

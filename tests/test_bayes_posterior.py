@@ -161,3 +161,16 @@ def test_new_curricula_of_the_same_shape_reuse_the_compiled_roll_out(problem):
     posterior.simulate_draws(held.curricula[2:4], held.initial_losses[2:4], 20, seed=5)
     assert _roll_out_chunk._cache_size() == compiled  # nothing compiled for new curricula of the same shape
     assert not np.allclose(first, second)  # and they were really simulated
+
+
+def test_selecting_test_examples_simulates_only_those_with_the_same_draws(problem):
+    _, held, _, posterior = problem
+    tests = np.array([2, 0])
+    curricula, initial = held.curricula[:2], held.initial_losses[:2]
+    full = posterior.simulate_draws(curricula, initial, 30, seed=3, include_noise=False)
+    part = posterior.select_tests(tests)
+    np.testing.assert_allclose(part.simulate_draws(curricula, initial[:, tests], 30, seed=3, include_noise=False),
+                               full[..., tests], rtol=1e-10)
+    np.testing.assert_allclose(part.simulate(curricula, initial[:, tests]),
+                               posterior.simulate(curricula, initial)[..., tests], rtol=1e-10)
+    assert list(part.test_ids) == [posterior.test_ids[2], posterior.test_ids[0]]

@@ -162,3 +162,25 @@ def test_chosen_ridge_is_within_10_percent_of_the_best_fixed_strength_on_heldout
     assert report["ridge_grid"] == sorted(report["ridge_grid"]) and chosen.ridge_selected in report["ridge_grid"]
     assert len(report["cv_tests"]) == 6 and np.argmin(report["cv_log_relative"]) == report["ridge_grid"].index(
         chosen.ridge_selected)
+
+
+def test_selecting_test_examples_gives_their_columns_of_the_full_simulation():
+    runs, _ = synthetic_runs(n_train=10, n_tests=4, n_runs=6, n_steps=8, batch_size=2, seed=3)
+    tests = np.array([3, 1])
+    for simulator in (SimfluenceLinear(ridge=0.1).fit(runs), MeanTrajectory().fit(runs)):
+        full = simulator.simulate(runs.curricula, runs.initial_losses)
+        part = simulator.select_tests(tests).simulate(runs.curricula, runs.initial_losses[:, tests])
+        np.testing.assert_allclose(part, full[..., tests], rtol=1e-6)
+
+
+def test_selecting_test_examples_of_a_score_simulator():
+    from bayes_simfluence.scores import AdditiveScoreSimulator, ScoreSet
+
+    runs, _ = synthetic_runs(n_train=10, n_tests=4, n_runs=3, n_steps=8, batch_size=2, seed=4)
+    rng = np.random.default_rng(0)
+    scores = ScoreSet("tracin", rng.normal(size=(2, 4, 10)).astype(np.float32), np.array([0, 4]),
+                      np.full(8, 0.1), 1, runs.train_ids, runs.test_ids, {})
+    simulator, tests = AdditiveScoreSimulator(scores), np.array([0, 3])
+    full = simulator.simulate(runs.curricula, runs.initial_losses)
+    part = simulator.select_tests(tests).simulate(runs.curricula, runs.initial_losses[:, tests])
+    np.testing.assert_allclose(part, full[..., tests], rtol=1e-6)

@@ -272,6 +272,17 @@ class BayesianSimfluence:
             out = jax.lax.map(one, stacked, batch_size=self._draws_per_chunk(runs.curricula))
         return np.asarray(out).reshape(lead + out.shape[1:])
 
+    def select_tests(self, tests: np.ndarray) -> "BayesianSimfluence":
+        """The posterior of test examples ``tests`` only (they are independent in the model). The
+        same parameter draws: without noise, a seed gives the same numbers as on all test
+        examples; with noise, other (equally distributed) noise draws."""
+        tests = np.asarray(tests, dtype=np.int64)
+        return dataclasses.replace(
+            self, a=self.a[:, :, tests], b=self.b[:, :, tests],
+            drift=None if self.drift is None else self.drift[:, :, tests], sigma=self.sigma[:, :, tests],
+            hyper={k: v[:, :, tests] for k, v in self.hyper.items()}, scale=self.scale[tests],
+            test_ids=self.test_ids[tests])
+
     # -------------------------------------------------------------------- I/O
     def fields(self) -> dict[str, Any]:
         """The dataclass fields by name (arrays not copied): what a posterior file holds."""
