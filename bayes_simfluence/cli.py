@@ -53,30 +53,29 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return USAGE_ERROR
-    prefix = f"bayes-simfluence {args.command}: error:"
     try:
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
+    except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the boundary: one line, traceback on request
         if args.debug:
             raise
-        print(f"bayes-simfluence {args.command}: interrupted; nothing was left half-written", file=sys.stderr)
-        return INTERRUPTED
-    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
-        if args.debug:
-            raise
-        print(f"{prefix} {_one_line(error)}", file=sys.stderr)
-        return USAGE_ERROR
-    except Exception as error:  # noqa: BLE001 - the boundary: one line, the traceback on request
-        if args.debug:
-            raise
-        print(f"{prefix} unexpected {type(error).__name__}: {_one_line(error)} "
-              "(rerun with --debug before the command for the traceback)", file=sys.stderr)
-        return INTERNAL_ERROR
+        message, code = _report(error)
+        print(f"bayes-simfluence {args.command}: {message}", file=sys.stderr)
+        return code
 
 
-def _one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return text[:2000] if text else type(error).__name__
+#: errors that mean the input was wrong (the message says how), as opposed to a fault of ours.
+INPUT_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _report(error: BaseException) -> tuple[str, int]:
+    """The one line and the exit code for an error that reached the CLI boundary."""
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted; nothing was left half-written", INTERRUPTED
+    text = " ".join(str(error).split())[:2000] or type(error).__name__
+    if isinstance(error, INPUT_ERRORS):
+        return f"error: {text}", USAGE_ERROR
+    return (f"error: unexpected {type(error).__name__}: {text} "
+            "(rerun with --debug before the command for the traceback)"), INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-
 from bayes_simfluence.methods import FitContext, check_options, fit_method, options_for
 from bayes_simfluence.metrics import band_scores, bootstrap_intervals, per_test_scores, point_scores
 from bayes_simfluence.runs import Runs

@@ -32,6 +32,17 @@ class RunsFormatError(InputError):
     """A runs file or array does not follow the runs format; the message says what and where."""
 
 
+def open_archive(path: str | os.PathLike, what: str = "file") -> np.lib.npyio.NpzFile:
+    """An ``.npz`` archive opened without unpickling; a missing or unreadable one is a :class:`RunsFormatError`."""
+    path = Path(path)
+    if not path.exists():
+        raise RunsFormatError(f"{path}: no such {what}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except Exception as error:  # noqa: BLE001 - numpy raises several kinds here
+        raise RunsFormatError(f"{path}: not a readable .npz file ({error})") from error
+
+
 def _scalar_integer(value: Any, where: str) -> int:
     """An integer scalar (a Python int or a 0-d integer array); fractions, text and arrays are refused."""
     array = np.asarray(value)
@@ -177,9 +188,9 @@ class Runs:
                 f"{bad.tolist()}, out of range for n_train = {n_train} (expected [0, {n_train}))"
             )
         n_tests = losses.shape[2]
-        check_memory(64 * n_train, f"{source}: a pool of n_train = {n_train} training examples (its ids alone)",
-                     f"the curricula use indices up to {max_index}: is 'n_train' right?")
         if train_ids is None:
+            check_memory(64 * n_train, f"{source}: a pool of n_train = {n_train} training examples (its ids alone)",
+                         f"the curricula use indices up to {max_index}: is 'n_train' right?")
             train_ids = np.array([f"train_{i}" for i in range(n_train)])
         if test_ids is None:
             test_ids = np.array([f"test_{m}" for m in range(n_tests)])
@@ -260,15 +271,8 @@ class Runs:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Runs":
         """Read and validate a runs ``.npz`` file."""
-        path = Path(path)
         source = str(path)
-        if not path.exists():
-            raise RunsFormatError(f"{source}: no such file")
-        try:
-            archive = np.load(path, allow_pickle=False)
-        except Exception as error:  # noqa: BLE001 - numpy raises several kinds here
-            raise RunsFormatError(f"{source}: not a readable .npz file ({error})") from error
-        with archive:
+        with open_archive(path) as archive:
             missing = [name for name in ("curricula", "losses") if name not in archive.files]
             if missing:
                 raise RunsFormatError(

@@ -35,7 +35,7 @@ import numpy as np
 from bayes_simfluence import atomic
 from bayes_simfluence.methods import FitContext, register_loader, register_method
 from bayes_simfluence.rollout import batch_sums, roll_out, slot_counts
-from bayes_simfluence.runs import Runs, RunsFormatError
+from bayes_simfluence.runs import Runs, RunsFormatError, open_archive
 from bayes_simfluence.simulators import Simulator, check_simulation_inputs
 
 SCORES_SUFFIX = ".scores.npz"
@@ -132,14 +132,7 @@ def save_scores(path: str | os.PathLike, score_sets: list[ScoreSet]) -> None:
 
 def load_scores(path: str | os.PathLike, method: str) -> ScoreSet:
     """Read one method's scores from a companion file."""
-    path = Path(path)
-    if not path.exists():
-        raise RunsFormatError(f"{path}: no such scores file")
-    try:
-        archive = np.load(path, allow_pickle=False)
-    except Exception as error:  # noqa: BLE001 - numpy raises several kinds here
-        raise RunsFormatError(f"{path}: not a readable .npz file ({error})") from error
-    with archive:
+    with open_archive(path, "scores file") as archive:
         missing = [f"{method}_{name}" for name in _FIELDS if f"{method}_{name}" not in archive.files]
         if missing:
             raise RunsFormatError(f"{path}: no {method} scores (missing {missing[:2]}); "

@@ -66,9 +66,10 @@ def check_simulation_inputs(curricula: np.ndarray, initial_losses: np.ndarray, n
         )
     if not np.all(np.isfinite(initial_losses)) or np.any(np.abs(initial_losses) > MAX_ABS_LOSS):
         raise RunsFormatError(f"initial_losses holds NaN, inf or values beyond +-{MAX_ABS_LOSS:g}")
-    filled = int((curricula >= 0).sum(-1).max()) if curricula.size else 0
+    slots = (curricula >= 0).sum(-1)  # [runs, steps] filled slots
+    filled = int(slots.max()) if slots.size else 0
     if batch_size and filled > batch_size:
-        step = np.argwhere((curricula >= 0).sum(-1) == filled)[0].tolist()
+        step = np.argwhere(slots == filled)[0].tolist()
         raise RunsFormatError(
             f"curricula to simulate fill {filled} slots at [run, step] = {step}; the simulator was fitted on "
             f"batches of {batch_size} and cannot extrapolate to larger ones (split the step, or refit on such runs)"

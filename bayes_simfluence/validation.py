@@ -46,6 +46,14 @@ def integer_lists(value: Any, where: str) -> Any:
     return value
 
 
+def read_json(path: Path) -> Any:
+    """The JSON value in the file ``path``; invalid JSON is an :class:`InputError` naming the file."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({error})") from error
+
+
 def integer(value: Any, where: str, minimum: int | None = None) -> int:
     """A Python ``int`` from an option value; refuses booleans, fractions and text."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):

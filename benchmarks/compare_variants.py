@@ -16,8 +16,6 @@ import json
 import warnings
 from pathlib import Path
 
-import numpy as np
-
 from bayes_simfluence.bayes import diagnostics
 from bayes_simfluence.bayes.methods import fit_bayes
 from bayes_simfluence.bayes.synthetic import decaying_runs

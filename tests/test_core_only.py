@@ -15,8 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from bayes_simfluence.synthetic import synthetic_runs
 
 PACKAGE = Path(__file__).resolve().parents[1] / "bayes_simfluence"

@@ -9,6 +9,7 @@ plain ``xarray.Dataset`` objects, so the only version-specific code is in this m
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +18,10 @@ import xarray as xr
 
 from bayes_simfluence.atomic import atomic_path
 
-try:  # ARVIZ 1.x ------------------------------------------------------------------
-    import arviz_base  # noqa: F401 - its presence marks ArviZ 1.x
-    import arviz_stats
-
-    ARVIZ_1 = True
-except ImportError:  # arviz 0.x -----------------------------------------------------
+#: ArviZ 1.x is installed (``arviz_base`` and ``arviz_stats``), else ArviZ 0.x.
+ARVIZ_1 = importlib.util.find_spec("arviz_base") is not None
+if not ARVIZ_1:  # arviz 0.x
     import arviz as az
-
-    ARVIZ_1 = False
 
 
 def draws_dataset(arrays: dict[str, np.ndarray], dims: dict[str, list[str]], coords: dict[str, Any],

@@ -27,16 +27,11 @@ def parse_indices(text: str) -> list[int]:
     return [int(part) for part in parts]
 
 
-def single_index(text: str) -> int:
-    """One integer >= 0."""
+def nonnegative_int(text: str) -> int:
+    """One integer >= 0 (an index, a seed)."""
     if not text.strip().isdigit():
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return int(text)
-
-
-def nonnegative_int(text: str) -> int:
-    """An integer >= 0 (seeds)."""
-    return single_index(text)
 
 
 def positive_int(text: str) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +109,7 @@ def read_curricula(path: Path) -> np.ndarray:
                              f"got dtype {curricula.dtype} and shape {curricula.shape}")
         return curricula
     if path.suffix == ".json":
-        try:
-            listed = validation.integer_lists(json.loads(path.read_text()), str(path))
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: not valid JSON ({error})") from error
+        listed = validation.integer_lists(validation.read_json(path), str(path))
         if not isinstance(listed, list) or not listed or not all(
                 isinstance(run, list) and run and all(isinstance(batch, list) and batch for batch in run)
                 for run in listed):

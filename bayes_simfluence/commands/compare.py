@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from bayes_simfluence import counterfactuals, validation
-from bayes_simfluence.commands._arguments import nonnegative_int, parse_indices, positive_int, single_index
+from bayes_simfluence.commands._arguments import nonnegative_int, parse_indices, positive_int
 from bayes_simfluence.compare import DEFAULT_DRAWS, REDUCTIONS, Comparison, as_curricula, compare, pad_width
 from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_comparison, save_figure
@@ -32,13 +31,6 @@ Curricula: a runs-format .npz (its losses[first run, 0] are the initial losses u
 averaged), or a .npy int array [steps, batch] / [runs, steps, batch]; -1 marks an empty slot.
 Differences are paired draw by draw and are 'candidate - reference' (negative: lower loss).
 """
-
-
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
 
 
 def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
@@ -64,7 +56,7 @@ def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
     if runs_text:
         raise ValueError(f"{spec}: ':RUNS' selects runs of a runs-format .npz file only")
     if path.suffix == ".json":
-        batches = validation.integer_lists(_read_json(path), str(path))
+        batches = validation.integer_lists(validation.read_json(path), str(path))
         if not isinstance(batches, list) or not batches or not all(isinstance(b, list) and b for b in batches):
             raise ValueError(f"{path}: expected a JSON list of batches (non-empty lists of training-example "
                              "indices), or a list of such lists (several runs)")
@@ -88,7 +80,7 @@ def read_initial_losses(path: Path) -> np.ndarray:
     if path.suffix == ".npz":
         return Runs.load(path).losses[0, 0]
     if path.suffix == ".json":
-        values = _read_json(path)
+        values = validation.read_json(path)
     elif path.suffix == ".npy":
         try:
             values = np.load(path, allow_pickle=False)
@@ -127,7 +119,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     edits.add_argument("--leave-out", type=parse_indices, metavar="I,J",
                        help="leave these training examples out (the rest re-packed into full batches)")
     edits.add_argument("--repeat", type=parse_indices, metavar="I,J", help="show these examples --times times")
-    edits.add_argument("--insert", type=single_index, metavar="I", help="add this example at each of --at-steps")
+    edits.add_argument("--insert", type=nonnegative_int, metavar="I", help="add this example at each of --at-steps")
     edits.add_argument("--reorder", action="store_true", help="random vs easy-to-hard vs hard-to-easy orderings")
     shortcuts.add_argument("--keep-steps", action="store_true",
                            help="with --leave-out: keep every step and empty the removed slots instead of re-packing")

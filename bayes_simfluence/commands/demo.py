@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
 from bayes_simfluence.atomic import atomic_path
+from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
 from bayes_simfluence.validation import strict_json, undefined_as_null
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes-svi")

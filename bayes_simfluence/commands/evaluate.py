@@ -7,7 +7,7 @@ from pathlib import Path
 
 from bayes_simfluence.commands._arguments import add_method_options, positive_int
 from bayes_simfluence.evaluation import DEFAULT_EVAL_DRAWS, evaluate_methods, format_table
-from bayes_simfluence.methods import FitContext, available_methods, check_options
+from bayes_simfluence.methods import FitContext, available_methods
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.validation import strict_json, undefined_as_null
 
@@ -73,7 +73,6 @@ def load_train_heldout(args: argparse.Namespace) -> tuple[Runs, Runs, Path | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    check_options(args.method, dict(args.option))
     train, heldout, train_path = load_train_heldout(args)
     context = FitContext(train_path=train_path, seed=args.seed, options=dict(args.option))
     results = evaluate_methods(args.method, train, heldout, context, n_draws=args.draws,

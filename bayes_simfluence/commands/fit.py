@@ -6,9 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from bayes_simfluence.commands._arguments import add_method_options
 from bayes_simfluence import validation
-from bayes_simfluence.methods import FitContext, available_methods, check_options, fit_method
+from bayes_simfluence.commands._arguments import add_method_options
+from bayes_simfluence.methods import FitContext, available_methods, fit_method
 from bayes_simfluence.runs import Runs
 
 EXAMPLES = """examples:
@@ -37,7 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     bayesian = args.method.startswith("bayes-")
     validation.output_path(args.out, "--out", (".nc",) if bayesian else None, "a Bayesian posterior (NetCDF)")
-    check_options([args.method], dict(args.option))
     train = Runs.load(args.train)
     start = time.perf_counter()
     simulator = fit_method(args.method, train, FitContext(args.train, args.seed, dict(args.option)))

@@ -5,14 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
-from bayes_simfluence import attributions
+from bayes_simfluence import attributions, validation
 from bayes_simfluence.commands._arguments import nonnegative_int, parse_indices, positive_int
 from bayes_simfluence.commands.compare import read_curricula
 from bayes_simfluence.compare import DEFAULT_DRAWS, simulate_draws_of
 from bayes_simfluence.methods import load_simulator
-from bayes_simfluence import validation
 from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_effects, plot_trajectories, save_figure
 from bayes_simfluence.runs import Runs
 

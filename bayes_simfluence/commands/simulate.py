@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence.commands._arguments import nonnegative_int
 from bayes_simfluence import atomic, validation
+from bayes_simfluence.commands._arguments import nonnegative_int
 from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.runs import Runs
 

@@ -3,7 +3,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from bayes_simfluence import cli
 from bayes_simfluence.collect import CollectConfig, OptimConfig, embedded
