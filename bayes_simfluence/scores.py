@@ -1,18 +1,20 @@
-"""Precomputed TracIn / influence scores: the companion file and the simulator that rolls them out.
+"""Precomputed attribution scores: the companion file and the simulator that rolls them out.
 
 Companion file ``<runs file without .npz>.scores.npz`` (e.g. ``runs.npz`` -> ``runs.scores.npz``),
-one group of arrays per method ``M`` (``tracin``, ``influence``):
+one group of arrays per method ``M`` of :data:`SCORE_METHODS`:
 
-- ``M_scores``: float32 ``[checkpoints, tests, n_train]``, the pair score ``S[c, m, i]``
-  (TracIn: ``<grad L(z_test_m), grad L(z_i)>``; influence: the same with a damped inverse
-  curvature in between), at the weights of checkpoint ``c``;
+- ``M_scores``: float32 ``[checkpoints, tests, n_train]``, the pair score ``S[c, m, i]`` at the
+  weights of checkpoint ``c``, positive when training on ``i`` lowers test example ``m``'s loss
+  (``tracin``: ``<grad L(z_test_m), grad L(z_i)>``; ``influence`` and ``influence-cg``: the same
+  with a damped inverse curvature in between; ``trak``: TRAK's attribution to the correct-class
+  probability, in no loss units);
 - ``M_checkpoint_steps``: int ``[checkpoints]``, optimiser step at which each checkpoint's
   weights were taken (0 = the initial model);
 - ``M_learning_rates``: float ``[steps]``, ``eta_t`` of each runs-file step;
 - ``M_updates_per_step``: int, optimiser steps per runs-file step (``eval_every``; usually 1);
 - ``M_train_ids`` ``[n_train]``, ``M_test_ids`` ``[tests]`` and ``M_meta`` (JSON).
 
-Both methods are Simfluence-Additive (``alpha = 1``) with, for runs-file step ``t`` (1-based)
+Every method is Simfluence-Additive (``alpha = 1``) with, for runs-file step ``t`` (1-based)
 on batch ``c_t`` (``|c_t|`` filled slots)::
 
     beta(c_t)[m] = -eta_t * k / |c_t| * sum_{i in c_t} S[c(t), m, i]
@@ -20,6 +22,13 @@ on batch ``c_t`` (``|c_t|`` filled slots)::
 ``k`` = updates per step (so ``k / |c_t|`` is ``1 / optimiser batch``: the loss is the batch
 mean) and ``c(t)`` the checkpoint nearest the weights before step ``t`` (TracInCP). Steps past
 the recorded learning rates reuse the last one.
+
+As a simulator every method's ``beta`` is multiplied by one scale ``s`` fitted on the training
+runs (option ``scale=fitted``, the default): least squares of the observed change from the
+initial loss, ``L_t - L_0``, on the simulated one, over runs, steps and test examples. The
+comparison of methods is then about the direction the scores give, not their units (TRAK's have
+none; TracIn's are first-order SGD units, which Adam's preconditioning breaks). ``scale=raw``
+keeps ``s = 1``: TracIn's first-order prediction of one SGD step.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from bayes_simfluence.methods import FitContext, register_loader, register_metho
 from bayes_simfluence.rollout import batch_sums, roll_out, slot_counts
 from bayes_simfluence.runs import Runs, RunsFormatError, open_archive
 from bayes_simfluence.simulators import Simulator, check_simulation_inputs
+from bayes_simfluence.validation import InputError
 
 SCORES_SUFFIX = ".scores.npz"
 _FIELDS = ("scores", "checkpoint_steps", "learning_rates", "updates_per_step", "train_ids", "test_ids", "meta")
@@ -145,6 +155,7 @@ class AdditiveScoreSimulator:
     """Simfluence-Additive with ``beta`` from precomputed scores (TracIn or influence functions)."""
 
     score_set: ScoreSet
+    scale: float = 1.0  # s: multiplies every beta (see the module docstring)
 
     @property
     def name(self) -> str:
@@ -163,7 +174,7 @@ class AdditiveScoreSimulator:
         sums = sums.reshape(curricula.shape[0], n_steps, checkpoints, tests)[:, step_index, nearest]
         counts = slot_counts(jnp.asarray(curricula))
         scale = jnp.where(counts > 0, -rates[None, :] * scores.updates_per_step / jnp.maximum(counts, 1), 0.0)
-        return np.asarray(scale[..., None] * sums)
+        return np.asarray(self.scale * scale[..., None] * sums)
 
     def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
         """``[runs, steps + 1, tests]`` from ``curricula [runs, steps, batch]``, ``initial_losses [runs, tests]``."""
@@ -177,17 +188,32 @@ class AdditiveScoreSimulator:
         scores = self.score_set
         return AdditiveScoreSimulator(ScoreSet(scores.method, scores.scores[:, tests], scores.checkpoint_steps,
                                                scores.learning_rates, scores.updates_per_step, scores.train_ids,
-                                               scores.test_ids[tests], dict(scores.meta)))
+                                               scores.test_ids[tests], dict(scores.meta)), self.scale)
 
     def save(self, path: str | os.PathLike) -> None:
         arrays = _arrays(self.score_set, "")
         arrays["kind"] = np.array(self.score_set.method)
+        arrays["scale"] = np.float64(self.scale)
         atomic.savez(path, arrays)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AdditiveScoreSimulator":
         with np.load(path, allow_pickle=False) as archive:
-            return cls(_from_arrays(archive, "", str(archive["kind"])))
+            scale = archive["scale"] if "scale" in archive.files else np.float64(1.0)
+            if scale.shape != () or not np.isfinite(scale):
+                raise RunsFormatError(f"{path}: 'scale' must be one finite number, got {scale!r}")
+            return cls(_from_arrays(archive, "", str(archive["kind"])), float(scale))
+
+    def fitted_to(self, runs: Runs) -> "AdditiveScoreSimulator":
+        """This simulator with the scale ``s`` that best fits ``runs`` (least squares of ``L_t - L_0``).
+
+        ``s = 0`` when the scores predict no change at all on these runs.
+        """
+        raw = AdditiveScoreSimulator(self.score_set)
+        predicted = raw.simulate(runs.curricula, runs.initial_losses) - runs.initial_losses[:, None]
+        observed = runs.losses - runs.initial_losses[:, None]
+        energy = float(np.sum(predicted ** 2))
+        return AdditiveScoreSimulator(self.score_set, float(np.sum(predicted * observed)) / energy if energy > 0 else 0.0)
 
 
 def score_factory(method: str):
@@ -207,15 +233,20 @@ def score_factory(method: str):
             if not Path(path).exists():
                 raise ValueError(f"method '{method}' needs precomputed scores: no {path} beside the runs "
                                  f"file; collect with '--scores {method}' or pass -o scores=FILE")
-        score_set = load_scores(path, method).aligned(train.train_ids, train.test_ids)
-        return AdditiveScoreSimulator(score_set)
+        scale = context.options.get("scale", "fitted")
+        if scale not in ("fitted", "raw"):
+            raise InputError(f"-o scale={scale}: expected 'fitted' (least squares on the training runs) or 'raw'")
+        simulator = AdditiveScoreSimulator(load_scores(path, method).aligned(train.train_ids, train.test_ids))
+        return simulator.fitted_to(train) if scale == "fitted" else simulator
 
     return factory
 
 
-#: methods whose simulator is a roll-out of precomputed scores (computed by ``collect --scores``).
-SCORE_METHODS: tuple[str, ...] = ("tracin", "influence")
+#: methods whose simulator is a roll-out of precomputed scores (computed by ``collect --scores``):
+#: ``influence`` is this package's exact damped Gauss-Newton solve; ``tracin``, ``influence-cg``
+#: and ``trak`` are computed with dattri.
+SCORE_METHODS: tuple[str, ...] = ("tracin", "influence", "influence-cg", "trak")
 
 for _method in SCORE_METHODS:
-    register_method(_method, options=("scores",))(score_factory(_method))
+    register_method(_method, options=("scores", "scale"))(score_factory(_method))
     register_loader(_method, AdditiveScoreSimulator.load)

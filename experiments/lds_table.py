@@ -6,7 +6,9 @@ For each set in ``experiments/data/`` (``experiments/real_sets.py``: every run t
 36 of a 48-example pool, so Spearman across runs of the final loss is the linear datamodeling
 score), every method is fitted on the first 16 runs and scored on the last 8: LDS and all-steps
 MSE with 90% bootstrap intervals over the 20 test examples, 90% band coverage for the Bayesian
-fit, and fit time. TracIn and influence use the scores collected with each set. Writes
+fit, and fit time. The score methods (TracIn, TRAK and influence-CG from dattri, this package's
+influence) roll out the scores collected with each set, with one scale fitted on the 16 training
+runs (reported; "scores s" is the time their scores took during collection). Writes
 ``experiments/results/lds.{json,md}``. Published LDS values of other methods on other tasks
 are quoted beside them in the README, as published (not re-run here).
 """
@@ -19,13 +21,14 @@ import warnings
 from pathlib import Path
 
 from bayes_simfluence.evaluation import evaluate_methods
-from bayes_simfluence.methods import FitContext
+from bayes_simfluence.methods import FitContext, fit_method
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.scores import SCORE_METHODS, load_scores, scores_path_for
 from bayes_simfluence.validation import undefined_as_null
 
 HERE = Path(__file__).resolve().parent
 HELDOUT = 8
-METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes-svi")
+METHODS = ("mean", "additive", "multiplicative", "linear", *SCORE_METHODS, "bayes-svi")
 
 
 def _cell(scores: dict, metric: str) -> str:
@@ -48,13 +51,15 @@ def main() -> None:
         print(f"{path.stem}: {time.perf_counter() - start:.0f} s", flush=True)
     out = HERE / "results"
     (out / "lds.json").write_text(json.dumps(undefined_as_null(results), indent=2) + "\n")
-    lines = ["| real set | method | LDS [90% CI] | all-steps MSE [90% CI] | coverage_90 | fit s |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| real set | method | LDS [90% CI] | all-steps MSE [90% CI] | coverage_90 | fit s | scores s | scale |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, by_method in results.items():
         for method, scores in by_method.items():
             coverage = f"{scores['coverage_90']:.2f}" if "coverage_90" in scores else ""
+            scoring = f"{scores['scoring_seconds']:.1f}" if "scoring_seconds" in scores else ""
+            scale = f"{scores['scale']:.3g}" if "scale" in scores else ""
             lines.append(f"| {name} | {method} | {_cell(scores, 'lds')} | {_cell(scores, 'all_steps_mse')} | "
-                         f"{coverage} | {scores['fit_seconds']:.1f} |")
+                         f"{coverage} | {scores['fit_seconds']:.1f} | {scoring} | {scale} |")
     (out / "lds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -5,7 +5,7 @@ One command (needs the ``collect`` extra; offline, about 15 minutes on 2 CPU cor
     python experiments/real_sets.py [--only NAME ...] [--workers 2]
 
 writes ``experiments/data/NAME.npz`` (runs format; the last ``HELDOUT`` runs are the held-out
-ones of every experiment) and ``NAME.scores.npz`` (TracIn / influence scores) for each set:
+ones of every experiment) and ``NAME.scores.npz`` (TracIn, influence, influence-CG and TRAK scores) for each set:
 
 - ``mlp_sgd``: a small network, the pooler + classification head of the embedded MiniLM (a
   384-384-2 tanh MLP on frozen pretrained features), plain SGD;
@@ -31,11 +31,12 @@ from pathlib import Path
 from bayes_simfluence.collect.collector import collect
 from bayes_simfluence.collect.embedded import demo_config
 from bayes_simfluence.collect.optim import OptimConfig
+from bayes_simfluence.scores import SCORE_METHODS
 
 DATA = Path(__file__).resolve().parent / "data"
 RUNS = 24
 HELDOUT = 8
-COMMON = dict(runs=RUNS, train_size=48, test_size=20, subset_size=36, scores=("tracin", "influence"))
+COMMON = dict(runs=RUNS, train_size=48, test_size=20, subset_size=36, scores=SCORE_METHODS)
 
 SETS: dict[str, dict] = {
     "mlp_sgd": dict(batch_size=4, epochs=3, trainable="head", optim=OptimConfig(optimizer="sgd", lr=0.2)),

@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,13 +36,13 @@ from tqdm.auto import tqdm
 from bayes_simfluence import atomic
 from bayes_simfluence import curricula as curricula_lib
 from bayes_simfluence.collect.data import Examples, load_examples
+from bayes_simfluence.collect.dattri_scores import DATTRI_METHODS, dattri_scores
 from bayes_simfluence.collect.gradients import loss_gradients, parameter_count
 from bayes_simfluence.collect.influence import (default_damping, influence_scores,
                                                 train_gradients_and_curvature)
 from bayes_simfluence.collect.losses import LossEvaluator, collate, encode, example_losses
 from bayes_simfluence.collect.model import load_model, select_parameters, set_trainable
 from bayes_simfluence.collect.optim import OptimConfig, build_optimizer, learning_rates
-from bayes_simfluence.collect.tracin import tracin_scores
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.scores import SCORE_METHODS, ScoreSet, save_scores, scores_path_for
 
@@ -175,28 +176,34 @@ class RunExecutor:
         every = self.config.checkpoint_every or max(1, self.n_steps // 4)
         return np.arange(0, self.n_steps, every)
 
-    def _scores_now(self) -> dict[str, np.ndarray]:
-        """``{method: [tests, n_train]}`` pair scores at the current weights."""
-        test_gradients = loss_gradients(self.model, self.test_encoded, self.score_names)
-        if "influence" in self.config.scores:
-            train_gradients, curvature = train_gradients_and_curvature(self.model, self.train_encoded,
-                                                                       self.score_names)
-        else:
-            train_gradients = loss_gradients(self.model, self.train_encoded, self.score_names)
-        scores = {}
-        if "tracin" in self.config.scores:
-            scores["tracin"] = tracin_scores(test_gradients, train_gradients)
-        if "influence" in self.config.scores:
-            damping = self.config.damping or default_damping(self.learning_rates)
-            scores["influence"] = influence_scores(test_gradients, train_gradients, curvature, damping)
-        return scores
+    def _scores_now(self) -> dict[str, tuple[np.ndarray, float]]:
+        """``{method: ([tests, n_train] pair scores, seconds taken)}`` at the current weights.
+
+        ``influence`` is this package's (exact damped Gauss-Newton, :mod:`.influence`); the
+        others come from dattri (:mod:`.dattri_scores`).
+        """
+        damping = self.config.damping or default_damping(self.learning_rates)
+        results = {}
+        for method in self.config.scores:
+            start = time.perf_counter()
+            if method == "influence":
+                test_gradients = loss_gradients(self.model, self.test_encoded, self.score_names)
+                train_gradients, curvature = train_gradients_and_curvature(self.model, self.train_encoded,
+                                                                           self.score_names)
+                scores = influence_scores(test_gradients, train_gradients, curvature, damping)
+            else:
+                scores = dattri_scores(self.model, self.train_encoded, self.test_encoded, self.score_names,
+                                       (method,), damping)[method]
+            results[method] = (scores, time.perf_counter() - start)
+        return results
 
     def run(self, run: int, position: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
         """Train run ``run`` from the initial state.
 
         Returns:
             ``curriculum [steps, batch]``, ``losses [steps / eval_every + 1, tests]`` and, for the
-            reference run with scores, ``<method> [checkpoints, tests, n_train]``.
+            reference run with scores, ``<method> [checkpoints, tests, n_train]`` and
+            ``<method>_seconds`` (time spent computing them).
         """
         config = self.config
         self.model.load_state_dict(self.initial_state)
@@ -206,14 +213,17 @@ class RunExecutor:
         wants_scores = bool(config.scores) and run == config.reference_run
         checkpoints = set(self.checkpoint_steps().tolist()) if wants_scores else set()
         scores: dict[str, list[np.ndarray]] = {method: [] for method in config.scores if wants_scores}
+        seconds = {method: 0.0 for method in scores}
         losses = [self.evaluate(self.model)]
         curriculum = self.curricula[run]
         bar = tqdm(total=self.n_steps, desc=f"run {run}", leave=False, position=position,
                    disable=not progress, dynamic_ncols=True)
         for step, slots in enumerate(curriculum):
             if step in checkpoints:
-                for method, value in self._scores_now().items():
-                    scores[method].append(value)
+                with torch.random.fork_rng(devices=[]):  # scoring must not move the run's dropout stream
+                    for method, (value, taken) in self._scores_now().items():
+                        scores[method].append(value)
+                        seconds[method] += taken
             indices = slots[slots >= 0]
             if indices.size:
                 loss = example_losses(self.model, collate(self.train_encoded, indices)).mean()
@@ -229,6 +239,7 @@ class RunExecutor:
         bar.close()
         result = {"curriculum": curriculum, "losses": np.stack(losses)}
         result.update({method: np.stack(values) for method, values in scores.items()})
+        result.update({f"{method}_seconds": np.float64(taken) for method, taken in seconds.items()})
         return result
 
     def meta(self) -> dict:
@@ -409,7 +420,8 @@ def _assemble(executor: RunExecutor, partial: Path, out: Path) -> Runs:
                      runs.train_ids, runs.test_ids,
                      {"score_params": config.score_params, "reference_run": config.reference_run,
                       "optimizer": config.optim.optimizer, "model": config.model,
-                      **({"damping": damping} if method == "influence" else {})})
+                      "seconds": round(float(reference[f"{method}_seconds"]), 3),
+                      **({"damping": damping} if method in ("influence", "influence-cg") else {})})
             for method in config.scores
         ]
         save_scores(scores_path_for(out), score_sets)

@@ -45,7 +45,7 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     """``--option KEY=VALUE`` (repeatable) and ``--seed``."""
     parser.add_argument("--option", "-o", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                         help="method setting, repeatable, e.g. -o ridge=0.1, -o num_samples=500, "
-                             "-o scores=runs.scores.npz")
+                             "-o scores=runs.scores.npz, -o scale=raw")
     parser.add_argument("--seed", type=nonnegative_int, default=0,
                         help="random seed for stochastic inference (default 0)")
 

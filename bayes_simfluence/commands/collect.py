@@ -10,6 +10,7 @@ import numpy as np
 
 from bayes_simfluence import validation
 from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
+from bayes_simfluence.scores import SCORE_METHODS
 
 EXAMPLES = """examples:
   # sentiment classifier, 32 runs on random orderings of the pool, 2 epochs of batch 8
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "collect", help="log real fine-tuning runs of a Hugging Face model under random curricula",
         description=("Fine-tune a model many times from the same initial weights, each run on its own "
                      "random curriculum, and log every test example's loss before training and after every "
-                     "step. Writes a runs file (and optionally TracIn / influence scores)."),
+                     "step. Writes a runs file (and optionally TracIn / influence / TRAK scores)."),
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     data = parser.add_argument_group("model and data")
     data.add_argument("--model", required=True, help="local model directory or cached model name")
@@ -76,14 +77,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     training.add_argument("--momentum", type=float, default=0.0)
     training.add_argument("--weight-decay", type=float, default=0.0)
     training.add_argument("--max-grad-norm", type=float)
-    scores = parser.add_argument_group("TracIn and influence scores")
-    scores.add_argument("--scores", action="append", choices=("tracin", "influence"), default=[],
+    scores = parser.add_argument_group(
+        "attribution scores",
+        "tracin, influence-cg and trak are computed with dattri; influence is this package's exact "
+        "damped Gauss-Newton solve. Fitted as simulators they roll the scores out with a fitted scale.")
+    scores.add_argument("--scores", action="append", choices=SCORE_METHODS, default=[],
                         help="compute these scores on the reference run's checkpoints (repeatable)")
     scores.add_argument("--score-params", default="last:1",
                         help="parameters whose gradients the scores use (default last:1 = last block + head)")
     scores.add_argument("--checkpoint-every", type=positive_int, help="optimiser steps between checkpoints (default: 4 checkpoints)")
     scores.add_argument("--reference-run", type=nonnegative_int, default=0)
-    scores.add_argument("--damping", type=float, help="influence damping (default 1 / sum of learning rates)")
+    scores.add_argument("--damping", type=float, help="damping of influence and influence-cg (default 1 / sum of learning rates)")
     output = parser.add_argument_group("output and execution")
     output.add_argument("--out", required=True, type=Path, help="runs file to write (.npz)")
     output.add_argument("--overwrite", action="store_true", help="replace an existing --out")

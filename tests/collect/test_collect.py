@@ -18,6 +18,7 @@ from bayes_simfluence.collect.data import load_examples
 from bayes_simfluence.collect.losses import collate, encode, example_losses
 from bayes_simfluence.collect.model import load_model, select_parameters
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.scores import SCORE_METHODS
 
 from collect_fixtures import lm_files, sentiment_files, tiny_bert, tiny_gpt2
 
@@ -63,7 +64,8 @@ def test_collection_writes_valid_runs_with_exact_initial_losses(tiny, tmp_path):
 
 def test_workers_and_scores_do_not_change_the_runs(tiny, tmp_path):
     one = collect(_config(tiny), tmp_path / "one.npz", progress=False, threads=1)
-    scored = collect(_config(tiny, scores=("tracin",)), tmp_path / "scored.npz", progress=False, threads=1)
+    # every score method (dattri's switch attention and mode while scoring; dropout is on here)
+    scored = collect(_config(tiny, scores=SCORE_METHODS), tmp_path / "scored.npz", progress=False, threads=1)
     two = collect(_config(tiny), tmp_path / "two.npz", progress=False, workers=2, threads=1)
     np.testing.assert_array_equal(one.losses, scored.losses)
     np.testing.assert_array_equal(one.losses, two.losses)

@@ -22,7 +22,7 @@ def test_one_step_prediction_matches_the_actual_change_to_first_order(tmp_path, 
                            trainable="last:2", score_params="last:2", scores=("tracin",), checkpoint_every=1,
                            optim=OptimConfig(optimizer="sgd", lr=lr))
     runs = collect(config, tmp_path / "runs.npz", progress=False)
-    simulator = fit_method("tracin", runs, FitContext(train_path=tmp_path / "runs.npz"))
+    simulator = fit_method("tracin", runs, FitContext(train_path=tmp_path / "runs.npz", options={"scale": "raw"}))
     predicted = simulator.step_coefficients(runs.curricula)[0, 0]  # reference run, first step
     actual = runs.losses[0, 1] - runs.losses[0, 0]
     # the error is second order in the step: relative error ~ lr (the constant is the curvature)
@@ -42,7 +42,8 @@ def test_scores_file_layout_and_simulator_round_trip(tmp_path):
     assert scores.scores.shape == (6, 4, 12)  # 6 steps -> a checkpoint every 6 // 4 = 1 step
     np.testing.assert_array_equal(scores.checkpoint_steps, np.arange(6))
     np.testing.assert_allclose(scores.learning_rates, 0.05)
-    simulator = fit_method("tracin", runs, FitContext(options={"scores": str(scores_path_for(tmp_path / "runs.npz"))}))
+    simulator = fit_method("tracin", runs, FitContext(options={"scores": str(scores_path_for(tmp_path / "runs.npz")),
+                                                               "scale": "raw"}))
     simulated = simulator.simulate(runs.curricula, runs.initial_losses)
     assert simulated.shape == runs.losses.shape
     simulator.save(tmp_path / "tracin.npz")
@@ -50,7 +51,7 @@ def test_scores_file_layout_and_simulator_round_trip(tmp_path):
                                simulated)
     # a subset of test examples is matched by id
     subset = runs.select_tests([2, 0])
-    sub_simulator = fit_method("tracin", subset, FitContext(train_path=tmp_path / "runs.npz"))
+    sub_simulator = fit_method("tracin", subset, FitContext(train_path=tmp_path / "runs.npz", options={"scale": "raw"}))
     np.testing.assert_allclose(sub_simulator.simulate(subset.curricula, subset.initial_losses),
                                simulated[:, :, [2, 0]], rtol=1e-6)
 
