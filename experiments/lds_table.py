@@ -48,6 +48,9 @@ def main() -> None:
         start = time.perf_counter()
         results[path.stem] = evaluate_methods(list(METHODS), train, heldout,
                                               FitContext(train_path=path, options={"progress": False}))
+        for method in SCORE_METHODS:  # the scores' own cost (computed once during collection) and scale
+            results[path.stem][method]["scoring_seconds"] = load_scores(scores_path_for(path), method).meta["seconds"]
+            results[path.stem][method]["scale"] = fit_method(method, train, FitContext(train_path=path)).scale
         print(f"{path.stem}: {time.perf_counter() - start:.0f} s", flush=True)
     out = HERE / "results"
     (out / "lds.json").write_text(json.dumps(undefined_as_null(results), indent=2) + "\n")

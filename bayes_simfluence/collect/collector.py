@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from bayes_simfluence import atomic
 from bayes_simfluence import curricula as curricula_lib
 from bayes_simfluence.collect.data import Examples, load_examples
-from bayes_simfluence.collect.dattri_scores import DATTRI_METHODS, dattri_scores
+from bayes_simfluence.collect.dattri_scores import dattri_scores
 from bayes_simfluence.collect.gradients import loss_gradients, parameter_count
 from bayes_simfluence.collect.influence import (default_damping, influence_scores,
                                                 train_gradients_and_curvature)
