@@ -22,13 +22,13 @@ from pathlib import Path
 
 from bayes_simfluence.evaluation import evaluate_methods
 from bayes_simfluence.methods import FitContext, fit_method
-from bayes_simfluence.runs import Runs
+from bayes_simfluence.runs import Runs, RunsFormatError
 from bayes_simfluence.scores import SCORE_METHODS, load_scores, scores_path_for
 from bayes_simfluence.validation import undefined_as_null
 
 HERE = Path(__file__).resolve().parent
 HELDOUT = 8
-METHODS = ("mean", "additive", "multiplicative", "linear", *SCORE_METHODS, "bayes-svi")
+FITTED = ("mean", "additive", "multiplicative", "linear", "bayes-svi")
 
 
 def _cell(scores: dict, metric: str) -> str:
@@ -46,10 +46,17 @@ def main() -> None:
             continue
         train, heldout = Runs.load(path).split(HELDOUT)
         start = time.perf_counter()
-        results[path.stem] = evaluate_methods(list(METHODS), train, heldout,
+        score_sets = {}
+        for method in SCORE_METHODS:  # the methods whose scores were collected with this set
+            try:
+                score_sets[method] = load_scores(scores_path_for(path), method)
+            except RunsFormatError:
+                continue
+        methods = [*FITTED[:-1], *score_sets, FITTED[-1]]
+        results[path.stem] = evaluate_methods(methods, train, heldout,
                                               FitContext(train_path=path, options={"progress": False}))
-        for method in SCORE_METHODS:  # the scores' own cost (computed once during collection) and scale
-            results[path.stem][method]["scoring_seconds"] = load_scores(scores_path_for(path), method).meta["seconds"]
+        for method, score_set in score_sets.items():  # their own cost (once, during collection) and scale
+            results[path.stem][method]["scoring_seconds"] = score_set.meta["seconds"]
             results[path.stem][method]["scale"] = fit_method(method, train, FitContext(train_path=path)).scale
         print(f"{path.stem}: {time.perf_counter() - start:.0f} s", flush=True)
     out = HERE / "results"

@@ -39,6 +39,7 @@ from bayes_simfluence.collect.losses import Encoded, collate, losses_from_logits
 DATTRI_METHODS: tuple[str, ...] = ("tracin", "influence-cg", "trak")
 TRAK_PROJECTION = {"proj_dim": 512, "proj_max_batch_size": 32, "proj_seed": 0, "device": "cpu"}
 CG_ITERATIONS = 20
+CG_TEST_BATCH = 2  # test examples solved at once: each holds its own Hessian-vector product graph
 
 
 def padded_tensors(encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -141,7 +142,7 @@ def _influence_cg(task, train_tensors: tuple[torch.Tensor, ...], test_tensors: t
         attributor = IFAttributorCG(task, max_iter=iterations, regularization=damping)
         attributor.cache(_loader(train_tensors))
         subset = tuple(tensor[todo] for tensor in test_tensors)
-        result[:, todo] = attributor.attribute(_loader(train_tensors), _loader(subset)).detach()
+        result[:, todo] = attributor.attribute(_loader(train_tensors), _loader(subset, CG_TEST_BATCH)).detach()
         iterations //= 2
 
 
