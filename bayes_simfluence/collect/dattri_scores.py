@@ -19,7 +19,10 @@ training on ``i`` lowers test example ``m``'s loss.
   products; ``lambda`` the damping, the same as ``influence``'s, which uses the Gauss-Newton
   matrix instead and solves exactly);
 - ``trak``: dattri's ``TRAKAttributor`` (one checkpoint, 512-dimensional random projection, seed
-  0, the correct-class probability as the model output; for causal LMs ``exp(-loss)``).
+  0, the correct-class probability as the model output; for causal LMs ``exp(-loss)``), with a
+  kernel ridge of 1% of the kernel's mean nonzero eigenvalue (:func:`_trak_regularization`):
+  a pool smaller than the projection leaves TRAK's kernel singular. As the ridge grows, TRAK
+  tends to TracIn's dot products weighted by ``1 - p_i`` (a test checks it).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from bayes_simfluence.collect.losses import Encoded, collate, losses_from_logits
 DATTRI_METHODS: tuple[str, ...] = ("tracin", "influence-cg", "trak")
 TRAK_PROJECTION = {"proj_dim": 512, "proj_max_batch_size": 32, "proj_seed": 0, "device": "cpu"}
 CG_ITERATIONS = 20
+TRAK_RELATIVE_RIDGE = 1e-2
 CG_TEST_BATCH = 2  # test examples solved at once: each holds its own Hessian-vector product graph
 
 
@@ -146,6 +150,21 @@ def _influence_cg(task, train_tensors: tuple[torch.Tensor, ...], test_tensors: t
         iterations //= 2
 
 
+def _trak_regularization(task, train_tensors: tuple[torch.Tensor, ...]) -> float:
+    """TRAK's kernel ridge: :data:`TRAK_RELATIVE_RIDGE` times the kernel's mean nonzero eigenvalue.
+
+    TRAK solves with the ``proj_dim x proj_dim`` kernel ``Phi^T Phi`` of projected training
+    gradients (each divided by ``sqrt(d)`` and projected norm-preservingly), whose rank is at most
+    the pool size: a pool smaller than the projection makes the unregularised solve ill-posed
+    (dattri's default regularisation is 0). The trace is ``sum_i |g_i|^2 / d``, known without
+    projecting, and spread over at most ``min(n_train, proj_dim)`` nonzero eigenvalues.
+    """
+    parameters, _ = task.get_param(ckpt_idx=0)
+    gradients = task.get_grad_loss_func(in_dims=(None, 0))(parameters, train_tensors)
+    trace = float(torch.sum(gradients.double() ** 2)) / gradients.shape[1]
+    return TRAK_RELATIVE_RIDGE * trace / min(gradients.shape[0], TRAK_PROJECTION["proj_dim"])
+
+
 def dattri_scores(model: torch.nn.Module, train: Encoded, test: Encoded, names: list[str],
                   methods: tuple[str, ...], damping: float) -> dict[str, np.ndarray]:
     """``{method: [tests, n_train]}`` float32 scores (see the module docstring) at the current weights.
@@ -182,7 +201,8 @@ def dattri_scores(model: torch.nn.Module, train: Encoded, test: Encoded, names: 
                 result = damping * _influence_cg(task, train_tensors, test_tensors, damping)
             else:
                 attributor = TRAKAttributor(task, correct_probability_func=loss.correct_probability,
-                                            projector_kwargs=dict(TRAK_PROJECTION))
+                                            projector_kwargs=dict(TRAK_PROJECTION),
+                                            regularization=_trak_regularization(task, train_tensors))
                 attributor.cache(_loader(train_tensors))
                 result = attributor.attribute(test_dataloader=_loader(test_tensors))
             scores[method] = result.detach().T.numpy().astype(np.float32)

@@ -63,3 +63,29 @@ def test_unknown_methods_and_bad_damping_are_refused(tmp_path):
         dattri_scores(model, train, test, ["classifier.bias"], ("trak", "datamodels"), 0.1)
     with pytest.raises(ValueError, match="damping must be positive"):
         dattri_scores(model, train, test, ["classifier.bias"], ("influence-cg",), 0.0)
+
+
+def test_trak_with_a_large_ridge_is_tracin_weighted_by_the_error_probability(tmp_path, monkeypatch):
+    """TRAK scores ``phi_test^T (Phi^T Phi + lambda I)^{-1} Phi^T diag(1 - p)``: for large ``lambda`` this is
+    ``(1 - p_i) <g_test, g_i> / lambda`` up to the norm-preserving projection, a positive multiple of
+    TracIn per training example; the sign convention (positive = helpful) must be TracIn's."""
+    import bayes_simfluence.collect.dattri_scores as dattri_module
+    from bayes_simfluence.collect.losses import collate, example_losses
+    import torch
+
+    model, train, test = _problem(tmp_path, "classification")
+    names = select_parameters(model, "last:1")
+    torch.manual_seed(0)  # a head far from the random init's p = 1/2 everywhere, so that 1 - p varies
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 3.0)
+        model.bert.pooler.dense.weight.normal_(0, 1.0)
+    monkeypatch.setattr(dattri_module, "TRAK_RELATIVE_RIDGE", 1e8)
+    scores = dattri_scores(model, train, test, names, ("tracin", "trak"), damping=1.0)
+    model.eval()
+    with torch.no_grad():
+        error_probability = 1 - torch.exp(-example_losses(model, collate(train, np.arange(len(train))))).numpy()
+    expected = scores["tracin"] * error_probability[None, :]
+    slope = np.sum(scores["trak"] * expected) / np.sum(expected ** 2)
+    assert slope > 0
+    # (unweighted TracIn correlates 0.998 here, and the default ridge 1e-2 gives 0.96)
+    assert np.corrcoef(scores["trak"].ravel(), expected.ravel())[0, 1] > 0.9999
