@@ -1,6 +1,6 @@
 """LDS of every method on the project's real random-subset sets, with bootstrap intervals.
 
-    python experiments/lds_table.py      # about 6 minutes on 2 CPU cores
+    python experiments/lds_table.py      # about 2 minutes on 2 CPU cores
 
 For each set in ``experiments/data/`` (``experiments/real_sets.py``: every run trains on a random
 36 of a 48-example pool, so Spearman across runs of the final loss is the linear datamodeling

@@ -1,6 +1,6 @@
 """Collect the project's own small real test sets: real fine-tuning runs under several optimisers.
 
-One command (needs the ``collect`` extra; offline, about 15 minutes on 2 CPU cores)::
+One command (needs the ``collect`` extra; offline, about 14 minutes on 2 CPU cores)::
 
     python experiments/real_sets.py [--only NAME ...] [--workers 2]
 
@@ -13,8 +13,8 @@ ones of every experiment) and ``NAME.scores.npz`` (TracIn, influence, influence-
 - ``mlp_adam``: the same network, Adam;
 - ``minilm_adamw``: the embedded MiniLM with its last block trainable, AdamW with a linear
   warm-up and decay (the usual transformer fine-tuning recipe). No ``influence-cg`` scores: on
-  the block's 1.9M parameters one Hessian-vector product over the pool takes about 5 s on this
-  CPU, and dattri's CG needs 21 per test example and checkpoint (about 90 minutes for the set;
+  the block's 1.9M parameters one Hessian-vector product over the pool takes about 3 s on this
+  CPU, and dattri's CG needs 21 per test example and checkpoint (about 100 minutes for the set;
   a first try with all test examples at once also ran out of 24 GiB).
 
 Every set follows the random-subset protocol (each run trains on a random 75% of the pool, in a
