@@ -143,8 +143,11 @@ def plot_effects(effects: ExampleEffects, k: int = 10, by: str = "bound", title:
 def plot_scores(results: dict[str, dict[str, float]], metrics: Sequence[str], title: str | None = None) -> Figure:
     """One horizontal bar chart per metric, one bar per method (missing metrics left blank).
 
-    A metric whose positive values span more than two decades gets a log axis, so that one
-    method far off does not flatten the others.
+    ``results[method]`` maps metric names to values, as :func:`~bayes_simfluence.evaluation.evaluate_methods`
+    returns them; where it also holds ``METRIC_interval`` (``[low, high]``, the bootstrap
+    interval over test examples) the bar gets that interval as a whisker, so overlapping
+    intervals are visible at a glance. A metric whose positive values span more than two
+    decades gets a log axis, so that one method far off does not flatten the others.
     """
     methods = list(results)
     figure = Figure(figsize=(3.2 * len(metrics), 0.32 * len(methods) + 1.5), layout="constrained")
@@ -157,6 +160,12 @@ def plot_scores(results: dict[str, dict[str, float]], metrics: Sequence[str], ti
         base = finite.min() / 2 if log else 0.0
         axis.barh(positions, np.where(np.isfinite(values), values - base, 0.0), left=base,
                   color=[COLOURS[i % len(COLOURS)] for i in range(len(methods))])
+        intervals = np.array([results[m].get(f"{metric}_interval") or (np.nan, np.nan) for m in methods], dtype=float)
+        shown = np.isfinite(values) & np.all(np.isfinite(intervals), axis=1)
+        if shown.any():
+            axis.errorbar(values[shown], positions[shown], fmt="none", ecolor="black", elinewidth=1, capsize=2,
+                          xerr=np.maximum(np.stack([values[shown] - intervals[shown, 0],
+                                                    intervals[shown, 1] - values[shown]]), 0.0))
         for position, value in zip(positions, values):
             axis.text(base, position, f" {value:.3g}" if np.isfinite(value) else " n/a", va="center", fontsize=7)
         if log:

@@ -9,8 +9,9 @@ MSE with 90% bootstrap intervals over the 20 test examples, 90% band coverage fo
 fit, and fit time. The score methods (TracIn, TRAK and influence-CG from dattri, this package's
 influence) roll out the scores collected with each set, with one scale fitted on the 16 training
 runs (reported; "scores s" is the time their scores took during collection). Writes
-``experiments/results/lds.{json,md}``. Published LDS values of other methods on other tasks
-are quoted beside them in the README, as published (not re-run here).
+``experiments/results/lds.{json,md}`` and one figure per set, ``lds_NAME.png``. Published LDS
+values of other methods on other tasks are quoted beside them in the README, as published (not
+re-run here).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from bayes_simfluence.evaluation import evaluate_methods
 from bayes_simfluence.methods import FitContext, fit_method
+from bayes_simfluence.plots import plot_scores, save_figure
 from bayes_simfluence.runs import Runs, RunsFormatError
 from bayes_simfluence.scores import SCORE_METHODS, load_scores, scores_path_for
 from bayes_simfluence.validation import undefined_as_null
@@ -60,6 +62,10 @@ def main() -> None:
             results[path.stem][method]["scale"] = fit_method(method, train, FitContext(train_path=path)).scale
         print(f"{path.stem}: {time.perf_counter() - start:.0f} s", flush=True)
     out = HERE / "results"
+    for name, by_method in results.items():
+        save_figure(plot_scores(by_method, ["lds", "all_steps_mse"],
+                                title=f"{name}: 8 held-out runs; whiskers: 90% intervals over 20 test examples"),
+                    out / f"lds_{name}.png")
     (out / "lds.json").write_text(json.dumps(undefined_as_null(results), indent=2) + "\n")
     lines = ["| real set | method | LDS [90% CI] | all-steps MSE [90% CI] | coverage_90 | fit s | scores s | scale |",
              "|---|---|---|---|---|---|---|---|"]

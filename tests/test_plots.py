@@ -85,3 +85,25 @@ def test_plot_cli_writes_trajectories_and_attributions(saved, capsys):
         assert main(["plot", kind, "--simulator", str(saved / "linear.npz"), "--plot", str(png)] + extra) == 0
         assert _is_png(png)
     assert "top helpful" in capsys.readouterr().out
+
+
+def test_score_bars_carry_their_intervals_as_whiskers():
+    from matplotlib.container import ErrorbarContainer
+
+    results = {"mean": {"mse": 1.0, "mse_interval": [0.8, 1.3]}, "linear": {"mse": 0.5}, "bayes": {"mse": 0.4,
+               "mse_interval": [0.3, 0.45]}}
+    axis = plot_scores(results, ["mse"]).axes[0]
+    (container,) = [c for c in axis.containers if isinstance(c, ErrorbarContainer)]
+    (segments,) = container.lines[2]  # one LineCollection of whiskers, one segment per bar with an interval
+    extents = sorted((float(s[0][0]), float(s[1][0])) for s in segments.get_segments())
+    assert extents == [(0.3, 0.45), (0.8, 1.3)]
+
+
+def test_evaluate_plot_writes_the_figure(saved, capsys):
+    png = saved / "scores" / "evaluate.png"
+    assert main(["evaluate", "--runs", str(saved / "runs.npz"), "--heldout-runs", "4", "-m", "mean", "-m", "linear",
+                 "--random-subsets", "--plot", str(png)]) == 0
+    assert _is_png(png) and "linear" in capsys.readouterr().out
+    assert main(["evaluate", "--runs", str(saved / "runs.npz"), "--heldout-runs", "4", "-m", "mean",
+                 "--plot", str(saved / "evaluate.txt")]) == 2
+    assert "--plot" in capsys.readouterr().err

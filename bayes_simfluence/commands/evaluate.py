@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bayes_simfluence import validation
 from bayes_simfluence.commands._arguments import add_method_options, positive_int
 from bayes_simfluence.evaluation import DEFAULT_EVAL_DRAWS, evaluate_methods, format_table
 from bayes_simfluence.methods import FitContext, available_methods
+from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_scores, save_figure
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.validation import strict_json, undefined_as_null
 
@@ -16,6 +18,8 @@ EXAMPLES = """examples:
   bayes-simfluence evaluate --train train.npz --heldout heldout.npz -m mean -m linear
   # one file: hold out its last 5 runs, print JSON
   bayes-simfluence evaluate --runs runs.npz --heldout-runs 5 -m mean -m additive -m linear --json
+  # the metrics as bars with their 90% intervals
+  bayes-simfluence evaluate --runs runs.npz --heldout-runs 8 -m mean -m linear -m tracin --plot scores.png
 
 Metrics (steps 1..T of every held-out run, simulated from its observed initial loss):
   all_steps_mse   mean squared error over all steps, runs and test examples
@@ -51,6 +55,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--intervals", action="store_true",
                         help="print 90%% bootstrap intervals over test examples beside each metric (JSON always has "
                              "them as METRIC_interval)")
+    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="write a figure of the main metrics per method, with their 90%% intervals as whiskers")
     parser.add_argument("--random-subsets", action="store_true",
                         help="declare that the held-out runs each trained on a random subset of the pool, so that "
                              "Spearman across runs is reported as LDS (collected runs record this themselves)")
@@ -72,7 +78,13 @@ def load_train_heldout(args: argparse.Namespace) -> tuple[Runs, Runs, Path | Non
     return Runs.load(args.train), Runs.load(args.heldout), args.train
 
 
+#: metrics the ``--plot`` figure shows, in this order, where any method has them.
+PLOTTED = ("all_steps_mse", "final_step_mse", "lds", "spearman_runs", "crps")
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.plot is not None:
+        validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure")
     train, heldout, train_path = load_train_heldout(args)
     context = FitContext(train_path=train_path, seed=args.seed, options=dict(args.option))
     results = evaluate_methods(args.method, train, heldout, context, n_draws=args.draws,
@@ -82,4 +94,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"train: {train}\nheld-out: {heldout}\n")
         print(format_table(results, intervals=args.intervals))
+    if args.plot is not None:
+        present = [m for m in PLOTTED if any(m in scores for scores in results.values())]
+        if "lds" in present:
+            present.remove("spearman_runs")  # the same numbers under the field's name
+        save_figure(plot_scores(results, present, title=f"held-out runs: {heldout.n_runs}; bars: 90% intervals "
+                                                         "over test examples"), args.plot)
     return 0
