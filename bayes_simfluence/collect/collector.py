@@ -20,6 +20,7 @@ Results do not depend on ``workers``: each run is seeded by itself.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -43,6 +44,7 @@ from bayes_simfluence.collect.influence import (default_damping, influence_score
 from bayes_simfluence.collect.losses import LossEvaluator, collate, encode, example_losses
 from bayes_simfluence.collect.model import load_model, select_parameters, set_trainable
 from bayes_simfluence.collect.optim import OptimConfig, build_optimizer, learning_rates
+from bayes_simfluence.collect.ray_runs import RayOptions, train_on_ray
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.scores import SCORE_METHODS, ScoreSet, save_scores, scores_path_for
 
@@ -335,7 +337,7 @@ def default_curricula(config: CollectConfig, n_train: int) -> np.ndarray:
 
 def collect(config: CollectConfig, out: str | os.PathLike, curricula: np.ndarray | None = None,
             workers: int = 1, threads: int | None = None, progress: bool = True,
-            overwrite: bool = False) -> Runs:
+            overwrite: bool = False, ray: RayOptions | None = None) -> Runs:
     """Run the collection (resuming an unfinished one) and write ``out`` (runs format).
 
     Args:
@@ -346,6 +348,8 @@ def collect(config: CollectConfig, out: str | os.PathLike, curricula: np.ndarray
         threads: torch threads per process (default: CPU cores / workers).
         progress: show progress bars.
         overwrite: replace an existing ``out`` (otherwise refused unless resuming).
+        ray: train the runs as Ray actors (:mod:`.ray_runs`) instead of local processes;
+            ``workers`` is ignored (``ray.actors`` says how many at once).
 
     Returns:
         The runs as written: ``curricula [runs, steps, batch]``, ``losses [runs, steps + 1, tests]``.
@@ -362,14 +366,14 @@ def collect(config: CollectConfig, out: str | os.PathLike, curricula: np.ndarray
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _collect(config, out, partial, curricula, workers, threads, progress)
+        return _collect(config, out, partial, curricula, workers, threads, progress, ray)
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)
 
 
 def _collect(config: CollectConfig, out: Path, partial: Path, curricula: np.ndarray | None,
-             workers: int, threads: int, progress: bool) -> Runs:
+             workers: int, threads: int, progress: bool, ray: RayOptions | None) -> Runs:
     n_train = len(configured_examples(config)[0])
     if curricula is None:
         curricula = default_curricula(config, n_train)
@@ -379,12 +383,18 @@ def _collect(config: CollectConfig, out: Path, partial: Path, curricula: np.ndar
     if curricula.max() >= n_train or curricula.min() < -1:
         raise ValueError(f"curricula hold indices outside [0, {n_train}) (and -1 for empty slots)")
     curricula_lib.group_steps(curricula, config.eval_every)  # checks steps % eval_every
-    executor = RunExecutor(config, curricula) if workers == 1 else None
+    executor = RunExecutor(config, curricula) if workers == 1 and ray is None else None
     _prepare_partial(partial, _identity(config, curricula))
     todo = [run for run in range(config.runs) if not _run_path(partial, run).exists()]
     bar = tqdm(total=config.runs, initial=config.runs - len(todo), desc="runs", disable=not progress,
                dynamic_ncols=True)
-    if executor is not None:
+    if ray is not None:
+        def finished(run: int, result: dict[str, np.ndarray]) -> None:
+            atomic.savez(_run_path(partial, run), result)
+            bar.update()
+
+        train_on_ray(functools.partial(RunExecutor, config, curricula), todo, threads, ray, finished)
+    elif executor is not None:
         for run in todo:
             atomic.savez(_run_path(partial, run), executor.run(run, position=1, progress=progress))
             bar.update()

@@ -21,6 +21,9 @@ EXAMPLES = """examples:
   bayes-simfluence collect --model ./pythia-14m --task causal-lm --train pool.jsonl --test test.jsonl \\
       --prompt-field prompt --target-field completion --protocol subsets --subset-size 128 \\
       --batch-size 4 --epochs 3 --runs 32 --scores tracin --scores influence --workers 2 --out runs.npz
+  # on a Ray cluster: 8 runs at a time, each on a quarter of a GPU (pip install 'bayes-simfluence[ray]')
+  bayes-simfluence collect --model /shared/my-bert --train /shared/train.jsonl --test /shared/test.jsonl \
+      --runs 64 --ray auto --workers 8 --gpus-per-run 0.25 --out runs.npz
 
 Interrupted? Run the same command again: finished runs are kept in OUT.partial/ and only the
 runs in progress are redone. --model must be a local directory or a model already in the local
@@ -94,6 +97,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
     output.add_argument("--threads", type=positive_int, help="torch threads per process (default: cores / workers)")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
+    cluster = parser.add_argument_group(
+        "Ray (optional extra 'ray')",
+        "Train the runs as Ray actors (--workers of them at once, each loading the model once); results "
+        "come back to this process, which writes OUT.partial/ and OUT as a local collection does, so the "
+        "runs file is identical and kill-and-resume works. A dead actor is restarted and its run retried. "
+        "On a multi-node cluster --model, --train and --test must exist on every node.")
+    cluster.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                         help="use Ray: a local instance (no ADDRESS), 'auto', or ray://HOST:PORT")
+    cluster.add_argument("--cpus-per-run", type=float, default=1.0, help="CPUs of each Ray actor (default 1)")
+    cluster.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs of each Ray actor, e.g. 0.25 (default 0)")
+    cluster.add_argument("--max-retries", type=nonnegative_int, default=3,
+                         help="restarts of a dead actor and retries of its run (default 3)")
     parser.set_defaults(func=run)
 
 
@@ -158,8 +173,14 @@ def run(args: argparse.Namespace) -> int:
     if args.curricula is not None:
         curricula = read_curricula(args.curricula)
         config = dataclasses.replace(config, runs=int(curricula.shape[0]))
+    ray = None
+    if args.ray is not None:
+        from bayes_simfluence.collect.ray_runs import RayOptions
+
+        ray = RayOptions(address=None if args.ray == "local" else args.ray, actors=args.workers,
+                         cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run, max_retries=args.max_retries)
     runs = collect(config, args.out, curricula=curricula, workers=args.workers, threads=args.threads,
-                   progress=not args.quiet, overwrite=args.overwrite)
+                   progress=not args.quiet, overwrite=args.overwrite, ray=ray)
     print(f"wrote {args.out}: {runs}")
     if config.scores:
         print(f"wrote {scores_path_for(args.out)}: {', '.join(config.scores)} scores")
