@@ -44,6 +44,7 @@ TRAK_PROJECTION = {"proj_dim": 512, "proj_max_batch_size": 32, "proj_seed": 0, "
 CG_ITERATIONS = 20
 TRAK_RELATIVE_RIDGE = 1e-2
 CG_TEST_BATCH = 2  # test examples solved at once: each holds its own Hessian-vector product graph
+GRADIENT_BATCH = 32  # examples per batch of per-example gradients (memory: GRADIENT_BATCH x parameters)
 
 
 def padded_tensors(encoded: Encoded) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -126,6 +127,8 @@ def _influence_cg(task, train_tensors: tuple[torch.Tensor, ...], test_tensors: t
                   damping: float) -> torch.Tensor:
     """``[n_train, tests]`` ``g_i^T (H + damping I)^{-1} g_test`` by dattri's CG.
 
+    The Hessian is that of the mean loss over the whole pool in one batch (dattri adds up the
+    inverse-Hessian-vector products of separate batches, which is not the inverse of their sum).
     dattri's CG runs a fixed number of iterations without a stopping rule, and once a solve has
     converged exactly (CG needs at most as many iterations as ``H`` has distinct eigenvalues,
     few on a small pool) the next step divides zero by zero. Test examples whose solve broke
@@ -160,9 +163,12 @@ def _trak_regularization(task, train_tensors: tuple[torch.Tensor, ...]) -> float
     projecting, and spread over at most ``min(n_train, proj_dim)`` nonzero eigenvalues.
     """
     parameters, _ = task.get_param(ckpt_idx=0)
-    gradients = task.get_grad_loss_func(in_dims=(None, 0))(parameters, train_tensors)
-    trace = float(torch.sum(gradients.double() ** 2)) / gradients.shape[1]
-    return TRAK_RELATIVE_RIDGE * trace / min(gradients.shape[0], TRAK_PROJECTION["proj_dim"])
+    gradient_of = task.get_grad_loss_func(in_dims=(None, 0))
+    squared_norms = 0.0
+    for batch in _loader(train_tensors, GRADIENT_BATCH):
+        squared_norms += float(torch.sum(gradient_of(parameters, tuple(batch)).double() ** 2))
+    n_train = len(train_tensors[0])
+    return TRAK_RELATIVE_RIDGE * squared_norms / parameters.numel() / min(n_train, TRAK_PROJECTION["proj_dim"])
 
 
 def dattri_scores(model: torch.nn.Module, train: Encoded, test: Encoded, names: list[str],
@@ -196,14 +202,15 @@ def dattri_scores(model: torch.nn.Module, train: Encoded, test: Encoded, names: 
             if method == "tracin":
                 attributor = TracInAttributor(task, weight_list=torch.ones(1), normalized_grad=False)
                 attributor.projector_kwargs = None  # the constructor always installs a projection: exact dots
-                result = attributor.attribute(_loader(train_tensors), _loader(test_tensors))
+                result = attributor.attribute(_loader(train_tensors, GRADIENT_BATCH),
+                                              _loader(test_tensors, GRADIENT_BATCH))
             elif method == "influence-cg":
                 result = damping * _influence_cg(task, train_tensors, test_tensors, damping)
             else:
                 attributor = TRAKAttributor(task, correct_probability_func=loss.correct_probability,
                                             projector_kwargs=dict(TRAK_PROJECTION),
                                             regularization=_trak_regularization(task, train_tensors))
-                attributor.cache(_loader(train_tensors))
-                result = attributor.attribute(test_dataloader=_loader(test_tensors))
+                attributor.cache(_loader(train_tensors, GRADIENT_BATCH))
+                result = attributor.attribute(test_dataloader=_loader(test_tensors, GRADIENT_BATCH))
             scores[method] = result.detach().T.numpy().astype(np.float32)
     return scores
