@@ -45,7 +45,7 @@ from bayes_simfluence import atomic
 from bayes_simfluence.methods import FitContext, register_loader, register_method
 from bayes_simfluence.rollout import batch_sums, roll_out, slot_counts
 from bayes_simfluence.runs import Runs, RunsFormatError, open_archive
-from bayes_simfluence.simulators import Simulator, check_simulation_inputs
+from bayes_simfluence.simulators import Simulator, check_simulation_inputs, saved_array
 from bayes_simfluence.validation import InputError
 
 SCORES_SUFFIX = ".scores.npz"
@@ -152,7 +152,7 @@ def load_scores(path: str | os.PathLike, method: str) -> ScoreSet:
 
 @dataclass
 class AdditiveScoreSimulator:
-    """Simfluence-Additive with ``beta`` from precomputed scores (TracIn or influence functions)."""
+    """Simfluence-Additive with ``beta`` from precomputed scores (any of :data:`SCORE_METHODS`)."""
 
     score_set: ScoreSet
     scale: float = 1.0  # s: multiplies every beta (see the module docstring)
@@ -199,10 +199,8 @@ class AdditiveScoreSimulator:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "AdditiveScoreSimulator":
         with np.load(path, allow_pickle=False) as archive:
-            scale = archive["scale"] if "scale" in archive.files else np.float64(1.0)
-            if scale.shape != () or not np.isfinite(scale):
-                raise RunsFormatError(f"{path}: 'scale' must be one finite number, got {scale!r}")
-            return cls(_from_arrays(archive, "", str(archive["kind"])), float(scale))
+            scale = float(saved_array(archive, "scale", Path(path), ndim=0)) if "scale" in archive.files else 1.0
+            return cls(_from_arrays(archive, "", str(archive["kind"])), scale)
 
     def fitted_to(self, runs: Runs) -> "AdditiveScoreSimulator":
         """This simulator with the scale ``s`` that best fits ``runs`` (least squares of ``L_t - L_0``).

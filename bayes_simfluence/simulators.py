@@ -125,7 +125,7 @@ class MeanTrajectory:
     @classmethod
     def load(cls, path: Path) -> "MeanTrajectory":
         with np.load(path, allow_pickle=False) as archive:
-            mean_losses = _saved_array(archive, "mean_losses", path, ndim=2)
+            mean_losses = saved_array(archive, "mean_losses", path, ndim=2)
         return cls(mean_losses=mean_losses)
 
 
@@ -228,12 +228,12 @@ class SimfluenceLinear:
     @classmethod
     def load(cls, path: Path) -> "SimfluenceLinear":
         with np.load(path, allow_pickle=False) as archive:
-            multiplicative = _saved_array(archive, "multiplicative", path, ndim=2)
-            additive = _saved_array(archive, "additive", path, ndim=2)
+            multiplicative = saved_array(archive, "multiplicative", path, ndim=2)
+            additive = saved_array(archive, "additive", path, ndim=2)
             if multiplicative.shape != additive.shape:
                 raise InputError(f"{path}: 'multiplicative' {multiplicative.shape} and 'additive' {additive.shape} "
                                  "must both be [tests, n_train]")
-            batch_size = int(_saved_array(archive, "batch_size", path, ndim=0))
+            batch_size = int(saved_array(archive, "batch_size", path, ndim=0))
             if batch_size < 1:
                 raise InputError(f"{path}: 'batch_size' must be >= 1, got {batch_size}")
             return cls(
@@ -252,7 +252,7 @@ def _fitted(value: np.ndarray | None, name: str) -> np.ndarray:
     return value
 
 
-def _saved_array(archive: Any, name: str, path: Path, ndim: int) -> np.ndarray:
+def saved_array(archive: Any, name: str, path: Path, ndim: int) -> np.ndarray:
     """Array ``name`` of a saved simulator: present, numeric, ``ndim`` dims, finite."""
     if name not in archive.files:
         raise InputError(f"{path}: the simulator file lacks '{name}' (it holds {sorted(archive.files)})")

@@ -37,6 +37,13 @@ def test_fitted_scale_recovers_the_generating_scale(scored_runs, tmp_path):
     assert reloaded.scale == fitted.scale
     np.testing.assert_allclose(reloaded.simulate(runs.curricula, runs.initial_losses),
                                fitted.simulate(runs.curricula, runs.initial_losses))
+    # a broken scale in a saved file is a one-line input error, not a crash
+    with np.load(tmp_path / "trak.npz") as archive:
+        arrays = {name: archive[name] for name in archive.files}
+    for bad in (np.array("two"), np.array([1.0, 2.0]), np.float64(np.nan)):
+        np.savez(tmp_path / "broken.npz", **{**arrays, "scale": bad})
+        with pytest.raises(InputError, match="'scale'"):
+            load_simulator(tmp_path / "broken.npz")
     # selecting test examples keeps the scale
     np.testing.assert_allclose(fitted.select_tests(np.array([2])).simulate(runs.curricula, runs.initial_losses[:, [2]]),
                                fitted.simulate(runs.curricula, runs.initial_losses)[:, :, [2]], rtol=1e-6)

@@ -128,7 +128,8 @@ def _influence_cg(task, train_tensors: tuple[torch.Tensor, ...], test_tensors: t
     """``[n_train, tests]`` ``g_i^T (H + damping I)^{-1} g_test`` by dattri's CG.
 
     The Hessian is that of the mean loss over the whole pool in one batch (dattri adds up the
-    inverse-Hessian-vector products of separate batches, which is not the inverse of their sum).
+    inverse-Hessian-vector products of separate batches, which is not the inverse of their sum);
+    the training gradients it is applied to are taken in batches like every other score's.
     dattri's CG runs a fixed number of iterations without a stopping rule, and once a solve has
     converged exactly (CG needs at most as many iterations as ``H`` has distinct eigenvalues,
     few on a small pool) the next step divides zero by zero. Test examples whose solve broke
@@ -149,7 +150,8 @@ def _influence_cg(task, train_tensors: tuple[torch.Tensor, ...], test_tensors: t
         attributor = IFAttributorCG(task, max_iter=iterations, regularization=damping)
         attributor.cache(_loader(train_tensors))
         subset = tuple(tensor[todo] for tensor in test_tensors)
-        result[:, todo] = attributor.attribute(_loader(train_tensors), _loader(subset, CG_TEST_BATCH)).detach()
+        result[:, todo] = attributor.attribute(_loader(train_tensors, GRADIENT_BATCH),
+                                               _loader(subset, CG_TEST_BATCH)).detach()
         iterations //= 2
 
 
