@@ -58,7 +58,7 @@ def main() -> None:
         results[path.stem] = evaluate_methods(methods, train, heldout,
                                               FitContext(train_path=path, options={"progress": False}))
         for method, score_set in score_sets.items():  # their own cost (once, during collection) and scale
-            results[path.stem][method]["scoring_seconds"] = score_set.meta["seconds"]
+            results[path.stem][method]["scoring_seconds"] = score_set.meta.get("seconds")
             results[path.stem][method]["scale"] = fit_method(method, train, FitContext(train_path=path)).scale
         print(f"{path.stem}: {time.perf_counter() - start:.0f} s", flush=True)
     out = HERE / "results"
@@ -72,7 +72,7 @@ def main() -> None:
     for name, by_method in results.items():
         for method, scores in by_method.items():
             coverage = f"{scores['coverage_90']:.2f}" if "coverage_90" in scores else ""
-            scoring = f"{scores['scoring_seconds']:.1f}" if "scoring_seconds" in scores else ""
+            scoring = f"{scores['scoring_seconds']:.1f}" if scores.get("scoring_seconds") is not None else ""
             scale = f"{scores['scale']:.3g}" if "scale" in scores else ""
             lines.append(f"| {name} | {method} | {_cell(scores, 'lds')} | {_cell(scores, 'all_steps_mse')} | "
                          f"{coverage} | {scores['fit_seconds']:.1f} | {scoring} | {scale} |")

@@ -430,7 +430,9 @@ def _assemble(executor: RunExecutor, partial: Path, out: Path) -> Runs:
                      runs.train_ids, runs.test_ids,
                      {"score_params": config.score_params, "reference_run": config.reference_run,
                       "optimizer": config.optim.optimizer, "model": config.model,
-                      "seconds": round(float(reference[f"{method}_seconds"]), 3),
+                      # absent for a reference run finished before timings were recorded (resumed)
+                      **({"seconds": round(float(reference[f"{method}_seconds"]), 3)}
+                         if f"{method}_seconds" in reference else {}),
                       **({"damping": damping} if method in ("influence", "influence-cg") else {})})
             for method in config.scores
         ]

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from bayes_simfluence import cli
+from bayes_simfluence import atomic, cli
 from bayes_simfluence.collect import CollectConfig, OptimConfig, collect
-from bayes_simfluence.collect.collector import partial_dir_for
+from bayes_simfluence.collect.collector import RunExecutor, _identity, _prepare_partial, partial_dir_for
 from bayes_simfluence.collect.data import load_examples
 from bayes_simfluence.collect.losses import collate, encode, example_losses
 from bayes_simfluence.collect.model import load_model, select_parameters
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.scores import SCORE_METHODS
+from bayes_simfluence.scores import SCORE_METHODS, load_scores, scores_path_for
 
 from collect_fixtures import lm_files, sentiment_files, tiny_bert, tiny_gpt2
 
@@ -135,6 +135,22 @@ def test_kill_and_resume_gives_the_uninterrupted_result(tiny, tmp_path):
     np.testing.assert_array_equal(killed.losses, straight.losses)
     assert killed.meta == straight.meta
     assert not partial_dir_for(out).exists()
+
+
+def test_resuming_a_reference_run_finished_before_timings_were_recorded(tiny, tmp_path):
+    """A partial collection from an older version has no ``<method>_seconds``: it still assembles."""
+    config = _config(tiny, runs=2, scores=("tracin",))
+    out = tmp_path / "old.npz"
+    whole = collect(config, tmp_path / "whole.npz", progress=False, threads=1)
+    executor = RunExecutor(config, whole.curricula)
+    partial = partial_dir_for(out)
+    _prepare_partial(partial, _identity(config, whole.curricula))
+    old_result = {k: v for k, v in executor.run(0, progress=False).items() if not k.endswith("_seconds")}
+    atomic.savez(partial / "run_00000.npz", old_result)
+    resumed = collect(config, out, whole.curricula, progress=False, threads=1)
+    np.testing.assert_array_equal(resumed.losses, whole.losses)
+    assert "seconds" not in load_scores(scores_path_for(out), "tracin").meta
+    assert load_scores(scores_path_for(tmp_path / "whole.npz"), "tracin").meta["seconds"] > 0
 
 
 def test_cli_collect_writes_runs_and_scores(tiny, tmp_path, capsys):
