@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from bayes_simfluence.bayes import guard
 from bayes_simfluence.methods import FitContext, check_options, fit_method, options_for
 from bayes_simfluence.metrics import band_scores, bootstrap_intervals, per_test_scores, point_scores
 from bayes_simfluence.runs import Runs
@@ -56,7 +57,8 @@ def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: Fi
         ``{method: {"all_steps_mse", "final_step_mse", "spearman", "spearman_runs", ...,
         "fit_seconds", "simulate_seconds"}}`` with ``<metric>_interval`` bootstrap intervals;
         probabilistic methods add ``coverage_50``, ``coverage_90`` and ``crps``; random-subset
-        runs add ``lds`` (see :func:`score_simulator`).
+        runs add ``lds`` (see :func:`score_simulator`); guarded Bayesian fits add ``guard`` (the
+        report of :mod:`bayes_simfluence.bayes.guard`) and ``guard_weight`` (its mean weight).
     """
     train.check_compatible(heldout)
     context = context or FitContext()
@@ -73,12 +75,17 @@ def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: Fi
         ridge = getattr(simulator, "ridge_selected", None)
         if ridge is not None:
             scores["ridge"] = float(ridge)
+        guard_report = getattr(simulator, "info", {}).get("guard")
+        if guard_report is not None:
+            scores["guard"] = guard_report
+            if "mean_weight" in guard_report:
+                scores["guard_weight"] = guard_report["mean_weight"]
         results[name] = scores
     return results
 
 
 TABLE_COLUMNS = ("all_steps_mse", "final_step_mse", "spearman", "spearman_runs", "lds",
-                 "coverage_50", "coverage_90", "crps", "fit_seconds")
+                 "coverage_50", "coverage_90", "crps", "guard_weight", "fit_seconds")
 
 
 def format_table(results: dict[str, dict[str, Any]], intervals: bool = False) -> str:
@@ -100,4 +107,7 @@ def format_table(results: dict[str, dict[str, Any]], intervals: bool = False) ->
                 text += f" [{interval[0]:.3g}, {interval[1]:.3g}]"
             cells.append(text.rjust(column_width))
         lines.append(name.ljust(width) + "".join(cells))
+    for name, scores in results.items():
+        if "guard" in scores:
+            lines.append(f"{name} {guard.describe(scores['guard'])}")
     return "\n".join(lines)

@@ -29,6 +29,32 @@ def batch_sums(effects: Array, curricula: Array) -> Array:
     return jnp.moveaxis(gathered.sum(-1), 0, -1)
 
 
+def remembered(sums: Array, decay: Array) -> Array:
+    """Spread each step's batch sums over the following steps with a geometric memory kernel.
+
+    ``m_t = (1 - decay) s_t + decay m_{t-1}`` from ``m_0 = 0``: a batch acts with weight
+    ``(1 - decay) decay^k`` at ``k`` steps after its own, so its weights sum to 1 over an unbounded
+    horizon (the total effect of an example is the same as without memory) and ``decay = 0`` is
+    plain Simfluence (all weight at lag 0). Optimisers with momentum apply a batch's gradient over
+    the next ``~1 / (1 - beta_1)`` steps, which this kernel follows.
+
+    Args:
+        sums: ``[runs, steps, tests]`` per-step batch sums (:func:`batch_sums`).
+        decay: ``[tests]`` memory decay in ``[0, 1)``.
+
+    Returns:
+        ``[runs, steps, tests]`` remembered sums.
+    """
+    keep, gain = decay[None, :], 1.0 - decay[None, :]
+
+    def step(memory: Array, current: Array) -> tuple[Array, Array]:
+        memory = gain * current + keep * memory
+        return memory, memory
+
+    _, out = jax.lax.scan(step, jnp.zeros_like(sums[:, 0]), jnp.swapaxes(sums, 0, 1))
+    return jnp.swapaxes(out, 0, 1)
+
+
 def slot_counts(curricula: Array) -> Array:
     """``[runs, steps]`` number of filled (non ``-1``) slots in each batch."""
     return (curricula >= 0).sum(-1)

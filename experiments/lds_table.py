@@ -1,12 +1,14 @@
 """LDS of every method on the project's real random-subset sets, with bootstrap intervals.
 
-    python experiments/lds_table.py      # about 2 minutes on 2 CPU cores
+    python experiments/lds_table.py      # about 6 minutes on 2 CPU cores
 
 For each set in ``experiments/data/`` (``experiments/real_sets.py``: every run trains on a random
 36 of a 48-example pool, so Spearman across runs of the final loss is the linear datamodeling
 score), every method is fitted on the first 16 runs and scored on the last 8: LDS and all-steps
-MSE with 90% bootstrap intervals over the 20 test examples, 90% band coverage for the Bayesian
-fit, and fit time. The score methods (TracIn, TRAK and influence-CG from dattri, this package's
+MSE with 90% bootstrap intervals over the 20 test examples, the MSE relative to the mean
+trajectory's, 90% band coverage for the Bayesian fit (the default, with optimiser memory and the
+guard, and ``bayes-svi plain``: memory none, no guard, the model before issue 11), the guard's mean
+stacking weight, and fit time. The score methods (TracIn, TRAK and influence-CG from dattri, this package's
 influence) roll out the scores collected with each set, with one scale fitted on the 16 training
 runs (reported; "scores s" is the time their scores took during collection). Writes
 ``experiments/results/lds.{json,md}`` and one figure per set, ``lds_NAME.png``. Published LDS
@@ -31,6 +33,9 @@ from bayes_simfluence.validation import undefined_as_null
 HERE = Path(__file__).resolve().parent
 HELDOUT = 8
 FITTED = ("mean", "additive", "multiplicative", "linear", "bayes-svi")
+#: the Bayesian fit as it was before optimiser memory and the guard (issue 11), for comparison.
+PLAIN = {"progress": False, "memory": "none", "guard": False}
+PLAIN_NAME = "bayes-svi plain"
 
 
 def _cell(scores: dict, metric: str) -> str:
@@ -57,6 +62,8 @@ def main() -> None:
         methods = [*FITTED[:-1], *score_sets, FITTED[-1]]
         results[path.stem] = evaluate_methods(methods, train, heldout,
                                               FitContext(train_path=path, options={"progress": False}))
+        plain = evaluate_methods(["bayes-svi"], train, heldout, FitContext(train_path=path, options=PLAIN))
+        results[path.stem][PLAIN_NAME] = plain["bayes-svi"]
         for method, score_set in score_sets.items():  # their own cost (once, during collection) and scale
             results[path.stem][method]["scoring_seconds"] = score_set.meta.get("seconds")
             results[path.stem][method]["scale"] = fit_method(method, train, FitContext(train_path=path)).scale
@@ -67,15 +74,17 @@ def main() -> None:
                                 title=f"{name}: 8 held-out runs; whiskers: 90% intervals over 20 test examples"),
                     out / f"lds_{name}.png")
     (out / "lds.json").write_text(json.dumps(undefined_as_null(results), indent=2) + "\n")
-    lines = ["| real set | method | LDS [90% CI] | all-steps MSE [90% CI] | coverage_90 | fit s | scores s | scale |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| real set | method | LDS [90% CI] | all-steps MSE [90% CI] | MSE / mean's | coverage_90 | guard weight "
+             "| fit s | scores s | scale |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, by_method in results.items():
         for method, scores in by_method.items():
+            ratio = f"{scores['all_steps_mse'] / by_method['mean']['all_steps_mse']:.2f}"
+            weight = f"{scores['guard_weight']:.2f}" if "guard_weight" in scores else ""
             coverage = f"{scores['coverage_90']:.2f}" if "coverage_90" in scores else ""
             scoring = f"{scores['scoring_seconds']:.1f}" if scores.get("scoring_seconds") is not None else ""
             scale = f"{scores['scale']:.3g}" if "scale" in scores else ""
-            lines.append(f"| {name} | {method} | {_cell(scores, 'lds')} | {_cell(scores, 'all_steps_mse')} | "
-                         f"{coverage} | {scores['fit_seconds']:.1f} | {scoring} | {scale} |")
+            lines.append(f"| {name} | {method} | {_cell(scores, 'lds')} | {_cell(scores, 'all_steps_mse')} | {ratio} | "
+                         f"{coverage} | {weight} | {scores['fit_seconds']:.1f} | {scoring} | {scale} |")
     (out / "lds.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

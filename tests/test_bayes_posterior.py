@@ -1,5 +1,7 @@
 """The fitted Bayesian simulator: recovery, calibration, trajectories, ArviZ, save/load, errors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -60,8 +62,11 @@ def test_trajectories_mean_bands_and_pairing(problem):
     mean = posterior.simulate(curricula, initial)
     assert mean.shape == (3, held.n_steps + 1, held.n_tests)
     np.testing.assert_allclose(mean[:, 0], initial)
-    every = posterior.simulate_draws(curricula, initial, posterior.n_draws, seed=4, include_noise=False)
-    np.testing.assert_allclose(every.mean(0), mean, rtol=1e-10)  # all draws once, in another order
+    # the guard's stack mixes draws at random (tests/test_guard.py); the posterior's own draws:
+    assert posterior.stacking_weight is not None
+    unstacked = dataclasses.replace(posterior, stacking_weight=None)
+    every = unstacked.simulate_draws(curricula, initial, posterior.n_draws, seed=4, include_noise=False)
+    np.testing.assert_allclose(every.mean(0), unstacked.simulate(curricula, initial), rtol=1e-10)  # all draws once
     again = posterior.simulate_draws(curricula, initial, 50, seed=4)
     np.testing.assert_array_equal(again, posterior.simulate_draws(curricula, initial, 50, seed=4))
     shuffled = held.curricula[3:6]

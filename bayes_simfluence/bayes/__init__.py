@@ -4,6 +4,7 @@ Modules: :mod:`~bayes_simfluence.bayes.data` (standardised teacher-forced data),
 :mod:`~bayes_simfluence.bayes.model` (the NumPyro model), :mod:`~bayes_simfluence.bayes.conjugate`
 (exact Gaussian posterior and collapsed likelihood), :mod:`~bayes_simfluence.bayes.inference`
 (NUTS, SVI, exact), :mod:`~bayes_simfluence.bayes.posterior` (the fitted simulator),
+:mod:`~bayes_simfluence.bayes.guard` (stacking with the curriculum-blind model by held-out roll-outs),
 :mod:`~bayes_simfluence.bayes.diagnostics` (every ArviZ call), :mod:`~bayes_simfluence.bayes.methods`
 (``bayes-svi``, ``bayes-nuts``, ``bayes-exact``), :mod:`~bayes_simfluence.bayes.synthetic`.
 """

@@ -129,6 +129,9 @@ def collapsed_statistics(data: ModelData, config: ModelConfig, chunk_size: int =
     """
     if config.likelihood != "normal":
         raise ValueError("the exact (conjugate) path needs likelihood='normal'; use SVI or NUTS for 'student_t'")
+    if config.has_memory:
+        raise ValueError("the exact (conjugate) path has no optimiser memory (its features would be dense); "
+                         "use bayes-svi or bayes-nuts for memory='geometric'")
     indicators = block_indicators(data.n_train, config)
     system = drift_system(data.n_runs, data.n_steps, config) if config.step_component else None
     losses = standard_losses(data)

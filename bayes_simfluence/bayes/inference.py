@@ -17,8 +17,10 @@ CPU and GPU, and are reproducible given ``seed``.
 
 from __future__ import annotations
 
+import functools
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import jax
@@ -30,13 +32,15 @@ from numpyro.handlers import condition
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_median
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal
 from numpyro.optim import ClippedAdam
+from jax import Array
+from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes import conjugate
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, model_for, prior_for, step_mean
 
 GUIDES = ("normal", "lowrank", "mvn")
-HYPER_SITES = ("noise_scale", "effect_scale", "a_location", "B_location")
+HYPER_SITES = ("noise_scale", "effect_scale", "a_location", "B_location", "memory_decay")
 
 
 class FitResult(NamedTuple):
@@ -45,8 +49,8 @@ class FitResult(NamedTuple):
     Attributes:
         draws: ``"a"``, ``"B"`` ``[chains, draws, tests, n_train]``; ``"drift"``
             ``[chains, draws, tests, steps]`` (step component only); ``"noise_scale"``,
-            ``"effect_scale"`` (and ``"a_location"``, ``"B_location"`` when free)
-            ``[chains, draws, tests]``. Absent effects are zeros.
+            ``"effect_scale"`` (and ``"a_location"``, ``"B_location"`` when free,
+            ``"memory_decay"`` with memory) ``[chains, draws, tests]``. Absent effects are zeros.
         sample_stats: NUTS statistics ``[chains, draws]`` (``diverging``, ``num_steps``, ...);
             empty for SVI.
         info: method, settings, seconds, and method-specific checks (ELBO trace and
@@ -168,6 +172,66 @@ def elbo_converged(losses: np.ndarray, rtol: float = 1e-4) -> tuple[bool, dict[s
                                                           "elbo_relative_change": relative}
 
 
+@dataclass(frozen=True)
+class SviProgram:
+    """What fixes the compiled SVI programs besides array shapes (hashable: a static argument)."""
+
+    config: ModelConfig
+    guide: str
+    rank: int | None
+    learning_rate: float
+    final_lr_fraction: float
+    num_steps: int
+    n_train: int
+
+
+def _svi(program: SviProgram, init_values: dict[str, Array], fixed: dict[str, Array], key: Array,
+         data_args: tuple[Array, Array, Array]) -> tuple[SVI, Any]:
+    """The SVI object of ``program``, initialised on ``data_args`` (``(svi, state)``).
+
+    Built inside each jitted program below: NumPyro's ``SVI.update`` and ``get_params`` need an
+    initialised object, and building it while tracing keeps the programs module-level, with the
+    data as arguments, so a second fit of the same shapes compiles nothing.
+    """
+    model = _conditioned(model_for(program.config), fixed)
+    autoguide = _guide(program.guide, model, _init_strategy(init_values), program.rank)
+    decay = program.final_lr_fraction ** (1.0 / max(program.num_steps, 1))
+    schedule = lambda i: program.learning_rate * decay**i  # noqa: E731 - exponential decay
+    svi = SVI(model, autoguide, ClippedAdam(step_size=schedule, clip_norm=10.0), Trace_ELBO())
+    return svi, svi.init(key, *data_args, program.n_train, program.config)
+
+
+@functools.partial(jax.jit, static_argnames=("program",))
+def _svi_init(key: Array, data_args: tuple, init_values: dict, fixed: dict, *, program: SviProgram) -> Any:
+    return _svi(program, init_values, fixed, key, data_args)[1]
+
+
+@functools.partial(jax.jit, static_argnames=("program", "length"))
+def _svi_steps(state: Any, data_args: tuple, init_values: dict, fixed: dict, *, program: SviProgram,
+               length: int) -> tuple[Any, Array]:
+    """``length`` optimisation steps from ``state``: ``(state, losses [length])``."""
+    svi, _ = _svi(program, init_values, fixed, state.rng_key, data_args)
+    return jax.lax.scan(lambda s, _: svi.update(s, *data_args, program.n_train, program.config),
+                        state, None, length=length)
+
+
+@functools.partial(jax.jit, static_argnames=("program", "num_draws"))
+def _svi_draws(state: Any, key: Array, data_args: tuple, init_values: dict, fixed: dict, *, program: SviProgram,
+               num_draws: int) -> dict[str, Array]:
+    """``num_draws`` draws of every latent site from the fitted guide."""
+    svi, _ = _svi(program, init_values, fixed, state.rng_key, data_args)
+    predictive = Predictive(_conditioned(prior_for(program.config), fixed), guide=svi.guide,
+                            params=svi.get_params(state), num_samples=num_draws,
+                            return_sites=["a", "B", "step_drift", *HYPER_SITES])
+    _, n_steps, n_tests = data_args[1].shape
+    return predictive(key, n_tests, program.n_train, n_steps, program.config)
+
+
+def _chunk_length(num_steps: int, chunks: int = 20) -> int:
+    """The largest step count that divides ``num_steps`` into at most ``chunks`` equal chunks."""
+    return next(num_steps // k for k in range(min(chunks, num_steps), 0, -1) if num_steps % k == 0)
+
+
 def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_steps: int = 2000,
             learning_rate: float = 0.01, final_lr_fraction: float = 0.05, num_draws: int = 200,
             rank: int | None = None, seed: int = 0, progress: bool = True,
@@ -176,23 +240,29 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
 
     The learning rate decays exponentially from ``learning_rate`` to
     ``final_lr_fraction * learning_rate``. A :class:`UserWarning` says when the ELBO has not
-    converged (see :func:`elbo_converged`).
+    converged (see :func:`elbo_converged`). The steps run in up to 20 equal chunks of a compiled
+    ``lax.scan`` (a progress bar advances per chunk); the programs are module-level and jitted, so
+    fits of the same shapes and settings (the guard's folds, repeated fits) compile once.
     """
+    if guide not in GUIDES:
+        raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
     config = config.parameterised(noncentred=True)
+    program = SviProgram(config, guide, rank, float(learning_rate), float(final_lr_fraction), num_steps, data.n_train)
     start = time.perf_counter()
     with jax.enable_x64(True):
-        init_values = {k: v for k, v in _init_values(data).items() if not fixed or k not in fixed}
-        model = _conditioned(model_for(config), fixed)
-        autoguide = _guide(guide, model, _init_strategy(init_values), rank)
-        decay = final_lr_fraction ** (1.0 / max(num_steps, 1))
-        schedule = lambda i: learning_rate * decay**i  # noqa: E731 - exponential decay
-        svi = SVI(model, autoguide, ClippedAdam(step_size=schedule, clip_norm=10.0), Trace_ELBO())
-        result = svi.run(jax.random.PRNGKey(seed), num_steps, *_model_args(data), config, progress_bar=progress)
-        losses = np.asarray(result.losses)
-        sites = [s for s in ("a", "B", "step_drift", *HYPER_SITES)]
-        predictive = Predictive(_conditioned(prior_for(config), fixed), guide=autoguide, params=result.params,
-                                num_samples=num_draws, return_sites=sites)
-        samples = predictive(jax.random.PRNGKey(seed + 1), data.n_tests, data.n_train, data.n_steps, config)
+        init_values = {k: jnp.asarray(v) for k, v in _init_values(data).items() if not fixed or k not in fixed}
+        fixed_values = {k: jnp.asarray(v) for k, v in (fixed or {}).items()}
+        data_args = tuple(jnp.asarray(x) for x in (data.curricula, data.previous, data.change))
+        state = _svi_init(jax.random.PRNGKey(seed), data_args, init_values, fixed_values, program=program)
+        length, parts = _chunk_length(num_steps), []
+        for _ in tqdm(range(num_steps // length), desc="SVI", unit=f"x{length} steps", disable=not progress):
+            state, chunk_losses = _svi_steps(state, data_args, init_values, fixed_values, program=program,
+                                             length=length)
+            parts.append(np.asarray(chunk_losses))
+        losses = np.concatenate(parts)
+        samples = _svi_draws(state, jax.random.PRNGKey(seed + 1), data_args, init_values, fixed_values,
+                             program=program, num_draws=num_draws)
+        samples = {k: np.asarray(v) for k, v in samples.items()}
     seconds = time.perf_counter() - start
     converged, check = elbo_converged(losses)
     if not converged:
@@ -202,7 +272,7 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
             "final_lr_fraction": final_lr_fraction, "seconds": seconds, "elbo_converged": converged,
             "final_loss": float(losses[-max(len(losses) // 10, 1):].mean()), "seed": seed,
             "loss_trace": losses[:: max(len(losses) // 200, 1)].tolist(), **check}
-    draws = _collect({k: np.asarray(v)[None] for k, v in samples.items()}, data, config, (1, num_draws), fixed)
+    draws = _collect({k: v[None] for k, v in samples.items()}, data, config, (1, num_draws), fixed)
     return FitResult(draws, {}, info)
 
 

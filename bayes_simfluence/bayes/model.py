@@ -54,6 +54,16 @@ so ``alpha(c_t) = 1 + sum a`` and ``beta(c_t) = sum B + d_t``. Choices, and why:
   the exact posterior, against 0.05 non-centred). ``noncentred=None`` (default) therefore means
   centred for NUTS and non-centred (``LocScaleReparam``) for SVI; set it to force either. The
   random walk is always non-centred (its innovations are the latent variables).
+- **Optimiser memory** (``memory="geometric"``): under momentum or Adam the update at step
+  ``t`` is a decaying sum of the gradients of earlier batches, while plain Simfluence credits a
+  batch only at its own step. With memory the batch sums are spread over the following steps,
+  ``m_t = (1 - lambda[m]) s(c_t) + lambda[m] m_{t-1}`` (:func:`bayes_simfluence.rollout.remembered`),
+  for ``sum a`` and ``sum B`` alike, so ``alpha_t = 1 + m^a_t`` and ``beta_t = m^B_t + d_t``. The
+  weights ``(1 - lambda) lambda^k`` sum to 1, so an example's total effect keeps its meaning;
+  ``lambda = 0`` is plain Simfluence (``memory="none"``, the default). One decay per test example,
+  ``lambda[m] ~ Beta(1, memory_prior)`` (decreasing density: no memory is the most likely a
+  priori), one scalar informed by ``runs * steps`` observations. The likelihood stays linear in
+  ``(a, B)`` given ``lambda`` but the features become dense, so the exact path does not take it.
 - **Variants**: ``"additive"`` fixes ``a = 0`` (``alpha = 1``), ``"multiplicative"`` fixes
   ``B = 0``; same code, one part absent.
 
@@ -75,10 +85,11 @@ from jax import Array
 from numpyro.handlers import reparam
 from numpyro.infer.reparam import LocScaleReparam
 
-from bayes_simfluence.rollout import batch_sums
+from bayes_simfluence.rollout import batch_sums, remembered
 
 VARIANTS = ("linear", "additive", "multiplicative")
 LIKELIHOODS = ("normal", "student_t")
+MEMORIES = ("none", "geometric")
 
 
 @dataclass(frozen=True)
@@ -97,6 +108,9 @@ class ModelConfig:
         noise_prior: scale of the ``HalfNormal`` prior of the noise scale ``sigma``.
         drift_initial: ``kappa``: sd of the first step change, in units of ``sigma``.
         drift_smoothness: ``rho``: sd of the step-to-step change of ``d``, in units of ``sigma``.
+        memory: ``"none"`` (plain Simfluence) or ``"geometric"`` (optimiser memory, a learned
+            decay ``lambda[m]`` per test example).
+        memory_prior: ``b`` of the ``Beta(1, b)`` prior of the memory decay.
     """
 
     variant: str = "linear"
@@ -109,14 +123,18 @@ class ModelConfig:
     noise_prior: float = 1.0
     drift_initial: float = 10.0
     drift_smoothness: float = 0.1
+    memory: str = "none"
+    memory_prior: float = 2.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
         if self.likelihood not in LIKELIHOODS:
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {self.likelihood!r}")
+        if self.memory not in MEMORIES:
+            raise ValueError(f"memory must be one of {MEMORIES}, got {self.memory!r}")
         for name in ("nu", "location_prior", "effect_scale_prior", "noise_prior", "drift_initial",
-                     "drift_smoothness"):
+                     "drift_smoothness", "memory_prior"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
 
@@ -131,6 +149,10 @@ class ModelConfig:
     @property
     def has_additive(self) -> bool:
         return self.variant != "multiplicative"
+
+    @property
+    def has_memory(self) -> bool:
+        return self.memory != "none"
 
     @property
     def has_locations(self) -> bool:
@@ -156,7 +178,7 @@ def effects_model(n_tests: int, n_train: int, n_steps: int, config: ModelConfig)
 
     Returns:
         ``{"a": [tests, n_train], "B": [tests, n_train], "drift": [tests, steps] or None,
-        "sigma": [tests]}`` (absent parts as zeros).
+        "sigma": [tests], "decay": [tests] or None}`` (absent effects as zeros).
     """
     zeros_tests = jnp.zeros(n_tests)
     with numpyro.plate("test_example", n_tests, dim=-1):
@@ -167,6 +189,8 @@ def effects_model(n_tests: int, n_train: int, n_steps: int, config: ModelConfig)
             mu_a = numpyro.sample("a_location", dist.Normal(0.0, config.location_prior))
         if config.has_locations and config.has_additive:
             mu_b = numpyro.sample("B_location", dist.Normal(0.0, config.location_prior))
+        decay = (numpyro.sample("memory_decay", dist.Beta(1.0, config.memory_prior))
+                 if config.has_memory else None)
     zeros = jnp.zeros((n_tests, n_train))
     a = _effect("a", mu_a, scale, n_tests, n_train) if config.has_multiplicative else zeros
     b = _effect("B", mu_b, scale, n_tests, n_train) if config.has_additive else zeros
@@ -177,22 +201,34 @@ def effects_model(n_tests: int, n_train: int, n_steps: int, config: ModelConfig)
         walk = jnp.concatenate([config.drift_initial * innovation[:, :1],
                                 config.drift_smoothness * innovation[:, 1:]], axis=1)
         drift = numpyro.deterministic("step_drift", sigma[:, None] * jnp.cumsum(walk, axis=1))
-    return {"a": a, "B": b, "drift": drift, "sigma": sigma}
+    return {"a": a, "B": b, "drift": drift, "sigma": sigma, "decay": decay}
+
+
+def effect_sums(a: Array, b: Array, curricula: Array, decay: Array | None) -> tuple[Array, Array]:
+    """``[runs, steps, tests]`` sums of ``a`` and of ``B`` acting at each step: over the batch,
+    and with ``decay`` (``[tests]``) remembered from earlier batches (None: plain Simfluence)."""
+    sum_a, sum_b = batch_sums(a, curricula), batch_sums(b, curricula)
+    if decay is None:
+        return sum_a, sum_b
+    return remembered(sum_a, decay), remembered(sum_b, decay)
 
 
 @jax.jit
-def step_mean(a: Array, b: Array, drift: Array | None, curricula: Array, previous: Array) -> Array:
+def step_mean(a: Array, b: Array, drift: Array | None, curricula: Array, previous: Array,
+              decay: Array | None = None) -> Array:
     """``[runs, steps, tests]`` expected change ``(sum a) L_{t-1} + sum B + d_t``.
 
     Args:
         a, b: ``[tests, n_train]``; drift: ``[tests, steps]`` or None;
-        curricula: ``[runs, steps, batch]``; previous: ``[runs, steps, tests]``.
+        curricula: ``[runs, steps, batch]``; previous: ``[runs, steps, tests]``;
+        decay: ``[tests]`` memory decay, or None (see :func:`effect_sums`).
 
     Jitted even though models are traced by NumPyro's jitted kernels: model set-up (autoguide
     prototypes, initial values) runs eagerly, where one compiled function is much cheaper than
     compiling each primitive.
     """
-    mean = batch_sums(a, curricula) * previous + batch_sums(b, curricula)
+    sum_a, sum_b = effect_sums(a, b, curricula, decay)
+    mean = sum_a * previous + sum_b
     if drift is not None:
         mean = mean + drift.T[None]
     return mean
@@ -223,7 +259,7 @@ def simfluence_model(curricula: Array, previous: Array, change: Array | None, n_
     """
     n_runs, n_steps, n_tests = previous.shape
     params = effects_model(n_tests, n_train, n_steps, config)
-    mean = step_mean(params["a"], params["B"], params["drift"], curricula, previous)
+    mean = step_mean(params["a"], params["B"], params["drift"], curricula, previous, params["decay"])
     noise = noise_distribution(params["sigma"], config)
     with numpyro.plate("run", n_runs, dim=-3), numpyro.plate("step", n_steps, dim=-2), \
             numpyro.plate("test_example", n_tests, dim=-1):

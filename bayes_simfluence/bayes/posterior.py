@@ -2,8 +2,11 @@
 
 Parameters are held in loss units: ``alpha(c_t) = 1 + sum_{i in c_t} a[m, i]``,
 ``beta(c_t) = sum_{i in c_t} B[m, i] + d[m, t]`` (``d`` = step component, absent in the plain
-model), noise scale ``sigma[m]``. A trajectory draw rolls ``L_t = alpha_t L_{t-1} + beta_t (+ noise)``
-out from ``L_0`` with ``lax.scan`` (:func:`bayes_simfluence.rollout.roll_out`).
+model; with optimiser memory the batch sums are remembered over later steps with the decay
+``hyper["memory_decay"]``), noise scale ``sigma[m]``. A trajectory draw rolls
+``L_t = alpha_t L_{t-1} + beta_t (+ noise)`` out from ``L_0`` with ``lax.scan``
+(:func:`bayes_simfluence.rollout.roll_out`). A guarded fit (:mod:`bayes_simfluence.bayes.guard`)
+predicts the stack of this posterior and the curriculum-blind mean trajectory.
 
 Draws are paired: for a given ``seed`` and ``n_draws``, :meth:`BayesianSimfluence.simulate_draws`
 uses the same parameter draws (and, per run index, the same noise) whatever the curricula, so
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,8 +30,8 @@ from jax import Array
 from bayes_simfluence.bayes import posterior_io
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult
-from bayes_simfluence.bayes.model import ModelConfig, noise_distribution, step_mean
-from bayes_simfluence.rollout import batch_sums, roll_out
+from bayes_simfluence.bayes.model import ModelConfig, effect_sums, noise_distribution, step_mean
+from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import check_simulation_inputs
 from bayes_simfluence.validation import InputError
@@ -62,12 +66,17 @@ class BayesianSimfluence:
         drift: ``[chains, draws, tests, steps]`` step component in loss units, or None.
         sigma: ``[chains, draws, tests]`` noise scale, loss units.
         hyper: hyperparameter draws ``[chains, draws, tests]`` on the standardised scale
-            (``effect_scale``, and ``a_location``/``B_location`` when free).
+            (``effect_scale``, and ``a_location``/``B_location`` when free, ``memory_decay``
+            with optimiser memory).
         scale: ``[tests]`` loss scale used to standardise.
         train_ids, test_ids: ids from the training runs.
         sample_stats: NUTS statistics ``[chains, draws]``.
         info: how the fit ran (method settings, seconds, ELBO, divergences).
         batch_size: batch width of the training runs (wider batches are refused when simulating).
+        stacking_weight: ``[tests]`` weight of this posterior against the curriculum-blind model
+            chosen by the guard (:mod:`bayes_simfluence.bayes.guard`), or None (no guard: 1).
+        blind_mean: ``[steps + 1, tests]`` mean trajectory of the training runs: the blind model
+            (present with ``stacking_weight``).
     """
 
     method: str
@@ -83,6 +92,8 @@ class BayesianSimfluence:
     sample_stats: dict[str, np.ndarray] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
     batch_size: int | None = None
+    stacking_weight: np.ndarray | None = None
+    blind_mean: np.ndarray | None = None
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -90,7 +101,7 @@ class BayesianSimfluence:
         """Convert standardised draws of an inference routine to loss units."""
         draws, scale = result.draws, data.scale
         drift = draws["drift"] * scale[:, None] if "drift" in draws else None
-        hyper = {k: draws[k] for k in ("effect_scale", "a_location", "B_location") if k in draws}
+        hyper = {k: draws[k] for k in posterior_io.HYPERPARAMETERS if k in draws}
         for name, value in draws.items():
             if not np.all(np.isfinite(value)):
                 raise InputError(f"bayes-{result.info['method']}: the fit gave non-finite draws of '{name}'; "
@@ -138,11 +149,14 @@ class BayesianSimfluence:
     def parameter_draws(self, n_draws: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
         """Flat parameter draws: ``"a"``, ``"B"`` ``[draws, tests, n_train]``, ``"drift"``
         ``[draws, tests, steps]`` (if any), ``"sigma"`` ``[draws, tests]``; the same draws
-        :meth:`simulate_draws` uses for the same ``n_draws`` and ``seed``."""
+        :meth:`simulate_draws` uses for the same ``n_draws`` and ``seed``; with optimiser memory
+        also ``"decay"`` ``[draws, tests]``."""
         index = self.draw_indices(n_draws, seed)
         out = {"a": _flat(self.a)[index], "B": _flat(self.b)[index], "sigma": _flat(self.sigma)[index]}
         if self.drift is not None:
             out["drift"] = _flat(self.drift)[index]
+        if "memory_decay" in self.hyper:
+            out["decay"] = _flat(self.hyper["memory_decay"])[index]
         return out
 
     def multiplicative_effects(self, n_draws: int | None = None, seed: int = 0) -> np.ndarray:
@@ -157,6 +171,11 @@ class BayesianSimfluence:
     def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int = 200,
                        seed: int = 0, include_noise: bool = True, run_offset: int = 0) -> np.ndarray:
         """``[draws, runs, steps + 1, tests]`` posterior (predictive) trajectory draws.
+
+        With the guard's stacking weights, each (draw, test example) is a draw of this posterior
+        with probability ``stacking_weight[m]`` and otherwise of the curriculum-blind model
+        (effects zero, the mean trajectory's step changes, this draw's noise); which one depends
+        on ``seed`` and the draw only, so draws stay paired across curricula.
 
         Args:
             curricula: ``[runs, steps, batch]``; initial_losses: ``[runs, tests]``.
@@ -173,7 +192,30 @@ class BayesianSimfluence:
                                                             self.batch_size)
         params = self.parameter_draws(n_draws, seed)
         keys = jax.random.split(jax.random.PRNGKey(seed), len(params["a"]))
+        if self.stacking_weight is not None:
+            params = self._stacked(params, keys, curricula.shape[1])
         return self._roll_out_draws(params, keys, curricula, initial_losses, include_noise, run_offset)
+
+    def _stacked(self, params: dict[str, np.ndarray], keys: Array, n_steps: int) -> dict[str, np.ndarray]:
+        """Parameter draws where the blind model replaces this posterior for ``1 - weight`` of them."""
+        streams = jnp.asarray([zlib.crc32(str(test).encode()) for test in self.test_ids], dtype=jnp.uint32)
+
+        def uniforms(key: Array) -> Array:  # one per test example, keyed by its id: select_tests keeps them
+            return jax.vmap(lambda stream: jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 2), stream)))(streams)
+
+        with jax.enable_x64(True):
+            uniform = np.asarray(jax.vmap(uniforms)(keys))
+        keep = uniform < self.stacking_weight[None]  # [draws, tests]
+        drift = self._drift_for(params, n_steps, keys)
+        blind = self.blind_change(n_steps)[None]
+        return {**params, "a": np.where(keep[..., None], params["a"], 0.0),
+                "B": np.where(keep[..., None], params["B"], 0.0),
+                "drift": np.where(keep[..., None], drift, blind)}
+
+    def blind_change(self, n_steps: int) -> np.ndarray:
+        """``[tests, n_steps]`` per-step change of the blind model (0 past the training horizon)."""
+        change = np.diff(self.blind_mean, axis=0).T
+        return np.pad(change, ((0, 0), (0, max(n_steps - change.shape[1], 0))))[:, :n_steps]
 
     def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
         """``[runs, steps + 1, tests]`` posterior mean trajectory (mean over every stored draw,
@@ -186,7 +228,12 @@ class BayesianSimfluence:
         for chunk in _chunks(self.n_draws, self._draws_per_chunk(curricula)):
             part = {k: v[chunk] for k, v in params.items()}
             total += self._roll_out_draws(part, None, curricula, initial_losses, False, 0).sum(0)
-        return total / self.n_draws
+        mean = total / self.n_draws
+        if self.stacking_weight is None:
+            return mean
+        blind = initial_losses[:, None, :] + np.concatenate(
+            [np.zeros((1, self.n_tests)), np.cumsum(self.blind_change(curricula.shape[1]).T, axis=0)])[None]
+        return self.stacking_weight * mean + (1.0 - self.stacking_weight) * blind
 
     def bands(self, curricula: np.ndarray, initial_losses: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9),
               n_draws: int = 500, seed: int = 0, include_noise: bool = True,
@@ -222,8 +269,9 @@ class BayesianSimfluence:
         with jax.enable_x64(True):
             if keys is None:  # unused without noise; a placeholder keeps one signature
                 keys = jnp.zeros((len(params["a"]), 2), dtype=jnp.uint32)
+            decay = jnp.asarray(params["decay"]) if "decay" in params else None
             out = _roll_out_chunk(jnp.asarray(params["a"]), jnp.asarray(params["B"]), jnp.asarray(drift),
-                                  jnp.asarray(params["sigma"]), keys, jnp.asarray(curricula),
+                                  jnp.asarray(params["sigma"]), decay, keys, jnp.asarray(curricula),
                                   jnp.asarray(initial_losses), run_offset + jnp.arange(n_runs),
                                   config=self.config, include_noise=include_noise,
                                   draws_per_chunk=self._draws_per_chunk(curricula))
@@ -232,7 +280,7 @@ class BayesianSimfluence:
     def _drift_for(self, params: dict[str, np.ndarray], n_steps: int, keys: Array | None) -> np.ndarray:
         """``[draws, tests, n_steps]`` step component, extended past the training horizon."""
         n = len(params["a"])
-        if self.drift is None:
+        if "drift" not in params:
             return np.zeros((n, self.n_tests, n_steps))
         drift = params["drift"]
         known = drift.shape[-1]
@@ -258,15 +306,16 @@ class BayesianSimfluence:
         previous, change = runs.losses[:, :-1], np.diff(runs.losses, axis=1)
         drift = (self.drift[:, take, :, : runs.n_steps] if self.drift is not None
                  else np.zeros(self.a.shape[:1] + (len(take), self.n_tests, runs.n_steps)))
+        decay = self.hyper.get("memory_decay", np.zeros_like(self.sigma))
         with jax.enable_x64(True):
             curricula, prev, obs = jnp.asarray(runs.curricula), jnp.asarray(previous), jnp.asarray(change)
 
             def one(arg: tuple) -> Array:
-                a, b, d, sigma = arg
-                mean = step_mean(a, b, d, curricula, prev)
+                a, b, d, sigma, lam = arg
+                mean = step_mean(a, b, d, curricula, prev, lam if self.config.has_memory else None)
                 return noise_distribution(sigma, self.config).log_prob(obs - mean)
 
-            flat = (self.a[:, take], self.b[:, take], drift, self.sigma[:, take])
+            flat = (self.a[:, take], self.b[:, take], drift, self.sigma[:, take], decay[:, take])
             lead = flat[0].shape[:2]
             stacked = tuple(jnp.asarray(x.reshape((-1,) + x.shape[2:])) for x in flat)
             out = jax.lax.map(one, stacked, batch_size=self._draws_per_chunk(runs.curricula))
@@ -281,7 +330,9 @@ class BayesianSimfluence:
             self, a=self.a[:, :, tests], b=self.b[:, :, tests],
             drift=None if self.drift is None else self.drift[:, :, tests], sigma=self.sigma[:, :, tests],
             hyper={k: v[:, :, tests] for k, v in self.hyper.items()}, scale=self.scale[tests],
-            test_ids=self.test_ids[tests])
+            test_ids=self.test_ids[tests],
+            stacking_weight=None if self.stacking_weight is None else self.stacking_weight[tests],
+            blind_mean=None if self.blind_mean is None else self.blind_mean[:, tests])
 
     # -------------------------------------------------------------------- I/O
     def fields(self) -> dict[str, Any]:
@@ -307,14 +358,15 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "include_noise", "draws_per_chunk"))
-def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, keys: Array, curricula: Array,
+def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, decay: Array | None, keys: Array, curricula: Array,
                     initial_losses: Array, run_ids: Array, *, config: ModelConfig, include_noise: bool,
                     draws_per_chunk: int) -> Array:
     """``[draws, runs, steps + 1, tests]`` roll-outs of parameter draws, compiled once per shape.
 
     Args:
         a, b: ``[draws, tests, n_train]`` effects; drift: ``[draws, tests, steps]``; sigma:
-            ``[draws, tests]``; keys: ``[draws, 2]`` noise keys (ignored without noise).
+            ``[draws, tests]``; decay: ``[draws, tests]`` memory decay or None (no memory);
+            keys: ``[draws, 2]`` noise keys (ignored without noise).
         curricula: ``[runs, steps, batch]``; initial_losses: ``[runs, tests]``; run_ids: ``[runs]``
             (a run's noise depends on its id, not on how runs are chunked).
 
@@ -323,9 +375,10 @@ def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, keys: Array,
     """
 
     def trajectory(arg: tuple) -> Array:
-        a_draw, b_draw, drift_draw, sigma_draw, key = arg
-        alpha = 1.0 + batch_sums(a_draw, curricula)
-        beta = batch_sums(b_draw, curricula) + drift_draw.T[None]
+        a_draw, b_draw, drift_draw, sigma_draw, decay_draw, key = arg
+        sum_a, sum_b = effect_sums(a_draw, b_draw, curricula, decay_draw)
+        alpha = 1.0 + sum_a
+        beta = sum_b + drift_draw.T[None]
         if include_noise:
             step_key = jax.random.fold_in(key, 0)
             noise = jax.vmap(lambda r: noise_distribution(sigma_draw, config).sample(
@@ -333,4 +386,4 @@ def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, keys: Array,
             beta = beta + noise
         return roll_out(alpha, beta, initial_losses)
 
-    return jax.lax.map(trajectory, (a, b, drift, sigma, keys), batch_size=draws_per_chunk)
+    return jax.lax.map(trajectory, (a, b, drift, sigma, decay, keys), batch_size=draws_per_chunk)

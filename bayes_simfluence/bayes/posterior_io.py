@@ -9,7 +9,9 @@ File layout: group ``posterior`` (``a``, ``B`` ``[chain, draw, test_example, tra
 ``step_drift`` ``[chain, draw, test_example, step]``, ``noise_scale`` and hyperparameters
 ``[chain, draw, test_example]``; effects in loss units, hyperparameters standardised; attributes
 ``bayes_simfluence_kind``, ``method``, ``config`` and ``info`` as JSON), ``constant_data``
-(``loss_scale [test_example]``) and, for NUTS, ``sample_stats``.
+(``loss_scale [test_example]``; with the guard ``stacking_weight [test_example]`` and
+``blind_mean [time, test_example]``, the training runs' mean trajectory at ``time`` 0..steps)
+and, for NUTS, ``sample_stats``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from bayes_simfluence.bayes.model import ModelConfig
 
 KIND_ATTRIBUTE = "bayes_simfluence_kind"
 KIND = "bayes-simfluence-posterior"
-HYPERPARAMETERS = ("effect_scale", "a_location", "B_location")
+HYPERPARAMETERS = ("effect_scale", "a_location", "B_location", "memory_decay")
 DIMS = {
     "a": ["test_example", "train_example"],
     "B": ["test_example", "train_example"],
@@ -48,9 +50,12 @@ def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
              "info": json.dumps(fields["info"], default=_jsonable)}
     if fields.get("batch_size") is not None:
         attrs["batch_size"] = int(fields["batch_size"])
+    constant = {"loss_scale": (["test_example"], fields["scale"])}
+    if fields.get("stacking_weight") is not None:
+        constant["stacking_weight"] = (["test_example"], fields["stacking_weight"])
+        constant["blind_mean"] = (["time", "test_example"], fields["blind_mean"])
     groups = {"posterior": arviz_data.draws_dataset(arrays, DIMS, coords, attrs),
-              "constant_data": xr.Dataset({"loss_scale": (["test_example"], fields["scale"])},
-                                          coords={"test_example": fields["test_ids"]})}
+              "constant_data": xr.Dataset(constant, coords={"test_example": fields["test_ids"]})}
     if fields["sample_stats"]:
         stats = {("n_steps" if k == "num_steps" else k): v for k, v in fields["sample_stats"].items()}
         groups["sample_stats"] = arviz_data.draws_dataset(stats, {}, {})
@@ -105,6 +110,8 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
                          if stats is not None else {}),
         "info": json.loads(posterior.attrs["info"]),
         "batch_size": int(posterior.attrs["batch_size"]) if "batch_size" in posterior.attrs else None,
+        "stacking_weight": constant["stacking_weight"].values if "stacking_weight" in constant else None,
+        "blind_mean": constant["blind_mean"].values if "blind_mean" in constant else None,
     }
 
 

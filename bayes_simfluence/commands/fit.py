@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from bayes_simfluence import validation
+from bayes_simfluence.bayes import guard
 from bayes_simfluence.commands._arguments import add_method_options
 from bayes_simfluence.methods import FitContext, available_methods, fit_method
 from bayes_simfluence.runs import Runs
@@ -45,4 +46,7 @@ def run(args: argparse.Namespace) -> int:
     ridge = getattr(simulator, "ridge_selected", None)
     ridge_note = f", ridge {ridge:.4g}" if ridge is not None else ""
     print(f"fitted '{args.method}' on {train} in {seconds:.1f} s{ridge_note}; saved to {args.out}")
+    guard_report = getattr(simulator, "info", {}).get("guard")
+    if guard_report is not None:
+        print(guard.describe(guard_report))
     return 0

@@ -1,0 +1,123 @@
+"""The guard: stacking with the curriculum-blind model by held-out-run roll-out error."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from bayes_simfluence.bayes.guard import stack_against_blind, stacking_weights
+from bayes_simfluence.bayes.posterior import BayesianSimfluence
+from bayes_simfluence.bayes.synthetic import _roll as generating_roll
+from bayes_simfluence.bayes.synthetic import model_runs
+from bayes_simfluence.methods import FitContext, fit_method
+from bayes_simfluence.runs import Runs
+from bayes_simfluence.simulators import MeanTrajectory
+from bayes_simfluence.synthetic import random_curricula
+
+QUICK = {"num_steps": 1500, "progress": False}
+
+
+def test_stacking_weights_minimise_the_squared_error_over_a_grid():
+    rng = np.random.default_rng(0)
+    actual = rng.normal(size=(4, 10, 3))
+    blind = actual + rng.normal(0, 1.0, actual.shape)
+    full = np.stack([actual[..., 0] + rng.normal(0, 0.3, (4, 10)),  # better than blind: weight inside (0, 1]
+                     blind[..., 1] - (actual[..., 1] - blind[..., 1]),  # points away from the truth: 0
+                     blind[..., 2]], axis=-1)  # no difference: 0
+    weight = stacking_weights(full, blind, actual)
+    grid = np.linspace(0, 1, 10001)
+    for m in range(2):
+        errors = [((w * full[..., m] + (1 - w) * blind[..., m] - actual[..., m]) ** 2).sum() for w in grid]
+        assert abs(weight[m] - grid[int(np.argmin(errors))]) < 2e-4
+    assert weight[1] == 0.0 and weight[2] == 0.0
+
+
+def runs_without_effects(n_runs: int, seed: int, n_train: int = 40, n_tests: int = 6, n_steps: int = 30) -> Runs:
+    """No example moves any loss; runs differ by a run-level rate (like seeds) and by noise."""
+    rng = np.random.default_rng(seed)
+    curricula = random_curricula(n_runs, n_steps, 4, n_train, rng)
+    rate = rng.uniform(0.5, 1.5, (n_runs, 1, 1))
+    steps = -0.01 * rate + 0.005 * rng.standard_normal((n_runs, n_steps, n_tests))
+    losses = 1.0 + np.concatenate([np.zeros((n_runs, 1, n_tests)), np.cumsum(steps, axis=1)], axis=1)
+    return Runs.create(curricula, losses, n_train=n_train)
+
+
+def test_guard_picks_the_blind_model_where_the_curriculum_has_no_effect():
+    """A fit that credits examples with what really came from the runs' rates (barely regularised
+    ridge) rolls out worse than the mean trajectory; the guard gives it (almost) no weight."""
+    runs = runs_without_effects(12, seed=3)
+
+    def overfitting(train: Runs):
+        return fit_method("linear", train, FitContext(options={"ridge": 1e-6}))
+
+    stacking = stack_against_blind(overfitting, runs, folds=4)
+    assert stacking.report["heldout_mse_blind"] < 0.95 * stacking.report["heldout_mse_full"], stacking.report
+    assert np.all(stacking.weight <= 0.2) and stacking.weight.mean() < 0.05, stacking.weight
+    assert stacking.report["heldout_mse_stacked"] <= stacking.report["heldout_mse_blind"]
+
+
+def test_guard_keeps_the_full_model_where_effects_are_strong():
+    runs, truth = model_runs(n_train=20, n_tests=3, n_runs=16, n_steps=40, effect_scale=0.02, seed=4)
+    posterior = fit_method("bayes-svi", runs, FitContext(options=QUICK))
+    report = posterior.info["guard"]
+    assert report["heldout_mse_full"] < 0.5 * report["heldout_mse_blind"], report
+    assert posterior.stacking_weight.mean() > 0.8 and np.all(posterior.stacking_weight > 0.6), posterior.stacking_weight
+    # against the generating process on new curricula: far closer than the mean trajectory
+    curricula = random_curricula(6, 40, 4, 20, np.random.default_rng(9))
+    initial = np.ones((6, 3))
+    expected = generating_roll(truth.a, truth.b, truth.drift, curricula, initial, np.zeros((6, 40, 3)))
+    error = {name: float(np.abs(prediction - expected).mean()) for name, prediction in
+             (("guarded", posterior.simulate(curricula, initial)),
+              ("blind", MeanTrajectory().fit(runs).simulate(curricula, initial)))}
+    assert error["guarded"] < 0.5 * error["blind"], error
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    runs, _ = model_runs(n_train=20, n_tests=3, n_runs=8, n_steps=20, effect_scale=0.02, seed=5)
+    return runs, fit_method("bayes-svi", runs, FitContext(options=QUICK))
+
+
+def test_stacked_draws_are_the_mixture_the_weights_say(fitted):
+    runs, posterior = fitted
+    stacked = dataclasses.replace(posterior, stacking_weight=np.array([0.0, 0.5, 1.0]))
+    plain = dataclasses.replace(posterior, stacking_weight=None)
+    curricula, initial = runs.curricula[:2], runs.initial_losses[:2]
+    draws = stacked.simulate_draws(curricula, initial, n_draws=400, seed=1, include_noise=False)
+    plain_draws = plain.simulate_draws(curricula, initial, n_draws=400, seed=1, include_noise=False)
+    blind = MeanTrajectory().fit(runs).simulate(curricula, initial)
+    np.testing.assert_allclose(draws[..., 0], np.broadcast_to(blind[..., 0], draws[..., 0].shape), atol=1e-12)
+    np.testing.assert_allclose(draws[..., 2], plain_draws[..., 2], atol=1e-12)
+    is_blind = np.all(np.isclose(draws[..., 1], blind[None, ..., 1], atol=1e-12), axis=(1, 2))
+    is_full = np.all(np.isclose(draws[..., 1], plain_draws[..., 1], atol=1e-12), axis=(1, 2))
+    assert np.all(is_blind ^ is_full) and 0.4 < is_full.mean() < 0.6
+    # the mean trajectory of the stack is the weighted mean of the two models' means
+    expected = 0.5 * plain.simulate(curricula, initial)[..., 1] + 0.5 * blind[..., 1]
+    np.testing.assert_allclose(stacked.simulate(curricula, initial)[..., 1], expected, atol=1e-12)
+    # paired: the same draws are blind whatever the curricula
+    other = stacked.simulate_draws(runs.curricula[2:4], runs.initial_losses[2:4], n_draws=400, seed=1,
+                                   include_noise=False)
+    other_blind = MeanTrajectory().fit(runs).simulate(runs.curricula[2:4], runs.initial_losses[2:4])
+    assert np.array_equal(np.all(np.isclose(other[..., 1], other_blind[None, ..., 1], atol=1e-12), axis=(1, 2)),
+                          is_blind)
+
+
+def test_guard_weights_survive_save_and_load(fitted, tmp_path):
+    runs, posterior = fitted
+    posterior.save(tmp_path / "p.nc")
+    loaded = BayesianSimfluence.load(tmp_path / "p.nc")
+    np.testing.assert_array_equal(loaded.stacking_weight, posterior.stacking_weight)
+    np.testing.assert_array_equal(loaded.blind_mean, posterior.blind_mean)
+    assert loaded.info["guard"]["folds"] == 4
+    np.testing.assert_allclose(loaded.simulate(runs.curricula, runs.initial_losses),
+                               posterior.simulate(runs.curricula, runs.initial_losses))
+    one = posterior.select_tests(np.array([1]))
+    assert one.stacking_weight.shape == (1,) and one.blind_mean.shape == (21, 1)
+
+
+def test_guard_is_skipped_with_too_few_runs_and_can_be_switched_off():
+    runs, _ = model_runs(n_train=10, n_tests=2, n_runs=3, n_steps=10, seed=6)
+    posterior = fit_method("bayes-svi", runs, FitContext(options={**QUICK, "num_steps": 200}))
+    assert "skipped" in posterior.info["guard"] and posterior.stacking_weight is None
+    off = fit_method("bayes-svi", runs, FitContext(options={**QUICK, "num_steps": 200, "guard": False}))
+    assert "guard" not in off.info and off.stacking_weight is None
