@@ -7,6 +7,7 @@ import pytest
 
 from bayes_simfluence.bayes import diagnostics, posterior_io
 from bayes_simfluence.bayes.methods import fit_bayes, parse_options
+from bayes_simfluence.bayes.posterior import MEAN_DRAWS
 from bayes_simfluence.bayes.model import step_mean
 from bayes_simfluence.bayes.synthetic import model_runs
 from bayes_simfluence.methods import FitContext, fit_method, load_simulator
@@ -66,7 +67,10 @@ def test_trajectories_mean_bands_and_pairing(problem):
     assert posterior.stacking_weight is not None
     unstacked = dataclasses.replace(posterior, stacking_weight=None)
     every = unstacked.simulate_draws(curricula, initial, posterior.n_draws, seed=4, include_noise=False)
-    np.testing.assert_allclose(every.mean(0), unstacked.simulate(curricula, initial), rtol=1e-10)  # all draws once
+    assert posterior.n_draws > len(posterior.mean_draw_indices()) == MEAN_DRAWS
+    # the mean of 100 stored draws is within Monte Carlo error of the mean over all of them
+    spread = every.std(0) / np.sqrt(MEAN_DRAWS)
+    assert np.all(np.abs(unstacked.simulate(curricula, initial) - every.mean(0)) <= 4 * spread + 1e-12)
     again = posterior.simulate_draws(curricula, initial, 50, seed=4)
     np.testing.assert_array_equal(again, posterior.simulate_draws(curricula, initial, 50, seed=4))
     shuffled = held.curricula[3:6]

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from bayes_simfluence import validation
 from bayes_simfluence.bayes import guard
-from bayes_simfluence.commands._arguments import add_method_options
+from bayes_simfluence.bayes.blocks import RayFitOptions, fit_in_blocks
+from bayes_simfluence.commands._arguments import add_method_options, positive_int
 from bayes_simfluence.methods import FitContext, available_methods, fit_method
 from bayes_simfluence.runs import Runs
 
@@ -16,6 +17,10 @@ EXAMPLES = """examples:
   bayes-simfluence fit --train runs.npz --method linear --out linear.npz
   bayes-simfluence fit --train runs.npz --method linear -o ridge=0.5 --out linear.npz
   bayes-simfluence fit --train runs.npz --method bayes-svi --out posterior.nc
+  # 1000 test examples in 10 blocks, one after another (memory of one block)
+  bayes-simfluence fit --train runs.npz --method bayes-svi --test-blocks 10 --out posterior.nc
+  # the same blocks as Ray tasks on a cluster, one GPU each (pip install 'bayes-simfluence[ray]')
+  bayes-simfluence fit --train runs.npz -m bayes-svi --test-blocks 10 --ray auto --gpus-per-block 1 --out posterior.nc
 
 The saved file is read back by 'simulate --simulator FILE' without refitting.
 """
@@ -32,6 +37,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"one of {', '.join(available_methods())}")
     parser.add_argument("--out", type=Path, required=True, help="where to save the fitted simulator")
     add_method_options(parser)
+    blocks = parser.add_argument_group(
+        "test blocks and Ray (Bayesian methods; test examples are independent in the model)")
+    blocks.add_argument("--test-blocks", type=positive_int, default=1, metavar="K",
+                        help="fit the test examples in K contiguous blocks and merge them into one posterior "
+                             "(default 1: all at once)")
+    blocks.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="fit the blocks as Ray tasks: a local instance (no ADDRESS), 'auto', or ray://HOST:PORT; "
+                             "equals the same --test-blocks fitted here")
+    blocks.add_argument("--cpus-per-block", type=float, default=1.0, metavar="C", help="CPUs of each Ray task (default 1)")
+    blocks.add_argument("--gpus-per-block", type=float, default=0.0, metavar="G",
+                        help="GPUs of each Ray task, fractions allowed (default 0)")
+    blocks.add_argument("--max-retries", type=int, default=3, metavar="N",
+                        help="retries of a Ray task whose worker died (default 3)")
     parser.set_defaults(func=run)
 
 
@@ -40,7 +58,14 @@ def run(args: argparse.Namespace) -> int:
     validation.output_path(args.out, "--out", (".nc",) if bayesian else None, "a Bayesian posterior (NetCDF)")
     train = Runs.load(args.train)
     start = time.perf_counter()
-    simulator = fit_method(args.method, train, FitContext(args.train, args.seed, dict(args.option)))
+    context = FitContext(args.train, args.seed, dict(args.option))
+    if args.test_blocks > 1 or args.ray is not None:
+        ray = None if args.ray is None else RayFitOptions(
+            address=None if args.ray == "local" else args.ray, cpus_per_block=args.cpus_per_block,
+            gpus_per_block=args.gpus_per_block, max_retries=args.max_retries)
+        simulator = fit_in_blocks(args.method, train, context, args.test_blocks, ray)
+    else:
+        simulator = fit_method(args.method, train, context)
     seconds = time.perf_counter() - start
     simulator.save(args.out)
     ridge = getattr(simulator, "ridge_selected", None)
@@ -49,4 +74,7 @@ def run(args: argparse.Namespace) -> int:
     guard_report = getattr(simulator, "info", {}).get("guard")
     if guard_report is not None:
         print(guard.describe(guard_report))
+    for number, block in enumerate(getattr(simulator, "info", {}).get("blocks", [])):
+        if "guard" in block:
+            print(f"block {number + 1} ({block['tests']} test examples): {guard.describe(block['guard'])}")
     return 0

@@ -1,6 +1,5 @@
 """Collecting on Ray: the same runs file as a local collection, also when an actor is killed."""
 
-import logging
 import threading
 import time
 
@@ -14,14 +13,6 @@ from bayes_simfluence.runs import Runs
 from collect_fixtures import sentiment_files, tiny_bert
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace=NAMESPACE,
-             logging_level=logging.WARNING)
-    yield
-    ray.shutdown()
 
 
 def _config(directory):

@@ -1,0 +1,67 @@
+"""Fitting test examples in blocks, here and as Ray tasks (``fit --test-blocks``, ``fit --ray``)."""
+
+
+import numpy as np
+import pytest
+
+from bayes_simfluence.bayes.blocks import RayFitOptions, block_indices, fit_in_blocks
+from bayes_simfluence.bayes.posterior import BayesianSimfluence
+from bayes_simfluence.bayes.synthetic import model_runs
+from bayes_simfluence.cli import main
+from bayes_simfluence.methods import FitContext, fit_method
+
+EXACT = {"num_warmup": 150, "num_samples": 100, "progress": False, "guard": False}
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return model_runs(n_train=12, n_tests=5, n_runs=10, n_steps=15, effect_scale=0.02, seed=8)[0]
+
+
+def test_blocks_cover_every_test_example_once_in_order():
+    parts = block_indices(7, 3)
+    assert [len(p) for p in parts] == [3, 2, 2] and np.array_equal(np.concatenate(parts), np.arange(7))
+    assert len(block_indices(2, 5)) == 2
+    with pytest.raises(ValueError, match="must be >= 1"):
+        block_indices(3, 0)
+
+
+def test_a_blocked_fit_agrees_with_the_joint_fit_within_monte_carlo_error(runs):
+    context = FitContext(options=EXACT)
+    joint = fit_method("bayes-exact", runs, context)
+    blocked = fit_in_blocks("bayes-exact", runs, context, blocks=2, progress=False)
+    assert list(blocked.test_ids) == list(joint.test_ids) and blocked.a.shape == joint.a.shape
+    # each (test, training example) effect: means differ by Monte Carlo error of two sets of 200 draws
+    for name in ("a", "b"):
+        joint_draws, blocked_draws = getattr(joint, name), getattr(blocked, name)
+        sd = joint_draws.std(axis=(0, 1))
+        error = np.abs(joint_draws.mean(axis=(0, 1)) - blocked_draws.mean(axis=(0, 1))) / np.maximum(sd, 1e-12)
+        assert np.median(error) < 0.3 and error.max() < 1.0, (name, error.max())
+    # the blocks' guards give the merged posterior one weight per test example
+    guarded = fit_in_blocks("bayes-exact", runs, FitContext(options={**EXACT, "guard": True, "guard_folds": 2}),
+                            blocks=2, progress=False)
+    assert guarded.stacking_weight.shape == (5,) and guarded.blind_mean.shape == (16, 5)
+    assert [block["tests"] for block in guarded.info["blocks"]] == [3, 2]
+    np.testing.assert_allclose(guarded.blind_mean, runs.losses.mean(axis=0))
+
+
+def test_only_bayesian_methods_fit_in_blocks(runs):
+    with pytest.raises(ValueError, match="for the Bayesian methods"):
+        fit_in_blocks("linear", runs, FitContext(), blocks=2)
+
+
+def test_fit_on_ray_equals_the_same_blocks_fitted_here(runs, local_ray, tmp_path):
+    context = FitContext(options=EXACT)
+    here = fit_in_blocks("bayes-exact", runs, context, blocks=2, progress=False)
+    on_ray = fit_in_blocks("bayes-exact", runs, context, blocks=2, ray=RayFitOptions(max_retries=1))
+    for name in ("a", "b", "drift", "sigma", "scale"):
+        np.testing.assert_array_equal(getattr(on_ray, name), getattr(here, name), err_msg=name)
+    # and through the command line, saved and read back
+    runs.save(tmp_path / "runs.npz")
+    common = ["fit", "--train", str(tmp_path / "runs.npz"), "-m", "bayes-exact", "--test-blocks", "2",
+              *[part for key, value in EXACT.items() for part in ("-o", f"{key}={value}")]]
+    assert main([*common, "--out", str(tmp_path / "here.nc")]) == 0
+    assert main([*common, "--ray", "--out", str(tmp_path / "ray.nc")]) == 0
+    saved_here, saved_ray = (BayesianSimfluence.load(tmp_path / name) for name in ("here.nc", "ray.nc"))
+    np.testing.assert_array_equal(saved_ray.b, saved_here.b)
+    np.testing.assert_array_equal(saved_ray.a, here.a)
