@@ -49,6 +49,21 @@ def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_
     return scores
 
 
+def fit_report(simulator: Simulator) -> dict[str, Any]:
+    """What a fit chose, for result tables: ``ridge`` (the selected ridge strength), ``guard`` (the
+    report of :mod:`bayes_simfluence.bayes.guard`) and ``guard_weight`` (its mean weight), where present."""
+    report: dict[str, Any] = {}
+    ridge = getattr(simulator, "ridge_selected", None)
+    if ridge is not None:
+        report["ridge"] = float(ridge)
+    guard_report = getattr(simulator, "info", {}).get("guard")
+    if guard_report is not None:
+        report["guard"] = guard_report
+        if "mean_weight" in guard_report:
+            report["guard_weight"] = guard_report["mean_weight"]
+    return report
+
+
 def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: FitContext | None = None,
                      n_draws: int = DEFAULT_EVAL_DRAWS, random_subsets: bool | None = None) -> dict[str, dict[str, Any]]:
     """Fit every method on ``train`` and score it on ``heldout``.
@@ -72,15 +87,7 @@ def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: Fi
                                  random_subsets=random_subsets)
         scores["fit_seconds"] = fitted - start
         scores["simulate_seconds"] = time.perf_counter() - fitted
-        ridge = getattr(simulator, "ridge_selected", None)
-        if ridge is not None:
-            scores["ridge"] = float(ridge)
-        guard_report = getattr(simulator, "info", {}).get("guard")
-        if guard_report is not None:
-            scores["guard"] = guard_report
-            if "mean_weight" in guard_report:
-                scores["guard_weight"] = guard_report["mean_weight"]
-        results[name] = scores
+        results[name] = {**scores, **fit_report(simulator)}
     return results
 
 

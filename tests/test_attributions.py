@@ -86,7 +86,7 @@ def test_the_bayesian_posterior_recovers_true_final_loss_effects_and_pairs_exact
     runs, truth = synthetic_runs(n_train=12, n_tests=3, n_runs=12, n_steps=24, batch_size=3, effect_scale=0.05,
                                  seed=1)
     posterior = fit_method("bayes-exact", runs, FitContext(options={"num_warmup": 200, "num_samples": 100,
-                                                                    "progress": False}))
+                                                                    "progress": False, "guard_folds": 2}))
     curriculum, initial = runs.curricula[0], runs.initial_losses[0]
     oracle = GaussianEffects(truth.multiplicative - 1.0 / 3, truth.additive)  # centred truth, no uncertainty
     true = at.final_loss_effects(oracle, curriculum, initial, n_draws=1).draws[0]

@@ -94,3 +94,17 @@ def test_elbo_convergence_check():
     falling = 1e4 * np.exp(-np.arange(1000) / 300) + rng.normal(0, 1.0, 1000)
     converged, check = elbo_converged(falling)
     assert not converged and check["elbo_change"] > 0
+
+
+def test_a_second_svi_fit_of_the_same_shapes_compiles_nothing(small):
+    from bayes_simfluence.bayes import inference
+
+    runs, data = small
+    programs = (inference._svi_init, inference._svi_steps, inference._svi_draws)
+    first = run_svi(data, CONFIG, num_steps=40, num_draws=10, progress=False)
+    compiled = [program._cache_size() for program in programs]
+    other = model_data(model_runs(n_train=10, n_tests=2, n_runs=8, n_steps=16, batch_size=2, empty_fraction=0.2,
+                                  effect_scale=0.01, noise_scale=0.01, seed=12)[0])
+    second = run_svi(other, CONFIG, num_steps=40, num_draws=10, seed=3, progress=False)
+    assert [program._cache_size() for program in programs] == compiled
+    assert not np.allclose(first.draws["B"], second.draws["B"])  # and it really fitted the other runs

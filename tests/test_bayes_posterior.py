@@ -20,7 +20,7 @@ def problem():
     runs, truth = model_runs(n_train=20, n_tests=3, n_runs=36, n_steps=30, batch_size=4, effect_scale=0.01,
                              noise_scale=0.01, seed=5)
     train, held = runs.split(20)
-    posterior = fit_bayes("exact", train, {"progress": False, "num_samples": 200}, seed=0)
+    posterior = fit_bayes("exact", train, {"progress": False, "num_samples": 200, "guard_folds": 2}, seed=0)
     return train, held, truth, posterior
 
 
@@ -124,7 +124,7 @@ def test_save_and_load_round_trip(problem, tmp_path):
 def test_fit_method_parses_options_strictly(problem):
     train = problem[0]
     context = FitContext(seed=3, options={"step": "false", "num_samples": 30, "num_warmup": 100,
-                                          "progress": False})
+                                          "progress": False, "guard": "false"})
     simulator = fit_method("bayes-exact", train, context)
     assert simulator.name == "bayes-exact" and simulator.drift is None and "a_location" in simulator.hyper
     assert simulator.n_draws == 60 and simulator.info["seed"] == 3

@@ -81,9 +81,10 @@ def test_unknown_method_and_missing_arguments_exit_2(runs_files, capsys):
 
 def test_bayesian_fit_saves_a_posterior_that_simulate_and_evaluate_reuse(runs_files, tmp_path, capsys):
     posterior = tmp_path / "posterior.nc"
-    options = ["-o", "num_draws=50", "-o", "progress=false"]  # default 2000 SVI steps: converged here
+    options = ["-o", "num_draws=50", "-o", "progress=false", "-o", "guard_folds=2"]  # 2000 SVI steps: converged
     assert main(["fit", "--train", str(runs_files["train"]), "--method", "bayes-svi", *options,
                  "--out", str(posterior)]) == 0
+    assert "guard: on 10 held-out training runs (2 folds)" in capsys.readouterr().out
     predicted_path = tmp_path / "predicted.npz"
     assert main(["simulate", "--simulator", str(posterior), "--curricula", str(runs_files["held"]),
                  "--out", str(predicted_path)]) == 0
@@ -100,6 +101,7 @@ def test_bayesian_fit_saves_a_posterior_that_simulate_and_evaluate_reuse(runs_fi
     assert "coverage_90" not in scores["mean"] or scores["mean"]["coverage_90"] is None
     # the simulator learned something about these runs: it beats the curriculum-blind baseline
     assert scores["bayes-svi"]["all_steps_mse"] < scores["mean"]["all_steps_mse"]
+    assert scores["bayes-svi"]["guard"]["folds"] == 2 and 0 <= scores["bayes-svi"]["guard_weight"] <= 1
 
 
 def test_outputs_land_at_exactly_the_given_path(runs_files, tmp_path):

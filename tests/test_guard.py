@@ -5,6 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from bayes_simfluence.bayes.blocks import concatenate_tests
 from bayes_simfluence.bayes.guard import stack_against_blind, stacking_weights
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.bayes.synthetic import _roll as generating_roll
@@ -113,6 +114,11 @@ def test_guard_weights_survive_save_and_load(fitted, tmp_path):
                                posterior.simulate(runs.curricula, runs.initial_losses))
     one = posterior.select_tests(np.array([1]))
     assert one.stacking_weight.shape == (1,) and one.blind_mean.shape == (21, 1)
+    # blocks of test examples merge back into the same posterior (what fit --test-blocks does)
+    merged = concatenate_tests([posterior.select_tests(np.array([0, 1])), posterior.select_tests(np.array([2]))])
+    for name in ("a", "b", "drift", "sigma", "scale", "stacking_weight", "blind_mean", "test_ids"):
+        np.testing.assert_array_equal(getattr(merged, name), getattr(posterior, name), err_msg=name)
+    np.testing.assert_array_equal(merged.hyper["memory_decay"], posterior.hyper["memory_decay"])
 
 
 def test_guard_is_skipped_with_too_few_runs_and_can_be_switched_off():

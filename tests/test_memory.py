@@ -75,10 +75,11 @@ def test_memory_decay_is_recovered_from_runs_simulated_with_it(decay, steps, tol
                                                                   "guard": False, "progress": False}))
     estimate = posterior.hyper["memory_decay"].mean(axis=(0, 1))
     assert np.all(np.abs(estimate - decay) < tolerance), estimate
-    # and the posterior's roll-out reproduces the generating process on held-in curricula
+    if decay == 0:
+        return
+    # and the posterior's roll-out follows the generating process better than plain Simfluence's
     plain = fit_method("bayes-svi", runs, FitContext(options={"memory": "none", "num_steps": steps, "guard": False,
                                                               "progress": False}))
     mse = {name: float(((p.simulate(runs.curricula, runs.initial_losses) - runs.losses) ** 2).mean())
            for name, p in (("memory", posterior), ("plain", plain))}
-    if decay > 0:
-        assert mse["memory"] < 0.7 * mse["plain"], mse  # both include the runs' own accumulated noise
+    assert mse["memory"] < 0.7 * mse["plain"], mse  # both include the runs' own accumulated noise

@@ -1,7 +1,8 @@
 """Registration of the Bayesian methods (``bayes-svi``, ``bayes-nuts``, ``bayes-exact``) and their options.
 
 ``bayes-svi`` is the default Bayesian method: its cost grows with ``runs * steps * batch * tests``
-and it fits ``N=1000, T=1000, R=16, M=64`` within the 10-minute budget on 2 CPU cores.
+(one fit of ``N=1000, T=1000, R=16, M=64`` took 3.4 minutes on 2 CPU cores, before optimiser memory;
+the guard adds ``guard_folds`` fits on 3/4 of the runs, so about 4 times that by default).
 ``bayes-exact`` is exact (Normal likelihood) and the better choice while ``2 * n_train`` is up to
 a few hundred (one ``2 n_train``-square eigendecomposition per test example); ``bayes-nuts``
 samples the full model and is for small problems and checks.

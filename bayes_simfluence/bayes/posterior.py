@@ -236,11 +236,7 @@ class BayesianSimfluence:
                                                             self.batch_size)
         index = self.mean_draw_indices()
         params = {k: v[index] for k, v in self.parameter_draws(None).items()}
-        total = np.zeros((curricula.shape[0], curricula.shape[1] + 1, self.n_tests))
-        for chunk in _chunks(len(index), self._draws_per_chunk(curricula)):
-            part = {k: v[chunk] for k, v in params.items()}
-            total += self._roll_out_draws(part, None, curricula, initial_losses, False, 0).sum(0)
-        mean = total / len(index)
+        mean = self._roll_out_draws(params, None, curricula, initial_losses, False, 0, summed=True) / len(index)
         if self.stacking_weight is None:
             return mean
         blind = initial_losses[:, None, :] + np.concatenate(
@@ -275,19 +271,29 @@ class BayesianSimfluence:
         return max(1, CHUNK_BYTES // per_draw)
 
     def _roll_out_draws(self, params: dict[str, np.ndarray], keys: Array | None, curricula: np.ndarray,
-                        initial_losses: np.ndarray, include_noise: bool, run_offset: int) -> np.ndarray:
+                        initial_losses: np.ndarray, include_noise: bool, run_offset: int,
+                        summed: bool = False) -> np.ndarray:
+        """``[draws, runs, steps + 1, tests]`` roll-outs, or with ``summed`` their sum over draws,
+        accumulated on the device chunk by chunk (memory of one chunk; only
+        ``[runs, steps + 1, tests]`` comes back)."""
         n_runs, n_steps, _ = curricula.shape
         drift = self._drift_for(params, n_steps, keys)
+        per_chunk = self._draws_per_chunk(curricula)
         with jax.enable_x64(True):
             if keys is None:  # unused without noise; a placeholder keeps one signature
                 keys = jnp.zeros((len(params["a"]), 2), dtype=jnp.uint32)
-            decay = jnp.asarray(params["decay"]) if "decay" in params else None
-            out = _roll_out_chunk(jnp.asarray(params["a"]), jnp.asarray(params["B"]), jnp.asarray(drift),
-                                  jnp.asarray(params["sigma"]), decay, keys, jnp.asarray(curricula),
-                                  jnp.asarray(initial_losses), run_offset + jnp.arange(n_runs),
-                                  config=self.config, include_noise=include_noise,
-                                  draws_per_chunk=self._draws_per_chunk(curricula))
-            return np.asarray(out)
+            arrays = (params["a"], params["B"], drift, params["sigma"], params.get("decay"), np.asarray(keys))
+            fixed = (jnp.asarray(curricula), jnp.asarray(initial_losses), run_offset + jnp.arange(n_runs))
+            settings = {"config": self.config, "include_noise": include_noise, "draws_per_chunk": per_chunk}
+            if not summed:
+                return np.asarray(_roll_out_chunk(*(None if x is None else jnp.asarray(x) for x in arrays), *fixed,
+                                                  **settings))
+            n = len(params["a"])
+            padded = -(-n // per_chunk) * per_chunk  # whole chunks; the padding repeats draw 0 with weight 0
+            take = np.concatenate([np.arange(n), np.zeros(padded - n, dtype=np.int64)])
+            weights = jnp.asarray((np.arange(padded) < n).astype(np.float64))
+            return np.asarray(_roll_out_sum(*(None if x is None else jnp.asarray(x[take]) for x in arrays), *fixed,
+                                            weights, **settings))
 
     def _drift_for(self, params: dict[str, np.ndarray], n_steps: int, keys: Array | None) -> np.ndarray:
         """``[draws, tests, n_steps]`` step component, extended past the training horizon."""
@@ -399,3 +405,23 @@ def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, decay: Array
         return roll_out(alpha, beta, initial_losses)
 
     return jax.lax.map(trajectory, (a, b, drift, sigma, decay, keys), batch_size=draws_per_chunk)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "include_noise", "draws_per_chunk"))
+def _roll_out_sum(a: Array, b: Array, drift: Array, sigma: Array, decay: Array | None, keys: Array,
+                  curricula: Array, initial_losses: Array, run_ids: Array, weights: Array, *, config: ModelConfig,
+                  include_noise: bool, draws_per_chunk: int) -> Array:
+    """``[runs, steps + 1, tests]`` ``sum_k weights[k] * roll-out of draw k``, scanned over chunks of
+    ``draws_per_chunk`` draws (the number of draws is a multiple of it) so that one chunk of
+    trajectories is in memory at a time. Arguments as :func:`_roll_out_chunk`."""
+    draws = (a, b, drift, sigma, decay, keys, weights)
+    chunked = jax.tree_util.tree_map(lambda x: x.reshape((-1, draws_per_chunk) + x.shape[1:]), draws)
+
+    def add_chunk(total: Array, chunk: tuple) -> tuple[Array, None]:
+        *parameters, chunk_weights = chunk
+        trajectories = _roll_out_chunk(*parameters, curricula, initial_losses, run_ids, config=config,
+                                       include_noise=include_noise, draws_per_chunk=draws_per_chunk)
+        return total + jnp.tensordot(chunk_weights, trajectories, axes=1), None
+
+    shape = (curricula.shape[0], curricula.shape[1] + 1, initial_losses.shape[1])
+    return jax.lax.scan(add_chunk, jnp.zeros(shape, dtype=initial_losses.dtype), chunked)[0]

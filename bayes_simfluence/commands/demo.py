@@ -51,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def evaluate_available(methods: list[str], train, heldout, context) -> tuple[dict, dict, dict]:
     """Fit and score each method; ``(scores, simulators, skipped reasons)`` keyed by method."""
-    from bayes_simfluence.evaluation import score_simulator
+    from bayes_simfluence.evaluation import fit_report, score_simulator
     from bayes_simfluence.methods import fit_method, options_for
 
     results, simulators, skipped = {}, {}, {}
@@ -67,7 +67,7 @@ def evaluate_available(methods: list[str], train, heldout, context) -> tuple[dic
         fitted = time.perf_counter()
         scores = score_simulator(simulator, heldout, seed=context.seed)
         scores["fit_seconds"] = fitted - start
-        results[name], simulators[name] = scores, simulator
+        results[name], simulators[name] = {**scores, **fit_report(simulator)}, simulator
     return results, simulators, skipped
 
 
