@@ -103,6 +103,9 @@ class Comparison:
         reference: index of the candidate differences are taken against.
         level: credibility of the reported intervals.
         include_noise: whether the draws include the simulator's noise (else parameter uncertainty only).
+        stacking_weight: mean weight of the full model over ``tests`` where the simulator is a
+            guarded posterior (:mod:`bayes_simfluence.bayes.guard`): the other draws come from the
+            curriculum-blind model, under which the candidates do not differ; None otherwise.
     """
 
     labels: tuple[str, ...]
@@ -113,6 +116,7 @@ class Comparison:
     reference: int = 0
     level: float = 0.9
     include_noise: bool = False
+    stacking_weight: float | None = None
 
     @property
     def n_draws(self) -> int:
@@ -138,8 +142,11 @@ class Comparison:
         return (winners / winners.sum(axis=1, keepdims=True)).mean(axis=0)
 
     def prob_better(self, quantity: str = "final") -> np.ndarray:
-        """``[candidates]`` ``P(loss_k < loss_reference)``, from the paired draws."""
-        return (self.differences(quantity) < 0).mean(axis=0)
+        """``[candidates]`` ``P(loss_k < loss_reference)`` from the paired draws, ties counting one
+        half (as in :meth:`prob_best`): a draw in which two curricula give the same loss (the
+        guard's curriculum-blind draws, or identical curricula) favours neither."""
+        differences = self.differences(quantity)
+        return (differences < 0).mean(axis=0) + 0.5 * (differences == 0).mean(axis=0)
 
     def to_dict(self) -> dict:
         """JSON-ready summary: per candidate, for ``final`` and ``mean`` loss, the posterior mean,
@@ -167,7 +174,7 @@ class Comparison:
         return {
             "reference": self.labels[self.reference], "level": self.level, "reduction": self.reduction,
             "tests": self.tests.tolist(), "draws": self.n_draws, "include_noise": self.include_noise,
-            "uncertainty": self.uncertainty, "candidates": candidates,
+            "uncertainty": self.uncertainty, "stacking_weight": self.stacking_weight, "candidates": candidates,
         }
 
     @property
@@ -180,8 +187,12 @@ class Comparison:
         """What the draws' spread stands for, said in every summary."""
         if not self.has_uncertainty:
             return "none: a point simulator gives one trajectory (fit a bayes-* method for intervals and P(better))"
-        return "posterior predictive (parameters and noise)" if self.include_noise else \
+        what = "posterior predictive (parameters and noise)" if self.include_noise else \
             "parameter uncertainty only (no noise)"
+        if self.stacking_weight is not None:
+            what += (f", stacked with the curriculum-blind model (weight of the effects {self.stacking_weight:.2f}; "
+                     "in the other draws the candidates do not differ)")
+        return what
 
     def summary(self) -> str:
         """A readable table: one row per candidate and quantity."""
@@ -276,5 +287,7 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
         trajectories.append(reduced.mean(axis=1))  # [draws, steps + 1]
     if len({trajectory.shape[0] for trajectory in trajectories}) != 1:
         raise ValueError("the simulator returned different numbers of draws for different candidates")
+    weight = getattr(simulator, "stacking_weight", None)
     return Comparison(labels, tests, reduction, tuple(trajectories),
-                      np.array([candidate.shape[1] for candidate in candidates]), reference, level, include_noise)
+                      np.array([candidate.shape[1] for candidate in candidates]), reference, level, include_noise,
+                      None if weight is None else float(np.mean(weight)))

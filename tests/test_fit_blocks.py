@@ -26,6 +26,7 @@ def test_blocks_cover_every_test_example_once_in_order():
         block_indices(3, 0)
 
 
+@pytest.mark.slow
 def test_a_blocked_fit_agrees_with_the_joint_fit_within_monte_carlo_error(runs):
     context = FitContext(options=EXACT)
     joint = fit_method("bayes-exact", runs, context)

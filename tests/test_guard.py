@@ -10,6 +10,7 @@ from bayes_simfluence.bayes.guard import stack_against_blind, stacking_weights
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.bayes.synthetic import _roll as generating_roll
 from bayes_simfluence.bayes.synthetic import model_runs
+from bayes_simfluence.compare import compare
 from bayes_simfluence.methods import FitContext, fit_method
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import MeanTrajectory
@@ -57,6 +58,7 @@ def test_guard_picks_the_blind_model_where_the_curriculum_has_no_effect():
     assert stacking.report["heldout_mse_stacked"] <= stacking.report["heldout_mse_blind"]
 
 
+@pytest.mark.slow
 def test_guard_keeps_the_full_model_where_effects_are_strong():
     runs, truth = model_runs(n_train=20, n_tests=3, n_runs=16, n_steps=40, effect_scale=0.02, seed=4)
     posterior = fit_method("bayes-svi", runs, FitContext(options=QUICK))
@@ -79,6 +81,7 @@ def fitted():
     return runs, fit_method("bayes-svi", runs, FitContext(options=QUICK))
 
 
+@pytest.mark.slow
 def test_stacked_draws_are_the_mixture_the_weights_say(fitted):
     runs, posterior = fitted
     stacked = dataclasses.replace(posterior, stacking_weight=np.array([0.0, 0.5, 1.0]))
@@ -103,6 +106,7 @@ def test_stacked_draws_are_the_mixture_the_weights_say(fitted):
                           is_blind)
 
 
+@pytest.mark.slow
 def test_guard_weights_survive_save_and_load(fitted, tmp_path):
     runs, posterior = fitted
     posterior.save(tmp_path / "p.nc")
@@ -121,9 +125,23 @@ def test_guard_weights_survive_save_and_load(fitted, tmp_path):
     np.testing.assert_array_equal(merged.hyper["memory_decay"], posterior.hyper["memory_decay"])
 
 
+@pytest.mark.slow
 def test_guard_is_skipped_with_too_few_runs_and_can_be_switched_off():
     runs, _ = model_runs(n_train=10, n_tests=2, n_runs=3, n_steps=10, seed=6)
     posterior = fit_method("bayes-svi", runs, FitContext(options={**QUICK, "num_steps": 200}))
     assert "skipped" in posterior.info["guard"] and posterior.stacking_weight is None
     off = fit_method("bayes-svi", runs, FitContext(options={**QUICK, "num_steps": 200, "guard": False}))
     assert "guard" not in off.info and off.stacking_weight is None
+
+
+@pytest.mark.slow
+def test_compare_says_when_draws_come_from_the_blind_model_and_ties_favour_neither(fitted):
+    runs, posterior = fitted
+    blind_only = dataclasses.replace(posterior, stacking_weight=np.zeros(3))
+    result = compare(blind_only, [runs.curricula[0], runs.curricula[1]], runs.initial_losses[0], n_draws=50)
+    np.testing.assert_array_equal(result.differences("final"), 0.0)  # the blind model ignores the curriculum
+    assert result.prob_better("final")[1] == 0.5 and "curriculum-blind" in result.uncertainty
+    assert result.to_dict()["stacking_weight"] == 0.0
+    full = compare(dataclasses.replace(posterior, stacking_weight=None), [runs.curricula[0], runs.curricula[1]],
+                   runs.initial_losses[0], n_draws=50)
+    assert full.stacking_weight is None and np.all(full.differences("final")[:, 1] != 0)

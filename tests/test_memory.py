@@ -69,6 +69,7 @@ def test_memory_at_lag_zero_is_the_plain_model():
 
 
 @pytest.mark.parametrize("decay, steps, tolerance", [(0.0, 2000, 0.05), (0.7, 5000, 0.06)])
+@pytest.mark.slow
 def test_memory_decay_is_recovered_from_runs_simulated_with_it(decay, steps, tolerance):
     runs = memory_runs(decay)
     posterior = fit_method("bayes-svi", runs, FitContext(options={"memory": "geometric", "num_steps": steps,

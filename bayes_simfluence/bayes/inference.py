@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from bayes_simfluence.bayes import conjugate
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, model_for, prior_for, step_mean
+from bayes_simfluence.bayes.sharding import device_mesh, placed
 
 GUIDES = ("normal", "lowrank", "mvn")
 HYPER_SITES = ("noise_scale", "effect_scale", "a_location", "B_location", "memory_decay")
@@ -250,9 +251,10 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
     program = SviProgram(config, guide, rank, float(learning_rate), float(final_lr_fraction), num_steps, data.n_train)
     start = time.perf_counter()
     with jax.enable_x64(True):
-        init_values = {k: jnp.asarray(v) for k, v in _init_values(data).items() if not fixed or k not in fixed}
-        fixed_values = {k: jnp.asarray(v) for k, v in (fixed or {}).items()}
-        data_args = tuple(jnp.asarray(x) for x in (data.curricula, data.previous, data.change))
+        mesh = device_mesh(data.n_tests)  # test examples split over the local devices, if several
+        init_values = {k: placed(v, mesh, 0) for k, v in _init_values(data).items() if not fixed or k not in fixed}
+        fixed_values = {k: placed(v, mesh, 0) for k, v in (fixed or {}).items()}
+        data_args = (jnp.asarray(data.curricula), placed(data.previous, mesh, 2), placed(data.change, mesh, 2))
         state = _svi_init(jax.random.PRNGKey(seed), data_args, init_values, fixed_values, program=program)
         length, parts = _chunk_length(num_steps), []
         for _ in tqdm(range(num_steps // length), desc="SVI", unit=f"x{length} steps", disable=not progress):

@@ -31,6 +31,7 @@ from bayes_simfluence.bayes import posterior_io
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult
 from bayes_simfluence.bayes.model import ModelConfig, effect_sums, noise_distribution, step_mean
+from bayes_simfluence.bayes.sharding import placed, device_mesh
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import check_simulation_inputs
@@ -282,18 +283,20 @@ class BayesianSimfluence:
         with jax.enable_x64(True):
             if keys is None:  # unused without noise; a placeholder keeps one signature
                 keys = jnp.zeros((len(params["a"]), 2), dtype=jnp.uint32)
+            mesh = device_mesh(self.n_tests)
             arrays = (params["a"], params["B"], drift, params["sigma"], params.get("decay"), np.asarray(keys))
-            fixed = (jnp.asarray(curricula), jnp.asarray(initial_losses), run_offset + jnp.arange(n_runs))
+            fixed = (jnp.asarray(curricula), placed(initial_losses, mesh, 1), run_offset + jnp.arange(n_runs))
             settings = {"config": self.config, "include_noise": include_noise, "draws_per_chunk": per_chunk}
+            tests_axis = (1, 1, 1, 1, 1, None)  # where each of ``arrays`` has its test_example axis
             if not summed:
-                return np.asarray(_roll_out_chunk(*(None if x is None else jnp.asarray(x) for x in arrays), *fixed,
-                                                  **settings))
+                return np.asarray(_roll_out_chunk(*(placed(x, mesh, axis) for x, axis in zip(arrays, tests_axis)),
+                                                  *fixed, **settings))
             n = len(params["a"])
             padded = -(-n // per_chunk) * per_chunk  # whole chunks; the padding repeats draw 0 with weight 0
             take = np.concatenate([np.arange(n), np.zeros(padded - n, dtype=np.int64)])
             weights = jnp.asarray((np.arange(padded) < n).astype(np.float64))
-            return np.asarray(_roll_out_sum(*(None if x is None else jnp.asarray(x[take]) for x in arrays), *fixed,
-                                            weights, **settings))
+            return np.asarray(_roll_out_sum(*(placed(None if x is None else x[take], mesh, axis)
+                                              for x, axis in zip(arrays, tests_axis)), *fixed, weights, **settings))
 
     def _drift_for(self, params: dict[str, np.ndarray], n_steps: int, keys: Array | None) -> np.ndarray:
         """``[draws, tests, n_steps]`` step component, extended past the training horizon."""
