@@ -38,6 +38,7 @@ from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.simulators import MeanTrajectory
 
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
@@ -141,7 +142,7 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     posterior.info["guard"] = stacking.report
     if "skipped" not in stacking.report:
         posterior.stacking_weight = stacking.weight
-        posterior.blind_mean = train.losses.mean(axis=0)
+        posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
     return posterior
 
 

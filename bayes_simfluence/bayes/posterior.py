@@ -216,10 +216,15 @@ class BayesianSimfluence:
                 "B": np.where(keep[..., None], params["B"], 0.0),
                 "drift": np.where(keep[..., None], drift, blind)}
 
+    def blind_offsets(self, n_steps: int) -> np.ndarray:
+        """``[n_steps + 1, tests]`` the blind model's loss minus its initial loss: the training runs'
+        mean trajectory shifted to start at 0, held at its last value past the training horizon."""
+        offsets = self.blind_mean - self.blind_mean[:1]
+        return np.pad(offsets, ((0, max(n_steps + 1 - len(offsets), 0)), (0, 0)), mode="edge")[: n_steps + 1]
+
     def blind_change(self, n_steps: int) -> np.ndarray:
         """``[tests, n_steps]`` per-step change of the blind model (0 past the training horizon)."""
-        change = np.diff(self.blind_mean, axis=0).T
-        return np.pad(change, ((0, 0), (0, max(n_steps - change.shape[1], 0))))[:, :n_steps]
+        return np.diff(self.blind_offsets(n_steps), axis=0).T
 
     def mean_draw_indices(self) -> np.ndarray:
         """The stored draws (flat over chains) :meth:`simulate` averages: all of them up to
@@ -240,8 +245,7 @@ class BayesianSimfluence:
         mean = self._roll_out_draws(params, None, curricula, initial_losses, False, 0, summed=True) / len(index)
         if self.stacking_weight is None:
             return mean
-        blind = initial_losses[:, None, :] + np.concatenate(
-            [np.zeros((1, self.n_tests)), np.cumsum(self.blind_change(curricula.shape[1]).T, axis=0)])[None]
+        blind = initial_losses[:, None, :] + self.blind_offsets(curricula.shape[1])[None]
         return self.stacking_weight * mean + (1.0 - self.stacking_weight) * blind
 
     def bands(self, curricula: np.ndarray, initial_losses: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9),
