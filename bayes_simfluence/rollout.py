@@ -23,10 +23,16 @@ def batch_sums(effects: Array, curricula: Array) -> Array:
         example that appears twice in a batch counts twice).
     """
     n_train = effects.shape[-1]
-    padded = jnp.concatenate([effects, jnp.zeros_like(effects[:, :1])], axis=1)
+    rows = jnp.concatenate([effects, jnp.zeros_like(effects[:, :1])], axis=1).T  # [n_train + 1, tests]
     slots = jnp.where(curricula < 0, n_train, curricula)
-    gathered = jnp.take(padded, slots, axis=1)  # [tests, runs, steps, batch]
-    return jnp.moveaxis(gathered.sum(-1), 0, -1)
+    # One row gather per batch slot, accumulated: XLA fuses the adds, and the gradient is a few
+    # row scatter-adds. A single gather of every slot followed by a sum over the batch axis
+    # materialises [runs, steps, batch, tests]; its gradient was 10x slower (N=1000, T=1000,
+    # R=16, M=64, float64 on CPU).
+    total = jnp.zeros(curricula.shape[:2] + (effects.shape[0],), effects.dtype)
+    for slot in range(curricula.shape[-1]):
+        total = total + rows[slots[..., slot]]
+    return total
 
 
 def remembered(sums: Array, decay: Array) -> Array:
