@@ -84,13 +84,13 @@ def test_exact_draws_of_effects_and_drift_have_the_dense_moments(data):
     mu = np.zeros_like(MU)
     stats = conjugate.collapsed_statistics(data, config)
     n = 4000
-    rng = np.random.default_rng(0)
+    effects_key, drift_key = jax.random.split(jax.random.PRNGKey(0))
     tile = lambda v: np.broadcast_to(v, (n,) + v.shape).copy()  # noqa: E731
-    weights = conjugate.draw_effects(stats, tile(SIGMA), tile(SCALE), tile(mu), rng)
+    weights = conjugate.draw_effects(stats, tile(SIGMA), tile(SCALE), tile(mu), effects_key, chunk_size=1)
     effects = split_weights(weights, data.n_train, config)
     fitted = fitted_step_sums(effects["a"], effects["B"], data)
     system = conjugate.drift_system(data.n_runs, data.n_steps, config)
-    drift = conjugate.draw_drift(system, data.change.sum(0).T, fitted, tile(SIGMA), rng)
+    drift = conjugate.draw_drift(system, data.change.sum(0).T, fitted, tile(SIGMA), drift_key)
     for m in range(data.n_tests):
         x, y, prior_mean, prior_cov, n_features = dense_problem(data, config, m, mu)
         dense_mean, dense_cov = dense_posterior(x, y, prior_mean, prior_cov, SIGMA[m])
@@ -106,3 +106,26 @@ def test_exact_draws_of_effects_and_drift_have_the_dense_moments(data):
 def test_exact_path_refuses_the_student_t_likelihood(data):
     with pytest.raises(ValueError, match="likelihood='normal'"):
         conjugate.collapsed_statistics(data, ModelConfig(likelihood="student_t"))
+
+
+def test_chunks_of_test_examples_are_padded_to_one_shape():
+    """Three test examples in chunks of two (the last one padded) give the statistics and the
+    draws of one chunk of three, and compile one statistics program for both chunks."""
+    runs, _ = model_runs(n_train=5, n_tests=3, n_runs=4, n_steps=6, batch_size=2, empty_fraction=0.2, seed=4)
+    data = model_data(runs)
+    config = ModelConfig()
+    sigma, scale, mu = np.array([0.02, 0.05, 0.03]), np.array([0.05, 0.02, 0.04]), np.zeros((3, 2))
+    whole = conjugate.collapsed_statistics(data, config, chunk_size=3)
+    compiled = conjugate._chunk_statistics._cache_size()
+    chunked = conjugate.collapsed_statistics(data, config, chunk_size=2)
+    assert conjugate._chunk_statistics._cache_size() == compiled + 1
+    for name in ("eigenvalues", "target_sq", "target_blocks", "gram_blocks"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(whole, name), atol=1e-12, err_msg=name)
+    mean, cov = conjugate.posterior_given(whole, sigma, scale, mu)
+    np.testing.assert_allclose(conjugate.posterior_given(chunked, sigma, scale, mu)[0], mean, atol=1e-10)
+    n = 4000
+    tile = lambda v: np.broadcast_to(v, (n,) + v.shape).copy()  # noqa: E731
+    weights = conjugate.draw_effects(chunked, tile(sigma), tile(scale), tile(mu), jax.random.PRNGKey(1), chunk_size=2)
+    sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    assert np.abs((weights.mean(0) - mean) / (sd / np.sqrt(n))).max() < 4.5
+    np.testing.assert_allclose(weights.std(0), sd, rtol=0.06)

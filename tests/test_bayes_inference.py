@@ -1,12 +1,14 @@
 """NUTS and SVI against the exact conjugate posterior; NUTS diagnostics on the reference problem."""
 
+import jax
 import numpy as np
 import pytest
 from numpyro.diagnostics import effective_sample_size
+from scipy.stats import halfnorm, norm
 
 from bayes_simfluence.bayes import conjugate, diagnostics
 from bayes_simfluence.bayes.data import model_data
-from bayes_simfluence.bayes.inference import elbo_converged, run_nuts, run_svi
+from bayes_simfluence.bayes.inference import elbo_converged, run_exact, run_nuts, run_svi
 from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.bayes.synthetic import model_runs
@@ -20,6 +22,13 @@ def small():
     runs, truth = model_runs(n_train=10, n_tests=2, n_runs=8, n_steps=16, batch_size=2, empty_fraction=0.2,
                              effect_scale=0.01, noise_scale=0.01, seed=11)
     return runs, model_data(runs)
+
+
+@pytest.fixture(scope="module")
+def other():
+    """The reference problem's shapes with other runs (for checks that nothing recompiles)."""
+    return model_data(model_runs(n_train=10, n_tests=2, n_runs=8, n_steps=16, batch_size=2, empty_fraction=0.2,
+                                 effect_scale=0.01, noise_scale=0.01, seed=12)[0])
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +71,14 @@ def test_nuts_matches_the_exact_posterior_within_monte_carlo_error(small, fixed_
         assert np.abs(np.corrcoef(flat[:, m].T) - exact_corr).max() < 4 / np.sqrt(ess_sq[m].min())
 
 
-def test_full_rank_svi_matches_the_exact_posterior(small, fixed_hyper, exact):
-    """All latents are real-valued and the posterior is Gaussian: the optimal full-rank guide is exact."""
+@pytest.mark.parametrize("precision", ["float64", "float32"])
+def test_full_rank_svi_matches_the_exact_posterior(small, fixed_hyper, exact, precision):
+    """All latents are real-valued and the posterior is Gaussian: the optimal full-rank guide is
+    exact, and float32 optimisation (the default) is as close to it as float64."""
     _, data = small
     result = run_svi(data, CONFIG, guide="mvn", num_steps=6000, learning_rate=0.02, num_draws=4000, seed=2,
-                     progress=False, fixed=fixed_hyper)
+                     precision=precision, progress=False, fixed=fixed_hyper)
+    assert result.draws["a"].dtype == np.float64 and result.info["precision"] == precision
     w = effect_draws(result)[0]
     mean, cov = exact
     sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
@@ -96,15 +108,104 @@ def test_elbo_convergence_check():
     assert not converged and check["elbo_change"] > 0
 
 
-def test_a_second_svi_fit_of_the_same_shapes_compiles_nothing(small):
+def test_a_second_svi_fit_of_the_same_shapes_compiles_nothing(small, other):
     from bayes_simfluence.bayes import inference
 
     runs, data = small
     programs = (inference._svi_init, inference._svi_steps, inference._svi_draws)
     first = run_svi(data, CONFIG, num_steps=40, num_draws=10, progress=False)
     compiled = [program._cache_size() for program in programs]
-    other = model_data(model_runs(n_train=10, n_tests=2, n_runs=8, n_steps=16, batch_size=2, empty_fraction=0.2,
-                                  effect_scale=0.01, noise_scale=0.01, seed=12)[0])
     second = run_svi(other, CONFIG, num_steps=40, num_draws=10, seed=3, progress=False)
     assert [program._cache_size() for program in programs] == compiled
     assert not np.allclose(first.draws["B"], second.draws["B"])  # and it really fitted the other runs
+
+
+def grid_log_posterior(stats, config, points):
+    """Log posterior density of ``(log sigma, log s[, mu_B])`` at ``points [n, 2 or 3]`` for one
+    test example: the collapsed evidence (checked against dense Gaussians in
+    tests/test_bayes_conjugate.py) plus the priors written out with SciPy, with the Jacobian."""
+    one = stats._replace(**{name: getattr(stats, name)[0] for name in conjugate.TEST_FIELDS})
+    sigma, scale = np.exp(points[:, 0]), np.exp(points[:, 1])
+    mu = np.zeros((len(points), 2))
+    log_prior = (halfnorm.logpdf(sigma, scale=config.noise_prior) + halfnorm.logpdf(scale, scale=config.effect_scale_prior)
+                 + points[:, 0] + points[:, 1])
+    if points.shape[1] == 3:
+        mu[:, 1] = points[:, 2]
+        log_prior = log_prior + norm.logpdf(points[:, 2], scale=config.location_prior)
+    with jax.enable_x64(True):
+        return log_prior + np.concatenate([np.asarray(conjugate.log_evidence(one, sigma[i:i + 100_000], scale[i:i + 100_000],
+                                                                             mu[i:i + 100_000]))
+                                           for i in range(0, len(points), 100_000)])
+
+
+def grid(lows, highs, n):
+    axes = [np.linspace(low, high, n) for low, high in zip(lows, highs)]
+    return np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(axes)), [a[1] - a[0] for a in axes]
+
+
+def quadrature_moments(stats, config):
+    """Posterior mean and variance of each hyperparameter (constrained) by quadrature: a coarse
+    grid finds where the density is within e^-25 of its maximum, a fine one integrates there."""
+    dims = 3 if config.has_locations else 2
+    points, _ = grid([np.log(1e-4), np.log(1e-5), -0.5][:dims], [np.log(3.0), 0.0, 0.5][:dims], 60)
+    log_p = grid_log_posterior(stats, config, points)
+    cell = (np.array([np.log(3.0), 0.0, 0.5]) - np.array([np.log(1e-4), np.log(1e-5), -0.5]))[:dims] / 59
+    kept = points[log_p > log_p.max() - 25]
+    points, _ = grid(kept.min(0) - cell, kept.max(0) + cell, 400 if dims == 2 else 100)
+    log_p = grid_log_posterior(stats, config, points)
+    weight = np.exp(log_p - log_p.max())
+    weight /= weight.sum()
+    values = np.column_stack([np.exp(points[:, :2]), points[:, 2:]])
+    mean = weight @ values
+    return mean, weight @ (values - mean) ** 2
+
+
+@pytest.mark.parametrize("config", [CONFIG, ModelConfig(variant="additive", step_component=False)],
+                         ids=["sigma-s", "sigma-s-location"])
+def test_exact_hyperparameter_posterior_matches_quadrature(small, config):
+    """One test example: the NUTS marginals of the exact path against a fine grid."""
+    _, data = small
+    one = data.select_tests([0])
+    result = run_exact(one, config, num_warmup=500, num_samples=2000, num_chains=4, seed=4, progress=False)
+    assert result.info["divergences"] == 0
+    mean, variance = quadrature_moments(conjugate.collapsed_statistics(one, config), config)
+    names = ["noise_scale", "effect_scale", "B_location"][: len(mean)]
+    for name, grid_mean, grid_variance in zip(names, mean, variance):
+        x = result.draws[name][..., 0]  # [chains, draws]
+        ess = float(effective_sample_size(x[..., None])[0])
+        z = (x.mean() - grid_mean) / np.sqrt(grid_variance / ess)
+        squared = (x - grid_mean) ** 2
+        ess_sq = float(effective_sample_size(squared[..., None])[0])
+        z_var = (squared.mean() - grid_variance) / (squared.std() / np.sqrt(ess_sq))
+        assert abs(z) < 4 and abs(z_var) < 4, (name, z, z_var, ess, ess_sq)
+
+
+def test_exact_fit_of_some_test_examples_agrees_with_the_joint_fit():
+    """Test examples share nothing: fitting two of four alone gives them the same posterior."""
+    runs, _ = model_runs(n_train=8, n_tests=4, n_runs=8, n_steps=12, batch_size=2, effect_scale=0.01,
+                         noise_scale=0.01, seed=13)
+    data = model_data(runs)
+    subset = [1, 3]
+    joint = run_exact(data, CONFIG, num_warmup=300, num_samples=1000, num_chains=2, seed=5, progress=False)
+    alone = run_exact(data.select_tests(subset), CONFIG, num_warmup=300, num_samples=1000, num_chains=2, seed=6,
+                      progress=False)
+    for name in ("noise_scale", "effect_scale", "a", "B", "drift"):
+        pair = [joint.draws[name][:, :, subset], alone.draws[name]]
+        errors = [np.asarray(effective_sample_size(x)) for x in pair]
+        se2 = [x.var((0, 1)) / ess for x, ess in zip(pair, errors)]
+        z = (pair[0].mean((0, 1)) - pair[1].mean((0, 1))) / np.sqrt(se2[0] + se2[1])
+        assert np.abs(z).max() < 4.5, (name, np.abs(z).max())
+
+
+def test_a_second_exact_fit_of_the_same_shapes_compiles_nothing(small, other):
+    from bayes_simfluence.bayes import hyper_nuts, inference
+
+    runs, data = small
+    programs = (conjugate._chunk_statistics, conjugate._banded_cholesky, conjugate._effects_chunk,
+                conjugate._drift_draws, hyper_nuts._run_chains, inference._step_sums)
+    first = run_exact(data, CONFIG, num_warmup=50, num_samples=20, progress=False)
+    compiled = [program._cache_size() for program in programs]
+    second = run_exact(other, CONFIG, num_warmup=50, num_samples=20, seed=3, progress=False)
+    assert [program._cache_size() for program in programs] == compiled
+    assert not np.allclose(first.draws["B"], second.draws["B"])  # and it really fitted the other runs
+    assert first.sample_stats["diverging"].shape == first.sample_stats["num_steps"].shape == (2, 20)

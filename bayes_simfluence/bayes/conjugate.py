@@ -16,23 +16,32 @@ any ``(sigma, s, mu)``, the marginal likelihood in ``O(features)`` and the poste
     w | y ~ N(U diag(v) U^T (m0 / s^2 + b / sigma^2), U diag(v) U^T),   v = 1 / (1 / s^2 + lambda / sigma^2),
 
 and ``d | w, y ~ N(A^{-1} Z^T (y - X w), sigma^2 A^{-1})``. This is both the fast path (NUTS on
-the few hyperparameters, then exact draws of the effects) and the oracle the tests check NUTS
-and SVI against. Everything here is float64 NumPy/SciPy except the JAX likelihood.
+the few hyperparameters, :mod:`bayes_simfluence.bayes.hyper_nuts`, then exact draws of the
+effects) and the oracle the tests check NUTS and SVI against.
+
+The statistics and the draws are computed by module-level jitted JAX programs in float64
+(``jax.enable_x64`` inside; the device is JAX's default, a GPU when there is one), in chunks of
+test examples padded to one shape, so a second fit of the same shapes compiles nothing: the
+normal equations by scatter-adds over the batch slots (the count matrix is never dense), the
+drift system by tridiagonal solves (``lax.linalg.tridiagonal_solve``) and its Cholesky factor by
+a ``lax.scan``, ``jnp.linalg.eigh`` batched over a chunk. Results come back as host NumPy
+arrays; :func:`posterior_given` (the tests' oracle) is plain NumPy.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.linalg
-from jax import Array
+from jax import Array, lax
 from tqdm.auto import tqdm
 
-from bayes_simfluence import ridge as ridge_lib
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig
+from bayes_simfluence.validation import check_memory
 
 
 class DriftSystem(NamedTuple):
@@ -77,6 +86,10 @@ class CollapsedStats(NamedTuple):
     logdet_omega: float
 
 
+#: the fields of :class:`CollapsedStats` with a leading test axis
+TEST_FIELDS = CollapsedStats._fields[:8]
+
+
 def block_indicators(n_train: int, config: ModelConfig) -> np.ndarray:
     """``[2, features]`` indicators of the ``a`` and ``B`` blocks (a row of zeros for an absent part)."""
     parts = []
@@ -96,36 +109,127 @@ def drift_system(n_runs: int, n_steps: int, config: ModelConfig) -> DriftSystem:
     banded = np.zeros((2, n_steps))
     banded[0, 1:] = -1.0 / rho2
     banded[1] = diagonal + n_runs
-    cholesky = scipy.linalg.cholesky_banded(banded, lower=False)
+    with jax.enable_x64(True):
+        cholesky = np.asarray(_banded_cholesky(banded))
     logdet_a = 2.0 * np.log(cholesky[1]).sum()
     logdet_q = -np.log(kappa2) - (n_steps - 1) * np.log(rho2)
     return DriftSystem(banded, cholesky, float(logdet_a - logdet_q))
 
 
-def standard_losses(data: ModelData) -> np.ndarray:
-    """``[runs, steps + 1, tests]`` standardised losses rebuilt from ``data``."""
-    return np.concatenate([data.previous, data.previous[:, -1:] + data.change[:, -1:]], axis=1)
+@jax.jit
+def _banded_cholesky(banded: Array) -> Array:
+    """``[2, steps]`` upper banded Cholesky factor of a symmetric positive definite tridiagonal matrix."""
+
+    def column(previous: Array, entries: Array) -> tuple[Array, Array]:
+        off = entries[0] / previous  # the first column has no entry above the diagonal (0 / inf)
+        diagonal = jnp.sqrt(entries[1] - off**2)
+        return diagonal, jnp.stack([off, diagonal])
+
+    return lax.scan(column, jnp.asarray(jnp.inf, banded.dtype), banded.T)[1].T
 
 
-def step_features(data: ModelData, config: ModelConfig) -> tuple[np.ndarray, np.ndarray]:
-    """``S = Z^T X`` ``[tests, steps, features]`` and ``Z^T y`` ``[tests, steps]``: sums over runs per step."""
-    counts = np.zeros((data.n_runs, data.n_steps, data.n_train + 1))
-    slots = np.where(data.curricula < 0, data.n_train, data.curricula)
-    np.add.at(counts, (np.arange(data.n_runs)[:, None, None], np.arange(data.n_steps)[None, :, None], slots), 1.0)
-    counts = counts[..., : data.n_train]  # [runs, steps, n_train]
-    blocks = []
-    if config.has_multiplicative:
-        blocks.append(np.einsum("rtm,rti->mti", data.previous, counts))
-    if config.has_additive:
-        blocks.append(np.broadcast_to(counts.sum(0), (data.n_tests,) + counts.shape[1:]))
-    return np.concatenate(blocks, axis=-1), data.change.sum(0).T
+def _solve_banded(banded: Array, rhs: Array, symmetric: bool) -> Array:
+    """``M^{-1} rhs`` for ``rhs [steps, n]``, ``M`` from upper banded storage: the symmetric
+    tridiagonal matrix (``A``) or the upper bidiagonal one (its Cholesky factor ``U``)."""
+    upper = banded[0, 1:]
+    zero = jnp.zeros(1, banded.dtype)
+    lower = jnp.concatenate([zero, upper]) if symmetric else jnp.zeros_like(banded[1])
+    return lax.linalg.tridiagonal_solve(lower, banded[1], jnp.concatenate([upper, zero]), rhs)
+
+
+def _padded(x: np.ndarray, start: int, size: int, axis: int = 0) -> np.ndarray:
+    """``size`` test examples of ``x`` from ``start`` along ``axis``, the last one repeated past
+    the end (every chunk has one shape, so one compiled program)."""
+    return np.take(x, np.minimum(np.arange(start, start + size), x.shape[axis] - 1), axis=axis)
+
+
+def _chunks(n_tests: int, chunk_size: int) -> tuple[int, list[tuple[int, int]]]:
+    """The chunk length and the ``(start, stop)`` of each chunk of test examples."""
+    size = max(min(chunk_size, n_tests), 1)
+    return size, [(start, min(start + size, n_tests)) for start in range(0, n_tests, size)]
+
+
+def _weighted_gram(slots: Array, weight: Array, n_train: int) -> Array:
+    """``C^T diag(weight) C`` ``[n_train, n_train]``: ``C`` counts the training examples of each
+    (run, step) from ``slots [runs, steps, batch]`` (empty slots at ``n_train``), ``weight [runs, steps]``."""
+    flat, values = slots.reshape(-1, slots.shape[-1]), weight.reshape(-1, 1)
+
+    def add(k: int, gram: Array) -> Array:  # the pairs (slot k, every slot) of every (run, step)
+        return gram.at[flat[:, k, None], flat].add(values)
+
+    gram = lax.fori_loop(0, flat.shape[1], add, jnp.zeros((n_train + 1, n_train + 1), weight.dtype))
+    return gram[:n_train, :n_train]
+
+
+def _count_sums(slots: Array, weight: Array, n_train: int, per_step: bool) -> Array:
+    """``sum weight_rt n_rti`` over runs and steps ``[n_train]``, or over runs only ``[steps, n_train]``."""
+    values = jnp.broadcast_to(weight[..., None], slots.shape)
+    if not per_step:
+        return jnp.zeros(n_train + 1, weight.dtype).at[slots].add(values)[:n_train]
+    steps = jnp.broadcast_to(jnp.arange(slots.shape[1])[None, :, None], slots.shape)
+    return jnp.zeros((slots.shape[1], n_train + 1), weight.dtype).at[steps, slots].add(values)[:, :n_train]
+
+
+def _block_weights(previous: Array, variant: str) -> list[Array]:
+    """Each block's feature value per (run, step): ``L_{t-1}`` for ``a``, 1 for ``B``."""
+    return (([previous] if variant != "additive" else [])
+            + ([jnp.ones_like(previous)] if variant != "multiplicative" else []))
+
+
+def _gram(slots: Array, previous: Array, plain: Array | None, variant: str, n_train: int) -> Array:
+    """``X^T X`` of one test example; ``plain = C^T C`` (the ``B`` block, shared by every test example)."""
+    if variant == "additive":
+        return plain
+    squared = _weighted_gram(slots, previous**2, n_train)
+    if variant == "multiplicative":
+        return squared
+    cross = _weighted_gram(slots, previous, n_train)
+    return jnp.block([[squared, cross], [cross.T, plain]])
+
+
+def _test_equations(previous: Array, change: Array, slots: Array, plain: Array | None, banded: Array | None,
+                    variant: str, n_train: int) -> tuple[Array, Array, Array]:
+    """``(G, b, y^T Omega^{-1} y)`` of one test example from ``previous, change [runs, steps]``."""
+    weights = _block_weights(previous, variant)
+    gram = _gram(slots, previous, plain, variant, n_train)
+    moment = jnp.concatenate([_count_sums(slots, w * change, n_train, False) for w in weights])
+    target_sq = jnp.sum(change**2)
+    if banded is not None:  # whiten: subtract what the drift explains, S^T A^{-1} S with S = Z^T X
+        features = jnp.concatenate([_count_sums(slots, w, n_train, True) for w in weights], axis=1)
+        target_steps = change.sum(0)
+        solved = _solve_banded(banded, features, symmetric=True)
+        gram = gram - features.T @ solved
+        moment = moment - solved.T @ target_steps
+        target_sq = target_sq - target_steps @ _solve_banded(banded, target_steps[:, None], symmetric=True)[:, 0]
+    return 0.5 * (gram + gram.T), moment, target_sq
+
+
+@functools.partial(jax.jit, static_argnames=("variant", "n_train"))
+def _chunk_statistics(curricula: Array, previous: Array, change: Array, banded: Array | None, indicators: Array, *,
+                      variant: str, n_train: int) -> tuple[Array, ...]:
+    """The per-test fields of :class:`CollapsedStats` for ``previous, change [runs, steps, chunk]``."""
+    slots = jnp.where(curricula < 0, n_train, curricula)
+    plain = _weighted_gram(slots, jnp.ones(curricula.shape[:2], previous.dtype), n_train) \
+        if variant != "multiplicative" else None
+    one = functools.partial(_test_equations, slots=slots, plain=plain, banded=banded, variant=variant, n_train=n_train)
+    gram, moment, target_sq = jax.vmap(one, in_axes=(2, 2))(previous, change)
+    eigenvalues, eigenvectors = jnp.linalg.eigh(gram)
+    gram_e = jnp.einsum("mfg,kg->mkf", gram, indicators)  # G e_k
+    return (jnp.clip(eigenvalues, 0.0, None), eigenvectors,
+            jnp.einsum("mgf,mg->mf", eigenvectors, moment),
+            jnp.einsum("mgf,mkg->mkf", eigenvectors, gram_e),
+            jnp.einsum("mgf,kg->mkf", eigenvectors, indicators),
+            target_sq,
+            jnp.einsum("kf,mf->mk", indicators, moment),
+            jnp.einsum("lf,mkf->mkl", indicators, gram_e))
 
 
 def collapsed_statistics(data: ModelData, config: ModelConfig, chunk_size: int = 8,
                          progress: bool = False) -> CollapsedStats:
     """Whitened sufficient statistics and their eigendecomposition, in chunks of test examples.
 
-    Memory: ``tests * features^2`` floats for the eigenvectors plus a chunk of Gram matrices.
+    Memory: ``tests * features^2`` floats for the eigenvectors (on the host) plus a chunk of Gram
+    matrices (on the device).
     """
     if config.likelihood != "normal":
         raise ValueError("the exact (conjugate) path needs likelihood='normal'; use SVI or NUTS for 'student_t'")
@@ -133,50 +237,25 @@ def collapsed_statistics(data: ModelData, config: ModelConfig, chunk_size: int =
         raise ValueError("the exact (conjugate) path has no optimiser memory (its features would be dense); "
                          "use bayes-svi or bayes-nuts for memory='geometric'")
     indicators = block_indicators(data.n_train, config)
+    size, chunks = _chunks(data.n_tests, chunk_size)
+    n_features = indicators.shape[1]
+    check_memory(8 * n_features**2 * (data.n_tests + 3 * size),
+                 f"the exact path's eigendecompositions ({data.n_tests} x {n_features}^2 for n_train = {data.n_train})",
+                 "n_train is the size of the pool the indices refer to: is it right?")
     system = drift_system(data.n_runs, data.n_steps, config) if config.step_component else None
-    losses = standard_losses(data)
-    pieces = []
-    starts = range(0, data.n_tests, chunk_size)
-    for start in tqdm(starts, desc="exact: eigendecompositions", disable=not progress, unit="chunk"):
-        chunk = slice(start, start + chunk_size)
-        equations = ridge_lib.normal_equations(data.curricula, losses[..., chunk], data.n_train,
-                                               config.variant, centring="per_step")
-        gram, moment, target_sq = equations.gram, equations.moment, equations.target_sq
-        if system is not None:
-            features, target_steps = step_features(data.select_tests(chunk), config)
-            solved = _solve_drift(system, np.moveaxis(features, 0, 1))  # [steps, chunk, features]
-            solved = np.moveaxis(solved, 1, 0)
-            gram = gram - np.matmul(np.swapaxes(features, 1, 2), solved)
-            moment = moment - np.matmul(np.swapaxes(solved, 1, 2), target_steps[..., None])[..., 0]
-            target_sq = target_sq - np.einsum("mt,tm->m", target_steps, _solve_drift(system, target_steps.T))
-        gram = 0.5 * (gram + np.swapaxes(gram, 1, 2))
-        eigenvalues, eigenvectors = np.linalg.eigh(gram)
-        eigenvalues = np.clip(eigenvalues, 0.0, None)
-        ut = np.swapaxes(eigenvectors, 1, 2)
-        gram_e = np.swapaxes(np.matmul(gram, indicators.T), 1, 2)  # [chunk, 2, features]
-        pieces.append((
-            eigenvalues, eigenvectors,
-            np.matmul(ut, moment[..., None])[..., 0],
-            np.swapaxes(np.matmul(ut, np.swapaxes(gram_e, 1, 2)), 1, 2),
-            np.swapaxes(np.matmul(ut, indicators.T), 1, 2),
-            target_sq,
-            np.einsum("kf,mf->mk", indicators, moment),
-            np.einsum("lf,mkf->mkl", indicators, gram_e),
-        ))
-    arrays = [np.concatenate(parts) for parts in zip(*pieces)]
-    return CollapsedStats(*arrays, n_obs=data.n_runs * data.n_steps,
+    fields: list[np.ndarray] = []
+    with jax.enable_x64(True):
+        for start, stop in tqdm(chunks, desc="exact: eigendecompositions", disable=not progress, unit="chunk"):
+            pieces = _chunk_statistics(data.curricula, _padded(data.previous, start, size, axis=2),
+                                       _padded(data.change, start, size, axis=2),
+                                       None if system is None else system.banded, indicators,
+                                       variant=config.variant, n_train=data.n_train)
+            pieces = [np.asarray(piece) for piece in pieces]
+            fields = fields or [np.empty((data.n_tests,) + piece.shape[1:]) for piece in pieces]
+            for field, piece in zip(fields, pieces):
+                field[start:stop] = piece[: stop - start]
+    return CollapsedStats(*fields, n_obs=data.n_runs * data.n_steps,
                           logdet_omega=system.logdet_omega if system is not None else 0.0)
-
-
-def _solve_drift(system: DriftSystem, rhs: np.ndarray) -> np.ndarray:
-    """``A^{-1} rhs`` for ``rhs [steps, ...]``."""
-    flat = rhs.reshape(rhs.shape[0], -1)
-    return scipy.linalg.cho_solve_banded((system.cholesky, False), flat).reshape(rhs.shape)
-
-
-def _prior_mean_coordinates(stats_ones: Array, mu: Array) -> Array:
-    """``U^T m0`` ``[..., tests, features]`` for locations ``mu [..., tests, 2]``."""
-    return jnp.einsum("...mk,mkf->...mf", mu, stats_ones)
 
 
 def log_evidence(stats: CollapsedStats, sigma: Array, scale: Array, mu: Array) -> Array:
@@ -184,13 +263,14 @@ def log_evidence(stats: CollapsedStats, sigma: Array, scale: Array, mu: Array) -
 
     Args:
         sigma, scale: ``[tests]``; mu: ``[tests, 2]`` population locations of ``a`` and ``B``.
+            Also for one test example (``stats`` fields without their test axis, scalar
+            ``sigma`` and ``scale``, ``mu [2]``), as the per-test NUTS evaluates it.
     """
     lam = jnp.asarray(stats.eigenvalues)
-    s2, v2 = scale[:, None] ** 2, sigma[:, None] ** 2
-    blocks = jnp.asarray(stats.gram_blocks)
-    residual_sq = (jnp.asarray(stats.target_sq) - 2.0 * jnp.sum(mu * jnp.asarray(stats.target_blocks), -1)
-                   + jnp.einsum("mk,mkl,ml->m", mu, blocks, mu))
-    projected = jnp.asarray(stats.proj_target) - jnp.einsum("mk,mkf->mf", mu, jnp.asarray(stats.proj_gram))
+    s2, v2 = scale[..., None] ** 2, sigma[..., None] ** 2
+    residual_sq = (stats.target_sq - 2.0 * jnp.sum(mu * stats.target_blocks, -1)
+                   + jnp.einsum("...k,...kl,...l->...", mu, stats.gram_blocks, mu))
+    projected = stats.proj_target - jnp.einsum("...k,...kf->...f", mu, stats.proj_gram)
     shrunk = jnp.sum(s2 / (v2 + s2 * lam) * projected**2, axis=-1)
     n = stats.n_obs
     return (-0.5 * n * jnp.log(2.0 * jnp.pi * sigma**2) - 0.5 * stats.logdet_omega
@@ -200,7 +280,7 @@ def log_evidence(stats: CollapsedStats, sigma: Array, scale: Array, mu: Array) -
 
 def posterior_given(stats: CollapsedStats, sigma: np.ndarray, scale: np.ndarray,
                     mu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact posterior of ``w = (a, B)`` given the hyperparameters (the test oracle).
+    """Exact posterior of ``w = (a, B)`` given the hyperparameters (the test oracle, in NumPy).
 
     Args:
         sigma, scale: ``[tests]``; mu: ``[tests, 2]``.
@@ -215,36 +295,51 @@ def posterior_given(stats: CollapsedStats, sigma: np.ndarray, scale: np.ndarray,
     return np.einsum("mfg,mg->mf", u, coords), np.einsum("mfg,mg,mhg->mfh", u, variance, u)
 
 
+@jax.jit
+def _effects_chunk(key: Array, start: Array, stats: CollapsedStats, sigma: Array, scale: Array,
+                   mu: Array) -> Array:
+    """``[draws, chunk, features]`` draws of ``w`` for one chunk of test examples."""
+    variance = 1.0 / (1.0 / scale[..., None] ** 2 + stats.eigenvalues / sigma[..., None] ** 2)
+    prior_coords = jnp.einsum("dmk,mkf->dmf", mu, stats.proj_ones)
+    coords = variance * (prior_coords / scale[..., None] ** 2 + stats.proj_target / sigma[..., None] ** 2)
+    noise = jax.random.normal(jax.random.fold_in(key, start), variance.shape, variance.dtype)
+    return jnp.einsum("mfg,dmg->dmf", stats.eigenvectors, coords + jnp.sqrt(variance) * noise)
+
+
 def draw_effects(stats: CollapsedStats, sigma: np.ndarray, scale: np.ndarray, mu: np.ndarray,
-                 rng: np.random.Generator, chunk_size: int = 8) -> np.ndarray:
-    """``[draws, tests, features]`` exact draws of ``w`` for hyperparameter draws.
+                 key: Array, chunk_size: int = 8) -> np.ndarray:
+    """``[draws, tests, features]`` exact draws of ``w`` for hyperparameter draws, in chunks of test examples.
 
     Args:
-        sigma, scale: ``[draws, tests]``; mu: ``[draws, tests, 2]``.
+        sigma, scale: ``[draws, tests]``; mu: ``[draws, tests, 2]``; key: a JAX random key.
     """
-    variance = 1.0 / (1.0 / scale[..., None] ** 2 + stats.eigenvalues / sigma[..., None] ** 2)
-    prior_coords = np.einsum("dmk,mkf->dmf", mu, stats.proj_ones)
-    coords = variance * (prior_coords / scale[..., None] ** 2 + stats.proj_target / sigma[..., None] ** 2)
-    coords = coords + np.sqrt(variance) * rng.standard_normal(variance.shape)
-    out = np.empty_like(coords)
-    for start in range(0, coords.shape[1], chunk_size):
-        chunk = slice(start, start + chunk_size)
-        # [chunk, features, features] @ [chunk, features, draws] -> [draws, chunk, features]
-        out[:, chunk] = np.moveaxis(np.matmul(stats.eigenvectors[chunk], np.moveaxis(coords[:, chunk], 0, -1)), -1, 0)
+    size, chunks = _chunks(stats.eigenvalues.shape[0], chunk_size)
+    out = np.empty(sigma.shape + stats.eigenvalues.shape[1:])
+    with jax.enable_x64(True):
+        for start, stop in chunks:
+            chunk = stats._replace(**{name: _padded(getattr(stats, name), start, size) for name in TEST_FIELDS})
+            tests = [_padded(np.asarray(x, np.float64), start, size, axis=1) for x in (sigma, scale, mu)]
+            out[:, start:stop] = np.asarray(_effects_chunk(key, start, chunk, *tests))[:, : stop - start]
     return out
 
 
+@jax.jit
+def _drift_draws(key: Array, banded: Array, cholesky: Array, target_steps: Array, fitted_steps: Array,
+                 sigma: Array) -> Array:
+    rhs = (target_steps[None] - fitted_steps).reshape(-1, target_steps.shape[-1]).T  # [steps, draws * tests]
+    noise = _solve_banded(cholesky, jax.random.normal(key, rhs.shape, rhs.dtype), symmetric=False)  # ~ N(0, A^{-1})
+    draws = _solve_banded(banded, rhs, symmetric=True) + sigma.reshape(-1) * noise
+    return draws.T.reshape(fitted_steps.shape)
+
+
 def draw_drift(system: DriftSystem, target_steps: np.ndarray, fitted_steps: np.ndarray,
-               sigma: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+               sigma: np.ndarray, key: Array) -> np.ndarray:
     """``[draws, tests, steps]`` exact draws of ``d | w, y``.
 
     Args:
         target_steps: ``[tests, steps]`` ``Z^T y``; fitted_steps: ``[draws, tests, steps]``
-            ``Z^T X w`` for each draw of ``w``; sigma: ``[draws, tests]``.
+            ``Z^T X w`` for each draw of ``w``; sigma: ``[draws, tests]``; key: a JAX random key.
     """
-    rhs = np.moveaxis(target_steps[None] - fitted_steps, -1, 0)  # [steps, draws, tests]
-    mean = _solve_drift(system, rhs)
-    noise = rng.standard_normal(rhs.shape)
-    flat = scipy.linalg.solve_banded((0, 1), system.cholesky, noise.reshape(noise.shape[0], -1))
-    draws = mean + sigma[None] * flat.reshape(noise.shape)
-    return np.moveaxis(draws, 0, -1)
+    with jax.enable_x64(True):
+        return np.asarray(_drift_draws(key, system.banded, system.cholesky, np.asarray(target_steps, np.float64),
+                                       np.asarray(fitted_steps, np.float64), np.asarray(sigma, np.float64)))

@@ -1,8 +1,8 @@
 """Registration of the Bayesian methods (``bayes-svi``, ``bayes-nuts``, ``bayes-exact``) and their options.
 
 ``bayes-svi`` is the default Bayesian method: its cost grows with ``runs * steps * batch * tests``
-(one fit of ``N=1000, T=1000, R=16, M=64`` took 3.4 minutes on 2 CPU cores, before optimiser memory;
-the guard adds ``guard_folds`` fits on 3/4 of the runs, so about 4 times that by default).
+per SVI step; with the guard it is one fit plus ``guard_folds`` shorter cross-fits on 3/4 of the
+runs (``benchmarks/results/bench_scale.md`` has the times at ``N=1000, T=1000, R=16, M=64``).
 ``bayes-exact`` is exact (Normal likelihood) and the better choice while ``2 * n_train`` is up to
 a few hundred (one ``2 n_train``-square eigendecomposition per test example); ``bayes-nuts``
 samples the full model and is for small problems and checks.
@@ -16,9 +16,11 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   geometric for bayes-svi and bayes-nuts, none and the only choice for bayes-exact),
   ``memory_prior``; ``progress`` (progress bars, default true); ``guard`` (default true: stack
   with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
-  costs ``guard_folds`` extra fits on 3/4 of the runs) and ``guard_folds`` (default 4).
+  costs ``guard_folds`` extra fits on 3/4 of the runs, with half the SVI steps) and
+  ``guard_folds`` (default 4).
 - bayes-svi: ``guide`` (normal | lowrank | mvn), ``num_steps``, ``learning_rate``,
-  ``final_lr_fraction``, ``num_draws``, ``rank``.
+  ``final_lr_fraction``, ``num_draws``, ``rank``, ``precision`` (float32 | float64, default
+  float32: as accurate here, half the time; NUTS and the exact path always use float64).
 - bayes-nuts: ``num_warmup``, ``num_samples``, ``num_chains``, ``chain_method``,
   ``target_accept``, ``max_tree_depth``.
 - bayes-exact: ``num_warmup``, ``num_samples``, ``num_chains``, ``chain_method``, ``chunk_size``.
@@ -35,7 +37,7 @@ from bayes_simfluence.bayes import guard, inference
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
-from bayes_simfluence.bayes.posterior import BayesianSimfluence
+from bayes_simfluence.bayes.posterior import MEAN_DRAWS, BayesianSimfluence
 from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import MeanTrajectory
@@ -79,7 +81,7 @@ CHAIN_OPTIONS = {"num_warmup": _integer(0), "num_samples": _integer(1), "num_cha
                  "chain_method": _text}
 INFERENCE_OPTIONS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
     "svi": {"guide": _text, "num_steps": _integer(1), "learning_rate": _float,
-            "final_lr_fraction": _float, "num_draws": _integer(1), "rank": _integer(1)},
+            "final_lr_fraction": _float, "num_draws": _integer(1), "rank": _integer(1), "precision": _text},
     "nuts": {**CHAIN_OPTIONS, "target_accept": _float, "max_tree_depth": _integer(1)},
     "exact": {**CHAIN_OPTIONS, "chunk_size": _integer(1)},
 }
@@ -87,6 +89,11 @@ RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": infere
 
 
 GUARD_OPTIONS = ("guard", "guard_folds")
+#: the guard's cross-fits with ``bayes-svi`` run this fraction of the fit's SVI steps, and store
+#: only the draws the posterior mean uses. They cost ``folds`` fits on 3/4 of the runs, most of a
+#: default fit's time; a shorter optimisation can only make the effects look worse held out, so the
+#: saving errs towards the curriculum-blind model (measured on the real sets: README, Speed).
+GUARD_SVI_STEPS = 0.5
 #: model settings whose default depends on the method: optimiser memory where the inference can
 #: take it (it beat plain Simfluence in held-out MSE and LDS on every real set, README), none on
 #: the exact path (its features would be dense).
@@ -135,21 +142,32 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     if not use_guard:
         return posterior
     quiet = {**options, "progress": False}
+    if method == "svi":
+        steps = _fit_settings(method, options)
+        quiet.update(num_steps=max(int(GUARD_SVI_STEPS * steps["num_steps"]), 1),
+                     num_draws=min(steps["num_draws"], MEAN_DRAWS))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
         stacking = guard.stack_against_blind(lambda runs: _fit_once(method, runs, quiet, seed), train, folds,
                                              progress=_bool(options.get("progress", True), "progress"))
     posterior.info["guard"] = stacking.report
+    if method == "svi" and "skipped" not in stacking.report:
+        posterior.info["guard"]["fold_num_steps"] = quiet["num_steps"]
     if "skipped" not in stacking.report:
         posterior.stacking_weight = stacking.weight
         posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
     return posterior
 
 
+def _fit_settings(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Every keyword of the inference routine: the user's options over its defaults."""
+    defaults = {name: parameter.default for name, parameter in inspect.signature(RUNNERS[method]).parameters.items()}
+    return {**defaults, **parse_options(options, method)[1]}
+
+
 def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int) -> BayesianSimfluence:
     config, kwargs = parse_options(options, method)
-    defaults = {name: parameter.default for name, parameter in inspect.signature(RUNNERS[method]).parameters.items()}
-    settings = {**defaults, **kwargs}
+    settings = _fit_settings(method, options)
     stored = settings["num_draws"] if method == "svi" else settings["num_samples"] * settings["num_chains"]
     validation.check_memory(8 * train.n_tests * train.n_train * (2 * stored + 16),
                             f"bayes-{method} on {train.n_tests} test x {train.n_train} training examples "
