@@ -1,0 +1,237 @@
+"""How ``bayes-svi`` scales: whole ``fit`` commands, the cost of a step, simulation, and memory.
+
+    python benchmarks/bench_scale.py                 # about 25 minutes on 2 CPU cores
+    python benchmarks/bench_scale.py --cells 1000x64 # one cell (N x M)
+
+``T = 1000`` steps, ``R = 16`` runs, batch 8, runs from
+:func:`bayes_simfluence.bayes.synthetic.decaying_runs`, on a grid of ``N`` (training examples)
+in {1000, 10000} and ``M`` (test examples) in {64, 1024}. Each measurement runs in its own
+process (times include JAX compilation; the peak resident memory is that process's):
+
+- **Whole commands** at ``N=1000, M=64`` (issue 13's yardstick): ``bayes-simfluence fit`` with the
+  defaults of ``-m linear`` (ridge, its strength chosen by cross-validation) and of
+  ``-m bayes-svi`` (float32, optimiser memory, the guard), as a user runs them.
+- **SVI steps** in every cell: fits of 20 and 60 steps without the guard, each run twice in one
+  process; the difference of the second runs (which compile nothing) gives the seconds per step,
+  the rest of the first short fit is fixed cost (compilation, initialisation, draws). The default
+  fit's time is then *estimated* as ``2 x fixed + step x (2000 + 4 x 3/4 x 1000)`` (the full fit,
+  and the guard's 4 cross-fits of 1000 steps on 3/4 of the runs, one more compilation), and
+  checked against the measured whole command at ``N=1000, M=64``.
+- **Simulation** of the 16 runs' curricula by the posterior mean and by 100 predictive draws.
+- **Memory**: the peak resident memory of the step fits beside the memory model of
+  :func:`memory_model`, which says what grows with ``N``, ``M`` and ``T``.
+
+There is no GPU on the machine these results come from; on one, run the same command (JAX picks
+the GPU) and the device's memory is what :func:`memory_model` bounds. Writes
+``benchmarks/results/bench_scale.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+CELLS = ((1000, 64), (1000, 1024), (10000, 64), (10000, 1024))
+N_STEPS, N_RUNS, BATCH = 1000, 16, 8
+SVI_STEPS, GUARD_FOLDS, GUARD_STEPS = 2000, 4, 0.5
+DRAWS = 200
+STEP_FITS = (20, 60)
+TIME_LIMIT = 3600
+
+
+def memory_model(n_train: int, n_tests: int, n_steps: int = N_STEPS, n_runs: int = N_RUNS,
+                 draws: int = DRAWS) -> dict[str, float]:
+    """Bytes of the main arrays of a default ``bayes-svi`` fit (float32 optimisation).
+
+    - ``svi_state``: the guide's location and scale and Adam's two moments for each, of every
+      latent (``2 N M`` effects, ``T M`` step innovations): ``4 x (2 N M + T M)`` float32.
+    - ``step_work``: per SVI step, arrays of ``[runs, steps, tests]`` (data, batch sums,
+      remembered sums and their gradients: about 16 of them) float32.
+    - ``draws``: the stored posterior draws ``draws x (2 N M + T M)`` float64 (host), produced on
+      the device in float32.
+    Grows as ``N M`` (effects), ``R T M`` (per step) and ``draws N M`` (stored).
+    """
+    latents = 2 * n_train * n_tests + n_steps * n_tests
+    return {"svi_state": 4.0 * latents * 4, "step_work": 16.0 * n_runs * n_steps * n_tests * 4,
+            "draws": float(draws) * latents * 8, "draws_device": float(draws) * latents * 4}
+
+
+#: the measured peak resident memory of the step fits (``N x M`` = 1000 x 64 and 10000 x 64 with 200
+#: draws, 10000 x 1024 with 20) is ``PEAK_BASE + WORK_FACTOR x (svi_state + step_work) +
+#: DRAWS_FACTOR x draws`` of :func:`memory_model` with these constants, fitted to those three cells
+#: (so it interpolates them): the draws are held about twice (device output, float64 copies), and
+#: XLA keeps many more per-step arrays than the model counts. At the fourth cell, 1000 x 1024 with
+#: 20 draws (not used in the fit), it predicts 9.5 GB where 6.1 GB was measured: conservative there.
+PEAK_BASE, WORK_FACTOR, DRAWS_FACTOR = 1.26 * 2**30, 7.08, 2.09
+
+
+def predicted_peak(n_train: int, n_tests: int, draws: int = DRAWS, on_device: bool = False) -> float:
+    """Bytes at the peak of a default fit: on the host (CPU), or on the device (GPU: the draws
+    are produced there in float32 and copied to the host)."""
+    model = memory_model(n_train, n_tests, draws=draws)
+    work = WORK_FACTOR * (model["svi_state"] + model["step_work"])
+    if on_device:
+        return work + DRAWS_FACTOR * model["draws_device"]
+    return PEAK_BASE + work + DRAWS_FACTOR * model["draws"]
+
+
+def largest_tests(n_train: int, capacity: float, on_device: bool) -> int:
+    """The most test examples a default fit of ``n_train`` examples holds in ``capacity`` bytes."""
+    def need(m: int) -> float:
+        return predicted_peak(n_train, m, on_device=on_device)
+    low, high = 0, 1
+    while need(high) <= capacity:
+        low, high = high, high * 2
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if need(middle) <= capacity else (low, middle)
+    return low
+
+
+def _child(args: list[str]) -> tuple[int | None, str, float]:
+    """Run ``python args`` with a time limit: ``(return code or None, output, wall s)``."""
+    start = time.perf_counter()
+    try:
+        done = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=TIME_LIMIT)
+    except subprocess.TimeoutExpired:
+        return None, f"timed out after {TIME_LIMIT} s", time.perf_counter() - start
+    return done.returncode, done.stdout + done.stderr[-2000:], time.perf_counter() - start
+
+
+def step_worker(data: Path, draws: int) -> dict:
+    """SVI fits of ``STEP_FITS`` steps without the guard, each twice (the second compiles nothing),
+    then simulation; times and this process's peak memory."""
+    import resource
+
+    warnings.simplefilter("ignore")
+    from bayes_simfluence.bayes.methods import fit_bayes
+    from bayes_simfluence.runs import Runs
+
+    runs = Runs.load(data)
+    seconds = {}
+    for steps in STEP_FITS:
+        for call in ("first", "second"):
+            start = time.perf_counter()
+            posterior = fit_bayes("svi", runs, {"num_steps": steps, "num_draws": draws, "guard": False,
+                                                "progress": False})
+            seconds[f"{call}_{steps}"] = time.perf_counter() - start
+    short, long = STEP_FITS
+    per_step = (seconds[f"second_{long}"] - seconds[f"second_{short}"]) / (long - short)
+    out = {"seconds": seconds, "step_seconds": per_step, "fixed_seconds": seconds[f"first_{short}"] - short * per_step}
+    start = time.perf_counter()
+    posterior.simulate(runs.curricula, runs.initial_losses)
+    out["simulate_mean_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    posterior.simulate_draws(runs.curricula, runs.initial_losses, min(100, draws))
+    out["simulate_100_draws_seconds"] = time.perf_counter() - start
+    out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return out
+
+
+def bench_cell(n_train: int, n_tests: int, workdir: Path) -> dict:
+    from bayes_simfluence.bayes.synthetic import decaying_runs
+    from bayes_simfluence.validation import available_memory
+
+    data = workdir / f"runs_{n_train}_{n_tests}.npz"
+    decaying_runs(n_train=n_train, n_steps=N_STEPS, n_runs=N_RUNS, batch_size=BATCH, n_tests=n_tests, seed=0)[0].save(data)
+    model = memory_model(n_train, n_tests)
+    draws = DRAWS if predicted_peak(n_train, n_tests) < 0.8 * available_memory() else 20  # 200 would not fit
+    row: dict = {"n_train": n_train, "n_tests": n_tests, "draws": draws, "memory_model_gb": {k: v / 2**30 for k, v in model.items()}}
+    code, output, _ = _child([__file__, "--step-worker", str(data), str(draws)])
+    if code != 0:
+        row["failed"] = output[-600:]
+        return row
+    fits = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
+    per_step, fixed = fits["step_seconds"], fits["fixed_seconds"]
+    row.update(fits, estimated_default_fit_seconds=2 * fixed + per_step * (
+        SVI_STEPS + GUARD_FOLDS * 0.75 * GUARD_STEPS * SVI_STEPS))
+    if (n_train, n_tests) == CELLS[0]:
+        row["whole_commands"] = {}
+        for method in ("linear", "bayes-svi"):
+            out = workdir / ("fit.nc" if method.startswith("bayes") else "fit.npz")
+            quiet = ["-o", "progress=false"] if method.startswith("bayes") else []
+            code, output, wall = _child(["-m", "bayes_simfluence.cli", "fit", "--train", str(data), "-m", method,
+                                         *quiet, "--out", str(out)])
+            if code != 0:
+                raise RuntimeError(f"fit -m {method} failed: {output[-800:]}")
+            row["whole_commands"][method] = {"wall_seconds": wall, "returncode": code, "output": output[-400:]}
+            print(method, round(wall, 1), flush=True)
+        whole = row["whole_commands"]
+        row["bayes_over_ridge"] = whole["bayes-svi"]["wall_seconds"] / whole["linear"]["wall_seconds"]
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    gb = 2**30
+    lines = [f"# bayes-svi at scale ({meta['machine']}; {meta['versions']})", "",
+             f"T = {N_STEPS}, R = {N_RUNS}, batch {BATCH}; `python benchmarks/bench_scale.py`. Default fit: "
+             f"{SVI_STEPS} SVI steps in float32, optimiser memory, the guard ({GUARD_FOLDS} cross-fits of "
+             f"{int(GUARD_STEPS * SVI_STEPS)} steps on 3/4 of the runs), {DRAWS} stored draws.", ""]
+    first = next((r for r in rows if "whole_commands" in r), None)
+    if first:
+        whole = first["whole_commands"]
+        lines += ["| whole command, N=1000, M=64 | wall s |", "|---|---|",
+                  *(f"| `bayes-simfluence fit -m {m}` (defaults) | {w['wall_seconds']:.1f} |" for m, w in whole.items()),
+                  f"| ratio bayes-svi / linear | {first['bayes_over_ridge']:.2f} |", ""]
+    lines += ["| N | M | s per SVI step | fixed s | default fit s (estimated) | simulate mean s | 100 draws s | "
+              "stored draws | peak RSS GB (step fits) | predicted peak GB | model: SVI state + step GB | "
+              "model: stored draws GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "failed" in r:
+            lines.append(f"| {r['n_train']} | {r['n_tests']} | failed: {r['failed'][-150:]} |||||||||")
+            continue
+        m = r["memory_model_gb"]
+        lines.append(f"| {r['n_train']} | {r['n_tests']} | {r['step_seconds']:.3g} | {r['fixed_seconds']:.3g} | "
+                     f"{r['estimated_default_fit_seconds']:.0f} | {r['simulate_mean_seconds']:.3g} | "
+                     f"{r['simulate_100_draws_seconds']:.3g} | {r['draws']} | {r['peak_rss_gb']:.2f} | "
+                     f"{predicted_peak(r['n_train'], r['n_tests'], r['draws']) / gb:.2f} | "
+                     f"{m['svi_state'] + m['step_work']:.2f} | {m['draws']:.2f} |")
+    lines += ["", "Largest default fit by the predicted peak (`predicted_peak`: the memory model with constants fitted "
+              "to the measured cells; 200 stored draws, T = 1000, R = 16; 80% of the memory usable):", "",
+              "| N | most test examples, this machine (24 GiB) | most test examples, one 80 GB GPU (device memory) |",
+              "|---|---|---|"]
+    for n in (1000, 10000, 100000):
+        lines.append(f"| {n} | {largest_tests(n, 24 * gb * 0.8, False)} | {largest_tests(n, 80e9 * 0.8, True)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--step-worker", nargs=2, metavar=("DATA", "DRAWS"), help=argparse.SUPPRESS)
+    parser.add_argument("--cells", nargs="+", default=[f"{n}x{m}" for n, m in CELLS], help="cells N x M to run")
+    parser.add_argument("--merge", action="store_true", help="keep the other cells of the existing results file")
+    args = parser.parse_args()
+    if args.step_worker:
+        print(json.dumps(step_worker(Path(args.step_worker[0]), int(args.step_worker[1]))))
+        return
+    import jax
+    import numpyro
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for cell in args.cells:
+            n_train, n_tests = (int(x) for x in cell.split("x"))
+            rows.append(bench_cell(n_train, n_tests, Path(tmp)))
+    if args.merge:
+        fresh = {(r["n_train"], r["n_tests"]): r for r in rows}
+        previous = json.loads((RESULTS / "bench_scale.json").read_text())["cells"]
+        rows = [fresh.pop((r["n_train"], r["n_tests"]), r) for r in previous] + list(fresh.values())
+    meta = {"machine": f"{os.cpu_count()} CPU cores, no GPU ({platform.machine()})",
+            "versions": {"jax": jax.__version__, "numpyro": numpyro.__version__, "python": platform.python_version()}}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "bench_scale.json").write_text(json.dumps({"meta": meta, "cells": rows}, indent=2) + "\n")
+    (RESULTS / "bench_scale.md").write_text(markdown(rows, meta))
+
+
+if __name__ == "__main__":
+    main()
