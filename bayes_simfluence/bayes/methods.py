@@ -1,7 +1,7 @@
 """Registration of the Bayesian methods (``bayes-svi``, ``bayes-nuts``, ``bayes-exact``) and their options.
 
 ``bayes-svi`` is the default Bayesian method: its cost grows with ``runs * steps * batch * tests``
-per SVI step; with the guard it is one fit plus ``guard_folds`` shorter cross-fits on 3/4 of the
+per SVI step; with the guard it is one fit plus ``guard_folds`` cross-fits on 3/4 of the
 runs (``benchmarks/results/bench_scale.md`` has the times at ``N=1000, T=1000, R=16, M=64``).
 ``bayes-exact`` is exact (Normal likelihood) and the better choice while ``2 * n_train`` is up to
 a few hundred (one ``2 n_train``-square eigendecomposition per test example); ``bayes-nuts``
@@ -16,8 +16,7 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   geometric for bayes-svi and bayes-nuts, none and the only choice for bayes-exact),
   ``memory_prior``; ``progress`` (progress bars, default true); ``guard`` (default true: stack
   with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
-  costs ``guard_folds`` extra fits on 3/4 of the runs, with half the SVI steps) and
-  ``guard_folds`` (default 4).
+  costs ``guard_folds`` extra fits on 3/4 of the runs) and ``guard_folds`` (default 4).
 - bayes-svi: ``guide`` (normal | lowrank | mvn), ``num_steps``, ``learning_rate``,
   ``final_lr_fraction``, ``num_draws``, ``rank``, ``precision`` (float32 | float64, default
   float32: as accurate here, half the time; NUTS and the exact path always use float64).
@@ -89,11 +88,6 @@ RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": infere
 
 
 GUARD_OPTIONS = ("guard", "guard_folds")
-#: the guard's cross-fits with ``bayes-svi`` run this fraction of the fit's SVI steps, and store
-#: only the draws the posterior mean uses. They cost ``folds`` fits on 3/4 of the runs, most of a
-#: default fit's time; a shorter optimisation can only make the effects look worse held out, so the
-#: saving errs towards the curriculum-blind model (measured on the real sets: README, Speed).
-GUARD_SVI_STEPS = 0.5
 #: model settings whose default depends on the method: optimiser memory where the inference can
 #: take it (it beat plain Simfluence in held-out MSE and LDS on every real set, README), none on
 #: the exact path (its features would be dense).
@@ -142,17 +136,13 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     if not use_guard:
         return posterior
     quiet = {**options, "progress": False}
-    if method == "svi":
-        steps = _fit_settings(method, options)
-        quiet.update(num_steps=max(int(GUARD_SVI_STEPS * steps["num_steps"]), 1),
-                     num_draws=min(steps["num_draws"], MEAN_DRAWS))
+    if method == "svi":  # the cross-fits are only rolled out by their posterior mean
+        quiet["num_draws"] = min(_fit_settings(method, options)["num_draws"], MEAN_DRAWS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
         stacking = guard.stack_against_blind(lambda runs: _fit_once(method, runs, quiet, seed), train, folds,
                                              progress=_bool(options.get("progress", True), "progress"))
     posterior.info["guard"] = stacking.report
-    if method == "svi" and "skipped" not in stacking.report:
-        posterior.info["guard"]["fold_num_steps"] = quiet["num_steps"]
     if "skipped" not in stacking.report:
         posterior.stacking_weight = stacking.weight
         posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
