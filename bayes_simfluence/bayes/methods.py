@@ -137,7 +137,7 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         return posterior
     quiet = {**options, "progress": False}
     if method == "svi":  # the cross-fits are only rolled out by their posterior mean
-        quiet["num_draws"] = min(_fit_settings(method, options)["num_draws"], MEAN_DRAWS)
+        quiet["num_draws"] = min(_fit_settings(method, parse_options(options, method)[1])["num_draws"], MEAN_DRAWS)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
         stacking = guard.stack_against_blind(lambda runs: _fit_once(method, runs, quiet, seed), train, folds,
@@ -149,15 +149,15 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     return posterior
 
 
-def _fit_settings(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Every keyword of the inference routine: the user's options over its defaults."""
+def _fit_settings(method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every keyword of the inference routine: the parsed options ``kwargs`` over its defaults."""
     defaults = {name: parameter.default for name, parameter in inspect.signature(RUNNERS[method]).parameters.items()}
-    return {**defaults, **parse_options(options, method)[1]}
+    return {**defaults, **kwargs}
 
 
 def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int) -> BayesianSimfluence:
     config, kwargs = parse_options(options, method)
-    settings = _fit_settings(method, options)
+    settings = _fit_settings(method, kwargs)
     stored = settings["num_draws"] if method == "svi" else settings["num_samples"] * settings["num_chains"]
     validation.check_memory(8 * train.n_tests * train.n_train * (2 * stored + 16),
                             f"bayes-{method} on {train.n_tests} test x {train.n_train} training examples "
