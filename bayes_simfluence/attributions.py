@@ -208,7 +208,7 @@ def _final_losses(simulator: Simulator, curricula: np.ndarray, initial_losses: n
                   n_draws: int, seed: int) -> np.ndarray:
     """``[draws, runs]`` noise-free final loss of each curriculum, averaged over the test examples."""
     start = np.broadcast_to(initial_losses, (curricula.shape[0], initial_losses.shape[0]))
-    draws = simulate_draws_of(simulator, curricula, start, n_draws, seed, include_noise=False)
+    draws = simulate_draws_of(simulator, curricula, start, n_draws, seed, predictive="parameters")
     return draws[:, :, -1].mean(-1)
 
 

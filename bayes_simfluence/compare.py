@@ -73,11 +73,11 @@ def for_tests(simulator: Simulator, initial_losses: np.ndarray, tests: np.ndarra
 
 
 def simulate_draws_of(simulator: Simulator, curricula: np.ndarray, initial_losses: np.ndarray,
-                      n_draws: int, seed: int, include_noise: bool) -> np.ndarray:
+                      n_draws: int, seed: int, predictive: str | None) -> np.ndarray:
     """``[draws, runs, steps + 1, tests]`` from a probabilistic simulator; a point one gives 1 draw."""
     if hasattr(simulator, "simulate_draws"):
         draws = simulator.simulate_draws(curricula, initial_losses, n_draws, seed=seed,
-                                         include_noise=include_noise)
+                                         predictive=predictive)
     else:
         draws = simulator.simulate(curricula, initial_losses)[None]
     return np.asarray(draws, dtype=np.float64)
@@ -102,7 +102,10 @@ class Comparison:
         steps: ``[candidates]`` number of steps of each candidate.
         reference: index of the candidate differences are taken against.
         level: credibility of the reported intervals.
-        include_noise: whether the draws include the simulator's noise (else parameter uncertainty only).
+        predictive: which predictive the draws come from (``"new-run"``, ``"noise"`` or
+            ``"parameters"``, see :data:`bayes_simfluence.simulators.PREDICTIVES`; empty for
+            a point simulator).
+        uncertainty_source: the simulator's words for that predictive.
         stacking_weight: mean weight of the full model over ``tests`` where the simulator is a
             guarded posterior (:mod:`bayes_simfluence.bayes.guard`): the other draws come from the
             curriculum-blind model, under which the candidates do not differ; None otherwise.
@@ -115,7 +118,8 @@ class Comparison:
     steps: np.ndarray
     reference: int = 0
     level: float = 0.9
-    include_noise: bool = False
+    predictive: str = ""
+    uncertainty_source: str = ""
     stacking_weight: float | None = None
 
     @property
@@ -173,7 +177,7 @@ class Comparison:
             candidates.append(entry)
         return {
             "reference": self.labels[self.reference], "level": self.level, "reduction": self.reduction,
-            "tests": self.tests.tolist(), "draws": self.n_draws, "include_noise": self.include_noise,
+            "tests": self.tests.tolist(), "draws": self.n_draws, "predictive": self.predictive or None,
             "uncertainty": self.uncertainty, "stacking_weight": self.stacking_weight, "candidates": candidates,
         }
 
@@ -187,8 +191,7 @@ class Comparison:
         """What the draws' spread stands for, said in every summary."""
         if not self.has_uncertainty:
             return "none: a point simulator gives one trajectory (fit a bayes-* method for intervals and P(better))"
-        what = "posterior predictive (parameters and noise)" if self.include_noise else \
-            "parameter uncertainty only (no noise)"
+        what = self.uncertainty_source
         if self.stacking_weight is not None:
             what += (f", stacked with the curriculum-blind model (weight of the effects {self.stacking_weight:.2f}; "
                      "in the other draws the candidates do not differ)")
@@ -221,6 +224,13 @@ class Comparison:
         return "\n".join(lines)
 
 
+def _predictive_words(simulator: Simulator, predictive: str | None) -> tuple[str, str]:
+    """``(kind, description)`` of the predictive a probabilistic simulator resolves ``predictive`` to."""
+    if not hasattr(simulator, "predictive_kind"):
+        return "", ""
+    return simulator.predictive_kind(predictive), simulator.describe_predictive(predictive)
+
+
 def _check_tests(tests: Sequence[int] | None, n_tests: int) -> np.ndarray:
     if tests is None:
         return np.arange(n_tests)
@@ -236,7 +246,7 @@ def _check_tests(tests: Sequence[int] | None, n_tests: int) -> np.ndarray:
 def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses: np.ndarray,
             tests: Sequence[int] | None = None, reduction: str = "mean", n_draws: int = DEFAULT_DRAWS,
             seed: int = 0, labels: Sequence[str] | None = None, reference: int = 0, level: float = 0.9,
-            include_noise: bool = False) -> Comparison:
+            predictive: str | None = None) -> Comparison:
     """Simulate every candidate curriculum and compare them draw by draw.
 
     Args:
@@ -252,8 +262,10 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
         labels: names of the candidates (default ``"A"``, ``"B"``, ...).
         reference: the candidate differences are taken against.
         level: credibility of the intervals, in ``(0, 1)``.
-        include_noise: add the simulator's noise to the draws (simulated with the same seed for
-            every candidate); default off: the comparison is about the curricula's effects.
+        predictive: the predictive to draw from (None: the simulator's default, for a guarded
+            posterior ``"new-run"``: every candidate is a separate new training run, as retraining
+            it would be; ``"parameters"`` for the curricula's expected effects only). The same seed
+            pairs parameter draws, noise and discrepancy across candidates.
 
     Returns:
         A :class:`Comparison`.
@@ -282,12 +294,13 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
     for candidate in candidates:
         start = np.broadcast_to(initial_losses, (candidate.shape[0], initial_losses.shape[0]))
         selected = simulate_draws_of(simulator, pad_width(candidate, width), start, n_draws, seed,
-                                     include_noise)  # [draws, runs, steps + 1, tests]
+                                     predictive)  # [draws, runs, steps + 1, tests]
         reduced = selected.mean(-1) if reduction == "mean" else selected.sum(-1)
         trajectories.append(reduced.mean(axis=1))  # [draws, steps + 1]
     if len({trajectory.shape[0] for trajectory in trajectories}) != 1:
         raise ValueError("the simulator returned different numbers of draws for different candidates")
     weight = getattr(simulator, "stacking_weight", None)
     return Comparison(labels, tests, reduction, tuple(trajectories),
-                      np.array([candidate.shape[1] for candidate in candidates]), reference, level, include_noise,
+                      np.array([candidate.shape[1] for candidate in candidates]), reference, level,
+                      *_predictive_words(simulator, predictive),
                       None if weight is None else float(np.mean(weight)))

@@ -7,7 +7,7 @@
 
 Each takes one curriculum (``[steps, batch]`` or a list of batches), the initial losses
 ``[tests]`` and the keyword arguments of :func:`~bayes_simfluence.compare.compare` (``tests``,
-``reduction``, ``n_draws``, ``seed``, ``level``, ``include_noise``), and returns its
+``reduction``, ``n_draws``, ``seed``, ``level``, ``predictive``), and returns its
 :class:`~bayes_simfluence.compare.Comparison` with the unchanged curriculum as reference
 (random orderings for :func:`compare_orderings`). Curriculum edits come from
 :mod:`bayes_simfluence.curricula`; the two edits that module lacks live here.

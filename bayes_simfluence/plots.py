@@ -103,8 +103,7 @@ def plot_comparison(comparison: Comparison, title: str | None = None) -> Figure:
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, frameon=False)
-    noise = ("no uncertainty" if not comparison.has_uncertainty
-             else "with noise" if comparison.include_noise else "parameter uncertainty")
+    noise = f"{comparison.predictive} predictive" if comparison.has_uncertainty else "no uncertainty"
     top.set_title(title or f"{len(comparison.labels)} curricula, {comparison.n_draws} paired draws ({noise}); "
                   "median, 50% and 90% bands", fontsize=10)
     return figure

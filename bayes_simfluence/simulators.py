@@ -40,13 +40,27 @@ class Simulator(Protocol):
         so decisions about a few of them simulate only those."""
 
 
+#: predictive distributions of a Bayesian simulator (:mod:`bayes_simfluence.bayes.posterior`):
+#: a new real run (parameters plus the run-to-run misfit of held-out runs), parameters plus
+#: per-step noise, parameters only.
+PREDICTIVES = ("new-run", "noise", "parameters")
+PREDICTIVE_HELP = ("new-run: parameters plus the run-to-run misfit of the guard's held-out runs (what retraining "
+                   "gives; the default where the guard ran); noise: parameters plus per-step noise (the default "
+                   "otherwise); parameters: parameter uncertainty only (the curricula's expected effects)")
+
+
 @runtime_checkable
 class ProbabilisticSimulator(Simulator, Protocol):
     """A simulator with a predictive distribution over trajectories."""
 
     def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int,
-                       seed: int = 0, include_noise: bool = True) -> np.ndarray:
-        """``[draws, runs, steps + 1, tests]`` trajectories drawn from the (posterior) predictive."""
+                       seed: int = 0, predictive: str | None = None) -> np.ndarray:
+        """``[draws, runs, steps + 1, tests]`` trajectories drawn from the (posterior) predictive
+        ``predictive`` (None: the simulator's default; see
+        :data:`PREDICTIVES`)."""
+
+    def describe_predictive(self, predictive: str | None = None) -> str:
+        """What draws of ``predictive`` stand for, in words for summaries."""
 
 
 def check_simulation_inputs(curricula: np.ndarray, initial_losses: np.ndarray, n_train: int,

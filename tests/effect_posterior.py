@@ -54,8 +54,17 @@ class GaussianEffects:
     def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
         return self._roll(*self._means(), curricula, initial_losses)
 
+    def predictive_kind(self, predictive: str | None = None) -> str:
+        """``"parameters"`` (the default) or ``"noise"``: this double has no run discrepancy."""
+        if predictive not in (None, "noise", "parameters"):
+            raise ValueError(f"predictive {predictive!r}: this test double has 'noise' and 'parameters'")
+        return predictive or "parameters"
+
+    def describe_predictive(self, predictive: str | None = None) -> str:
+        return f"{self.predictive_kind(predictive)} (Gaussian test double)"
+
     def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int, seed: int = 0,
-                       include_noise: bool = True) -> np.ndarray:
+                       predictive: str | None = None) -> np.ndarray:
         curricula = np.asarray(curricula)
         n_tests = self._means()[0].shape[0]
         if curricula.max() >= self.a_mean.shape[1]:
@@ -68,7 +77,7 @@ class GaussianEffects:
                                                   batch_sums(b_d, jnp.asarray(curricula)),
                                                   jnp.asarray(initial_losses, dtype=jnp.float32)))
         draws = np.array(roll(jnp.asarray(a, dtype=jnp.float32), jnp.asarray(b, dtype=jnp.float32)), dtype=np.float64)
-        if include_noise and self.noise > 0:
+        if self.predictive_kind(predictive) == "noise" and self.noise > 0:
             key = jax.random.PRNGKey(seed + 1)
             draws[:, :, 1:] += self.noise * np.asarray(jax.random.normal(key, draws[:, :, 1:].shape))
         return draws

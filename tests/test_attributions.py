@@ -93,6 +93,7 @@ def test_the_bayesian_posterior_recovers_true_final_loss_effects_and_pairs_exact
     fitted = at.final_loss_effects(posterior, curriculum, initial, n_draws=200)
     assert stats.spearmanr(fitted.mean, true).statistic > 0.8
     assert fitted.top(1)[0] in fitted.examples[np.argsort(true)[:3]]
-    # the same curriculum twice, with the predictive noise: paired draws cancel exactly
-    same = compare(posterior, [curriculum, curriculum.copy()], initial, n_draws=100, include_noise=True)
-    np.testing.assert_array_equal(same.differences("final"), 0.0)
+    # the same curriculum twice, with noise or as new runs: paired draws cancel exactly
+    for predictive in ("noise", "new-run"):
+        same = compare(posterior, [curriculum, curriculum.copy()], initial, n_draws=100, predictive=predictive)
+        np.testing.assert_array_equal(same.differences("final"), 0.0)

@@ -53,7 +53,7 @@ def test_ninety_percent_bands_cover_heldout_runs_drawn_from_the_model(problem):
     _, held, _, posterior = problem
     draws = posterior.simulate_draws(held.curricula, held.initial_losses, 400, seed=1)
     assert 0.85 <= coverage(draws, held.losses, 0.9) <= 0.95
-    no_noise = posterior.simulate_draws(held.curricula, held.initial_losses, 400, seed=1, include_noise=False)
+    no_noise = posterior.simulate_draws(held.curricula, held.initial_losses, 400, seed=1, predictive="parameters")
     assert coverage(no_noise, held.losses, 0.9) < coverage(draws, held.losses, 0.9)
 
 
@@ -66,7 +66,7 @@ def test_trajectories_mean_bands_and_pairing(problem):
     # the guard's stack mixes draws at random (tests/test_guard.py); the posterior's own draws:
     assert posterior.stacking_weight is not None
     unstacked = dataclasses.replace(posterior, stacking_weight=None)
-    every = unstacked.simulate_draws(curricula, initial, posterior.n_draws, seed=4, include_noise=False)
+    every = unstacked.simulate_draws(curricula, initial, posterior.n_draws, seed=4, predictive="parameters")
     assert posterior.n_draws > len(posterior.mean_draw_indices()) == MEAN_DRAWS
     # the mean of 100 stored draws is within Monte Carlo error of the mean over all of them
     spread = every.std(0) / np.sqrt(MEAN_DRAWS)
@@ -82,7 +82,7 @@ def test_trajectories_mean_bands_and_pairing(problem):
     bands = posterior.bands(curricula, initial, levels=(0.5, 0.9), n_draws=50, seed=4, runs_per_chunk=2)
     assert np.all(bands.lower[0.9] <= bands.lower[0.5]) and np.all(bands.lower[0.5] <= bands.median)
     assert np.all(bands.median <= bands.upper[0.5]) and np.all(bands.upper[0.5] <= bands.upper[0.9])
-    narrow = posterior.bands(curricula, initial, levels=(0.9,), n_draws=50, seed=4, include_noise=False)
+    narrow = posterior.bands(curricula, initial, levels=(0.9,), n_draws=50, seed=4, predictive="parameters")
     assert np.mean(narrow.upper[0.9] - narrow.lower[0.9]) < np.mean(bands.upper[0.9] - bands.lower[0.9])
     longer = np.concatenate([curricula, curricula], axis=1)
     assert posterior.simulate_draws(longer, initial, 5).shape == (5, 3, 2 * held.n_steps + 1, held.n_tests)
@@ -176,9 +176,9 @@ def test_selecting_test_examples_simulates_only_those_with_the_same_draws(proble
     _, held, _, posterior = problem
     tests = np.array([2, 0])
     curricula, initial = held.curricula[:2], held.initial_losses[:2]
-    full = posterior.simulate_draws(curricula, initial, 30, seed=3, include_noise=False)
+    full = posterior.simulate_draws(curricula, initial, 30, seed=3, predictive="parameters")
     part = posterior.select_tests(tests)
-    np.testing.assert_allclose(part.simulate_draws(curricula, initial[:, tests], 30, seed=3, include_noise=False),
+    np.testing.assert_allclose(part.simulate_draws(curricula, initial[:, tests], 30, seed=3, predictive="parameters"),
                                full[..., tests], rtol=1e-10)
     np.testing.assert_allclose(part.simulate(curricula, initial[:, tests]),
                                posterior.simulate(curricula, initial)[..., tests], rtol=1e-10)

@@ -40,9 +40,9 @@ def test_the_better_curriculum_by_construction_wins(known):
 
 def test_identical_curricula_differ_by_exactly_zero_when_paired(known):
     curriculum = np.arange(N_TRAIN).reshape(6, 2)
-    for include_noise in (False, True):
+    for predictive in ("parameters", "noise"):
         result = compare(known, [curriculum, curriculum.copy()], np.full(N_TESTS, 1.5), n_draws=200, seed=3,
-                         include_noise=include_noise)
+                         predictive=predictive)
         np.testing.assert_array_equal(result.differences("final"), 0.0)
         np.testing.assert_array_equal(result.differences("mean"), 0.0)
         np.testing.assert_allclose(result.prob_best("final"), [0.5, 0.5])  # ties share the win
@@ -73,9 +73,9 @@ def test_ragged_candidates_of_different_lengths_match_direct_simulation():
 
 def test_a_candidate_with_several_runs_is_averaged(known):
     orderings = cf.shuffled(np.arange(N_TRAIN).reshape(6, 2), 5, seed=0)
-    result = compare(known, [orderings, orderings[:1]], np.full(N_TESTS, 1.0), n_draws=50)
-    single = [compare(known, [orderings[r], orderings[r]], np.full(N_TESTS, 1.0), n_draws=50).losses("final")[:, 0]
-              for r in range(5)]
+    result = compare(known, [orderings, orderings[:1]], np.full(N_TESTS, 1.0), n_draws=50, predictive="parameters")
+    single = [compare(known, [orderings[r], orderings[r]], np.full(N_TESTS, 1.0), n_draws=50,
+                      predictive="parameters").losses("final")[:, 0] for r in range(5)]
     np.testing.assert_allclose(result.losses("final")[:, 0], np.mean(single, axis=0), rtol=1e-6)
 
 

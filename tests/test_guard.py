@@ -87,8 +87,8 @@ def test_stacked_draws_are_the_mixture_the_weights_say(fitted):
     stacked = dataclasses.replace(posterior, stacking_weight=np.array([0.0, 0.5, 1.0]))
     plain = dataclasses.replace(posterior, stacking_weight=None)
     curricula, initial = runs.curricula[:2], runs.initial_losses[:2]
-    draws = stacked.simulate_draws(curricula, initial, n_draws=400, seed=1, include_noise=False)
-    plain_draws = plain.simulate_draws(curricula, initial, n_draws=400, seed=1, include_noise=False)
+    draws = stacked.simulate_draws(curricula, initial, n_draws=400, seed=1, predictive="parameters")
+    plain_draws = plain.simulate_draws(curricula, initial, n_draws=400, seed=1, predictive="parameters")
     blind = MeanTrajectory().fit(runs).simulate(curricula, initial)
     np.testing.assert_allclose(draws[..., 0], np.broadcast_to(blind[..., 0], draws[..., 0].shape), atol=1e-12)
     np.testing.assert_allclose(draws[..., 2], plain_draws[..., 2], atol=1e-12)
@@ -100,7 +100,7 @@ def test_stacked_draws_are_the_mixture_the_weights_say(fitted):
     np.testing.assert_allclose(stacked.simulate(curricula, initial)[..., 1], expected, atol=1e-12)
     # paired: the same draws are blind whatever the curricula
     other = stacked.simulate_draws(runs.curricula[2:4], runs.initial_losses[2:4], n_draws=400, seed=1,
-                                   include_noise=False)
+                                   predictive="parameters")
     other_blind = MeanTrajectory().fit(runs).simulate(runs.curricula[2:4], runs.initial_losses[2:4])
     assert np.array_equal(np.all(np.isclose(other[..., 1], other_blind[None, ..., 1], atol=1e-12), axis=(1, 2)),
                           is_blind)

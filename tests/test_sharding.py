@@ -29,7 +29,7 @@ for shard in (True, False):  # one posterior's roll-outs, split and not
     results[shard] = (fitted.simulate_draws(curricula, initial, 40, seed=1),
                       fitted.simulate(curricula, initial),
                       fitted.select_tests(np.array([1, 2, 3])).simulate_draws(curricula, initial[:, 1:4], 40, seed=1,
-                                                                                include_noise=False))
+                                                                                predictive="parameters"))
 print(json.dumps({
     "devices": jax.local_device_count(), "mesh": None if mesh is None else list(mesh.shape.values()),
     "draws": float(np.abs(results[True][0] - results[False][0]).max()),

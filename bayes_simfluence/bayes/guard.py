@@ -18,6 +18,10 @@ The final posterior (fitted on every run) then predicts the mixture: with probab
 trajectory draw of the full model, otherwise the blind one (effects zero, the mean trajectory's
 step changes, the same noise), so its mean is ``w f + (1 - w) b``. ``w = 1`` everywhere is the
 plain posterior; on runs where the curriculum has no effect ``w`` falls towards 0.
+
+The held-out residuals of the stacked prediction, ``observed - (w f + (1 - w) b)`` for every
+training run, are kept: they are what a new run differs by from the simulation, and give the
+posterior its new-run predictive (:mod:`bayes_simfluence.bayes.discrepancy`).
 """
 
 from __future__ import annotations
@@ -47,10 +51,13 @@ class Stacking(NamedTuple):
         report: held-out-run all-steps MSE of the full model, the blind one and the stack
             (the stack's weights were chosen on these same predictions, one per test example:
             slightly optimistic), folds, runs, seconds: JSON-ready.
+        residuals: ``[runs, steps, tests]`` held-out ``observed - stacked`` trajectories of every
+            training run (without ``L_0``), in run order; None when the guard was skipped.
     """
 
     weight: np.ndarray
     report: dict[str, Any]
+    residuals: np.ndarray | None = None
 
 
 def stacking_weights(full: np.ndarray, blind: np.ndarray, actual: np.ndarray) -> np.ndarray:
@@ -100,7 +107,7 @@ def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int
     report = {"folds": folds, "heldout_runs": int(actual.shape[0]), "heldout_mse_full": mse(full),
               "heldout_mse_blind": mse(blind), "heldout_mse_stacked": mse(stacked),
               "mean_weight": float(weight.mean()), "seconds": time.perf_counter() - start}
-    return Stacking(weight, report)
+    return Stacking(weight, report, actual - stacked)
 
 
 def describe(report: dict[str, Any]) -> str:

@@ -127,7 +127,9 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     With the guard (option ``guard``, default on) the same fit is first cross-fitted on
     ``guard_folds`` folds of the runs, and the posterior is stacked with the curriculum-blind
     model by held-out-run roll-out error (:mod:`bayes_simfluence.bayes.guard`); ``info["guard"]``
-    reports both models' held-out MSE and the weights.
+    reports both models' held-out MSE and the weights. The held-out residuals of the stacked
+    prediction become the posterior's run discrepancy (its new-run predictive,
+    :mod:`bayes_simfluence.bayes.discrepancy`).
     """
     options = dict(options)
     use_guard = _bool(options.pop("guard", True), "guard")
@@ -146,6 +148,7 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     if "skipped" not in stacking.report:
         posterior.stacking_weight = stacking.weight
         posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
+        posterior.run_residuals = stacking.residuals
     return posterior
 
 

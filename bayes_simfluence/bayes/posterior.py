@@ -9,8 +9,17 @@ model; with optimiser memory the batch sums are remembered over later steps with
 predicts the stack of this posterior and the curriculum-blind mean trajectory.
 
 Draws are paired: for a given ``seed`` and ``n_draws``, :meth:`BayesianSimfluence.simulate_draws`
-uses the same parameter draws (and, per run index, the same noise) whatever the curricula, so
-differences between two curricula's draws are draws of the difference.
+uses the same parameter draws (and, per run index, the same noise and run discrepancy) whatever
+the curricula, so differences between two curricula's draws are draws of the difference.
+
+Three predictive distributions (:data:`bayes_simfluence.simulators.PREDICTIVES`), named in every summary that uses them:
+
+- ``"new-run"`` (the default where the guard ran): parameter draws plus the run discrepancy of a
+  new real run, estimated from the guard's held-out runs
+  (:mod:`bayes_simfluence.bayes.discrepancy`); what retraining a candidate will give.
+- ``"noise"``: parameter draws plus the model's independent per-step noise (the default where
+  there are no held-out residuals: a fit without the guard).
+- ``"parameters"``: parameter uncertainty only: what the effects are, not what a run will do.
 """
 
 from __future__ import annotations
@@ -28,13 +37,14 @@ import numpy as np
 from jax import Array
 
 from bayes_simfluence.bayes import posterior_io
+from bayes_simfluence.bayes.discrepancy import curriculum_ids, draw_discrepancy, residuals_for_steps
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult
 from bayes_simfluence.bayes.model import ModelConfig, effect_sums, noise_distribution, step_mean
 from bayes_simfluence.bayes.sharding import placed, device_mesh
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.simulators import check_simulation_inputs
+from bayes_simfluence.simulators import PREDICTIVES, check_simulation_inputs
 from bayes_simfluence.validation import InputError
 
 #: bytes of intermediate arrays one chunk of draws may use (the output itself is extra).
@@ -81,6 +91,8 @@ class BayesianSimfluence:
             chosen by the guard (:mod:`bayes_simfluence.bayes.guard`), or None (no guard: 1).
         blind_mean: ``[steps + 1, tests]`` mean trajectory of the training runs: the blind model
             (present with ``stacking_weight``).
+        run_residuals: ``[heldout_runs, steps, tests]`` the guard's held-out residual trajectories
+            (loss units), the source of the new-run predictive; None without the guard.
     """
 
     method: str
@@ -98,6 +110,7 @@ class BayesianSimfluence:
     batch_size: int | None = None
     stacking_weight: np.ndarray | None = None
     blind_mean: np.ndarray | None = None
+    run_residuals: np.ndarray | None = None
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -172,8 +185,31 @@ class BayesianSimfluence:
         return self.parameter_draws(n_draws, seed)["B"]
 
     # -------------------------------------------------------------- simulation
+    def predictive_kind(self, predictive: str | None = None) -> str:
+        """The predictive ``predictive`` resolves to: None means ``"new-run"`` where the guard left
+        held-out residuals, else ``"noise"``; an unknown or unavailable one is refused."""
+        if predictive is None:
+            return "new-run" if self.run_residuals is not None else "noise"
+        if predictive not in PREDICTIVES:
+            raise InputError(f"predictive must be one of {PREDICTIVES}, got {predictive!r}")
+        if predictive == "new-run" and self.run_residuals is None:
+            raise InputError("predictive 'new-run' needs the guard's held-out residuals, and this posterior has "
+                             "none (fitted with -o guard=false, or too few runs for the guard); use 'noise' or "
+                             "'parameters'")
+        return predictive
+
+    def describe_predictive(self, predictive: str | None = None) -> str:
+        """What draws of ``predictive`` stand for, in words for summaries."""
+        kind = self.predictive_kind(predictive)
+        if kind == "new-run":
+            return (f"new-run predictive: parameters plus the run-to-run misfit of {len(self.run_residuals)} "
+                    "held-out training runs (every simulated run is a separate new run)")
+        if kind == "noise":
+            return "parameters and per-step noise (no run-to-run misfit: too narrow for what a new run will do)"
+        return "parameter uncertainty only (what the effects are, not what a new run will do)"
+
     def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int = 200,
-                       seed: int = 0, include_noise: bool = True, run_offset: int = 0) -> np.ndarray:
+                       seed: int = 0, predictive: str | None = None, run_offset: int = 0) -> np.ndarray:
         """``[draws, runs, steps + 1, tests]`` posterior (predictive) trajectory draws.
 
         With the guard's stacking weights, each (draw, test example) is a draw of this posterior
@@ -183,22 +219,29 @@ class BayesianSimfluence:
 
         Args:
             curricula: ``[runs, steps, batch]``; initial_losses: ``[runs, tests]``.
-            n_draws: trajectories; ``seed`` fixes which parameter draws and which noise.
-            include_noise: add the likelihood noise at every step (posterior predictive);
-                False gives parameter uncertainty only.
-            run_offset: index of the first run, so a run's noise does not depend on how runs
-                are chunked by the caller.
+            n_draws: trajectories; ``seed`` fixes which parameter draws, noise and discrepancy.
+            predictive: ``"new-run"``, ``"noise"`` or ``"parameters"`` (module docstring); None
+                for the default (:meth:`predictive_kind`).
+            run_offset: index of the first run, so a run's noise does not depend on how runs are
+                chunked by the caller (its discrepancy is keyed by its curriculum).
 
         Curricula longer than the training runs extend the step component by its random walk.
         Computed in chunks of draws of about :data:`CHUNK_BYTES`.
         """
         curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, self.n_train, self.n_tests,
                                                             self.batch_size)
+        kind = self.predictive_kind(predictive)
         params = self.parameter_draws(n_draws, seed)
         keys = jax.random.split(jax.random.PRNGKey(seed), len(params["a"]))
         if self.stacking_weight is not None:
             params = self._stacked(params, keys, curricula.shape[1])
-        return self._roll_out_draws(params, keys, curricula, initial_losses, include_noise, run_offset)
+        draws = self._roll_out_draws(params, keys, curricula, initial_losses, kind == "noise", run_offset)
+        if kind != "new-run":
+            return draws
+        residuals = residuals_for_steps(self.run_residuals, curricula.shape[1])
+        with jax.enable_x64(True):
+            run_ids = jnp.asarray(curriculum_ids(curricula))
+            return draws + np.asarray(draw_discrepancy(jnp.asarray(residuals), keys, run_ids))
 
     def _stacked(self, params: dict[str, np.ndarray], keys: Array, n_steps: int) -> dict[str, np.ndarray]:
         """Parameter draws where the blind model replaces this posterior for ``1 - weight`` of them."""
@@ -249,7 +292,7 @@ class BayesianSimfluence:
         return self.stacking_weight * mean + (1.0 - self.stacking_weight) * blind
 
     def bands(self, curricula: np.ndarray, initial_losses: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9),
-              n_draws: int = 500, seed: int = 0, include_noise: bool = True,
+              n_draws: int = 500, seed: int = 0, predictive: str | None = None,
               runs_per_chunk: int | None = None) -> TrajectoryBands:
         """Mean, median and central bands at ``levels`` of :meth:`simulate_draws`, chunked over runs."""
         for level in levels:
@@ -262,7 +305,7 @@ class BayesianSimfluence:
         quantiles = sorted({0.5} | {(1 - lv) / 2 for lv in levels} | {(1 + lv) / 2 for lv in levels})
         means, values = [], []
         for chunk in _chunks(curricula.shape[0], runs_per_chunk):
-            draws = self.simulate_draws(curricula[chunk], initial_losses[chunk], n_draws, seed, include_noise,
+            draws = self.simulate_draws(curricula[chunk], initial_losses[chunk], n_draws, seed, predictive,
                                         run_offset=chunk.start)
             means.append(draws.mean(0))
             values.append(np.quantile(draws, quantiles, axis=0))
@@ -348,8 +391,8 @@ class BayesianSimfluence:
 
     def select_tests(self, tests: np.ndarray) -> "BayesianSimfluence":
         """The posterior of test examples ``tests`` only (they are independent in the model). The
-        same parameter draws: without noise, a seed gives the same numbers as on all test
-        examples; with noise, other (equally distributed) noise draws."""
+        same parameter draws and run discrepancy: without noise, a seed gives the same numbers as on
+        all test examples; with noise, other (equally distributed) noise draws."""
         tests = np.asarray(tests, dtype=np.int64)
         return dataclasses.replace(
             self, a=self.a[:, :, tests], b=self.b[:, :, tests],
@@ -357,7 +400,8 @@ class BayesianSimfluence:
             hyper={k: v[:, :, tests] for k, v in self.hyper.items()}, scale=self.scale[tests],
             test_ids=self.test_ids[tests],
             stacking_weight=None if self.stacking_weight is None else self.stacking_weight[tests],
-            blind_mean=None if self.blind_mean is None else self.blind_mean[:, tests])
+            blind_mean=None if self.blind_mean is None else self.blind_mean[:, tests],
+            run_residuals=None if self.run_residuals is None else self.run_residuals[..., tests])
 
     # -------------------------------------------------------------------- I/O
     def fields(self) -> dict[str, Any]:

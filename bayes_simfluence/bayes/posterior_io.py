@@ -10,7 +10,9 @@ File layout: group ``posterior`` (``a``, ``B`` ``[chain, draw, test_example, tra
 ``[chain, draw, test_example]``; effects in loss units, hyperparameters standardised; attributes
 ``bayes_simfluence_kind``, ``method``, ``config`` and ``info`` as JSON), ``constant_data``
 (``loss_scale [test_example]``; with the guard ``stacking_weight [test_example]`` and
-``blind_mean [time, test_example]``, the training runs' mean trajectory at ``time`` 0..steps)
+``blind_mean [time, test_example]``, the training runs' mean trajectory at ``time`` 0..steps, and
+``run_residuals [heldout_run, residual_step, test_example]``, the held-out residuals behind the
+new-run predictive)
 and, for NUTS, ``sample_stats``.
 """
 
@@ -54,6 +56,8 @@ def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
     if fields.get("stacking_weight") is not None:
         constant["stacking_weight"] = (["test_example"], fields["stacking_weight"])
         constant["blind_mean"] = (["time", "test_example"], fields["blind_mean"])
+    if fields.get("run_residuals") is not None:
+        constant["run_residuals"] = (["heldout_run", "residual_step", "test_example"], fields["run_residuals"])
     groups = {"posterior": arviz_data.draws_dataset(arrays, DIMS, coords, attrs),
               "constant_data": xr.Dataset(constant, coords={"test_example": fields["test_ids"]})}
     if fields["sample_stats"]:
@@ -112,6 +116,7 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
         "batch_size": int(posterior.attrs["batch_size"]) if "batch_size" in posterior.attrs else None,
         "stacking_weight": constant["stacking_weight"].values if "stacking_weight" in constant else None,
         "blind_mean": constant["blind_mean"].values if "blind_mean" in constant else None,
+        "run_residuals": constant["run_residuals"].values if "run_residuals" in constant else None,
     }
 
 

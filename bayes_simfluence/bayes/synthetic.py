@@ -80,13 +80,18 @@ def model_runs(n_train: int = 20, n_tests: int = 3, n_runs: int = 16, n_steps: i
 
 def decaying_runs(n_train: int = 100, n_tests: int = 8, n_runs: int = 16, n_steps: int = 100, batch_size: int = 8,
                   initial_rate: float = 0.05, decay_steps: float = 30.0, effect_scale: float = 0.003,
-                  noise_scale: float = 0.02, seed: int = 0) -> tuple[Runs, ModelTruth]:
+                  noise_scale: float = 0.02, run_rate_sd: float = 0.0, seed: int = 0) -> tuple[Runs, ModelTruth]:
     """Runs whose loss decays by a common schedule, with small per-example effects and noise.
 
     ``L_t = (1 - g_t + sum a) L_{t-1} + sum B + noise``, ``g_t = initial_rate * exp(-t / decay_steps)``,
     ``L_0 ~ U(2, 4)`` per test example (shared by its runs), ``a, B ~ N(0, effect_scale)``
     (``B`` times ``L_0``), noise ``N(0, noise_scale * L_0)``. Returned truth has the schedule
     folded into nothing: ``drift`` is zeros, the schedule is not a model parameter.
+
+    ``run_rate_sd > 0`` gives every run its own schedule, ``g_t (1 + u_r)`` with
+    ``u_r ~ N(0, run_rate_sd)``: a run-level latent shared by all test examples that no curriculum
+    explains (as a real run's seed or data order would), so two runs differ by more than their
+    curricula. Drawn last: the other draws of a seed are unchanged.
     """
     rng = np.random.default_rng(seed)
     initial = rng.uniform(2.0, 4.0, n_tests)
@@ -96,7 +101,8 @@ def decaying_runs(n_train: int = 100, n_tests: int = 8, n_runs: int = 16, n_step
     curricula = random_curricula(n_runs, n_steps, batch_size, n_train, rng)
     sigma = noise_scale * initial
     noise = sigma * rng.standard_normal((n_runs, n_steps, n_tests))
-    alpha = 1.0 - rate[None, :, None] + np.asarray(batch_sums(jnp.asarray(a), jnp.asarray(curricula)), np.float64)
+    run_rate = 1.0 + run_rate_sd * rng.standard_normal(n_runs) if run_rate_sd > 0 else np.ones(n_runs)
+    alpha = 1.0 - run_rate[:, None, None] * rate[None, :, None] + np.asarray(batch_sums(jnp.asarray(a), jnp.asarray(curricula)), np.float64)
     beta = np.asarray(batch_sums(jnp.asarray(b), jnp.asarray(curricula)), np.float64) + noise
     losses = np.empty((n_runs, n_steps + 1, n_tests))
     losses[:, 0] = initial

@@ -13,6 +13,7 @@ from bayes_simfluence.compare import DEFAULT_DRAWS, REDUCTIONS, Comparison, as_c
 from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_comparison, save_figure
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.simulators import PREDICTIVE_HELP, PREDICTIVES
 
 EXAMPLES = """examples:
   # two curricula (runs-format files; FILE:K picks run K, FILE alone averages over its runs)
@@ -113,7 +114,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help=f"posterior draws (default {DEFAULT_DRAWS})")
     parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the draws (default 0)")
     parser.add_argument("--level", type=float, default=0.9, help="credibility of the intervals (default 0.9)")
-    parser.add_argument("--noise", action="store_true", help="include the simulator's noise in the draws")
+    parser.add_argument("--predictive", choices=PREDICTIVES, default=None,
+                        help=f"what the draws stand for; {PREDICTIVE_HELP}")
     shortcuts = parser.add_argument_group("counterfactual shortcuts (edit the first --curricula, a single run)")
     edits = shortcuts.add_mutually_exclusive_group()
     edits.add_argument("--leave-out", type=parse_indices, metavar="I,J",
@@ -138,7 +140,7 @@ def _comparison(args: argparse.Namespace) -> Comparison:
     if initial is None:
         raise ValueError("no initial losses: give --initial-losses, or at least one runs-format .npz curricula file")
     options = dict(tests=args.tests, reduction=args.reduction, n_draws=args.draws, seed=args.seed,
-                   level=args.level, include_noise=args.noise)
+                   level=args.level, predictive=args.predictive)
     shortcut = args.leave_out or args.repeat or args.insert is not None or args.reorder
     if not shortcut:
         if len(read) < 2:

@@ -12,6 +12,7 @@ from bayes_simfluence.compare import DEFAULT_DRAWS, simulate_draws_of
 from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_effects, plot_trajectories, save_figure
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.simulators import PREDICTIVE_HELP, PREDICTIVES
 
 EXAMPLES = """examples:
   # observed vs simulated (median, 50% and 90% predictive bands) for 2 runs x 3 test examples
@@ -58,6 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         kind.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the draws (default 0)")
         kind.add_argument("--plot", type=Path, required=True, metavar="FILE.png", help="where to write the figure")
         kind.set_defaults(func=run)
+    trajectories.add_argument("--predictive", choices=PREDICTIVES, default=None,
+                              help=f"what the bands stand for; {PREDICTIVE_HELP}")
 
 
 def _trajectories(args: argparse.Namespace):
@@ -68,7 +71,7 @@ def _trajectories(args: argparse.Namespace):
         if max(wanted) >= size:
             raise ValueError(f"{flag} {max(wanted)}: out of range; {args.runs} has {size} {what}")
     draws = simulate_draws_of(simulator, runs.curricula, runs.initial_losses, args.draws, args.seed,
-                              include_noise=True)
+                              predictive=args.predictive)
     return plot_trajectories(draws, runs.losses, args.run, args.test, test_ids=runs.test_ids,
                              title=f"{getattr(simulator, 'name', 'simulator')} on {args.runs.name}")
 
