@@ -41,6 +41,8 @@ def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_
         draws = checked_result(simulator.simulate_draws(heldout.curricula, heldout.initial_losses, n_draws,
                                                         seed=seed), what)
         scores.update(band_scores(draws, heldout.losses))
+        if hasattr(simulator, "describe_predictive"):
+            scores["predictive"] = simulator.describe_predictive()
     intervals = bootstrap_intervals(per_test_scores(predicted, heldout.losses, draws), seed=seed)
     if random_subsets if random_subsets is not None else is_random_subsets(heldout):
         scores["lds"] = scores["spearman_runs"]
@@ -117,4 +119,6 @@ def format_table(results: dict[str, dict[str, Any]], intervals: bool = False) ->
     for name, scores in results.items():
         if "guard" in scores:
             lines.append(f"{name} {guard.describe(scores['guard'])}")
+        if "predictive" in scores:
+            lines.append(f"{name} coverage and crps: {scores['predictive']}")
     return "\n".join(lines)

@@ -108,3 +108,19 @@ def test_a_saved_posterior_keeps_its_run_discrepancy(fitted_and_fresh, tmp_path)
     np.testing.assert_allclose(posterior.select_tests([1, 4]).simulate_draws(fresh.curricula[:3],
                                                                              fresh.initial_losses[:3, [1, 4]], 20, seed=2),
                                posterior.simulate_draws(*args, seed=2)[..., [1, 4]], rtol=1e-12)
+
+
+@pytest.mark.slow
+def test_the_demo_shows_new_run_bands_and_one_comparison_beside_retraining(fitted_and_fresh, tmp_path):
+    from bayes_simfluence.commands import demo
+
+    posterior, fresh = fitted_and_fresh
+    result = demo.compare_with_retraining(posterior, fresh)
+    assert result["retrained_difference"] == pytest.approx(fresh.losses[2, -1].mean() - fresh.losses[1, -1].mean())
+    low, high = result["interval_90"]
+    assert low < result["predicted_difference"] < high and 0 < result["prob_better"] < 1
+    assert result["uncertainty"].startswith("new-run predictive")
+    assert result["retrained_inside_interval"] == (low <= result["retrained_difference"] <= high)
+    assert "retrained" in demo.describe_comparison("bayes-svi", result)
+    demo.plot_trajectories(tmp_path / "trajectories.png", fresh, {"bayes-svi": posterior})
+    assert (tmp_path / "trajectories.png").stat().st_size > 1000

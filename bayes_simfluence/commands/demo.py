@@ -71,8 +71,9 @@ def evaluate_available(methods: list[str], train, heldout, context) -> tuple[dic
     return results, simulators, skipped
 
 
-def plot_trajectories(path: Path, heldout, simulators: dict, n_tests: int = 4) -> None:
-    """Observed vs simulated losses of the first held-out run for ``n_tests`` test examples."""
+def plot_trajectories(path: Path, heldout, simulators: dict, n_tests: int = 4, seed: int = 0) -> None:
+    """Observed vs simulated losses of the first held-out run for ``n_tests`` test examples; a
+    Bayesian simulator also shows its 50% and 90% bands for a new run (its default predictive)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -86,7 +87,14 @@ def plot_trajectories(path: Path, heldout, simulators: dict, n_tests: int = 4) -
     tests = np.argsort(-spread)[:n_tests]
     figure, axes = plt.subplots(1, len(tests), figsize=(4 * len(tests), 3.4), sharex=True)
     steps = np.arange(observed.shape[0])
+    bands = {name: simulator.simulate_draws(run.curricula, run.initial_losses, 400, seed=seed)[:, 0]
+             for name, simulator in simulators.items() if hasattr(simulator, "simulate_draws")}
     for axis, test in zip(np.atleast_1d(axes), tests):
+        for name, draws in bands.items():
+            for level, alpha in ((0.9, 0.15), (0.5, 0.3)):
+                low, high = np.quantile(draws[:, :, test], [(1 - level) / 2, (1 + level) / 2], axis=0)
+                axis.fill_between(steps, low, high, color="tab:purple", alpha=alpha, linewidth=0,
+                                  label=f"{name} {level:.0%} band (new run)")
         axis.plot(steps, observed[:, test], color="black", linewidth=2.5, label="observed")
         for name, simulator in simulators.items():
             predicted = simulator.simulate(run.curricula, run.initial_losses)[0, :, test]
@@ -95,10 +103,43 @@ def plot_trajectories(path: Path, heldout, simulators: dict, n_tests: int = 4) -
         axis.set_xlabel("step")
     np.atleast_1d(axes)[0].set_ylabel("test loss")
     np.atleast_1d(axes)[-1].legend(fontsize=7, loc="best")
-    figure.suptitle("held-out run: observed vs simulated test-loss trajectories", fontsize=10)
+    figure.suptitle("held-out run: observed vs simulated test-loss trajectories (Bayesian: mean line, "
+                    "bands for a new run)", fontsize=10)
     figure.tight_layout()
     save_figure(figure, path, dpi=110)
     plt.close(figure)
+
+
+def compare_with_retraining(simulator, heldout, reference: int = 1, candidate: int = 2) -> dict:
+    """Compare two held-out runs' curricula with ``simulator`` and put the answer beside what
+    training them really gave (both runs were trained, and the fit never saw them).
+
+    Returns:
+        JSON-ready: the predicted difference ``candidate - reference`` of the mean final test loss,
+        its 90% interval, ``P(better)``, what its draws stand for, and the retrained difference.
+    """
+    from bayes_simfluence.compare import compare
+
+    comparison = compare(simulator, [heldout.curricula[reference], heldout.curricula[candidate]],
+                         heldout.initial_losses[reference],
+                         labels=[f"held-out run {reference}", f"held-out run {candidate}"])
+    final = comparison.to_dict()["candidates"][1]["final"]
+    retrained = float(heldout.losses[candidate, -1].mean() - heldout.losses[reference, -1].mean())
+    low, high = final["difference_interval"]
+    return {"reference": f"held-out run {reference}", "candidate": f"held-out run {candidate}",
+            "predicted_difference": final["difference"], "interval_90": [low, high],
+            "prob_better": final["prob_better"], "uncertainty": comparison.uncertainty,
+            "retrained_difference": retrained, "retrained_inside_interval": bool(low <= retrained <= high)}
+
+
+def describe_comparison(name: str, result: dict) -> str:
+    """Two lines for the demo's output: the prediction and what retraining gave."""
+    low, high = result["interval_90"]
+    return (f"{name}: is the curriculum of {result['candidate']} better than that of {result['reference']}? "
+            f"mean final test loss difference {result['predicted_difference']:+.4f} (90% interval "
+            f"[{low:+.4f}, {high:+.4f}]), P(better) {result['prob_better']:.2f}; uncertainty: {result['uncertainty']}\n"
+            f"retrained (both runs really trained, never seen by the fit): {result['retrained_difference']:+.4f}, "
+            f"{'inside' if result['retrained_inside_interval'] else 'outside'} the interval")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,10 +169,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"\ntrain: {train}\nheld-out: {heldout}\n")
     print(format_table(results))
     plot_path = args.out / "trajectories.png"
-    plot_trajectories(plot_path, heldout, {k: v for k, v in simulators.items() if k in ("mean", "linear", "tracin", "influence", "bayes-svi")})
+    plot_trajectories(plot_path, heldout, {k: v for k, v in simulators.items()
+                                           if k in ("mean", "linear", "tracin", "influence", "bayes-svi")}, seed=args.seed)
+    comparisons = {name: compare_with_retraining(simulator, heldout) for name, simulator in simulators.items()
+                   if hasattr(simulator, "simulate_draws") and heldout.n_runs >= 3}
+    for name, comparison in comparisons.items():
+        print("\n" + describe_comparison(name, comparison))
     wall = time.perf_counter() - start
     summary = {
         "results": undefined_as_null(results),
+        "comparison_with_retraining": comparisons,
         "skipped": skipped,
         "runs": {"n_runs": runs.n_runs, "n_steps": runs.n_steps, "batch": runs.batch_size,
                  "n_tests": runs.n_tests, "n_train": runs.n_train, "heldout_runs": args.heldout_runs},
