@@ -26,23 +26,36 @@ class GaussianEffects:
     noise: float = 0.0
     name: str = "gaussian-effects"
     tests: np.ndarray | None = None  # set by select_tests: which of the original test examples
+    average_example: bool = False  # set by with_average_example: a virtual last example with the pool means
 
     def select_tests(self, tests: np.ndarray) -> "GaussianEffects":
         """The same draws for a subset of test examples (the full draws are made, then sliced)."""
         kept = np.arange(self.a_mean.shape[0]) if self.tests is None else self.tests
         return dataclasses.replace(self, tests=kept[np.asarray(tests)])
 
+    def with_average_example(self) -> "GaussianEffects":
+        """The same draws plus example ``n_train``: in every draw, the mean of the pool's effects."""
+        return dataclasses.replace(self, average_example=True)
+
+    @property
+    def n_train(self) -> int:
+        return self.a_mean.shape[1] + int(self.average_example)
+
+    def _extended(self, values: np.ndarray) -> np.ndarray:
+        if not self.average_example:
+            return values
+        return np.concatenate([values, values.mean(axis=-1, keepdims=True)], axis=-1)
+
     def _means(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.tests is None:
-            return self.a_mean, self.b_mean
-        return self.a_mean[self.tests], self.b_mean[self.tests]
+        a, b = self._extended(self.a_mean), self._extended(self.b_mean)
+        return (a, b) if self.tests is None else (a[self.tests], b[self.tests])
 
     def parameter_draws(self, n_draws: int, seed: int = 0) -> dict[str, np.ndarray]:
         """``{"a", "B"}``, each ``[draws, tests, n_train]``, as the Bayesian simulator's accessor."""
         rng = np.random.default_rng(seed)
         z_a = rng.standard_normal((n_draws,) + self.a_mean.shape)
         z_b = rng.standard_normal((n_draws,) + self.b_mean.shape)
-        draws = {"a": self.a_mean + self.sd_a * z_a, "B": self.b_mean + self.sd_b * z_b}
+        draws = {"a": self._extended(self.a_mean + self.sd_a * z_a), "B": self._extended(self.b_mean + self.sd_b * z_b)}
         return draws if self.tests is None else {k: v[:, self.tests] for k, v in draws.items()}
 
     def _roll(self, a: np.ndarray, b: np.ndarray, curricula: np.ndarray, initial: np.ndarray) -> np.ndarray:
@@ -67,8 +80,8 @@ class GaussianEffects:
                        predictive: str | None = None) -> np.ndarray:
         curricula = np.asarray(curricula)
         n_tests = self._means()[0].shape[0]
-        if curricula.max() >= self.a_mean.shape[1]:
-            raise ValueError(f"curricula hold index {curricula.max()} out of range for n_train = {self.a_mean.shape[1]}")
+        if curricula.max() >= self.n_train:
+            raise ValueError(f"curricula hold index {curricula.max()} out of range for n_train = {self.n_train}")
         if np.shape(initial_losses) != (curricula.shape[0], n_tests):
             raise ValueError(f"initial_losses must have shape {(curricula.shape[0], n_tests)}")
         params = self.parameter_draws(n_draws, seed)

@@ -28,6 +28,18 @@ Attributions are ranked by the conservative end of the 90% interval (--by bound)
 P(effect < 0) (--by probability) or by the posterior mean alone (--by mean).
 """
 
+REFERENCE_NOTE = """reference (--reference):
+Every attribution is an effect against a reference. The default, the average example, is a
+virtual example whose effects are the pool means: the final-loss effect fills each slot of the
+example with it (same batches, same steps), the parameter parts are a - mean a, B - mean B.
+Runs with full batches identify only batch sums plus the step component (a constant added to
+every B and taken from the step component changes no run), so only effects against such a
+reference are identified by the data. --reference leave-out empties the example's slots (raw
+a, B for the parameter parts): with full batches that reads the common level of B the runs do
+not identify (the prior's), and can call mostly harmful examples helpful with confidence; use it
+only for runs whose batches really had empty slots.
+"""
+
 PARTS = ("final-loss", "one-step", "additive", "multiplicative")
 
 
@@ -35,14 +47,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "plot", help="figures: trajectory bands, attributions",
         description="Write a figure (PNG, PDF or SVG by extension).",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EXAMPLES + "\n" + REFERENCE_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     trajectories = kinds.add_parser("trajectories", help="observed vs simulated trajectories with bands")
     trajectories.add_argument("--runs", type=Path, required=True, help="runs-format file (e.g. held-out runs)")
     trajectories.add_argument("--run", type=parse_indices, default=[0], help="runs to show (default 0)")
     trajectories.add_argument("--test", type=parse_indices, default=[0], help="test examples to show (default 0)")
-    effects = kinds.add_parser("attributions", help="top helpful / harmful training examples with intervals")
+    effects = kinds.add_parser("attributions", help="top helpful / harmful training examples with intervals",
+                               description="Rank training examples by their effect on the test loss, with "
+                                           "intervals, and write a figure.",
+                               epilog=REFERENCE_NOTE, formatter_class=argparse.RawDescriptionHelpFormatter)
     effects.add_argument("--curricula", required=True, metavar="FILE[:RUN]",
                          help="one curriculum (and, for .npz, the initial losses)")
     effects.add_argument("--test", type=parse_indices, default=None,
@@ -52,6 +67,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="final-loss effect under the curriculum (default), one-step effect a*L0+B, or a or B")
     effects.add_argument("--top", type=positive_int, default=10, help="how many helpful and harmful examples (default 10)")
     effects.add_argument("--by", choices=attributions.RANKINGS, default="bound", help="ranking (default bound)")
+    effects.add_argument("--reference", choices=attributions.REFERENCES, default=attributions.REFERENCES[0],
+                         help="what each effect is measured against: 'average' (default), the average example "
+                              "(the pool's mean effects in the example's slots; identified by full-batch runs), or "
+                              "'leave-out' (slots emptied; with full batches it reads the unidentified level of B; "
+                              "see the note below)")
     effects.add_argument("--json", action="store_true", help="print the ranked examples as JSON")
     for kind in (trajectories, effects):
         kind.add_argument("--simulator", type=Path, required=True, help="file written by 'fit'")
@@ -85,7 +105,7 @@ def _attributions(args: argparse.Namespace):
         raise ValueError("attributions need the initial losses: give the curriculum as a runs-format .npz")
     if args.part == "final-loss":
         effects = attributions.final_loss_effects(simulator, curricula[0], initial, tests=args.test,
-                                                  n_draws=args.draws, seed=args.seed)
+                                                  n_draws=args.draws, seed=args.seed, reference=args.reference)
     else:
         if not args.test or len(args.test) != 1:
             raise ValueError(f"--part {args.part} takes one --test")
@@ -93,8 +113,9 @@ def _attributions(args: argparse.Namespace):
         test = args.test[0]
         if not 0 <= test < initial.shape[0]:
             raise ValueError(f"test example {test} out of range for {initial.shape[0]} test examples")
-        effects = (attributions.one_step_effects(draws, test, float(initial[test])) if args.part == "one-step"
-                   else attributions.parameter_effects(draws, test, args.part))
+        effects = (attributions.one_step_effects(draws, test, float(initial[test]), reference=args.reference)
+                   if args.part == "one-step"
+                   else attributions.parameter_effects(draws, test, args.part, reference=args.reference))
     print(validation.strict_json(effects.to_dict(args.top, args.by), indent=2) if args.json
           else effects.table(args.top, args.by))
     return plot_effects(effects, args.top, args.by)
