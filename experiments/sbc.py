@@ -1,0 +1,442 @@
+"""Simulation-based calibration (SBC; Talts, Betancourt, Simpson, Vehtari and Gelman, 2018) of
+the default Bayesian path: ``run_svi`` with ``ModelConfig(memory="geometric")`` (AutoNormal,
+non-centred, float32, 2000 steps), the fit ``bayes-svi`` runs before its guard.
+
+    python experiments/sbc.py                  # 200 replications, guide normal: about 3 minutes on 2 CPU cores
+    python experiments/sbc.py --guide mvn      # the full-rank guide, for contrast: about 8 minutes
+    python experiments/sbc.py --replications 100 -o num_steps=4000
+
+Each replication draws every parameter from the model's prior (NumPyro ``Predictive`` on
+:func:`~bayes_simfluence.bayes.model.effects_model`), rolls the generating process forward from
+``L_0 = 1`` on random curricula (each step's previous loss is the simulated one: the model's
+teacher-forced likelihood is exactly the likelihood of this autoregressive process), builds
+:class:`~bayes_simfluence.bayes.data.ModelData` directly on the standardised scale with
+``scale = 1`` (``model_data`` would divide by a data-dependent scale, and the fit would no longer
+see data drawn from its own prior), fits it with ``run_svi`` (no guard: the guard is not part of
+the Bayesian model) and ranks the true value of each quantity among ``N_DRAWS`` posterior draws.
+If the draws were exact posterior draws every rank would be uniform on ``0..N_DRAWS``.
+
+Quantities (each per test example; the test examples are independent in the model and in the
+posterior, so every replication adds ``n_tests`` independent ranks to each quantity): the
+hyperparameters ``noise_scale``, ``effect_scale``, ``memory_decay``; ``a`` and ``B`` of two
+training examples; and two decision quantities: the noise-free final loss under a fresh random
+curriculum, and the paired difference of noise-free final losses between two fresh curricula
+(the truth rolled out by this file's own NumPy loop, the draws by the package's
+``effect_sums`` and ``roll_out``, as :mod:`bayes_simfluence.bayes.posterior` does).
+
+Prior: the package's hyperpriors are weakly informative for *real* standardised losses, whose
+size is 1 by construction; drawn from them, runs are not: with ``sigma ~ HalfNormal(1)`` and
+``s ~ HalfNormal(0.1)`` the largest ``|L|`` of a replication reached about 400 (median) and
+``10^7`` (worst of 200) in 30 steps. The fit and the draws therefore both use tighter scales,
+``effect_scale_prior = 0.02`` and ``noise_prior = 0.05`` (:data:`PRIOR_OPTIONS`; everything else
+is the default path's): SBC holds for any prior as long as the fit uses the same one. Runs then
+stay below ``|L| = 100`` (``max_abs_loss`` in the results). Options ``-o key=value`` are those
+of ``bayes-svi`` (:func:`bayes_simfluence.bayes.methods.parse_options`), applied to both.
+
+Uniformity: a chi-square test over :data:`BINS` equal bins of the ranks of each quantity, passed
+at level 0.01 with a Bonferroni correction over the quantities. Writes
+``experiments/results/sbc.{json,md,png}``; each guide's run is stored under its name, so a run
+with another guide adds to the results rather than replacing them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+from numpyro.infer import Predictive
+from scipy import stats
+from tqdm.auto import tqdm
+
+import bayes_simfluence
+from bayes_simfluence.bayes.data import ModelData
+from bayes_simfluence.bayes.inference import HYPER_SITES, run_svi
+from bayes_simfluence.bayes.methods import parse_options
+from bayes_simfluence.bayes.model import ModelConfig, effect_sums, effects_model
+from bayes_simfluence.rollout import roll_out
+from bayes_simfluence.synthetic import random_curricula
+
+HERE = Path(__file__).resolve().parent
+#: hyperprior scales of both the prior draws and the fit (see the module docstring).
+PRIOR_OPTIONS = {"effect_scale_prior": 0.02, "noise_prior": 0.05}
+#: posterior draws ranked against the truth: ranks take ``N_DRAWS + 1`` values, 20 per bin.
+N_DRAWS = 199
+BINS = 10
+LEVEL = 0.01
+#: training examples whose ``a`` and ``B`` are ranked (curricula are random: any two are typical).
+TRAIN_EXAMPLES = (0, 1)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Shapes of every replication (fixed, so the SVI programs compile once)."""
+
+    n_train: int = 20
+    n_tests: int = 3
+    n_runs: int = 12
+    n_steps: int = 30
+    batch_size: int = 4
+
+
+def prior_draws(config: ModelConfig, sizes: Sizes, n: int, key: Array) -> dict[str, np.ndarray]:
+    """``n`` draws of every parameter from the model's prior, float64.
+
+    Returns:
+        ``"a"``, ``"B"`` ``[n, tests, n_train]`` (zeros where the variant fixes them),
+        ``"drift"`` ``[n, tests, steps]`` (zeros without the step component), and each
+        hyperparameter of the model (``noise_scale``, ``effect_scale``, ``memory_decay``, ...)
+        ``[n, tests]``: the layout of ``FitResult.draws`` without its chain axis.
+    """
+    sites = ["a", "B", "step_drift", *HYPER_SITES]
+    with jax.enable_x64(True):
+        samples = Predictive(effects_model, num_samples=n, return_sites=sites)(
+            key, sizes.n_tests, sizes.n_train, sizes.n_steps, config)
+    samples = {k: np.asarray(v, np.float64) for k, v in samples.items()}
+    zeros = np.zeros((n, sizes.n_tests, sizes.n_train))
+    params = {"a": np.swapaxes(samples["a"], -1, -2) if "a" in samples else zeros,
+              "B": np.swapaxes(samples["B"], -1, -2) if "B" in samples else zeros,
+              "drift": samples.get("step_drift", np.zeros((n, sizes.n_tests, sizes.n_steps)))}
+    params.update({name: samples[name] for name in HYPER_SITES if name in samples})
+    return params
+
+
+def generate_losses(params: dict[str, np.ndarray], curricula: np.ndarray, initial: np.ndarray,
+                    noise: np.ndarray) -> np.ndarray:
+    """``[runs, steps + 1, tests]`` roll-out of the generating process, step by step in NumPy.
+
+    ``L_t = (1 + m^a_t) L_{t-1} + m^B_t + d_t + noise_t`` with the remembered batch sums
+    ``m_t = (1 - lambda) s_t + lambda m_{t-1}`` from ``m_0 = 0`` (``lambda = 0`` without memory)
+    and ``s_t`` the sum of the effects of the batch at step ``t``. Written independently of the
+    package's jitted roll-out, which it checks.
+
+    Args:
+        params: one draw: ``"a"``, ``"B"`` ``[tests, n_train]``, ``"drift"`` ``[tests, steps]``,
+            optional ``"memory_decay"`` ``[tests]``.
+        curricula: ``[runs, steps, batch]``, ``-1`` for an empty slot; initial: ``[runs, tests]``;
+            noise: ``[runs, steps, tests]`` (zeros for the noise-free trajectory).
+    """
+    n_runs, n_steps, _ = curricula.shape
+    n_tests = params["a"].shape[0]
+    decay = params.get("memory_decay", np.zeros(n_tests))
+    # a zero column last: the empty slot -1 picks it
+    a = np.concatenate([params["a"], np.zeros((n_tests, 1))], axis=1)
+    b = np.concatenate([params["B"], np.zeros((n_tests, 1))], axis=1)
+    memory_a, memory_b = np.zeros((n_runs, n_tests)), np.zeros((n_runs, n_tests))
+    losses = np.empty((n_runs, n_steps + 1, n_tests))
+    losses[:, 0] = initial
+    for t in range(n_steps):
+        memory_a = (1 - decay) * a[:, curricula[:, t]].sum(-1).T + decay * memory_a
+        memory_b = (1 - decay) * b[:, curricula[:, t]].sum(-1).T + decay * memory_b
+        losses[:, t + 1] = (1 + memory_a) * losses[:, t] + memory_b + params["drift"][:, t] + noise[:, t]
+    return losses
+
+
+def step_noise(sigma: np.ndarray, config: ModelConfig, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """``[*shape, tests]`` likelihood noise of scale ``sigma`` ``[tests]`` (Normal or Student-t)."""
+    full = shape + sigma.shape
+    if config.likelihood == "student_t":
+        return sigma * rng.standard_t(config.nu, full)
+    return sigma * rng.standard_normal(full)
+
+
+def simulate_data(params: dict[str, np.ndarray], config: ModelConfig, sizes: Sizes,
+                  rng: np.random.Generator) -> tuple[ModelData, np.ndarray]:
+    """Runs of the generating process for one parameter draw (see :func:`generate_losses`), on
+    the standardised scale (``scale = 1``, ``L_0 = 1``): ``(data, losses [runs, steps + 1, tests])``."""
+    curricula = random_curricula(sizes.n_runs, sizes.n_steps, sizes.batch_size, sizes.n_train, rng).astype(np.int32)
+    noise = step_noise(params["noise_scale"], config, (sizes.n_runs, sizes.n_steps), rng)
+    losses = generate_losses(params, curricula, np.ones((sizes.n_runs, sizes.n_tests)), noise)
+    data = ModelData(curricula=curricula, previous=losses[:, :-1], change=np.diff(losses, axis=1),
+                     scale=np.ones(sizes.n_tests), n_train=sizes.n_train)
+    return data, losses
+
+
+def parameter_quantities(params: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
+    """The ranked parameters ``[..., tests]`` of truth (no leading axis) or draws (``[draws, ...]``):
+    every hyperparameter present, and ``a``, ``B`` of :data:`TRAIN_EXAMPLES`."""
+    out = {name: params[name] for name in HYPER_SITES if name in params}
+    for i in TRAIN_EXAMPLES:
+        if config.has_multiplicative:
+            out[f"a[{i}]"] = params["a"][..., i]
+        if config.has_additive:
+            out[f"B[{i}]"] = params["B"][..., i]
+    return out
+
+
+def decisions(final: np.ndarray) -> dict[str, np.ndarray]:
+    """Decision quantities from noise-free final losses ``[..., 2 curricula, tests]``: the final
+    loss under the first curriculum and the paired difference first minus second ``[..., tests]``."""
+    return {"final_loss": final[..., 0, :], "paired_difference": final[..., 0, :] - final[..., 1, :]}
+
+
+def true_decisions(params: dict[str, np.ndarray], pair: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`decisions` of one parameter draw on ``pair`` ``[2, steps, batch]`` from ``L_0 = 1``,
+    rolled out by :func:`generate_losses` without noise."""
+    n_tests = params["a"].shape[0]
+    final = generate_losses(params, pair, np.ones((2, n_tests)), np.zeros(pair.shape[:2] + (n_tests,)))[:, -1]
+    return decisions(final)
+
+
+@jax.jit
+def _final_losses(a: Array, b: Array, drift: Array, decay: Array | None, curricula: Array) -> Array:
+    """``[draws, runs, tests]`` noise-free final losses from ``L_0 = 1`` of draws ``a``, ``b``
+    ``[draws, tests, n_train]``, ``drift`` ``[draws, tests, steps]``, ``decay`` ``[draws, tests]``
+    or None, on ``curricula`` ``[runs, steps, batch]``."""
+
+    def one(a_draw: Array, b_draw: Array, drift_draw: Array, decay_draw: Array | None) -> Array:
+        sum_a, sum_b = effect_sums(a_draw, b_draw, curricula, decay_draw)
+        initial = jnp.ones((curricula.shape[0], a_draw.shape[0]), a_draw.dtype)
+        return roll_out(1.0 + sum_a, sum_b + drift_draw.T[None], initial)[:, -1]
+
+    return jax.vmap(one)(a, b, drift, decay)
+
+
+def drawn_decisions(draws: dict[str, np.ndarray], pair: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`decisions` ``[draws, tests]`` of posterior draws (layout of :func:`prior_draws`)
+    on ``pair`` ``[2, steps, batch]``, rolled out with the package's ``effect_sums`` and ``roll_out``."""
+    with jax.enable_x64(True):
+        final = _final_losses(*(jnp.asarray(draws[k]) for k in ("a", "B", "drift")),
+                              None if "memory_decay" not in draws else jnp.asarray(draws["memory_decay"]),
+                              jnp.asarray(pair))
+    return decisions(np.asarray(final))
+
+
+def replicate(params: dict[str, np.ndarray], config: ModelConfig, fit_kwargs: dict[str, Any], sizes: Sizes,
+              rng: np.random.Generator, seed: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, Any]]:
+    """One SBC replication for the prior draw ``params`` (one draw of :func:`prior_draws`).
+
+    Returns:
+        ``(truth {quantity: [tests]}, draws {quantity: [draws, tests]}, info)``; ``info`` has the
+        fit's seconds, whether its ELBO converged and the largest simulated ``|L|``.
+    """
+    data, losses = simulate_data(params, config, sizes, rng)
+    pair = random_curricula(2, sizes.n_steps, sizes.batch_size, sizes.n_train, rng)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence is recorded in info
+        fit = run_svi(data, config, seed=seed, **{**fit_kwargs, "progress": False})
+    draws = {k: v[0] for k, v in fit.draws.items()}  # one "chain"
+    draws.setdefault("drift", np.zeros(draws["a"].shape[:2] + (sizes.n_steps,)))
+    truth = {**parameter_quantities(params, config), **true_decisions(params, pair)}
+    drawn = {**parameter_quantities(draws, config), **drawn_decisions(draws, pair)}
+    info = {"seconds": fit.info["seconds"], "elbo_converged": fit.info["elbo_converged"],
+            "max_abs_loss": float(np.abs(losses).max())}
+    return truth, drawn, info
+
+
+def run_sbc(replications: int, config: ModelConfig, fit_kwargs: dict[str, Any], sizes: Sizes = Sizes(),
+            seed: int = 0, progress: bool = True) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict]]:
+    """Every replication: ``(truth {quantity: [replications, tests]},
+    draws {quantity: [replications, draws, tests]}, infos)``."""
+    params = prior_draws(config, sizes, replications, jax.random.PRNGKey(seed))
+    rng = np.random.default_rng(seed)
+    truths, draws, infos = [], [], []
+    for r in tqdm(range(replications), desc="SBC", unit="fit", disable=not progress):
+        truth, drawn, info = replicate({k: v[r] for k, v in params.items()}, config, fit_kwargs, sizes, rng, seed + r)
+        truths.append(truth)
+        draws.append(drawn)
+        infos.append(info)
+    return ({k: np.stack([t[k] for t in truths]) for k in truths[0]},
+            {k: np.stack([d[k] for d in draws]) for k in draws[0]}, infos)
+
+
+def ranks(truth: np.ndarray, draws: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``[*shape]`` rank of ``truth`` ``[*shape]`` among ``draws`` ``[*shape, L]``: the number of
+    draws below it, ties broken at random, in ``0..L``."""
+    below = (draws < truth[..., None]).sum(-1)
+    ties = (draws == truth[..., None]).sum(-1)
+    return below + rng.integers(0, ties + 1)
+
+
+def rank_counts(ranks_: np.ndarray, n_draws: int, bins: int = BINS) -> np.ndarray:
+    """``[bins]`` counts of ``ranks_`` (any shape, values ``0..n_draws``) in equal bins;
+    ``n_draws + 1`` must be a multiple of ``bins``."""
+    if (n_draws + 1) % bins:
+        raise ValueError(f"{n_draws + 1} rank values do not split into {bins} equal bins")
+    return np.bincount((np.ravel(ranks_) * bins) // (n_draws + 1), minlength=bins)
+
+
+def uniformity(ranks_: np.ndarray, n_draws: int, bins: int = BINS) -> dict[str, Any]:
+    """Chi-square test that ``ranks_`` (values ``0..n_draws``) are uniform, over ``bins`` bins.
+
+    Returns:
+        ``p_value``; ``counts`` ``[bins]``; ``ends``: fraction of ranks in the first and last bins
+        (``2 / bins`` when uniform; more: the posterior is too narrow, less: too wide);
+        ``mean_rank``: mean rank over ``n_draws`` (0.5 when uniform; above: the posterior sits
+        below the truth, below: above it).
+    """
+    counts = rank_counts(ranks_, n_draws, bins)
+    return {"p_value": float(stats.chisquare(counts).pvalue), "counts": counts.tolist(),
+            "ends": float((counts[0] + counts[-1]) / counts.sum()), "mean_rank": float(np.mean(ranks_) / n_draws)}
+
+
+def uniform_band(n: int, bins: int = BINS, level: float = 0.99) -> tuple[float, float]:
+    """Central ``level`` interval of one bin's count when ``n`` ranks are uniform over ``bins`` bins."""
+    tail = (1 - level) / 2
+    return float(stats.binom.ppf(tail, n, 1 / bins)), float(stats.binom.ppf(1 - tail, n, 1 / bins))
+
+
+def reading(result: dict[str, Any], bins: int = BINS) -> str:
+    """A few words on the shape of a rank histogram (:func:`uniformity`'s result)."""
+    counts = np.asarray(result["counts"])
+    n, expected_ends = counts.sum(), 2 / bins
+    ends_se = np.sqrt(expected_ends * (1 - expected_ends) / n)
+    words = []
+    if result["ends"] > expected_ends + 3 * ends_se:
+        words.append("piled at the ends: too narrow")
+    elif result["ends"] < expected_ends - 3 * ends_se:
+        words.append("piled in the middle: too wide")
+    shift = result["mean_rank"] - 0.5
+    if abs(shift) > 3 * np.sqrt(1 / 12 / n):
+        words.append("truth above the draws: biased low" if shift > 0 else "truth below the draws: biased high")
+    return "; ".join(words) or "uniform within noise"
+
+
+def summarise(truth: dict[str, np.ndarray], draws: dict[str, np.ndarray], n_draws: int,
+              seed: int = 0) -> dict[str, dict[str, Any]]:
+    """``{quantity: uniformity result + ranks}`` over every replication and test example."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name in truth:
+        r = ranks(truth[name], np.moveaxis(draws[name], 1, -1), rng).ravel()
+        result = uniformity(r, n_draws)
+        out[name] = {**result, "reading": reading(result), "ranks": r.tolist()}
+    return out
+
+
+def compact_json(value: Any) -> str:
+    """``value`` as indented JSON with every list of numbers on one line (ranks, counts)."""
+    text = json.dumps(value, indent=1)
+    return re.sub(r"\[\s*([-+\d.eE,\s]+?)\s*\]",
+                  lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]", text) + "\n"
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    """``sbc.md`` (per guide: command, sizes, table) and ``sbc.png`` (rank histograms) from ``sbc.json``."""
+    lines = ["# Simulation-based calibration of the Bayesian path", "",
+             "Written by `experiments/sbc.py` (see its docstring for the design). Ranks of the true value among "
+             f"the posterior draws; chi-square over {BINS} bins; pass at {LEVEL} with a Bonferroni "
+             "correction over the quantities. `ends`: fraction of ranks in the outer two bins (uniform: "
+             f"{2 / BINS:.2f}; more = posterior too narrow, less = too wide); `mean rank`: uniform 0.5.", ""]
+    for guide, run in results.items():
+        threshold = LEVEL / len(run["quantities"])
+        passed = all(q["p_value"] > threshold for q in run["quantities"].values())
+        lines += [f"## guide `{guide}`: {'passes' if passed else 'FAILS'}", "",
+                  f"`{run['command']}` at commit {run.get('commit', '?')[:7]}"
+                  f"{' with the package modified' if run.get('package_modified') else ''}: {run['replications']} replications x {run['sizes']['n_tests']} test "
+                  f"examples = {run['n_ranks']} ranks per quantity, each among {run['n_draws']} draws, "
+                  f"{run['seconds']:.0f} s "
+                  f"(fits {run['fit_seconds_mean']:.2f} s each, {run['compile_seconds']:.0f} s first), "
+                  f"ELBO converged in {run['elbo_converged_fraction']:.0%} of fits, largest |L| "
+                  f"{run['max_abs_loss']:.3g}.", "",
+                  f"Sizes {run['sizes']}; model {run['config']}; fit {run['fit_kwargs']}.", "",
+                  f"| quantity | p-value | pass (p > {threshold:.2g}) | ends | mean rank | reading |",
+                  "|---|---|---|---|---|---|"]
+        for name, q in run["quantities"].items():
+            lines.append(f"| {name} | {q['p_value']:.3g} | {'yes' if q['p_value'] > threshold else 'NO'} | "
+                         f"{q['ends']:.3f} | {q['mean_rank']:.3f} | {q['reading']} |")
+        lines.append("")
+    (out / "sbc.md").write_text("\n".join(lines))
+    plot(results, out / "sbc.png")
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    """One panel per quantity: each guide's rank histogram (step line) over the 99% band of a
+    uniform histogram with as many ranks."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(dict.fromkeys(name for run in results.values() for name in run["quantities"]))
+    cols = 3
+    fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(4 * cols, 2.8 * -(-len(names) // cols)),
+                             squeeze=False, constrained_layout=True)
+    edges = np.arange(BINS + 1)
+    for ax, name in zip(axes.flat, names):
+        for i, (guide, run) in enumerate(results.items()):
+            q = run["quantities"].get(name)
+            if q is None:
+                continue
+            lo, hi = uniform_band(run["n_ranks"])
+            if i == 0:
+                ax.fill_between([0, BINS], lo, hi, color="0.85", label="99% uniform")
+                ax.axhline(run["n_ranks"] / BINS, color="0.5", lw=0.8)
+            ax.stairs(q["counts"], edges, lw=1.6, label=f"{guide} (p={q['p_value']:.2g})")
+        ax.set_title(name)
+        ax.set_xticks([0, BINS / 2, BINS], ["0", "L/2", "L"])
+        ax.set_xlabel("rank of the truth among L draws")
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.set_visible(False)
+    fig.suptitle("SBC rank histograms (counts per bin)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def provenance() -> dict[str, Any]:
+    """The commit of the package's checkout and whether its files differ from it (empty outside git)."""
+    root = Path(bayes_simfluence.__file__).resolve().parents[1]
+    try:
+        git = [subprocess.run(["git", *command], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+               for command in (["rev-parse", "HEAD"], ["status", "--porcelain", "--", "bayes_simfluence"])]
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": git[0], "package_modified": bool(git[1])}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--replications", type=int, default=200)
+    parser.add_argument("--guide", default="normal", help="normal (the default path) | lowrank | mvn")
+    parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a bayes-svi option (model or fit), for the prior draws and the fit alike")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    user = dict(option.split("=", 1) for option in args.option)
+    config, fit_kwargs = parse_options({**PRIOR_OPTIONS, "num_draws": N_DRAWS, **user, "guide": args.guide}, "svi")
+    fit_kwargs.pop("progress")
+    n_draws = fit_kwargs["num_draws"]
+    start = time.perf_counter()
+    truth, draws, infos = run_sbc(args.replications, config, fit_kwargs, seed=args.seed)
+    seconds = time.perf_counter() - start
+    quantities = summarise(truth, draws, n_draws, args.seed)
+    fit_seconds = np.array([info["seconds"] for info in infos])
+    run = {"command": shlex.join(["python", "experiments/sbc.py", *(argv if argv is not None else sys.argv[1:])]),
+           "replications": args.replications, "seed": args.seed, "sizes": asdict(Sizes()), "n_draws": n_draws,
+           "n_ranks": int(args.replications * Sizes().n_tests), "config": config.to_dict(), "fit_kwargs": fit_kwargs,
+           "seconds": seconds, "compile_seconds": float(fit_seconds[0]),
+           "fit_seconds_mean": float(fit_seconds[1:].mean()) if len(fit_seconds) > 1 else float(fit_seconds[0]),
+           "elbo_converged_fraction": float(np.mean([info["elbo_converged"] for info in infos])),
+           "max_abs_loss": float(max(info["max_abs_loss"] for info in infos)),
+           **provenance(), "bonferroni_threshold": LEVEL / len(quantities), "quantities": quantities}
+    run["passes"] = all(q["p_value"] > run["bonferroni_threshold"] for q in quantities.values())
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "sbc.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results[args.guide] = run
+    path.write_text(compact_json(results))
+    write_report(results, args.out)
+    print(f"{args.guide}: {'passes' if run['passes'] else 'FAILS'} ({seconds:.0f} s)")
+    for name, q in quantities.items():
+        print(f"  {name:18s} p={q['p_value']:.3g}  ends={q['ends']:.3f}  mean rank={q['mean_rank']:.3f}  {q['reading']}")
+
+
+if __name__ == "__main__":
+    main()
