@@ -194,7 +194,7 @@ class Comparison:
         what = self.uncertainty_source
         if self.stacking_weight is not None:
             what += (f", stacked with the curriculum-blind model (weight of the effects {self.stacking_weight:.2f}; "
-                     "in the other draws the candidates do not differ)")
+                     "in the other draws the candidates' expected losses do not differ)")
         return what
 
     def summary(self) -> str:

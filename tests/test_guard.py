@@ -138,10 +138,13 @@ def test_guard_is_skipped_with_too_few_runs_and_can_be_switched_off():
 def test_compare_says_when_draws_come_from_the_blind_model_and_ties_favour_neither(fitted):
     runs, posterior = fitted
     blind_only = dataclasses.replace(posterior, stacking_weight=np.zeros(3))
-    result = compare(blind_only, [runs.curricula[0], runs.curricula[1]], runs.initial_losses[0], n_draws=50)
+    result = compare(blind_only, [runs.curricula[0], runs.curricula[1]], runs.initial_losses[0], n_draws=50,
+                     predictive="parameters")
     np.testing.assert_array_equal(result.differences("final"), 0.0)  # the blind model ignores the curriculum
     assert result.prob_better("final")[1] == 0.5 and "curriculum-blind" in result.uncertainty
     assert result.to_dict()["stacking_weight"] == 0.0
     full = compare(dataclasses.replace(posterior, stacking_weight=None), [runs.curricula[0], runs.curricula[1]],
-                   runs.initial_losses[0], n_draws=50)
+                   runs.initial_losses[0], n_draws=50, predictive="parameters")
+    new_runs = compare(blind_only, [runs.curricula[0], runs.curricula[1]], runs.initial_losses[0], n_draws=50)
+    assert np.all(new_runs.differences("final")[:, 1] != 0)  # two new runs differ even where the curriculum does not
     assert full.stacking_weight is None and np.all(full.differences("final")[:, 1] != 0)

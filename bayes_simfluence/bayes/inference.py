@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes import conjugate, hyper_nuts
 from bayes_simfluence.bayes.data import ModelData
-from bayes_simfluence.bayes.model import ModelConfig, model_for, prior_for, step_mean
+from bayes_simfluence.bayes.model import ModelConfig, model_for, prior_for, rotation_of, step_mean
 from bayes_simfluence.bayes.sharding import device_mesh, placed
 
 GUIDES = ("normal", "lowrank", "mvn")
@@ -95,8 +95,10 @@ def _model_args(data: ModelData) -> tuple:
 
 
 def _collect(samples: dict[str, Any], data: ModelData, config: ModelConfig, lead: tuple[int, ...],
-             fixed: dict[str, np.ndarray] | None) -> dict[str, np.ndarray]:
-    """Named parameter draws ``[*lead, ...]`` from sites (fixed hyperparameters broadcast)."""
+             fixed: dict[str, np.ndarray] | None, key: Array) -> dict[str, np.ndarray]:
+    """Named parameter draws ``[*lead, ...]`` from sites (fixed hyperparameters broadcast); where
+    the likelihood integrated the step component out, it is drawn from its exact conditional
+    given each draw (``key``)."""
     shape_tests = lead + (data.n_tests,)
     zeros = np.zeros(shape_tests + (data.n_train,))
     samples = {k: np.asarray(v, np.float64) for k, v in samples.items()}  # float32 fits too
@@ -104,13 +106,19 @@ def _collect(samples: dict[str, Any], data: ModelData, config: ModelConfig, lead
         "a": np.swapaxes(samples["a"], -1, -2) if config.has_multiplicative else zeros,
         "B": np.swapaxes(samples["B"], -1, -2) if config.has_additive else zeros,
     }
-    if config.step_component:
-        draws["drift"] = samples["step_drift"]
     for name in HYPER_SITES:
         if name in samples:
             draws[name] = samples[name]
         elif fixed and name in fixed:
             draws[name] = np.broadcast_to(np.asarray(fixed[name], dtype=np.float64), shape_tests).copy()
+    if config.collapses_drift:
+        flat = {k: v.reshape((-1,) + v.shape[len(lead):]) for k, v in draws.items()}
+        fitted = fitted_step_sums(flat["a"], flat["B"], data, decay=flat.get("memory_decay"))
+        system = conjugate.drift_system(data.n_runs, data.n_steps, config)
+        drift = conjugate.draw_drift(system, data.change.sum(0).T, fitted, flat["noise_scale"], key)
+        draws["drift"] = drift.reshape(lead + drift.shape[1:])
+    elif config.step_component:
+        draws["drift"] = samples["step_drift"]
     return {k: v.reshape(lead + v.shape[len(lead):]) for k, v in draws.items()}
 
 
@@ -118,7 +126,7 @@ def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_sa
              num_chains: int = 4, chain_method: str | None = None, target_accept: float = 0.85,
              max_tree_depth: int = 10, seed: int = 0, progress: bool = True,
              fixed: dict[str, np.ndarray] | None = None) -> FitResult:
-    """NUTS on the full (non-collapsed) model.
+    """NUTS on the full model (the step component integrated out where ``config.collapses_drift``).
 
     Args:
         fixed: optional hyperparameter values ``{site: [tests]}`` to condition on (e.g. to
@@ -147,7 +155,8 @@ def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_sa
             "chain_method": chain_method, "target_accept": target_accept, "seconds": seconds,
             "noncentred": config.noncentred,
             "divergences": divergences, "seed": seed}
-    return FitResult(_collect(samples, data, config, (num_chains, num_samples), fixed), extra, info)
+    draws = _collect(samples, data, config, (num_chains, num_samples), fixed, jax.random.PRNGKey(seed + 2))
+    return FitResult(draws, extra, info)
 
 
 def _guide(kind: str, model: Any, init: Any, rank: int | None) -> Any:
@@ -228,9 +237,11 @@ def _svi_draws(state: Any, key: Array, data_args: tuple, init_values: dict, fixe
     svi, _ = _svi(program, init_values, fixed, state.rng_key, data_args)
     predictive = Predictive(_conditioned(prior_for(program.config), fixed), guide=svi.guide,
                             params=svi.get_params(state), num_samples=num_draws,
-                            return_sites=["a", "B", "step_drift", *HYPER_SITES])
+                            return_sites=["a", "B", *HYPER_SITES]
+                            + ([] if program.config.collapses_drift else ["step_drift"]))
     _, n_steps, n_tests = data_args[1].shape
-    return predictive(key, n_tests, program.n_train, n_steps, program.config)
+    return predictive(key, n_tests, program.n_train, n_steps, program.config, rotation_of(data_args[1]),
+                      not program.config.collapses_drift)
 
 
 def _chunk_length(num_steps: int, chunks: int = 20) -> int:
@@ -288,7 +299,8 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
             "final_lr_fraction": final_lr_fraction, "seconds": seconds, "elbo_converged": converged,
             "final_loss": float(losses[-max(len(losses) // 10, 1):].mean()), "seed": seed,
             "loss_trace": losses[:: max(len(losses) // 200, 1)].tolist(), **check}
-    draws = _collect({k: v[None] for k, v in samples.items()}, data, config, (1, num_draws), fixed)
+    draws = _collect({k: v[None] for k, v in samples.items()}, data, config, (1, num_draws), fixed,
+                     jax.random.PRNGKey(seed + 2))
     return FitResult(draws, {}, info)
 
 
@@ -361,15 +373,17 @@ def split_weights(weights: np.ndarray, n_train: int, config: ModelConfig) -> dic
     return {"a": weights, "B": zeros}
 
 
-def fitted_step_sums(a: np.ndarray, b: np.ndarray, data: ModelData, batch_size: int = 8) -> np.ndarray:
-    """``[draws, tests, steps]`` ``Z^T X w``: the effects' part of the change, summed over runs per step."""
+def fitted_step_sums(a: np.ndarray, b: np.ndarray, data: ModelData, decay: np.ndarray | None = None,
+                     batch_size: int = 8) -> np.ndarray:
+    """``[draws, tests, steps]`` ``Z^T X w``: the effects' part of the change, summed over runs per step
+    (``a``, ``b`` ``[draws, tests, n_train]``; ``decay [draws, tests]`` with optimiser memory)."""
     with jax.enable_x64(True):
-        return np.asarray(_step_sums(a, b, data.curricula, data.previous, batch_size=batch_size))
+        return np.asarray(_step_sums(a, b, decay, data.curricula, data.previous, batch_size=batch_size))
 
 
 @functools.partial(jax.jit, static_argnames=("batch_size",))
-def _step_sums(a: Array, b: Array, curricula: Array, previous: Array, batch_size: int) -> Array:
-    def one(pair: tuple[Array, Array]) -> Array:
-        return step_mean(pair[0], pair[1], None, curricula, previous).sum(0).T
+def _step_sums(a: Array, b: Array, decay: Array | None, curricula: Array, previous: Array, batch_size: int) -> Array:
+    def one(draw: tuple) -> Array:
+        return step_mean(draw[0], draw[1], None, curricula, previous, *draw[2:]).sum(0).T
 
-    return jax.lax.map(one, (a, b), batch_size=batch_size)
+    return jax.lax.map(one, (a, b) if decay is None else (a, b, decay), batch_size=batch_size)

@@ -14,7 +14,8 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   ``noncentred``, ``location_prior``, ``effect_scale_prior``, ``noise_prior``,
   ``drift_initial``, ``drift_smoothness``, ``memory`` (none | geometric: optimiser memory; default
   geometric for bayes-svi and bayes-nuts, none and the only choice for bayes-exact),
-  ``memory_prior``; ``progress`` (progress bars, default true); ``guard`` (default true: stack
+  ``memory_prior``, ``collapse_drift`` (default true: the step component integrated out of the
+  Normal likelihood and drawn exactly afterwards); ``progress`` (progress bars, default true); ``guard`` (default true: stack
   with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
   costs ``guard_folds`` extra fits on 3/4 of the runs) and ``guard_folds`` (default 4).
 - bayes-svi: ``guide`` (normal | lowrank | mvn), ``num_steps``, ``learning_rate``,
@@ -74,7 +75,7 @@ MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "effect_scale_prior": ("effect_scale_prior", _float),
     "noise_prior": ("noise_prior", _float), "drift_initial": ("drift_initial", _float),
     "drift_smoothness": ("drift_smoothness", _float), "memory": ("memory", _text),
-    "memory_prior": ("memory_prior", _float),
+    "memory_prior": ("memory_prior", _float), "collapse_drift": ("collapse_drift", _bool),
 }
 CHAIN_OPTIONS = {"num_warmup": _integer(0), "num_samples": _integer(1), "num_chains": _integer(1),
                  "chain_method": _text}
