@@ -53,16 +53,17 @@ def memory_model(n_train: int, n_tests: int, n_steps: int = N_STEPS, n_runs: int
     """Bytes of the main arrays of a default ``bayes-svi`` fit (float32 optimisation).
 
     - ``svi_state``: the guide's location and scale and Adam's two moments for each, of every
-      latent (``2 N M`` effects, ``T M`` step innovations): ``4 x (2 N M + T M)`` float32.
+      latent (``2 N M`` effects; the step component is integrated out of the likelihood, so its
+      ``T M`` values are not latents): ``4 x 2 N M`` float32.
     - ``step_work``: per SVI step, arrays of ``[runs, steps, tests]`` (data, batch sums,
       remembered sums and their gradients: about 16 of them) float32.
-    - ``draws``: the stored posterior draws ``draws x (2 N M + T M)`` float64 (host), produced on
-      the device in float32.
-    Grows as ``N M`` (effects), ``R T M`` (per step) and ``draws N M`` (stored).
+    - ``draws``: the stored posterior draws ``draws x (2 N M + T M)`` (effects and the step
+      component drawn afterwards) float64 (host), produced on the device in float32.
+    Grows as ``N M`` (effects), ``R T M`` (per step) and ``draws (2 N + T) M`` (stored).
     """
-    latents = 2 * n_train * n_tests + n_steps * n_tests
+    latents, stored = 2 * n_train * n_tests, 2 * n_train * n_tests + n_steps * n_tests
     return {"svi_state": 4.0 * latents * 4, "step_work": 16.0 * n_runs * n_steps * n_tests * 4,
-            "draws": float(draws) * latents * 8, "draws_device": float(draws) * latents * 4}
+            "draws": float(draws) * stored * 8, "draws_device": float(draws) * stored * 4}
 
 
 #: the measured peak resident memory of the step fits (``N x M`` = 1000 x 64 and 10000 x 64 with 200
