@@ -40,7 +40,7 @@ from jax import Array, lax
 from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes.data import ModelData
-from bayes_simfluence.bayes.model import ModelConfig
+from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.validation import check_memory
 
 
@@ -102,18 +102,13 @@ def block_indicators(n_train: int, config: ModelConfig) -> np.ndarray:
 
 def drift_system(n_runs: int, n_steps: int, config: ModelConfig) -> DriftSystem:
     """``A = Q + runs I`` for the random walk ``d_1 ~ N(0, kappa^2)``, ``d_t - d_{t-1} ~ N(0, rho^2)``."""
-    rho2, kappa2 = config.drift_smoothness**2, config.drift_initial**2
-    diagonal = np.full(n_steps, 2.0 / rho2)
-    diagonal[-1] = 1.0 / rho2
-    diagonal[0] = (1.0 if n_steps > 1 else 0.0) / rho2 + 1.0 / kappa2
+    diagonal, off, logdet_omega = drift_bands(n_runs, n_steps, config)
     banded = np.zeros((2, n_steps))
-    banded[0, 1:] = -1.0 / rho2
-    banded[1] = diagonal + n_runs
+    banded[0, 1:] = off
+    banded[1] = diagonal
     with jax.enable_x64(True):
         cholesky = np.asarray(_banded_cholesky(banded))
-    logdet_a = 2.0 * np.log(cholesky[1]).sum()
-    logdet_q = -np.log(kappa2) - (n_steps - 1) * np.log(rho2)
-    return DriftSystem(banded, cholesky, float(logdet_a - logdet_q))
+    return DriftSystem(banded, cholesky, logdet_omega)
 
 
 @jax.jit

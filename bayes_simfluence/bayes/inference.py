@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes import conjugate, hyper_nuts
 from bayes_simfluence.bayes.data import ModelData
-from bayes_simfluence.bayes.model import ModelConfig, model_for, prior_for, rotation_of, step_mean
+from bayes_simfluence.bayes.model import ModelConfig, effects_model, rotation_of, simfluence_model, step_mean
 from bayes_simfluence.bayes.sharding import device_mesh, placed
 
 GUIDES = ("normal", "lowrank", "mvn")
@@ -136,7 +136,7 @@ def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_sa
     config = config.parameterised(noncentred=False)
     start = time.perf_counter()
     with jax.enable_x64(True):
-        model = _conditioned(model_for(config), fixed)
+        model = _conditioned(simfluence_model, fixed)
         kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth,
                       init_strategy=_init_strategy({k: v for k, v in _init_values(data).items()
                                                     if not fixed or k not in fixed}))
@@ -208,7 +208,7 @@ def _svi(program: SviProgram, init_values: dict[str, Array], fixed: dict[str, Ar
     initialised object, and building it while tracing keeps the programs module-level, with the
     data as arguments, so a second fit of the same shapes compiles nothing.
     """
-    model = _conditioned(model_for(program.config), fixed)
+    model = _conditioned(simfluence_model, fixed)
     autoguide = _guide(program.guide, model, _init_strategy(init_values), program.rank)
     decay = program.final_lr_fraction ** (1.0 / max(program.num_steps, 1))
     schedule = lambda i: program.learning_rate * decay**i  # noqa: E731 - exponential decay
@@ -235,7 +235,7 @@ def _svi_draws(state: Any, key: Array, data_args: tuple, init_values: dict, fixe
                num_draws: int) -> dict[str, Array]:
     """``num_draws`` draws of every latent site from the fitted guide."""
     svi, _ = _svi(program, init_values, fixed, state.rng_key, data_args)
-    predictive = Predictive(_conditioned(prior_for(program.config), fixed), guide=svi.guide,
+    predictive = Predictive(_conditioned(effects_model, fixed), guide=svi.guide,
                             params=svi.get_params(state), num_samples=num_draws,
                             return_sites=["a", "B", *HYPER_SITES]
                             + ([] if program.config.collapses_drift else ["step_drift"]))

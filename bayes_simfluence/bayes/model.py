@@ -63,7 +63,7 @@ so ``alpha(c_t) = 1 + sum a`` and ``beta(c_t) = sum B + d_t``. Choices, and why:
   non-centred latents are of order 1 while centred effects are of order 0.01, so with the
   same learning rate the centred optimum is noisy (full-rank guide means 0.5 posterior sd off
   the exact posterior, against 0.05 non-centred). ``noncentred=None`` (default) therefore means
-  centred for NUTS and non-centred (``LocScaleReparam``) for SVI; set it to force either. The
+  centred for NUTS and non-centred (``a = mu + s z_a``) for SVI; set it to force either. The
   random walk is always non-centred (its innovations are the latent variables). Non-centred
   ``B`` is also **rotated**: its latent is ``xi = z_B + c z_a`` with ``c[m]`` the mean
   standardised previous loss (``rotation``), so ``a L + B = s z_a (L - c) + s xi`` and the
@@ -358,16 +358,3 @@ def _shifted(noise: dist.Distribution, mean: Array) -> dist.Distribution:
     return dist.Normal(mean, noise.scale)
 
 
-def model_for(config: ModelConfig) -> Any:
-    """The full model (what NUTS and SVI run); its parameterisation follows ``config``."""
-    return simfluence_model
-
-
-def prior_for(config: ModelConfig) -> Any:
-    """The prior part only (no likelihood), parameterised like :func:`model_for`; arguments
-    ``(n_tests, n_train, n_steps, config, rotation, drift)``.
-
-    Used to turn guide or chain draws of the latent sites into ``a``, ``B`` and the drift
-    without evaluating the likelihood.
-    """
-    return effects_model
