@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 
 import bayes_simfluence
 from bayes_simfluence.bayes.data import ModelData
+from bayes_simfluence.commands._arguments import parse_option
 from bayes_simfluence.bayes.inference import HYPER_SITES, run_svi
 from bayes_simfluence.bayes.methods import parse_options
 from bayes_simfluence.bayes.model import ModelConfig, effect_sums, effects_model
@@ -176,6 +177,11 @@ def parameter_quantities(params: dict[str, np.ndarray], config: ModelConfig) -> 
             out[f"a[{i}]"] = params["a"][..., i]
         if config.has_additive:
             out[f"B[{i}]"] = params["B"][..., i]
+    for i in TRAIN_EXAMPLES:  # against the average example: identified with full batches
+        if config.has_multiplicative:
+            out[f"a[{i}]-mean"] = params["a"][..., i] - params["a"].mean(-1)
+        if config.has_additive:
+            out[f"B[{i}]-mean"] = params["B"][..., i] - params["B"].mean(-1)
     return out
 
 
@@ -402,8 +408,8 @@ def provenance() -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replications", type=int, default=200)
-    parser.add_argument("--guide", default="normal", help="normal (the default path) | lowrank | mvn")
-    parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+    parser.add_argument("--guide", default="normal", help="normal (the default path) | lowrank | mvn | conditional")
+    parser.add_argument("-o", "--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                         help="a bayes-svi option (model or fit), for the prior draws and the fit alike")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=HERE / "results")
@@ -412,7 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    user = dict(option.split("=", 1) for option in args.option)
+    user = dict(args.option)
     config, fit_kwargs = parse_options({**PRIOR_OPTIONS, "num_draws": N_DRAWS, **user, "guide": args.guide}, "svi")
     fit_kwargs.pop("progress")
     n_draws = fit_kwargs["num_draws"]

@@ -237,10 +237,11 @@ def decision_summaries(draws: dict, data, curricula: np.ndarray) -> tuple[np.nda
     return finals[0], finals[1] - finals[0]
 
 
-def test_default_svi_matches_the_exact_sd_of_decisions(small, fixed_hyper):
+@pytest.mark.parametrize("guide", ["normal", "conditional"])
+def test_default_svi_matches_the_exact_sd_of_decisions(small, fixed_hyper, guide):
     """The default guide (mean-field, non-centred and rotated ``B``, step component integrated out)
-    against the exact joint posterior of ``(a, B, d)``: the sd of a final loss and of a paired
-    two-curriculum difference within 10% (issue 9: before, 2.6x and 0.3x)."""
+    and the conditional guide against the exact joint posterior of ``(a, B, d)``: the sd of a final
+    loss and of a paired two-curriculum difference within 10% (issue 9: before, 2.6x and 0.3x)."""
     _, data = small
     config = ModelConfig()
     stats = conjugate.collapsed_statistics(data, config)
@@ -254,7 +255,8 @@ def test_default_svi_matches_the_exact_sd_of_decisions(small, fixed_hyper):
     exact = {k: v[None] for k, v in exact.items()}
     curricula = random_curricula(2, data.n_steps, 2, data.n_train, np.random.default_rng(3))  # full batches
     final, difference = decision_summaries(exact, data, curricula)
-    result = run_svi(data, config, num_steps=4000, num_draws=draws, seed=4, progress=False, fixed=fixed_hyper)
+    result = run_svi(data, config, guide=guide, num_steps=4000, num_draws=draws, seed=4, progress=False,
+                     fixed=fixed_hyper)
     svi_final, svi_difference = decision_summaries(result.draws, data, curricula)
     # sd of 8000 independent draws: relative standard error 0.8%; the rest is the guide's own error
     assert svi_final.std() / final.std() == pytest.approx(1.0, abs=0.1)

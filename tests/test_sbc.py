@@ -112,7 +112,7 @@ def test_sbc_of_the_default_path_detects_a_deliberately_narrowed_posterior():
     truth, draws, infos = sbc.run_sbc(replications, config, fit_kwargs, progress=False)
     assert len(infos) == replications and all(np.isfinite(info["max_abs_loss"]) for info in infos)
     assert set(truth) == {"noise_scale", "effect_scale", "memory_decay", "a[0]", "B[0]", "a[1]", "B[1]",
-                          "final_loss", "paired_difference"}
+                          "a[0]-mean", "B[0]-mean", "a[1]-mean", "B[1]-mean", "final_loss", "paired_difference"}
     name = "paired_difference"
     assert draws[name].shape == (replications, sbc.N_DRAWS, sbc.Sizes().n_tests)
     mean = draws[name].mean(1, keepdims=True)

@@ -18,7 +18,9 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   Normal likelihood and drawn exactly afterwards); ``progress`` (progress bars, default true); ``guard`` (default true: stack
   with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
   costs ``guard_folds`` extra fits on 3/4 of the runs) and ``guard_folds`` (default 4).
-- bayes-svi: ``guide`` (normal | lowrank | mvn), ``num_steps``, ``learning_rate``,
+- bayes-svi: ``guide`` (normal | lowrank | mvn | conditional; default normal; conditional draws
+  each test example's effects given its hyperparameters, :mod:`bayes_simfluence.bayes.guide`),
+  ``num_steps``, ``learning_rate`` (default 0.01; 0.03 for conditional),
   ``final_lr_fraction``, ``num_draws``, ``rank``, ``precision`` (float32 | float64, default
   float32: as accurate here, half the time; NUTS and the exact path always use float64).
 - bayes-nuts: ``num_warmup``, ``num_samples``, ``num_chains``, ``chain_method``,

@@ -59,11 +59,13 @@ so ``alpha(c_t) = 1 + sum a`` and ``beta(c_t) = sum B + d_t``. Choices, and why:
   hundreds of batch slots (``runs * steps * batch / n_train``), so the likelihood pins each
   effect down and the *centred* form has the better NUTS geometry. On a small reference problem
   (6 examples seen ~24 times each) NUTS had 0 divergences centred and 8 non-centred (63 vs 72
-  leapfrog steps per draw). SVI prefers the opposite: Adam's step size is absolute, and
-  non-centred latents are of order 1 while centred effects are of order 0.01, so with the
-  same learning rate the centred optimum is noisy (full-rank guide means 0.5 posterior sd off
-  the exact posterior, against 0.05 non-centred). ``noncentred=None`` (default) therefore means
-  centred for NUTS and non-centred (``a = mu + s z_a``) for SVI; set it to force either. The
+  leapfrog steps per draw). SVI's conditional guide (:mod:`bayes_simfluence.bayes.guide`) also
+  takes the centred form: it draws each example's effects given the hyperparameters, as prior
+  times a Gaussian site, so the geometry is the guide's business. ``noncentred=None`` (default) therefore
+  means centred, except for SVI with an autoguide (``guide=normal | lowrank | mvn``), where it
+  means non-centred (``a = mu + s z_a``): Adam's step size is absolute, and non-centred latents
+  are of order 1 while centred effects are of order 0.01 (full-rank guide means 0.5 posterior sd
+  off the exact posterior centred, against 0.05 non-centred). Set it to force either. The
   random walk is always non-centred (its innovations are the latent variables). Non-centred
   ``B`` is also **rotated**: its latent is ``xi = z_B + c z_a`` with ``c[m]`` the mean
   standardised previous loss (``rotation``), so ``a L + B = s z_a (L - c) + s xi`` and the
@@ -119,7 +121,8 @@ class ModelConfig:
         likelihood: ``"normal"`` or ``"student_t"``.
         nu: degrees of freedom of the Student-t likelihood.
         noncentred: non-centred ``a`` and ``B``; ``None`` lets the inference routine choose
-            (centred for NUTS, non-centred for SVI, irrelevant for the exact path).
+            (centred for NUTS and the conditional SVI guide, non-centred for SVI autoguides,
+            irrelevant for the exact path).
         location_prior: sd of the ``Normal(0, .)`` prior of the population locations ``mu_a``, ``mu_B``.
         effect_scale_prior: scale of the ``HalfNormal`` prior of the population scale ``s``.
         noise_prior: scale of the ``HalfNormal`` prior of the noise scale ``sigma``.
