@@ -5,12 +5,24 @@ every candidate uses the same parameter draw: differences between candidates are
 draw (paired), never from marginal bands. A candidate is one curriculum ``[steps, batch]``, a
 ragged list of batches, or a set of curricula ``[runs, steps, batch]`` (e.g. several random
 orderings) whose losses are averaged over its runs. Candidates may differ in batch width (padded
-with ``-1``) and in number of steps; each is summarised by
+with ``-1``) and in number of steps. Each is summarised by
 
-- ``final``: the loss after its last step;
-- ``mean``: the mean loss over its own steps ``1..T`` (step 0, shared by all, excluded);
+- ``final``: the loss after its last step, where its training stops;
+- ``mean``: the mean loss over the common horizon ``1..T_max`` of the longest candidate (step 0,
+  shared by all, excluded), a candidate that has stopped holding its final loss;
 
 both reduced over the chosen test examples (mean or sum). Lower is better.
+
+**Candidates of different lengths.** Step ``t`` of every candidate runs at step ``t`` of the
+logged runs' schedule: the simulators' step component (the loss change every run shows at that
+step, whatever its batch: warm-up, learning-rate decay) is read at the same absolute steps. So a
+shorter candidate is *the same training stopped early* (it does not get the last steps'
+schedule), and a longer one continues the schedule past the logged horizon (the step component
+extended by its random walk, the blind model holding its last loss). ``final`` then compares the
+models each curriculum leaves behind; ``mean`` compares the same window of time, so a curriculum
+that stops early is charged its final loss for the steps it does not take (an average over
+each one's own steps would compare windows of different lengths). ``Comparison.summary`` says
+so whenever the lengths differ.
 """
 
 from __future__ import annotations
@@ -83,6 +95,17 @@ def simulate_draws_of(simulator: Simulator, curricula: np.ndarray, initial_losse
     return np.asarray(draws, dtype=np.float64)
 
 
+def held_mean(trajectory: np.ndarray, horizon: int) -> np.ndarray:
+    """``[...]`` mean of ``trajectory [..., steps + 1]`` over steps ``1..horizon``, a trajectory that
+    ends earlier holding its last loss (the ``mean`` quantity of candidates of different lengths)."""
+    trajectory = np.asarray(trajectory)
+    extra = horizon + 1 - trajectory.shape[-1]
+    if extra < 0:
+        raise ValueError(f"horizon {horizon} is shorter than the trajectory's {trajectory.shape[-1] - 1} steps")
+    held = np.pad(trajectory, [(0, 0)] * (trajectory.ndim - 1) + [(0, extra)], mode="edge")
+    return held[..., 1:].mean(axis=-1)
+
+
 def _interval(draws: np.ndarray, level: float) -> tuple[np.ndarray, np.ndarray]:
     """Central ``level`` interval over axis 0."""
     lower, upper = np.quantile(draws, [(1 - level) / 2, (1 + level) / 2], axis=0)
@@ -127,12 +150,25 @@ class Comparison:
         return int(self.trajectories[0].shape[0])
 
     def losses(self, quantity: str = "final") -> np.ndarray:
-        """``[draws, candidates]`` final-step loss or mean loss over each candidate's steps."""
+        """``[draws, candidates]`` final-step loss, or mean loss over steps ``1..T_max`` with a
+        candidate that has stopped holding its final loss (module docstring)."""
         if quantity == "final":
             return np.stack([trajectory[:, -1] for trajectory in self.trajectories], axis=1)
         if quantity == "mean":
-            return np.stack([trajectory[:, 1:].mean(axis=1) for trajectory in self.trajectories], axis=1)
+            horizon = int(self.steps.max())
+            return np.stack([held_mean(trajectory, horizon) for trajectory in self.trajectories], axis=1)
         raise ValueError(f"quantity must be one of {QUANTITIES}, got {quantity!r}")
+
+    @property
+    def length_note(self) -> str:
+        """What a comparison of candidates of different lengths means (empty when they are equal)."""
+        if len(set(self.steps.tolist())) == 1:
+            return ""
+        longest = int(self.steps.max())
+        return (f"candidates differ in length ({', '.join(str(int(k)) for k in self.steps)} steps): each step runs "
+                f"at the same step of the logged runs' schedule, so a shorter one is the same training stopped "
+                f"early; final = the loss where each stops; mean = over steps 1..{longest}, a stopped candidate "
+                "holding its final loss")
 
     def differences(self, quantity: str = "final") -> np.ndarray:
         """``[draws, candidates]`` paired difference ``loss_k - loss_reference`` (negative: k is better)."""
@@ -178,7 +214,8 @@ class Comparison:
         return {
             "reference": self.labels[self.reference], "level": self.level, "reduction": self.reduction,
             "tests": self.tests.tolist(), "draws": self.n_draws, "predictive": self.predictive or None,
-            "uncertainty": self.uncertainty, "stacking_weight": self.stacking_weight, "candidates": candidates,
+            "uncertainty": self.uncertainty, "stacking_weight": self.stacking_weight,
+            "lengths": self.length_note or None, "candidates": candidates,
         }
 
     @property
@@ -205,8 +242,10 @@ class Comparison:
         lines = [
             f"{self.reduction} loss over {len(self.tests)} test example(s); {self.n_draws} paired draw(s); "
             f"uncertainty: {self.uncertainty}; reference: {self.labels[self.reference]}",
-            header, "-" * len(header),
         ]
+        if self.length_note:
+            lines.append(f"note: {self.length_note}")
+        lines += [header, "-" * len(header)]
         data = self.to_dict()
         for entry in data["candidates"]:
             for quantity in QUANTITIES:

@@ -43,7 +43,7 @@ from bayes_simfluence.attributions import final_loss_effects
 from bayes_simfluence.collect.collector import collect
 from bayes_simfluence.curricula import leave_out
 from bayes_simfluence.collect.embedded import demo_config
-from bayes_simfluence.compare import Comparison, compare
+from bayes_simfluence.compare import Comparison, compare, held_mean
 from bayes_simfluence.evaluation import score_simulator
 from bayes_simfluence.methods import FitContext, fit_method
 from bayes_simfluence.plots import plot_comparison, plot_effects, plot_scores, plot_trajectories
@@ -158,6 +158,7 @@ def counterfactual_check(config: ExperimentConfig, simulator, heldout: Runs, fol
         final_diff, mean_diff = comparison.differences("final"), comparison.differences("mean")
         for j, (key, candidate) in enumerate(zip(removed, candidates[1:]), start=1):
             real = _retrain(config, candidate, folder / f"counterfactual_{key}_{'repacked' if repack else 'emptied'}.npz")
+            horizon = max(len(real), len(reference)) - 1  # the comparison's mean: over the longer one's steps
             low, high = np.quantile(final_diff[:, j], [0.05, 0.95])
             mean_low, mean_high = np.quantile(mean_diff[:, j], [0.05, 0.95])
             report["candidates"].append({
@@ -167,7 +168,8 @@ def counterfactual_check(config: ExperimentConfig, simulator, heldout: Runs, fol
                 "observed_final_difference": float(real[-1].mean() - reference[-1].mean()),
                 "predicted_mean_difference": float(mean_diff[:, j].mean()),
                 "predicted_mean_90": [float(mean_low), float(mean_high)],
-                "observed_mean_difference": float(real[1:].mean() - reference[1:].mean()),
+                "observed_mean_difference": float(held_mean(real.mean(-1), horizon)
+                                                  - held_mean(reference.mean(-1), horizon)),
                 "prob_lower_final": float((final_diff[:, j] < 0).mean()),
             })
     report["retrain_seconds"] = time.perf_counter() - start

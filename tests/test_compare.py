@@ -7,8 +7,10 @@ from bayes_simfluence import counterfactuals as cf
 from bayes_simfluence.curricula import insert_at, leave_out
 from bayes_simfluence.compare import as_curricula, compare
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.bayes.model import ModelConfig
+from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.simulators import SimfluenceLinear
-from bayes_simfluence.synthetic import synthetic_runs
+from bayes_simfluence.synthetic import random_curricula, synthetic_runs
 from effect_posterior import GaussianEffects
 
 N_TRAIN, N_TESTS = 12, 3
@@ -66,9 +68,33 @@ def test_ragged_candidates_of_different_lengths_match_direct_simulation():
     assert result.n_draws == 1 and list(result.steps) == [12, 3]
     direct = point.simulate(as_curricula(short), initial[None])[0][:, [0, 2]].sum(-1)  # [steps + 1]
     np.testing.assert_allclose(result.losses("final")[0, 1], direct[-1], rtol=1e-6)
-    np.testing.assert_allclose(result.losses("mean")[0, 1], direct[1:].mean(), rtol=1e-6)
+    # mean over the longest candidate's 12 steps, the stopped 3-step candidate holding its final loss
+    np.testing.assert_allclose(result.losses("mean")[0, 1], (direct[1:].sum() + 9 * direct[-1]) / 12, rtol=1e-6)
+    assert "differ in length (12, 3 steps)" in result.summary() and "stopped" in result.to_dict()["lengths"]
+    assert compare(point, [short, short], initial).to_dict()["lengths"] is None
     with pytest.raises(ValueError, match="fill 3 slots.*fitted on batches of 2"):  # no extrapolation to wider batches
         compare(point, [runs.curricula[0], [[0, 1], [2, 3, 4]]], initial)
+
+
+def test_a_shorter_curriculum_is_the_same_training_stopped_early():
+    """Step ``t`` of every candidate runs at step ``t`` of the schedule: the first 5 steps of a run's
+    curriculum give exactly the first 5 steps of the whole curriculum's trajectory (the step
+    component is read at the same absolute steps), and ``mean`` charges the stopped one its final
+    loss over the remaining 7 steps."""
+    rng = np.random.default_rng(0)
+    shape = (1, 30, N_TESTS)
+    drift = np.where(np.arange(12) == 11, 0.5, rng.normal(-0.02, 0.005, shape + (12,)))  # a jump at the last step
+    posterior = BayesianSimfluence(
+        method="exact", config=ModelConfig(), a=rng.normal(-0.01, 0.01, shape + (N_TRAIN,)),
+        b=rng.normal(0.0, 0.01, shape + (N_TRAIN,)), drift=drift, sigma=np.full(shape, 0.01), hyper={},
+        scale=np.ones(N_TESTS), train_ids=np.array([f"x{i}" for i in range(N_TRAIN)]),
+        test_ids=np.array([f"t{m}" for m in range(N_TESTS)]), batch_size=2)
+    whole = random_curricula(1, 12, 2, N_TRAIN, rng)[0]
+    result = compare(posterior, [whole, whole[:5]], np.full(N_TESTS, 1.5), n_draws=30, predictive="parameters")
+    np.testing.assert_allclose(result.trajectories[1], result.trajectories[0][:, :6], rtol=1e-12)
+    assert np.all(np.diff(result.trajectories[0][:, -2:], axis=1) > 0.4)  # the whole one takes the jump
+    held = np.concatenate([result.trajectories[1][:, 1:], np.repeat(result.trajectories[1][:, -1:], 7, axis=1)], axis=1)
+    np.testing.assert_allclose(result.losses("mean")[:, 1], held.mean(axis=1), rtol=1e-12)
 
 
 def test_a_candidate_with_several_runs_is_averaged(known):
