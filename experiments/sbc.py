@@ -3,6 +3,7 @@ the default Bayesian path: ``run_svi`` with ``ModelConfig(memory="geometric")`` 
 non-centred, float32, 2000 steps), the fit ``bayes-svi`` runs before its guard.
 
     python experiments/sbc.py                  # 200 replications, guide normal: about 3 minutes on 2 CPU cores
+    python experiments/sbc.py --guide conditional   # the conditional guide: about 3 minutes
     python experiments/sbc.py --guide mvn      # the full-rank guide, for contrast: about 8 minutes
     python experiments/sbc.py --replications 100 -o num_steps=4000
 
@@ -22,7 +23,8 @@ quantity (smallest p-value 0.06; about 60 s a fit on 2 cores, hence not an optio
 Quantities (each per test example; the test examples are independent in the model and in the
 posterior, so every replication adds ``n_tests`` independent ranks to each quantity): the
 hyperparameters ``noise_scale``, ``effect_scale``, ``memory_decay``; ``a`` and ``B`` of two
-training examples; and two decision quantities: the noise-free final loss under a fresh random
+training examples, raw and against the average example (``a[i]-mean``: minus the pool mean, the
+identified part with full batches, which attributions report); and two decision quantities: the noise-free final loss under a fresh random
 curriculum, and the paired difference of noise-free final losses between two fresh curricula
 (the truth rolled out by this file's own NumPy loop, the draws by the package's
 ``effect_sums`` and ``roll_out``, as :mod:`bayes_simfluence.bayes.posterior` does).
