@@ -58,10 +58,16 @@ def test_guard_picks_the_blind_model_where_the_curriculum_has_no_effect():
     assert stacking.report["heldout_mse_stacked"] <= stacking.report["heldout_mse_blind"]
 
 
-@pytest.mark.slow
-def test_guard_keeps_the_full_model_where_effects_are_strong():
+@pytest.fixture(scope="module")
+def strong():
+    """A guarded fit on runs with strong effects; the tests below share it (one fit, one compilation)."""
     runs, truth = model_runs(n_train=20, n_tests=3, n_runs=16, n_steps=40, effect_scale=0.02, seed=4)
-    posterior = fit_method("bayes-svi", runs, FitContext(options=QUICK))
+    return runs, truth, fit_method("bayes-svi", runs, FitContext(options=QUICK))
+
+
+@pytest.mark.slow
+def test_guard_keeps_the_full_model_where_effects_are_strong(strong):
+    runs, truth, posterior = strong
     report = posterior.info["guard"]
     assert report["heldout_mse_full"] < 0.5 * report["heldout_mse_blind"], report
     assert posterior.stacking_weight.mean() > 0.8 and np.all(posterior.stacking_weight > 0.6), posterior.stacking_weight
@@ -76,9 +82,10 @@ def test_guard_keeps_the_full_model_where_effects_are_strong():
 
 
 @pytest.fixture(scope="module")
-def fitted():
-    runs, _ = model_runs(n_train=20, n_tests=3, n_runs=8, n_steps=20, effect_scale=0.02, seed=5)
-    return runs, fit_method("bayes-svi", runs, FitContext(options=QUICK))
+def fitted(strong):
+    """Any guarded posterior with 3 test examples: the one above."""
+    runs, _, posterior = strong
+    return runs, posterior
 
 
 @pytest.mark.slow
@@ -117,7 +124,7 @@ def test_guard_weights_survive_save_and_load(fitted, tmp_path):
     np.testing.assert_allclose(loaded.simulate(runs.curricula, runs.initial_losses),
                                posterior.simulate(runs.curricula, runs.initial_losses))
     one = posterior.select_tests(np.array([1]))
-    assert one.stacking_weight.shape == (1,) and one.blind_mean.shape == (21, 1)
+    assert one.stacking_weight.shape == (1,) and one.blind_mean.shape == (runs.n_steps + 1, 1)
     # blocks of test examples merge back into the same posterior (what fit --test-blocks does)
     merged = concatenate_tests([posterior.select_tests(np.array([0, 1])), posterior.select_tests(np.array([2]))])
     for name in ("a", "b", "drift", "sigma", "scale", "stacking_weight", "blind_mean", "test_ids"):
