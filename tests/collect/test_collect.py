@@ -113,7 +113,7 @@ def test_existing_output_needs_overwrite(tiny, tmp_path):
 
 def test_kill_and_resume_gives_the_uninterrupted_result(tiny, tmp_path):
     arguments = ["collect", "--model", str(tiny["model"]), "--train", str(tiny["train"]), "--test",
-                 str(tiny["test"]), "--id-field", "id", "--runs", "3", "--batch-size", "2", "--epochs", "40",
+                 str(tiny["test"]), "--id-field", "id", "--runs", "3", "--batch-size", "2", "--epochs", "10",
                  "--lr", "0.05", "--threads", "1", "--quiet"]
     out = tmp_path / "killed.npz"
     command = [sys.executable, "-m", "bayes_simfluence.cli", *arguments, "--out", str(out)]
