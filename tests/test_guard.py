@@ -133,12 +133,17 @@ def test_guard_weights_survive_save_and_load(fitted, tmp_path):
 
 
 @pytest.mark.slow
-def test_guard_is_skipped_with_too_few_runs_and_can_be_switched_off():
-    runs, _ = model_runs(n_train=10, n_tests=2, n_runs=3, n_steps=10, seed=6)
-    posterior = fit_method("bayes-svi", runs, FitContext(options={**QUICK, "num_steps": 200}))
+def test_guard_is_skipped_with_too_few_runs_and_can_be_switched_off(strong):
+    """On the shared problem's runs with its settings (the fits compile nothing new): 16 runs are
+    too few for 9 folds of ``MIN_RUNS_PER_FOLD`` runs; 3 runs are too few for the default folds."""
+    runs, _, _ = strong
+    posterior = fit_method("bayes-svi", runs, FitContext(options={**QUICK, "guard_folds": 9}))
     assert "skipped" in posterior.info["guard"] and posterior.stacking_weight is None
-    off = fit_method("bayes-svi", runs, FitContext(options={**QUICK, "num_steps": 200, "guard": False}))
+    assert posterior.info["guard"]["skipped"].startswith("16 runs: the guard needs at least 18")
+    off = fit_method("bayes-svi", runs, FitContext(options={**QUICK, "guard": False}))
     assert "guard" not in off.info and off.stacking_weight is None
+    few = stack_against_blind(lambda train: fit_method("linear", train, FitContext()), runs.select_runs(np.arange(3)))
+    assert "skipped" in few.report and np.all(few.weight == 1.0), few.report
 
 
 @pytest.mark.slow
