@@ -4,6 +4,7 @@ compilation cache; a local Ray instance."""
 import importlib.util
 import logging
 import os
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -12,10 +13,11 @@ import pytest
 # in well under a second), so compiled programs are kept between test sessions and shared with the
 # processes tests start (CLI subprocesses, workers inherit the environment). Set before JAX is
 # imported; an existing JAX_COMPILATION_CACHE_DIR wins. Entries are keyed by the program and the
-# JAX, jaxlib and XLA versions, so a stale entry is never used. The size is capped at 2 GiB (least
-# recently used entries go first) where `filelock` is installed, which JAX's eviction needs.
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
-                      str(Path.home() / ".cache" / "bayes-simfluence" / "jax-compilation-tests"))
+# JAX, jaxlib and XLA versions, so a stale entry is never used. One folder per JAX version: where
+# `filelock` is installed the size is capped at 2 GiB (least recently used entries go first), and
+# JAX's eviction fails on entries written without it (a core-only environment has no filelock).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bayes-simfluence"
+                                                       / f"jax-{metadata.version('jax')}-compilation-tests"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 if importlib.util.find_spec("filelock") is not None:
     os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
