@@ -243,8 +243,9 @@ class Comparison:
             f"{self.reduction} loss over {len(self.tests)} test example(s); {self.n_draws} paired draw(s); "
             f"uncertainty: {self.uncertainty}; reference: {self.labels[self.reference]}",
         ]
-        if self.length_note:
-            lines.append(f"note: {self.length_note}")
+        note = self.length_note
+        if note:
+            lines.append(f"note: {note}")
         lines += [header, "-" * len(header)]
         data = self.to_dict()
         for entry in data["candidates"]:

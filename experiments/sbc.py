@@ -24,8 +24,9 @@ Quantities (each per test example; the test examples are independent in the mode
 posterior, so every replication adds ``n_tests`` independent ranks to each quantity): the
 hyperparameters ``noise_scale``, ``effect_scale``, ``memory_decay``; ``a`` and ``B`` of two
 training examples, raw and against the average example (``a[i]-mean``: minus the pool mean, the
-identified part with full batches, which attributions report); and two decision quantities: the noise-free final loss under a fresh random
-curriculum, and the paired difference of noise-free final losses between two fresh curricula
+identified part with full batches, which attributions report); and two decision quantities: the
+noise-free final loss under a fresh random curriculum, and the paired difference of noise-free
+final losses between two fresh curricula
 (the truth rolled out by this file's own NumPy loop, the draws by the package's
 ``effect_sums`` and ``roll_out``, as :mod:`bayes_simfluence.bayes.posterior` does).
 
@@ -68,10 +69,10 @@ from tqdm.auto import tqdm
 
 import bayes_simfluence
 from bayes_simfluence.bayes.data import ModelData
-from bayes_simfluence.commands._arguments import parse_option
 from bayes_simfluence.bayes.inference import HYPER_SITES, run_svi
 from bayes_simfluence.bayes.methods import parse_options
 from bayes_simfluence.bayes.model import ModelConfig, effect_sums, effects_model
+from bayes_simfluence.commands._arguments import parse_option
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.synthetic import random_curricula
 

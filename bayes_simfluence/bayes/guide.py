@@ -108,23 +108,24 @@ def site_statistics(curricula: np.ndarray, previous: np.ndarray, change: np.ndar
     index, rows = slots.reshape(-1)[keep], rows[keep]
     prev = previous.reshape(-1, n_tests)[rows]  # [occurrences, tests]
     residual = (change - change.mean(axis=0, keepdims=True)).reshape(-1, n_tests)[rows]
-    features = np.stack([prev, np.ones_like(prev)])  # [2, occurrences, tests]
-    info = np.zeros((2, 2, n_train, n_tests))
-    score = np.zeros((2, n_train, n_tests))
-    for p in range(2):
-        np.add.at(score[p], index, features[p] * residual)
-        for q in range(2):
-            np.add.at(info[p, q], index, features[p] * features[q])
     parts = _parts(config)
-    info = info[np.ix_(parts, parts)]
-    info = np.moveaxis(info, (0, 1), (-2, -1)) + JITTER * np.eye(len(parts))  # [n_train, tests, k, k]
+    features = np.stack([prev, np.ones_like(prev)])[parts]  # [k, occurrences, tests]
+    k = len(parts)
+    info = np.zeros((k, k, n_train, n_tests))
+    score = np.zeros((k, n_train, n_tests))
+    for p in range(k):
+        np.add.at(score[p], index, features[p] * residual)
+        for q in range(p + 1):  # symmetric: each entry once
+            np.add.at(info[p, q], index, features[p] * features[q])
+            info[q, p] = info[p, q]
+    info = np.moveaxis(info, (0, 1), (-2, -1)) + JITTER * np.eye(k)  # [n_train, tests, k, k]
     noise = np.maximum(residual.var(axis=0) if len(residual) else np.ones(n_tests), 1e-12)
-    ridge = (noise / config.effect_scale_prior**2)[None, :, None, None] * np.eye(len(parts))
-    mean = np.linalg.solve(info + ridge, np.moveaxis(score[parts], 0, -1)[..., None])[..., 0]
+    ridge = (noise / config.effect_scale_prior**2)[None, :, None, None] * np.eye(k)
+    mean = np.linalg.solve(info + ridge, np.moveaxis(score, 0, -1)[..., None])[..., 0]
     chol = np.linalg.cholesky(info)
     factor = np.zeros((3, n_train, n_tests))
     factor[0] = chol[..., 0, 0]
-    if len(parts) == 2:
+    if k == 2:
         factor[1], factor[2] = chol[..., 1, 0], chol[..., 1, 1]
     full_mean = np.zeros((2, n_train, n_tests))
     full_mean[parts] = np.moveaxis(mean, -1, 0) / config.effect_scale_prior

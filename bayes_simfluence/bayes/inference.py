@@ -295,8 +295,10 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
         fixed_values = {k: placed(real(v), mesh, 0) for k, v in (fixed or {}).items()}
         data_args = (jnp.asarray(data.curricula, jnp.int32), placed(real(data.previous), mesh, 2),
                      placed(real(data.change), mesh, 2))
-        statistics = {k: placed(real(v), mesh, 2) for k, v in site_statistics(
-            data.curricula, data.previous, data.change, data.n_train, config).items()} if guide == "conditional" else {}
+        statistics = {}  # what the conditional guide starts from: [.., n_train, tests]
+        if guide == "conditional":
+            raw = site_statistics(data.curricula, data.previous, data.change, data.n_train, config)
+            statistics = {k: placed(real(v), mesh, 2) for k, v in raw.items()}
         state = _svi_init(jax.random.PRNGKey(seed), data_args, init_values, fixed_values, statistics, program=program)
         length, parts = _chunk_length(num_steps), []
         for _ in tqdm(range(num_steps // length), desc="SVI", unit=f"x{length} steps", disable=not progress):
