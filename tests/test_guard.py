@@ -160,3 +160,48 @@ def test_compare_says_when_draws_come_from_the_blind_model_and_ties_favour_neith
     new_runs = compare(blind_only, [runs.curricula[0], runs.curricula[1]], runs.initial_losses[0], n_draws=50)
     assert np.all(new_runs.differences("final")[:, 1] != 0)  # two new runs differ even where the curriculum does not
     assert full.stacking_weight is None and np.all(full.differences("final")[:, 1] != 0)
+
+
+@pytest.mark.slow
+def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held_out_runs_taught(monkeypatch):
+    """bayes-svi's cross-fits start from the full fit's hyperparameters (a quarter of its steps).
+    Oracle: a training example that only the last fold's runs contain, with a strong effect, is in
+    the cross-fit without that fold an example the data never showed: its posterior mean relative to
+    the average example is the prior's, 0, although the full fit (which saw it) puts it far away.
+    Started from the full fit's effects instead, a short cross-fit would keep part of them."""
+    rng = np.random.default_rng(0)
+    n_train, n_tests, n_runs, n_steps = 20, 3, 16, 40
+    a, b = rng.normal(0, 0.01, (n_tests, n_train)), rng.normal(0, 0.01, (n_tests, n_train))
+    a[:, 0], b[:, 0] = -0.05, 0.08
+    drift = -0.01 + np.cumsum(rng.normal(0, 0.001, (n_tests, n_steps)), axis=1)
+    curricula = random_curricula(n_runs, n_steps, 4, n_train, rng)
+    curricula[:12][curricula[:12] == 0] = -1  # example 0 only in runs 12-15: the last of 4 folds
+    noise = 0.01 * rng.standard_normal((n_runs, n_steps, n_tests))
+    runs = Runs.create(curricula, generating_roll(a, b, drift, curricula, np.ones((n_runs, n_tests)), noise),
+                       n_train=n_train)
+    cross_fits = []
+    real = stack_against_blind
+
+    def recording(fit, train, folds, progress=False):
+        def recorded(part):
+            posterior = fit(part)
+            cross_fits.append((part, posterior))
+            return posterior
+        return real(recorded, train, folds, progress=progress)
+
+    monkeypatch.setattr("bayes_simfluence.bayes.guard.stack_against_blind", recording)
+    full = fit_method("bayes-svi", runs, FitContext(options={"progress": False}))
+    assert len(cross_fits) == 4 and all(p.info["num_steps"] == 500 and p.info["warm_start"] for _, p in cross_fits)
+
+    def relative_b(posterior):  # [tests] posterior mean of B_0 minus the average of the others
+        effects = posterior.b.reshape(-1, n_tests, n_train)
+        return (effects[..., 0] - effects[..., 1:].mean(-1)).mean(0)
+
+    unseen = next(p for part, p in cross_fits if not np.any(part.curricula == 0))
+    assert np.all(np.abs(relative_b(full)) > 0.015), relative_b(full)
+    assert np.abs(relative_b(unseen)).mean() < 0.25 * np.abs(relative_b(full)).mean(), (relative_b(unseen),
+                                                                                      relative_b(full))
+    # the hyperparameters did start from the full fit: the cross-fit's effect scale is the full fit's
+    # (what 500 steps from the usual small starting value do not reach on their own)
+    ratio = np.median(unseen.hyper["effect_scale"], axis=(0, 1)) / np.median(full.hyper["effect_scale"], axis=(0, 1))
+    assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio

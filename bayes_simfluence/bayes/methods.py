@@ -17,7 +17,9 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   ``memory_prior``, ``collapse_drift`` (default true: the step component integrated out of the
   Normal likelihood and drawn exactly afterwards); ``progress`` (progress bars, default true); ``guard`` (default true: stack
   with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
-  costs ``guard_folds`` extra fits on 3/4 of the runs) and ``guard_folds`` (default 4).
+  costs ``guard_folds`` extra fits on 3/4 of the runs) and ``guard_folds`` (default 4); with
+  bayes-svi, ``guard_steps`` (SVI steps of each cross-fit; default ``num_steps / 4``, as they start
+  from the full fit's hyperparameters, :data:`GUARD_STEP_FRACTION`).
 - bayes-svi: ``guide`` (normal | lowrank | mvn | conditional; default normal; conditional draws
   each test example's effects given its hyperparameters, :mod:`bayes_simfluence.bayes.guide`),
   ``num_steps``, ``learning_rate`` (default 0.01; 0.03 for conditional),
@@ -33,6 +35,8 @@ from __future__ import annotations
 import inspect
 import warnings
 from typing import Any, Callable
+
+import numpy as np
 
 from bayes_simfluence import validation
 from bayes_simfluence.bayes import guard, inference
@@ -91,6 +95,9 @@ RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": infere
 
 
 GUARD_OPTIONS = ("guard", "guard_folds")
+#: bayes-svi's cross-fits start from the full fit's hyperparameters and take this fraction of its
+#: steps (option ``guard_steps``); measured in :mod:`bayes_simfluence.bayes.guard`'s docstring.
+GUARD_STEP_FRACTION = 0.25
 #: model settings whose default depends on the method: optimiser memory where the inference can
 #: take it (it beat plain Simfluence in held-out MSE and LDS on every real set, README), none on
 #: the exact path (its features would be dense).
@@ -100,7 +107,8 @@ METHOD_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"svi": {"memory": "geometric
 
 def option_names(method: str) -> frozenset[str]:
     """Every ``-o`` key ``bayes-<method>`` reads."""
-    return frozenset(MODEL_OPTIONS) | frozenset(INFERENCE_OPTIONS[method]) | {"progress", *GUARD_OPTIONS}
+    guard_options = {*GUARD_OPTIONS, "guard_steps"} if method == "svi" else set(GUARD_OPTIONS)
+    return frozenset(MODEL_OPTIONS) | frozenset(INFERENCE_OPTIONS[method]) | {"progress", *guard_options}
 
 
 def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, dict[str, Any]]:
@@ -133,19 +141,37 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     reports both models' held-out MSE and the weights. The held-out residuals of the stacked
     prediction become the posterior's run discrepancy (its new-run predictive,
     :mod:`bayes_simfluence.bayes.discrepancy`).
+
+    With bayes-svi the cross-fits start from the full fit's hyperparameters
+    (:func:`~bayes_simfluence.bayes.inference.hyperparameter_params`; the effects start afresh) and
+    take ``guard_steps`` steps (default a quarter of ``num_steps``, :data:`GUARD_STEP_FRACTION`;
+    all of them for the joint guides, which cannot start part-way).
     """
     options = dict(options)
     use_guard = _bool(options.pop("guard", True), "guard")
     folds = _integer(2)(options.pop("guard_folds", guard.FOLDS), "guard_folds")
-    posterior = _fit_once(method, train, options, seed)
+    guard_steps = options.pop("guard_steps", None)
+    if guard_steps is not None:
+        if method != "svi":
+            raise validation.InputError(f"-o guard_steps: only bayes-svi reads it (got bayes-{method})")
+        guard_steps = _integer(1)(guard_steps, "guard_steps")
+    posterior, guide_params = _fit_once(method, train, options, seed)
     if not use_guard:
         return posterior
-    quiet = {**options, "progress": False}
+    quiet, warm = {**options, "progress": False}, None
     if method == "svi":  # the cross-fits are only rolled out by their posterior mean
-        quiet["num_draws"] = min(_fit_settings(method, parse_options(options, method)[1])["num_draws"], MEAN_DRAWS)
+        settings = _fit_settings(method, parse_options(options, method)[1])
+        quiet["num_draws"] = min(settings["num_draws"], MEAN_DRAWS)
+        warm = inference.hyperparameter_params(guide_params, settings["guide"]) or None
+        steps = round(GUARD_STEP_FRACTION * settings["num_steps"]) if warm else settings["num_steps"]
+        quiet["num_steps"] = guard_steps or max(1, steps)
+
+    def cross_fit(runs: Runs) -> BayesianSimfluence:
+        return _fit_once(method, runs, quiet, seed, warm_start=warm)[0]
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
-        stacking = guard.stack_against_blind(lambda runs: _fit_once(method, runs, quiet, seed), train, folds,
+        stacking = guard.stack_against_blind(cross_fit, train, folds,
                                              progress=_bool(options.get("progress", True), "progress"))
     posterior.info["guard"] = stacking.report
     if "skipped" not in stacking.report:
@@ -161,7 +187,10 @@ def _fit_settings(method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **kwargs}
 
 
-def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int) -> BayesianSimfluence:
+def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
+              warm_start: dict[str, np.ndarray] | None = None
+              ) -> tuple[BayesianSimfluence, dict[str, np.ndarray] | None]:
+    """One fit: ``(posterior, the SVI guide's parameters or None)``; ``warm_start``: SVI only."""
     config, kwargs = parse_options(options, method)
     settings = _fit_settings(method, kwargs)
     stored = settings["num_draws"] if method == "svi" else settings["num_samples"] * settings["num_chains"]
@@ -169,8 +198,10 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int) -> B
                             f"bayes-{method} on {train.n_tests} test x {train.n_train} training examples "
                             f"({stored} stored draws)", "n_train is the size of the pool the indices refer to")
     data = model_data(train)
+    if warm_start is not None:
+        kwargs["warm_start"] = warm_start
     result = RUNNERS[method](data, config, seed=seed, **kwargs)
-    return BayesianSimfluence.from_fit(result, data, train, config)
+    return BayesianSimfluence.from_fit(result, data, train, config), result.guide_params
 
 
 def _factory(method: str) -> Callable[[Runs, FitContext], BayesianSimfluence]:
