@@ -122,32 +122,35 @@ def test_a_second_svi_fit_of_the_same_shapes_compiles_nothing(small, other):
     assert not np.allclose(first.draws["B"], second.draws["B"])  # and it really fitted the other runs
 
 
-def test_a_warm_start_sets_the_given_guide_parameters_and_leaves_the_rest_at_their_start(small):
-    """``run_svi(warm_start=...)`` with the hyperparameter part of a fit: with a negligible learning
-    rate the warm fit's hyperparameter draws have the given fit's distribution (the parameters went
-    in on the scale they came out: a constrained/unconstrained mix-up moves the effect scale by
-    orders of magnitude), and its effect parameters are a cold fit's starting values."""
-    from bayes_simfluence.bayes.inference import hyperparameter_params
+def test_cross_fits_start_from_the_fitted_hyperparameters_and_the_initial_effects(small):
+    """``run_svi(warm_start=cross_fit_start(fit))``: with a negligible learning rate the warm fit
+    keeps exactly the parameters it was given (the fitted hyperparameters, the effects where the
+    fit started), and its hyperparameter draws have the given fit's distribution (the parameters
+    went in on the scale they came out: a constrained/unconstrained mix-up moves the effect scale
+    by orders of magnitude)."""
+    from bayes_simfluence.bayes.inference import cross_fit_start
 
     _, data = small
     source = run_svi(data, CONFIG, num_steps=600, num_draws=10, progress=False)
-    given = hyperparameter_params(source.guide_params, "normal")
-    assert sorted(given) == ["effect_scale_auto_loc", "effect_scale_auto_scale", "noise_scale_auto_loc",
-                             "noise_scale_auto_scale"]
-    still = {"num_steps": 1, "learning_rate": 1e-12, "num_draws": 4000, "progress": False}
-    warm = run_svi(data, CONFIG, warm_start=given, seed=5, **still)
-    cold = run_svi(data, CONFIG, seed=5, **still)
-    assert warm.info["warm_start"] and not cold.info["warm_start"]
+    start = cross_fit_start(source)
+    assert set(start) == set(source.guide_params)
+    for name, value in start.items():
+        origin = source.guide_params if name.split("_auto_")[0] in ("noise_scale", "effect_scale") else \
+            source.initial_guide_params
+        np.testing.assert_array_equal(value, origin[name], err_msg=name)
+    assert not np.allclose(source.guide_params["B_rotated_auto_loc"], start["B_rotated_auto_loc"])
+    warm = run_svi(data, CONFIG, warm_start=start, seed=5, num_steps=1, learning_rate=1e-12, num_draws=4000,
+                   progress=False)
+    assert warm.info["warm_start"]
     for name, value in warm.guide_params.items():
-        expected = given[name] if name in given else cold.guide_params[name]
-        np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(value, start[name], rtol=1e-5, atol=1e-7, err_msg=name)
     # the draws: log effect scale ~ N(loc, softplus(raw scale)) under the given parameters (the
     # optimiser keeps AutoNormal's scales unconstrained), 4000 draws
     log_scale = np.log(warm.draws["effect_scale"][0])
-    spread = np.log1p(np.exp(given["effect_scale_auto_scale"]))
-    np.testing.assert_allclose(log_scale.mean(0), given["effect_scale_auto_loc"], atol=0.1 * spread.max())
+    spread = np.log1p(np.exp(start["effect_scale_auto_scale"]))
+    np.testing.assert_allclose(log_scale.mean(0), start["effect_scale_auto_loc"], atol=0.1 * spread.max())
     np.testing.assert_allclose(log_scale.std(0), spread, rtol=0.1)
-    assert hyperparameter_params(source.guide_params, "mvn") == {}
+    assert cross_fit_start(run_svi(data, CONFIG, guide="mvn", num_steps=10, num_draws=4, progress=False)) is None
 
 
 def grid_log_posterior(stats, config, points):

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.handlers import condition
 from numpyro.infer import MCMC, NUTS, SVI, Predictive, Trace_ELBO, init_to_median
+from numpyro.infer.svi import SVIState
 from numpyro.infer.autoguide import AutoLowRankMultivariateNormal, AutoMultivariateNormal, AutoNormal
 from numpyro.optim import ClippedAdam
 from jax import Array
@@ -63,14 +64,15 @@ class FitResult(NamedTuple):
             empty for SVI.
         info: method, settings, seconds, and method-specific checks (ELBO trace and
             convergence for SVI, divergences for NUTS).
-        guide_params: SVI only: the fitted guide's parameters on their unconstrained scale (what
-            ``run_svi(warm_start=...)`` starts another fit of the same shapes from); else None.
+        guide_params: SVI only: the fitted guide's parameters on their unconstrained scale; else None.
+        initial_guide_params: SVI only: the guide's parameters where the optimisation started.
     """
 
     draws: dict[str, np.ndarray]
     sample_stats: dict[str, np.ndarray]
     info: dict[str, Any]
     guide_params: dict[str, np.ndarray] | None = None
+    initial_guide_params: dict[str, np.ndarray] | None = None
 
 
 def default_chain_method(num_chains: int, one_device: str = "sequential") -> str:
@@ -233,16 +235,6 @@ def _svi_init(key: Array, data_args: tuple, init_values: dict, fixed: dict, stat
     return _svi(program, init_values, fixed, key, data_args, statistics)[1]
 
 
-@functools.partial(jax.jit, static_argnames=("program",))
-def _svi_warm_init(key: Array, params: dict, data_args: tuple, init_values: dict, fixed: dict, statistics: dict, *,
-                   program: SviProgram) -> Any:
-    """The state of a fit whose guide parameters named in ``params`` (unconstrained, from another
-    fit of the same shapes) start there and the rest at their usual initial values, with a fresh
-    optimiser (step count and Adam moments reset)."""
-    svi, state = _svi(program, init_values, fixed, key, data_args, statistics)
-    return state._replace(optim_state=svi.optim.init({**svi.optim.get_params(state.optim_state), **params}))
-
-
 @functools.partial(jax.jit, static_argnames=("program", "length"))
 def _svi_steps(state: Any, data_args: tuple, init_values: dict, fixed: dict, statistics: dict, *,
                program: SviProgram, length: int) -> tuple[Any, Array]:
@@ -290,10 +282,11 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
     ``lax.scan`` (a progress bar advances per chunk); the programs are module-level and jitted, so
     fits of the same shapes and settings (the guard's folds, repeated fits) compile once.
 
-    ``warm_start``: the ``guide_params`` of an earlier fit with the same guide, test and training
-    examples (any runs), to start from instead of the prior-based initial values; the optimiser
-    starts afresh (full learning rate, new Adam moments). The guard's cross-fits start from the
-    full fit this way (:func:`bayes_simfluence.bayes.methods.fit_bayes`).
+    ``warm_start``: every parameter of the guide (unconstrained, e.g. from :func:`cross_fit_start`)
+    to start from instead of the usual initial values, for a fit with the same guide, test and
+    training examples (any runs); the optimiser starts afresh (full learning rate, new Adam
+    moments) and no initialisation program is compiled. The guard's cross-fits start this way
+    (:func:`bayes_simfluence.bayes.methods.fit_bayes`).
     """
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
@@ -321,10 +314,10 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
         if warm_start is None:
             state = _svi_init(jax.random.PRNGKey(seed), data_args, init_values, fixed_values, statistics,
                               program=program)
-        else:
-            params = {k: jnp.asarray(real(v)) for k, v in warm_start.items()}
-            state = _svi_warm_init(jax.random.PRNGKey(seed), params, data_args, init_values, fixed_values,
-                                   statistics, program=program)
+        else:  # the state SVI.init builds, from the given parameters
+            params = {k: placed(real(v), mesh, np.ndim(v) - 1) for k, v in warm_start.items()}
+            state = SVIState(ClippedAdam(step_size=learning_rate).init(params), None, jax.random.PRNGKey(seed))
+        initial_params = {k: np.asarray(v) for k, v in _unconstrained_params(state).items()}
         length, parts = _chunk_length(num_steps), []
         for _ in tqdm(range(num_steps // length), desc="SVI", unit=f"x{length} steps", disable=not progress):
             state, chunk_losses = _svi_steps(state, data_args, init_values, fixed_values, statistics,
@@ -347,25 +340,25 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
             "loss_trace": losses[:: max(len(losses) // 200, 1)].tolist(), **check}
     draws = _collect({k: v[None] for k, v in samples.items()}, data, config, (1, num_draws), fixed,
                      jax.random.PRNGKey(seed + 2), precision)
-    return FitResult(draws, {}, info, guide_params)
+    return FitResult(draws, {}, info, guide_params, initial_params)
 
 
-def hyperparameter_params(guide_params: dict[str, np.ndarray], guide: str) -> dict[str, np.ndarray]:
-    """The part of a fitted guide's parameters (``FitResult.guide_params``) that describes the
-    hyperparameters only (noise and effect scales, locations, memory decay): what the guard's
-    cross-fits start from. Empty for the joint guides (``lowrank``, ``mvn``), whose parameters mix
-    every site.
+def cross_fit_start(result: FitResult) -> dict[str, np.ndarray] | None:
+    """Where the guard's cross-fits of an SVI fit ``result`` start (``run_svi(warm_start=...)``):
+    the fitted hyperparameters (noise and effect scales, locations, memory decay) and every other
+    parameter where ``result`` itself started. None where a fit cannot start part-way: the joint
+    guides (``lowrank``, ``mvn``: one distribution over every site) and the conditional guide
+    (its effects start at estimates from the fit's own runs).
 
-    The effects' parameters are left out on purpose: started from a fit that saw the held-out runs,
-    a short cross-fit keeps part of what those runs taught it and its held-out error comes out too
-    small (measured in :mod:`bayes_simfluence.bayes.guard`'s docstring). The hyperparameters are
-    pooled over every training example, and they are what SVI is slowest to move.
+    The effects start afresh on purpose: started from a fit that saw the held-out runs, a short
+    cross-fit keeps part of what those runs taught it, and its held-out error comes out too small
+    (measured in :mod:`bayes_simfluence.bayes.guard`'s docstring). The hyperparameters are pooled
+    over every training example, and they are what SVI is slowest to move.
     """
-    if guide == "conditional":
-        return {k: v for k, v in guide_params.items() if k.startswith("hyper_")}
-    if guide == "normal":
-        return {k: v for k, v in guide_params.items() if k.rsplit("_auto_", 1)[0] in HYPER_SITES}
-    return {}
+    if result.info.get("guide") != "normal" or result.guide_params is None:
+        return None
+    hyper = {k: v for k, v in result.guide_params.items() if k.rsplit("_auto_", 1)[0] in HYPER_SITES}
+    return {**result.initial_guide_params, **hyper}
 
 
 def _unconstrained_params(state: Any) -> dict[str, Array]:

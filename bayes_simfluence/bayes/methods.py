@@ -142,10 +142,10 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     prediction become the posterior's run discrepancy (its new-run predictive,
     :mod:`bayes_simfluence.bayes.discrepancy`).
 
-    With bayes-svi the cross-fits start from the full fit's hyperparameters
-    (:func:`~bayes_simfluence.bayes.inference.hyperparameter_params`; the effects start afresh) and
-    take ``guard_steps`` steps (default a quarter of ``num_steps``, :data:`GUARD_STEP_FRACTION`;
-    all of them for the joint guides, which cannot start part-way).
+    With bayes-svi's default guide the cross-fits start from the full fit's hyperparameters
+    (:func:`~bayes_simfluence.bayes.inference.cross_fit_start`; the effects start afresh) and take
+    ``guard_steps`` steps (default a quarter of ``num_steps``, :data:`GUARD_STEP_FRACTION`; all of
+    them for the other guides, which cannot start part-way).
     """
     options = dict(options)
     use_guard = _bool(options.pop("guard", True), "guard")
@@ -155,14 +155,14 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         if method != "svi":
             raise validation.InputError(f"-o guard_steps: only bayes-svi reads it (got bayes-{method})")
         guard_steps = _integer(1)(guard_steps, "guard_steps")
-    posterior, guide_params = _fit_once(method, train, options, seed)
+    posterior, result = _fit_once(method, train, options, seed)
     if not use_guard:
         return posterior
     quiet, warm = {**options, "progress": False}, None
     if method == "svi":  # the cross-fits are only rolled out by their posterior mean
         settings = _fit_settings(method, parse_options(options, method)[1])
         quiet["num_draws"] = min(settings["num_draws"], MEAN_DRAWS)
-        warm = inference.hyperparameter_params(guide_params, settings["guide"]) or None
+        warm = inference.cross_fit_start(result)
         steps = round(GUARD_STEP_FRACTION * settings["num_steps"]) if warm else settings["num_steps"]
         quiet["num_steps"] = guard_steps or max(1, steps)
 
@@ -189,8 +189,8 @@ def _fit_settings(method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
               warm_start: dict[str, np.ndarray] | None = None
-              ) -> tuple[BayesianSimfluence, dict[str, np.ndarray] | None]:
-    """One fit: ``(posterior, the SVI guide's parameters or None)``; ``warm_start``: SVI only."""
+              ) -> tuple[BayesianSimfluence, inference.FitResult]:
+    """One fit: ``(posterior, the inference routine's result)``; ``warm_start``: SVI only."""
     config, kwargs = parse_options(options, method)
     settings = _fit_settings(method, kwargs)
     stored = settings["num_draws"] if method == "svi" else settings["num_samples"] * settings["num_chains"]
@@ -201,7 +201,7 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
     if warm_start is not None:
         kwargs["warm_start"] = warm_start
     result = RUNNERS[method](data, config, seed=seed, **kwargs)
-    return BayesianSimfluence.from_fit(result, data, train, config), result.guide_params
+    return BayesianSimfluence.from_fit(result, data, train, config), result
 
 
 def _factory(method: str) -> Callable[[Runs, FitContext], BayesianSimfluence]:
