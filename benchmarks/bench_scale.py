@@ -14,8 +14,9 @@ process (times include JAX compilation; the peak resident memory is that process
 - **SVI steps** in every cell: fits of 20 and 60 steps without the guard, each run twice in one
   process; the difference of the second runs (which compile nothing) gives the seconds per step,
   the rest of the first short fit is fixed cost (compilation, initialisation, draws). The default
-  fit's time is then *estimated* as ``2 x fixed + step x (2000 + 4 x 3/4 x 2000)`` (the full fit,
-  and the guard's 4 cross-fits of 2000 steps on 3/4 of the runs, one more compilation), and
+  fit's time is then *estimated* as ``2 x fixed + step x (2000 + 4 x 3/4 x 500)`` (the full fit,
+  and the guard's 4 cross-fits of 500 steps on 3/4 of the runs, started from the full fit's
+  hyperparameters; one more compilation), and
   checked against the measured whole command at ``N=1000, M=64``.
 - **Simulation** of the 16 runs' curricula by the posterior mean and by 100 predictive draws.
 - **Memory**: the peak resident memory of the step fits beside the memory model of
@@ -42,7 +43,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 CELLS = ((1000, 64), (1000, 1024), (10000, 64), (10000, 1024))
 N_STEPS, N_RUNS, BATCH = 1000, 16, 8
-SVI_STEPS, GUARD_FOLDS, GUARD_STEPS = 2000, 4, 1.0
+SVI_STEPS, GUARD_FOLDS, GUARD_STEPS = 2000, 4, 0.25  # GUARD_STEPS: fraction of SVI_STEPS per cross-fit
 DRAWS = 200
 STEP_FITS = (20, 60)
 TIME_LIMIT = 3600
