@@ -182,12 +182,12 @@ def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held
     cross_fits = []
     real = stack_against_blind
 
-    def recording(fit, train, folds, progress=False):
+    def recording(fit, train, folds, **settings):
         def recorded(part):
             posterior = fit(part)
             cross_fits.append((part, posterior))
             return posterior
-        return real(recorded, train, folds, progress=progress)
+        return real(recorded, train, folds, **settings)
 
     monkeypatch.setattr("bayes_simfluence.bayes.guard.stack_against_blind", recording)
     full = fit_method("bayes-svi", runs, FitContext(options={"progress": False}))
@@ -205,3 +205,15 @@ def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held
     # (what 500 steps from the usual small starting value do not reach on their own)
     ratio = np.median(unseen.hyper["effect_scale"], axis=(0, 1)) / np.median(full.hyper["effect_scale"], axis=(0, 1))
     assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio
+
+
+@pytest.mark.slow
+def test_cross_fits_at_once_give_the_same_numbers_as_one_at_a_time(strong):
+    """``guard_workers=2`` (threads) against 1, on 10 runs: folds of 3, 3, 2 and 2 held-out runs, so
+    two training-run counts and two programs to compile, each by one thread first."""
+    runs = strong[0].select_runs(np.arange(10))
+    options = {"num_steps": 200, "num_draws": 20, "progress": False}
+    one, two = (fit_method("bayes-svi", runs, FitContext(options={**options, "guard_workers": k})) for k in (1, 2))
+    np.testing.assert_array_equal(one.stacking_weight, two.stacking_weight)
+    np.testing.assert_array_equal(one.run_residuals, two.run_residuals)
+    assert one.info["guard"]["heldout_runs"] == 10

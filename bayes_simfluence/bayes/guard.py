@@ -49,6 +49,7 @@ retraining study's calibration did not move (``experiments/results/retraining_st
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -101,24 +102,41 @@ def contiguous_folds(n_runs: int, folds: int) -> list[np.ndarray]:
 
 
 def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int = FOLDS,
-                        progress: bool = False) -> Stacking:
+                        progress: bool = False, workers: int = 1) -> Stacking:
     """Cross-fit ``fit`` over folds of ``runs`` and choose the stacking weights (module docstring).
 
     With fewer than ``folds * MIN_RUNS_PER_FOLD`` runs nothing is held out: every weight is 1 and
-    the report says why.
+    the report says why. ``workers > 1`` runs that many cross-fits at once in threads (XLA
+    computes while Python waits; the results are the same numbers): the first fold of each
+    training-run count runs alone, so every program is traced and compiled by one thread only
+    (NumPyro's effect handlers live on one global stack, which concurrent tracing would corrupt).
     """
     if runs.n_runs < folds * MIN_RUNS_PER_FOLD:
         return Stacking(np.ones(runs.n_tests), {
             "skipped": f"{runs.n_runs} runs: the guard needs at least {folds * MIN_RUNS_PER_FOLD} "
                        f"({folds} folds of {MIN_RUNS_PER_FOLD})"})
     start = time.perf_counter()
-    full, blind, actual = [], [], []
-    for held in tqdm(contiguous_folds(runs.n_runs, folds), desc="guard: cross-fits", unit="fold",
-                     disable=not progress):
+
+    def cross_fit(held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         train, test = runs.select_runs(np.setdiff1d(np.arange(runs.n_runs), held)), runs.select_runs(held)
-        full.append(fit(train).simulate(test.curricula, test.initial_losses)[:, 1:])
-        blind.append(MeanTrajectory().fit(train).simulate(test.curricula, test.initial_losses)[:, 1:])
-        actual.append(test.losses[:, 1:])
+        return (fit(train).simulate(test.curricula, test.initial_losses)[:, 1:],
+                MeanTrajectory().fit(train).simulate(test.curricula, test.initial_losses)[:, 1:],
+                test.losses[:, 1:])
+
+    held_out = contiguous_folds(runs.n_runs, folds)
+    first_of_size = {len(held): k for k, held in reversed(list(enumerate(held_out)))}
+    alone = sorted(first_of_size.values())
+    results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    with tqdm(total=folds, desc="guard: cross-fits", unit="fold", disable=not progress) as bar:
+        for k in alone:
+            results[k] = cross_fit(held_out[k])
+            bar.update()
+        rest = [k for k in range(folds) if k not in results]
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(rest) or 1))) as pool:
+            for k, result in zip(rest, pool.map(lambda k: cross_fit(held_out[k]), rest)):
+                results[k] = result
+                bar.update()
+    full, blind, actual = ([results[k][part] for k in range(folds)] for part in range(3))
     full, blind, actual = (np.concatenate(parts) for parts in (full, blind, actual))
     weight = stacking_weights(full, blind, actual)
     stacked = weight * full + (1.0 - weight) * blind
