@@ -178,7 +178,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# bayes-svi at scale ({meta['machine']}; {meta['versions']})", "",
              f"T = {N_STEPS}, R = {N_RUNS}, batch {BATCH}; `python benchmarks/bench_scale.py`. Default fit: "
              f"{SVI_STEPS} SVI steps in float32, optimiser memory, the guard ({GUARD_FOLDS} cross-fits of "
-             f"{int(GUARD_STEPS * SVI_STEPS)} steps on 3/4 of the runs), {DRAWS} stored draws.", ""]
+             f"{int(GUARD_STEPS * SVI_STEPS)} steps on 3/4 of the runs, started from the full fit's hyperparameters, "
+             f"two at once), {DRAWS} stored draws.", ""]
     first = next((r for r in rows if "whole_commands" in r), None)
     if first:
         whole = first["whole_commands"]

@@ -146,7 +146,7 @@ def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int
 
     report = {"folds": folds, "heldout_runs": int(actual.shape[0]), "heldout_mse_full": mse(full),
               "heldout_mse_blind": mse(blind), "heldout_mse_stacked": mse(stacked),
-              "mean_weight": float(weight.mean()), "seconds": time.perf_counter() - start}
+              "mean_weight": float(weight.mean()), "workers": workers, "seconds": time.perf_counter() - start}
     return Stacking(weight, report, actual - stacked)
 
 

@@ -20,7 +20,7 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   costs ``guard_folds`` extra fits on 3/4 of the runs) and ``guard_folds`` (default 4); with
   bayes-svi, ``guard_steps`` (SVI steps of each cross-fit; default ``num_steps / 4``, as they start
   from the full fit's hyperparameters, :data:`GUARD_STEP_FRACTION`) and ``guard_workers``
-  (cross-fits at once, default 2: :data:`GUARD_WORKERS`).
+  (cross-fits at once; default 2 where memory allows, :data:`GUARD_WORKERS`).
 - bayes-svi: ``guide`` (normal | lowrank | mvn | conditional; default normal; conditional draws
   each test example's effects given its hyperparameters, :mod:`bayes_simfluence.bayes.guide`),
   ``num_steps``, ``learning_rate`` (default 0.01; 0.03 for conditional),
@@ -101,9 +101,9 @@ GUARD_OPTIONS = ("guard", "guard_folds")
 GUARD_STEP_FRACTION = 0.25
 #: bayes-svi's cross-fits run this many at once (option ``guard_workers``; threads: a fit keeps
 #: about 1.5 of 2 CPU cores busy, and two at once took the guard from 124 s to 101 s at
-#: ``N=T=1000, R=16, M=64`` with the same numbers). Two cross-fits hold twice the memory of one:
-#: set 1 where memory is short. NUTS and the exact path trace their programs per fit, so they
-#: cross-fit one at a time.
+#: ``N=T=1000, R=16, M=64`` with the same numbers). Two cross-fits hold twice the memory of one,
+#: so by default they run at once only while their arrays take at most half the free memory.
+#: NUTS and the exact path trace their programs per fit, so they cross-fit one at a time.
 GUARD_WORKERS = 2
 #: model settings whose default depends on the method: optimiser memory where the inference can
 #: take it (it beat plain Simfluence in held-out MSE and LDS on every real set, README), none on
@@ -162,7 +162,7 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         if value is not None and method != "svi":
             raise validation.InputError(f"-o {key}: only bayes-svi reads it (got bayes-{method})")
     guard_steps = None if guard_steps is None else _integer(1)(guard_steps, "guard_steps")
-    workers = 1 if method != "svi" else _integer(1)(GUARD_WORKERS if workers is None else workers, "guard_workers")
+    workers = None if workers is None else _integer(1)(workers, "guard_workers")
     posterior, result = _fit_once(method, train, options, seed)
     if not use_guard:
         return posterior
@@ -173,13 +173,16 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         warm = inference.cross_fit_start(result)
         steps = round(GUARD_STEP_FRACTION * settings["num_steps"]) if warm else settings["num_steps"]
         quiet["num_steps"] = guard_steps or max(1, steps)
+        if workers is None:  # the arrays of one cross-fit, as _fit_once's memory check counts them
+            fold_bytes = 8 * train.n_tests * train.n_train * (2 * quiet["num_draws"] + 16)
+            workers = GUARD_WORKERS if GUARD_WORKERS * fold_bytes <= 0.5 * validation.available_memory() else 1
 
     def cross_fit(runs: Runs) -> BayesianSimfluence:
         return _fit_once(method, runs, quiet, seed, warm_start=warm)[0]
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
-        stacking = guard.stack_against_blind(cross_fit, train, folds, workers=workers,
+        stacking = guard.stack_against_blind(cross_fit, train, folds, workers=workers or 1,
                                              progress=_bool(options.get("progress", True), "progress"))
     posterior.info["guard"] = stacking.report
     if "skipped" not in stacking.report:
