@@ -164,11 +164,12 @@ def test_compare_says_when_draws_come_from_the_blind_model_and_ties_favour_neith
 
 @pytest.mark.slow
 def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held_out_runs_taught(monkeypatch):
-    """bayes-svi's cross-fits start from the full fit's hyperparameters (a quarter of its steps).
+    """bayes-svi's cross-fits start from the full fit's hyperparameters (a quarter of its steps: 375).
     Oracle: a training example that only the last fold's runs contain, with a strong effect, is in
     the cross-fit without that fold an example the data never showed: its posterior mean relative to
     the average example is the prior's, 0, although the full fit (which saw it) puts it far away.
-    Started from the full fit's effects instead, a short cross-fit would keep part of them."""
+    (The subtler leak of starting from every fitted parameter, a held-out error a few percent too
+    small, is below what one example shows here: it is measured on real runs in guard.py.)"""
     rng = np.random.default_rng(0)
     n_train, n_tests, n_runs, n_steps = 20, 3, 16, 40
     a, b = rng.normal(0, 0.01, (n_tests, n_train)), rng.normal(0, 0.01, (n_tests, n_train))
@@ -190,8 +191,8 @@ def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held
         return real(recorded, train, folds, **settings)
 
     monkeypatch.setattr("bayes_simfluence.bayes.guard.stack_against_blind", recording)
-    full = fit_method("bayes-svi", runs, FitContext(options={"progress": False}))
-    assert len(cross_fits) == 4 and all(p.info["num_steps"] == 500 and p.info["warm_start"] for _, p in cross_fits)
+    full = fit_method("bayes-svi", runs, FitContext(options=QUICK))  # the shapes of `strong`: no new compilation
+    assert len(cross_fits) == 4 and all(p.info["num_steps"] == 375 and p.info["warm_start"] for _, p in cross_fits)
 
     def relative_b(posterior):  # [tests] posterior mean of B_0 minus the average of the others
         effects = posterior.b.reshape(-1, n_tests, n_train)
@@ -202,7 +203,7 @@ def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held
     assert np.abs(relative_b(unseen)).mean() < 0.25 * np.abs(relative_b(full)).mean(), (relative_b(unseen),
                                                                                       relative_b(full))
     # the hyperparameters did start from the full fit: the cross-fit's effect scale is the full fit's
-    # (what 500 steps from the usual small starting value do not reach on their own)
+    # (what a short fit from the usual small starting value does not reach on its own)
     ratio = np.median(unseen.hyper["effect_scale"], axis=(0, 1)) / np.median(full.hyper["effect_scale"], axis=(0, 1))
     assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio
 
