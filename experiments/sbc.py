@@ -26,9 +26,9 @@ hyperparameters ``noise_scale``, ``effect_scale``, ``memory_decay``; ``a`` and `
 training examples, raw and against the average example (``a[i]-mean``: minus the pool mean, the
 identified part with full batches, which attributions report); and two decision quantities: the
 noise-free final loss under a fresh random curriculum, and the paired difference of noise-free
-final losses between two fresh curricula
-(the truth rolled out by this file's own NumPy loop, the draws by the package's
-``effect_sums`` and ``roll_out``, as :mod:`bayes_simfluence.bayes.posterior` does).
+final losses between two fresh curricula (the truth rolled out by this file's own NumPy loop, the
+draws by the package's ``effect_sums`` and ``roll_out``, as :mod:`bayes_simfluence.bayes.posterior`
+does).
 
 Prior: the package's hyperpriors are weakly informative for *real* standardised losses, whose
 size is 1 by construction; drawn from them, runs are not: with ``sigma ~ HalfNormal(1)`` and

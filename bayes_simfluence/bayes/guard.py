@@ -124,20 +124,20 @@ def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int
                 test.losses[:, 1:])
 
     held_out = contiguous_folds(runs.n_runs, folds)
-    first_of_size = {len(held): k for k, held in reversed(list(enumerate(held_out)))}
-    alone = sorted(first_of_size.values())
+    first_of_size: dict[int, int] = {}
+    for k, held in enumerate(held_out):
+        first_of_size.setdefault(len(held), k)
     results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     with tqdm(total=folds, desc="guard: cross-fits", unit="fold", disable=not progress) as bar:
-        for k in alone:
+        for k in first_of_size.values():
             results[k] = cross_fit(held_out[k])
             bar.update()
         rest = [k for k in range(folds) if k not in results]
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(rest) or 1))) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(rest)))) as pool:
             for k, result in zip(rest, pool.map(lambda k: cross_fit(held_out[k]), rest)):
                 results[k] = result
                 bar.update()
-    full, blind, actual = ([results[k][part] for k in range(folds)] for part in range(3))
-    full, blind, actual = (np.concatenate(parts) for parts in (full, blind, actual))
+    full, blind, actual = (np.concatenate([results[k][part] for k in range(folds)]) for part in range(3))
     weight = stacking_weights(full, blind, actual)
     stacked = weight * full + (1.0 - weight) * blind
 

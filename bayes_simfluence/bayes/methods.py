@@ -173,8 +173,8 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         warm = inference.cross_fit_start(result)
         steps = round(GUARD_STEP_FRACTION * settings["num_steps"]) if warm else settings["num_steps"]
         quiet["num_steps"] = guard_steps or max(1, steps)
-        if workers is None:  # the arrays of one cross-fit, as _fit_once's memory check counts them
-            fold_bytes = 8 * train.n_tests * train.n_train * (2 * quiet["num_draws"] + 16)
+        if workers is None:
+            fold_bytes = _fit_bytes(train, quiet["num_draws"])
             workers = GUARD_WORKERS if GUARD_WORKERS * fold_bytes <= 0.5 * validation.available_memory() else 1
 
     def cross_fit(runs: Runs) -> BayesianSimfluence:
@@ -198,6 +198,11 @@ def _fit_settings(method: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**defaults, **kwargs}
 
 
+def _fit_bytes(train: Runs, stored: int) -> int:
+    """Bytes of a fit's main arrays on ``train`` with ``stored`` draws (effects and working copies)."""
+    return 8 * train.n_tests * train.n_train * (2 * stored + 16)
+
+
 def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
               warm_start: dict[str, np.ndarray] | None = None
               ) -> tuple[BayesianSimfluence, inference.FitResult]:
@@ -205,7 +210,7 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
     config, kwargs = parse_options(options, method)
     settings = _fit_settings(method, kwargs)
     stored = settings["num_draws"] if method == "svi" else settings["num_samples"] * settings["num_chains"]
-    validation.check_memory(8 * train.n_tests * train.n_train * (2 * stored + 16),
+    validation.check_memory(_fit_bytes(train, stored),
                             f"bayes-{method} on {train.n_tests} test x {train.n_train} training examples "
                             f"({stored} stored draws)", "n_train is the size of the pool the indices refer to")
     data = model_data(train)
