@@ -49,6 +49,8 @@ PROVIDERS: dict[str, str] = {
     "bayes-svi": "bayes_simfluence.bayes.methods",
     "bayes-nuts": "bayes_simfluence.bayes.methods",
     "bayes-exact": "bayes_simfluence.bayes.methods",
+    "bayes-grid": "bayes_simfluence.bayes.methods",
+    "bayes": "bayes_simfluence.bayes.methods",
 }
 
 

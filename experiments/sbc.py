@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 
 import bayes_simfluence
 from bayes_simfluence.bayes.data import ModelData
+from bayes_simfluence.bayes.grid import run_grid
 from bayes_simfluence.bayes.inference import HYPER_SITES, run_svi
 from bayes_simfluence.bayes.methods import parse_options
 from bayes_simfluence.bayes.model import ModelConfig, effect_sums, effects_model
@@ -238,12 +239,15 @@ def replicate(params: dict[str, np.ndarray], config: ModelConfig, fit_kwargs: di
     pair = random_curricula(2, sizes.n_steps, sizes.batch_size, sizes.n_train, rng)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence is recorded in info
-        fit = run_svi(data, config, seed=seed, **{**fit_kwargs, "progress": False})
+        runner = run_grid if fit_kwargs.get("method") == "grid" else run_svi
+        fit = runner(data, config, seed=seed, **{k: v for k, v in fit_kwargs.items() if k != "method"},
+                     progress=False)
     draws = {k: v[0] for k, v in fit.draws.items()}  # one "chain"
     draws.setdefault("drift", np.zeros(draws["a"].shape[:2] + (sizes.n_steps,)))
     truth = {**parameter_quantities(params, config), **true_decisions(params, pair)}
     drawn = {**parameter_quantities(draws, config), **drawn_decisions(draws, pair)}
-    info = {"seconds": fit.info["seconds"], "elbo_converged": fit.info["elbo_converged"],
+    info = {"seconds": fit.info["seconds"], "elbo_converged": fit.info.get("elbo_converged"),
+            "edge_mass": fit.info.get("edge_mass"),
             "max_abs_loss": float(np.abs(losses).max())}
     return truth, drawn, info
 
@@ -345,13 +349,16 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     for guide, run in results.items():
         threshold = LEVEL / len(run["quantities"])
         passed = all(q["p_value"] > threshold for q in run["quantities"].values())
-        lines += [f"## guide `{guide}`: {'passes' if passed else 'FAILS'}", "",
+        title = "`bayes-grid`" if run.get("method") == "grid" else f"guide `{guide}`"
+        checks = (f"largest grid edge mass {run['largest_edge_mass']:.2g}" if "largest_edge_mass" in run
+                  else f"ELBO converged in {run['elbo_converged_fraction']:.0%} of fits")
+        lines += [f"## {title}: {'passes' if passed else 'FAILS'}", "",
                   f"`{run['command']}` at commit {run.get('commit', '?')[:7]}"
                   f"{' with the package modified' if run.get('package_modified') else ''}: {run['replications']} replications x {run['sizes']['n_tests']} test "
                   f"examples = {run['n_ranks']} ranks per quantity, each among {run['n_draws']} draws, "
                   f"{run['seconds']:.0f} s "
                   f"(fits {run['fit_seconds_mean']:.2f} s each, {run['compile_seconds']:.0f} s first), "
-                  f"ELBO converged in {run['elbo_converged_fraction']:.0%} of fits, largest |L| "
+                  f"{checks}, largest |L| "
                   f"{run['max_abs_loss']:.3g}.", "",
                   f"Sizes {run['sizes']}; model {run['config']}; fit {run['fit_kwargs']}.", "",
                   f"| quantity | p-value | pass (p > {threshold:.2g}) | ends | mean rank | reading |",
@@ -411,7 +418,9 @@ def provenance() -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replications", type=int, default=200)
-    parser.add_argument("--guide", default="normal", help="normal (the default path) | lowrank | mvn | conditional")
+    parser.add_argument("--method", default="svi", choices=("svi", "grid"),
+                        help="svi: run_svi with --guide; grid: run_grid (bayes-grid: grid hyperparameters, exact effects)")
+    parser.add_argument("--guide", default="normal", help="SVI guide: normal | lowrank | mvn | conditional")
     parser.add_argument("-o", "--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                         help="a bayes-svi option (model or fit), for the prior draws and the fit alike")
     parser.add_argument("--seed", type=int, default=0)
@@ -422,7 +431,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     user = dict(args.option)
-    config, fit_kwargs = parse_options({**PRIOR_OPTIONS, "num_draws": N_DRAWS, **user, "guide": args.guide}, "svi")
+    if args.method == "grid":
+        config, fit_kwargs = parse_options({**PRIOR_OPTIONS, "num_draws": N_DRAWS, **user}, "grid")
+        fit_kwargs["method"] = name = "grid"
+    else:
+        config, fit_kwargs = parse_options({**PRIOR_OPTIONS, "num_draws": N_DRAWS, **user, "guide": args.guide}, "svi")
+        name = args.guide
     fit_kwargs.pop("progress")
     n_draws = fit_kwargs["num_draws"]
     start = time.perf_counter()
@@ -435,17 +449,19 @@ def main(argv: list[str] | None = None) -> None:
            "n_ranks": int(args.replications * Sizes().n_tests), "config": config.to_dict(), "fit_kwargs": fit_kwargs,
            "seconds": seconds, "compile_seconds": float(fit_seconds[0]),
            "fit_seconds_mean": float(fit_seconds[1:].mean()) if len(fit_seconds) > 1 else float(fit_seconds[0]),
-           "elbo_converged_fraction": float(np.mean([info["elbo_converged"] for info in infos])),
+           "method": args.method,
+           **({"largest_edge_mass": float(max(info["edge_mass"] for info in infos))} if args.method == "grid" else
+              {"elbo_converged_fraction": float(np.mean([info["elbo_converged"] for info in infos]))}),
            "max_abs_loss": float(max(info["max_abs_loss"] for info in infos)),
            **provenance(), "bonferroni_threshold": LEVEL / len(quantities), "quantities": quantities}
     run["passes"] = all(q["p_value"] > run["bonferroni_threshold"] for q in quantities.values())
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "sbc.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    results[args.guide] = run
+    results[name] = run
     path.write_text(compact_json(results))
     write_report(results, args.out)
-    print(f"{args.guide}: {'passes' if run['passes'] else 'FAILS'} ({seconds:.0f} s)")
+    print(f"{name}: {'passes' if run['passes'] else 'FAILS'} ({seconds:.0f} s)")
     for name, q in quantities.items():
         print(f"  {name:18s} p={q['p_value']:.3g}  ends={q['ends']:.3f}  mean rank={q['mean_rank']:.3f}  {q['reading']}")
 

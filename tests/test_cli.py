@@ -81,10 +81,12 @@ def test_unknown_method_and_missing_arguments_exit_2(runs_files, capsys):
 
 def test_bayesian_fit_saves_a_posterior_that_simulate_and_evaluate_reuse(runs_files, tmp_path, capsys):
     posterior = tmp_path / "posterior.nc"
-    options = ["-o", "num_draws=50", "-o", "progress=false", "-o", "guard_folds=2"]  # 2000 SVI steps: converged
-    assert main(["fit", "--train", str(runs_files["train"]), "--method", "bayes-svi", *options,
+    options = ["-o", "num_draws=50", "-o", "progress=false", "-o", "guard_folds=2"]
+    assert main(["fit", "--train", str(runs_files["train"]), "--method", "bayes", *options,
                  "--out", str(posterior)]) == 0
-    assert "guard: on 10 held-out training runs (2 folds)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fitted 'bayes' (as bayes-grid: " in out  # 12 training examples: the grid is cheap
+    assert "guard: on 10 held-out training runs (2 folds)" in out
     predicted_path = tmp_path / "predicted.npz"
     assert main(["simulate", "--simulator", str(posterior), "--curricula", str(runs_files["held"]),
                  "--out", str(predicted_path)]) == 0
@@ -93,15 +95,15 @@ def test_bayesian_fit_saves_a_posterior_that_simulate_and_evaluate_reuse(runs_fi
     assert predicted.shape == held.losses.shape and np.isfinite(predicted).all()
     capsys.readouterr()
     assert main(["evaluate", "--train", str(runs_files["train"]), "--heldout", str(runs_files["held"]),
-                 "-m", "mean", "-m", "bayes-svi", *options, "--json"]) == 0
+                 "-m", "mean", "-m", "bayes", *options, "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)
     for key in ("all_steps_mse", "coverage_50", "coverage_90", "crps"):
-        assert np.isfinite(scores["bayes-svi"][key]), key
-    assert 0 <= scores["bayes-svi"]["coverage_50"] <= scores["bayes-svi"]["coverage_90"] <= 1
+        assert np.isfinite(scores["bayes"][key]), key
+    assert 0 <= scores["bayes"]["coverage_50"] <= scores["bayes"]["coverage_90"] <= 1
     assert "coverage_90" not in scores["mean"] or scores["mean"]["coverage_90"] is None
     # the simulator learned something about these runs: it beats the curriculum-blind baseline
-    assert scores["bayes-svi"]["all_steps_mse"] < scores["mean"]["all_steps_mse"]
-    assert scores["bayes-svi"]["guard"]["folds"] == 2 and 0 <= scores["bayes-svi"]["guard_weight"] <= 1
+    assert scores["bayes"]["all_steps_mse"] < scores["mean"]["all_steps_mse"]
+    assert scores["bayes"]["guard"]["folds"] == 2 and 0 <= scores["bayes"]["guard_weight"] <= 1
 
 
 def test_outputs_land_at_exactly_the_given_path(runs_files, tmp_path):

@@ -66,7 +66,7 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
     Args:
         ray: fit the blocks as Ray tasks (the optional ``ray`` extra); None fits them here, in turn.
     """
-    if not method.startswith("bayes-"):
+    if method.split("-")[0] != "bayes":
         raise ValueError(f"fitting in blocks of test examples is for the Bayesian methods; '{method}' fits all "
                          "test examples at once in seconds")
     parts = [train.select_tests(index) for index in block_indices(train.n_tests, blocks)]

@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bayes_simfluence import validation
-from bayes_simfluence.bayes import guard, inference
+from bayes_simfluence.bayes import grid, guard, inference
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
@@ -91,11 +91,15 @@ INFERENCE_OPTIONS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
             "final_lr_fraction": _float, "num_draws": _integer(1), "rank": _integer(1), "precision": _text},
     "nuts": {**CHAIN_OPTIONS, "target_accept": _float, "max_tree_depth": _integer(1)},
     "exact": {**CHAIN_OPTIONS, "chunk_size": _integer(1)},
+    "grid": {"num_draws": _integer(1)},
 }
-RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": inference.run_exact}
+RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": inference.run_exact, "grid": grid.run_grid}
 
 
 GUARD_OPTIONS = ("guard", "guard_folds")
+#: ``-m bayes`` runs bayes-grid up to this many multiply-adds per test example (about 3 s on two
+#: CPU cores; the retraining study's sets take 2e9), bayes-svi above
+AUTO_GRID_FLOPS_PER_TEST = 1e10
 #: bayes-svi's cross-fits start from the full fit's hyperparameters and take this fraction of its
 #: steps (option ``guard_steps``); measured in :mod:`bayes_simfluence.bayes.guard`'s docstring.
 GUARD_STEP_FRACTION = 0.25
@@ -109,7 +113,8 @@ GUARD_WORKERS = 2
 #: take it (it beat plain Simfluence in held-out MSE and LDS on every real set, README), none on
 #: the exact path (its features would be dense).
 METHOD_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"svi": {"memory": "geometric"},
-                                                     "nuts": {"memory": "geometric"}, "exact": {}}
+                                                     "nuts": {"memory": "geometric"}, "exact": {},
+                                                     "grid": {"memory": "geometric"}}
 
 
 def option_names(method: str) -> frozenset[str]:
@@ -176,6 +181,8 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         if workers is None:
             fold_bytes = _fit_bytes(train, quiet["num_draws"])
             workers = GUARD_WORKERS if GUARD_WORKERS * fold_bytes <= 0.5 * validation.available_memory() else 1
+    elif method == "grid":
+        quiet["num_draws"] = min(_fit_settings(method, parse_options(options, method)[1])["num_draws"], MEAN_DRAWS)
 
     def cross_fit(runs: Runs) -> BayesianSimfluence:
         return _fit_once(method, runs, quiet, seed, warm_start=warm)[0]
@@ -209,7 +216,7 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
     """One fit: ``(posterior, the inference routine's result)``; ``warm_start``: SVI only."""
     config, kwargs = parse_options(options, method)
     settings = _fit_settings(method, kwargs)
-    stored = settings["num_draws"] if method == "svi" else settings["num_samples"] * settings["num_chains"]
+    stored = settings["num_draws"] if method in ("svi", "grid") else settings["num_samples"] * settings["num_chains"]
     validation.check_memory(_fit_bytes(train, stored),
                             f"bayes-{method} on {train.n_tests} test x {train.n_train} training examples "
                             f"({stored} stored draws)", "n_train is the size of the pool the indices refer to")
@@ -218,6 +225,25 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
         kwargs["warm_start"] = warm_start
     result = RUNNERS[method](data, config, seed=seed, **kwargs)
     return BayesianSimfluence.from_fit(result, data, train, config), result
+
+
+def default_path(train: Runs, options: dict[str, Any]) -> str:
+    """The inference ``-m bayes`` runs: ``"grid"`` (calibrated in simulation-based calibration) where
+    the model allows it (Normal likelihood, step component) and it costs at most
+    :data:`AUTO_GRID_FLOPS_PER_TEST` per test example, else ``"svi"``. The choice depends on the
+    runs' shape, not on the number of test examples, so blocks of test examples choose alike."""
+    config, kwargs = parse_options({k: v for k, v in options.items() if k not in GUARD_OPTIONS}, "grid")
+    cost = grid.grid_cost(train.n_train, train.n_runs * train.n_steps, config,
+                          kwargs.get("num_draws", _fit_settings("grid", {})["num_draws"]))
+    allowed = config.likelihood == "normal" and config.step_component
+    return "grid" if allowed and cost <= AUTO_GRID_FLOPS_PER_TEST else "svi"
+
+
+def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:
+    method = default_path(train, context.options)
+    posterior = fit_bayes(method, train, context.options, seed=context.seed)
+    posterior.info["chosen_by"] = "bayes"
+    return posterior
 
 
 def _factory(method: str) -> Callable[[Runs, FitContext], BayesianSimfluence]:
@@ -229,5 +255,6 @@ def _factory(method: str) -> Callable[[Runs, FitContext], BayesianSimfluence]:
 
 for _method in RUNNERS:
     register_method(f"bayes-{_method}", options=option_names(_method))(_factory(_method))
+register_method("bayes", options=option_names("grid"))(_fit_default)
 register_loader(KIND, BayesianSimfluence.load)
 register_sniffer(KIND, is_posterior_file)

@@ -16,6 +16,8 @@ from bayes_simfluence.runs import Runs
 EXAMPLES = """examples:
   bayes-simfluence fit --train runs.npz --method linear --out linear.npz
   bayes-simfluence fit --train runs.npz --method linear -o ridge=0.5 --out linear.npz
+  # the Bayesian simulator: bayes-grid where it is affordable (calibrated in SBC), else bayes-svi
+  bayes-simfluence fit --train runs.npz --method bayes --out posterior.nc
   bayes-simfluence fit --train runs.npz --method bayes-svi --out posterior.nc
   # 1000 test examples in 10 blocks, one after another (memory of one block)
   bayes-simfluence fit --train runs.npz --method bayes-svi --test-blocks 10 --out posterior.nc
@@ -53,8 +55,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+#: why ``-m bayes`` chose the path it ran
+PATH_NOTES = {"bayes-grid": "hyperparameters on a grid, effects exact; small enough",
+              "bayes-svi": "variational; too large for bayes-grid, or a likelihood it cannot take"}
+
+
 def run(args: argparse.Namespace) -> int:
-    bayesian = args.method.startswith("bayes-")
+    bayesian = args.method.split("-")[0] == "bayes"
     validation.output_path(args.out, "--out", (".nc",) if bayesian else None, "a Bayesian posterior (NetCDF)")
     train = Runs.load(args.train)
     start = time.perf_counter()
@@ -70,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
     simulator.save(args.out)
     ridge = getattr(simulator, "ridge_selected", None)
     ridge_note = f", ridge {ridge:.4g}" if ridge is not None else ""
-    print(f"fitted '{args.method}' on {train} in {seconds:.1f} s{ridge_note}; saved to {args.out}")
+    path = getattr(simulator, "name", args.method)
+    path_note = f" (as {path}: {PATH_NOTES.get(path, '')})" if path != args.method else ""
+    print(f"fitted '{args.method}'{path_note} on {train} in {seconds:.1f} s{ridge_note}; saved to {args.out}")
     guard_report = getattr(simulator, "info", {}).get("guard")
     if guard_report is not None:
         print(guard.describe(guard_report))

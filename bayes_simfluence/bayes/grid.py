@@ -1,0 +1,410 @@
+"""Hyperparameters on a grid, everything else exact: the collapsed posterior with optimiser memory.
+
+Given one test example's hyperparameters ``theta = (sigma, s, lambda)`` (noise scale, effect
+scale, memory decay) the model of :mod:`bayes_simfluence.bayes.model` is a Bayesian linear
+regression (:mod:`bayes_simfluence.bayes.conjugate`) whose features are the *remembered* counts
+
+    M_lambda[r, t, i] = sum_k (1 - lambda) lambda^k n[r, t - k, i]     (times L_{t-1} for a),
+
+so the effects ``w = (a, B) ~ N(0, s^2 I)`` and the step component integrate out exactly and
+leave the marginal likelihood ``p(y | theta)``. Three numbers per test example are then
+integrated numerically on a grid, as INLA does for its hyperparameters (Rue, Martino and Chopin,
+2009), and each draw of ``theta`` gets an exact draw of ``w | theta, y`` and of ``d | w, theta, y``.
+The only approximation is the grid; there is no guide and no mean-field factorisation, so
+what the variational paths lose (the examples' posterior correlations given the hyperparameters,
+the evidence they cost) is kept.
+
+Coordinates. With ``tau = s / sigma`` the evidence is, for the whitened statistics
+``G(lambda) = X^T Omega^{-1} X = U diag(e) U^T``, ``p = U^T X^T Omega^{-1} y``, ``yy = y^T Omega^{-1} y``,
+
+    log p(y | theta) = -(n log(2 pi sigma^2) + log |Omega| + sum_f log(1 + tau^2 e_f) + Q(tau) / sigma^2) / 2,
+    Q(tau) = yy - sum_f p_f^2 / (e_f + tau^-2),
+
+whose maximum over ``sigma`` is at ``sigma_hat^2 = Q / n``. The grid is over
+``(lambda, v = log tau, delta = log sigma - log sigma_hat(lambda, v))``: ``sigma`` is pinned down
+by ``runs * steps`` observations (sd of ``log sigma`` about ``1 / sqrt(2 n)``) but moves with
+``tau`` and ``lambda``, and this shear follows it (unit Jacobian, so the cells keep equal volume).
+The density on the grid is the prior of :func:`~bayes_simfluence.bayes.model.effects_model`
+(``HalfNormal`` scales, ``Beta(1, b)`` decay) with the Jacobian ``sigma s`` of the log scales,
+times the evidence.
+
+Stages per test example: a coarse grid over the whole range (:data:`COARSE`) finds the box
+holding every cell within :data:`DROP` log units of the best; a finer grid (:data:`FINE`) over
+that box, widened by a cell, is refined the same way until every axis has :data:`MIN_POINTS`
+points within the box (at most :data:`MAX_REFINEMENTS` times). The last grid's cell
+probabilities are the posterior: a draw picks a cell by its probability and a point uniformly
+inside it (the decay at the centre of one of :data:`DECAY_PARTS` parts of its cell, so that the
+statistics are computed once per part rather than once per draw). :func:`run_grid` reports the
+mass of the outer cells where the grid ends inside a parameter's range (``edge_mass``): large
+values mean the box cut the posterior off.
+
+Cost: one ``[features, features]`` Gram matrix of the dense remembered features
+(``runs * steps * features^2`` operations) and one eigendecomposition per (test example, decay
+value): ``tests x (coarse + refined decays + distinct drawn decays)`` of them. That suits the problems of the
+retraining study (45-60 training examples) in seconds; at thousands of training examples it
+does not (``bayes-svi`` is the path there), and :func:`run_grid` says so before it starts.
+Without memory (``memory="none"``) the decay is fixed at 0 and the grid has two dimensions.
+The population locations would add two more, so the grid path needs the step component (which
+fixes them at 0).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+from jax import Array, lax
+from tqdm.auto import tqdm
+
+from bayes_simfluence.bayes import conjugate
+from bayes_simfluence.bayes.data import ModelData
+from bayes_simfluence.bayes.model import ModelConfig, drift_bands
+from bayes_simfluence.validation import InputError, check_memory
+
+#: coarse grid points of (decay, log tau, delta)
+COARSE = (25, 56, 11)
+#: fine grid points of (decay, log tau, delta)
+FINE = (24, 40, 20)
+#: range of ``v = log(s / sigma)`` on the coarse grid
+LOG_TAU_RANGE = (-16.0, 6.0)
+#: half-width of the coarse ``delta`` range in sds of ``log sigma`` (``1 / sqrt(2 n)``)
+DELTA_SDS = 8.0
+#: largest decay on the grid (the ``Beta(1, 2)`` prior puts 1e-4 above it)
+DECAY_MAX = 0.99
+#: cells within this many log units of the best cell make the next stage's box
+DROP = 20.0
+#: refine again until every axis has this many points within :data:`DROP` of the best ...
+MIN_POINTS = 12
+#: ... at most this many times after the coarse grid
+MAX_REFINEMENTS = 3
+#: the decay of a draw is the centre of one of this many equal parts of its cell (statistics are
+#: then computed once per part, not once per draw)
+DECAY_PARTS = 4
+#: refuse the grid path above this many multiply-adds (about ten minutes on two CPU cores: the
+#: statistics ran at about 3.5 GFLOP/s there)
+MAX_FLOPS = 2e12
+
+
+class GridStats(NamedTuple):
+    """Whitened statistics of (test example, decay) pairs (the eigenvectors only when asked).
+
+    Attributes:
+        eigenvalues: ``[pairs, features]``; vectors: ``[pairs, features, features]`` or None;
+        projected: ``[pairs, features]`` ``U^T X^T Omega^{-1} y``; target_sq: ``[pairs]`` ``yy``.
+    """
+
+    eigenvalues: np.ndarray
+    vectors: np.ndarray | None
+    projected: np.ndarray
+    target_sq: np.ndarray
+
+
+def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
+    """``[runs, steps, n_train]`` times each training example fills a slot of each batch."""
+    n_runs, n_steps, _ = curricula.shape
+    counts = np.zeros((n_runs, n_steps, n_train + 1))
+    slots = np.where(curricula < 0, n_train, curricula)
+    np.add.at(counts, (np.arange(n_runs)[:, None, None], np.arange(n_steps)[None, :, None], slots), 1.0)
+    return counts[..., :n_train]
+
+
+def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array, diagonal: Array, off: Array,
+                     variant: str, step_component: bool, vectors: bool) -> tuple:
+    """Statistics of one (test example, decay) pair: ``previous``, ``change`` ``[runs, steps]``."""
+    keep = decay
+
+    def remember(memory: Array, current: Array) -> tuple[Array, Array]:
+        memory = (1.0 - keep) * current + keep * memory
+        return memory, memory
+
+    smoothed = jnp.swapaxes(lax.scan(remember, jnp.zeros_like(counts[:, 0]), jnp.swapaxes(counts, 0, 1))[1], 0, 1)
+    parts = {"linear": [previous[..., None] * smoothed, smoothed], "additive": [smoothed],
+             "multiplicative": [previous[..., None] * smoothed]}[variant]
+    x = jnp.concatenate(parts, axis=-1)  # [runs, steps, features]
+    gram = jnp.einsum("rtf,rtg->fg", x, x)
+    target = jnp.einsum("rtf,rt->f", x, change)
+    target_sq = jnp.sum(change**2)
+    if step_component:  # Omega^{-1} = I - Z A^{-1} Z^T
+        sums = jnp.concatenate([x.sum(0), change.sum(0)[:, None]], axis=1)  # [steps, features + 1]
+        zero = jnp.zeros(1, x.dtype)
+        solved = lax.linalg.tridiagonal_solve(jnp.concatenate([zero, off]), diagonal, jnp.concatenate([off, zero]),
+                                              sums)
+        correction = sums.T @ solved
+        gram, target, target_sq = gram - correction[:-1, :-1], target - correction[:-1, -1], target_sq - correction[-1, -1]
+    eigenvalues, u = jnp.linalg.eigh(gram)
+    return jnp.maximum(eigenvalues, 0.0), (u if vectors else None), u.T @ target, target_sq
+
+
+@functools.partial(jax.jit, static_argnames=("variant", "step_component", "vectors"))
+def _statistics_chunk(counts: Array, previous: Array, change: Array, tests: Array, decays: Array, diagonal: Array,
+                      off: Array, *, variant: str, step_component: bool, vectors: bool) -> tuple:
+    """:func:`_pair_statistics` for a chunk of pairs ``tests [chunk]``, ``decays [chunk]``."""
+    def one(test: Array, decay: Array) -> tuple:
+        return _pair_statistics(counts, previous[..., test], change[..., test], decay, diagonal, off,
+                                variant, step_component, vectors)
+
+    return jax.vmap(one)(tests, decays)
+
+
+def pair_statistics(data: ModelData, config: ModelConfig, tests: np.ndarray, decays: np.ndarray,
+                    vectors: bool = False, progress: bool = False, desc: str = "grid: statistics") -> GridStats:
+    """Whitened statistics for every pair ``(tests[k], decays[k])``, in chunks of one compiled shape."""
+    counts = dense_counts(data.curricula, data.n_train)
+    n_features = _n_features(data.n_train, config)
+    per_pair = 8 * (counts.size * 3 + n_features * data.n_runs * data.n_steps + 4 * n_features**2)
+    chunk = int(max(1, min(64, 2**28 // per_pair)))
+    diagonal, off, _ = drift_bands(data.n_runs, data.n_steps, config)
+    n_pairs = len(tests)
+    out = GridStats(np.empty((n_pairs, n_features)), np.empty((n_pairs, n_features, n_features)) if vectors else None,
+                    np.empty((n_pairs, n_features)), np.empty(n_pairs))
+    with jax.enable_x64(True):
+        for start in tqdm(range(0, n_pairs, chunk), desc=desc, unit="chunk", disable=not progress):
+            stop = min(start + chunk, n_pairs)
+            index = np.minimum(np.arange(start, start + chunk), n_pairs - 1)  # pad with the last pair
+            pieces = _statistics_chunk(counts, data.previous, data.change, tests[index], decays[index], diagonal,
+                                       off, variant=config.variant, step_component=config.step_component,
+                                       vectors=vectors)
+            for field, piece in zip(out, pieces):
+                if field is not None:
+                    field[start:stop] = np.asarray(piece)[: stop - start]
+    return out
+
+
+def _n_features(n_train: int, config: ModelConfig) -> int:
+    return n_train * (2 if config.variant == "linear" else 1)
+
+
+@functools.partial(jax.jit, static_argnames=("has_memory",))
+def _log_density(eigenvalues: Array, projected: Array, target_sq: Array, decay: Array, log_tau: Array, delta: Array,
+                 n_obs: int, logdet_omega: float, priors: Array, has_memory: bool) -> tuple[Array, Array]:
+    """Log posterior density on a grid, and ``log sigma_hat``.
+
+    Args:
+        eigenvalues, projected: ``[tests, decays, features]``; target_sq: ``[tests, decays]``;
+        decay: ``[tests, decays]``; log_tau: ``[tests, taus]``; delta: ``[tests, deltas]``;
+        priors: ``(noise prior, effect scale prior, memory prior)``.
+
+    Returns:
+        ``([tests, decays, taus, deltas] log density, [tests, decays, taus] log sigma_hat)``.
+    """
+    inverse_tau2 = jnp.exp(-2.0 * log_tau)[:, None, :, None]  # [tests, 1, taus, 1]
+    e, p = eigenvalues[:, :, None, :], projected[:, :, None, :]
+    q = target_sq[:, :, None] - jnp.sum(p**2 / (e + inverse_tau2), axis=-1)  # [tests, decays, taus]
+    q = jnp.maximum(q, 1e-300)
+    logdet = jnp.sum(jnp.log1p(e / inverse_tau2), axis=-1)
+    log_sigma_hat = 0.5 * jnp.log(q / n_obs)
+    u = log_sigma_hat[..., None] + delta[:, None, None, :]  # log sigma
+    log_s = u + log_tau[:, None, :, None]
+    log_lik = -0.5 * (n_obs * (jnp.log(2.0 * jnp.pi) + 2.0 * u) + logdet_omega + logdet[..., None]
+                      + q[..., None] * jnp.exp(-2.0 * u))
+    log_prior = (dist.HalfNormal(priors[0]).log_prob(jnp.exp(u)) + u
+                 + dist.HalfNormal(priors[1]).log_prob(jnp.exp(log_s)) + log_s)
+    if has_memory:
+        log_prior = log_prior + dist.Beta(1.0, priors[2]).log_prob(jnp.clip(decay, 0.0, DECAY_MAX))[:, :, None, None]
+    return log_lik + log_prior, log_sigma_hat
+
+
+class _Grid(NamedTuple):
+    """Cell centres of one stage, per test example (``[tests, points]`` each) and their spacings ``[tests]``."""
+
+    decay: np.ndarray
+    log_tau: np.ndarray
+    delta: np.ndarray
+
+
+def _spacing(points: np.ndarray) -> np.ndarray:
+    return points[:, 1] - points[:, 0] if points.shape[1] > 1 else np.zeros(points.shape[0])
+
+
+def _evaluate(data: ModelData, config: ModelConfig, grid: _Grid, progress: bool, desc: str) -> tuple:
+    """``(log density [tests, decays, taus, deltas], log sigma_hat, stats reshaped [tests, decays, ...])``."""
+    n_tests, n_decays = grid.decay.shape
+    tests = np.repeat(np.arange(n_tests), n_decays)
+    stats = pair_statistics(data, config, tests, grid.decay.reshape(-1), progress=progress, desc=desc)
+    shaped = [x.reshape((n_tests, n_decays) + x.shape[1:]) for x in (stats.eigenvalues, stats.projected,
+                                                                     stats.target_sq)]
+    _, _, logdet_omega = drift_bands(data.n_runs, data.n_steps, config)
+    priors = np.array([config.noise_prior, config.effect_scale_prior, config.memory_prior])
+    with jax.enable_x64(True):
+        log_density, log_sigma_hat = _log_density(*shaped, grid.decay, grid.log_tau, grid.delta,
+                                                  data.n_runs * data.n_steps,
+                                                  logdet_omega if config.step_component else 0.0,
+                                                  priors, has_memory=config.has_memory)
+    return np.asarray(log_density), np.asarray(log_sigma_hat), shaped
+
+
+def _coarse_grid(n_tests: int, n_obs: int, config: ModelConfig) -> _Grid:
+    decays = np.linspace(0.0, DECAY_MAX, COARSE[0]) if config.has_memory else np.zeros(1)
+    half = DELTA_SDS / math.sqrt(2 * n_obs)
+    return _Grid(np.tile(decays, (n_tests, 1)), np.tile(np.linspace(*LOG_TAU_RANGE, COARSE[1]), (n_tests, 1)),
+                 np.tile(np.linspace(-half, half, COARSE[2]), (n_tests, 1)))
+
+
+def _box(points: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(low, high) [tests]`` of the kept points ``keep [tests, points]``, widened by one spacing."""
+    step = _spacing(points)
+    first, last = keep.argmax(axis=1), keep.shape[1] - 1 - keep[:, ::-1].argmax(axis=1)
+    rows = np.arange(len(points))
+    return points[rows, first] - step, points[rows, last] + step
+
+
+def _kept(log_density: np.ndarray, axis: int) -> np.ndarray:
+    """``[tests, points]``: the points of ``axis`` (0-2) with some cell within :data:`DROP` of the best."""
+    others = tuple(a for a in (1, 2, 3) if a != axis + 1)
+    return log_density.max(axis=others) > log_density.max(axis=(1, 2, 3))[:, None] - DROP
+
+
+def _refined(grid: _Grid, log_density: np.ndarray) -> _Grid:
+    """Per test example, :data:`FINE` points over the box of cells within :data:`DROP` of the best,
+    widened by a cell (the decay kept in ``[0, DECAY_MAX]``)."""
+    axes = []
+    for axis, (points, n_fine) in enumerate(zip(grid, FINE)):
+        if points.shape[1] == 1:
+            axes.append(points.copy())
+            continue
+        low, high = _box(points, _kept(log_density, axis))
+        if axis == 0:
+            low, high = np.maximum(low, 0.0), np.minimum(high, DECAY_MAX)
+        width = (high - low) / n_fine
+        axes.append(low[:, None] + width[:, None] * (np.arange(n_fine) + 0.5))
+    return _Grid(*axes)
+
+
+def _resolved(grid: _Grid, log_density: np.ndarray) -> bool:
+    """Every free axis of every test example has at least :data:`MIN_POINTS` points within :data:`DROP`."""
+    return all(points.shape[1] == 1 or _kept(log_density, axis).sum(axis=1).min() >= MIN_POINTS
+               for axis, points in enumerate(grid))
+
+
+def edge_mass(grid: _Grid, weights: np.ndarray) -> np.ndarray:
+    """``[tests]`` probability of the outer cells of each axis, where the grid ends inside the
+    parameter's range (not at a decay of 0 or :data:`DECAY_MAX`, nor at the ends of
+    :data:`LOG_TAU_RANGE`): large values mean the grid cut the posterior off."""
+    bounds = ((0.0, DECAY_MAX), LOG_TAU_RANGE, (-np.inf, np.inf))
+    mass = np.zeros(weights.shape[0])
+    for axis, (points, (lowest, highest)) in enumerate(zip(grid, bounds)):
+        if points.shape[1] == 1:
+            continue
+        half = _spacing(points) / 2
+        marginal = weights.sum(axis=tuple(a for a in (1, 2, 3) if a != axis + 1))  # [tests, points]
+        mass += np.where(points[:, 0] - half > lowest + 1e-9, marginal[:, 0], 0.0)
+        mass += np.where(points[:, -1] + half < highest - 1e-9, marginal[:, -1], 0.0)
+    return mass
+
+
+def _log_sigma_hat(eigenvalues: np.ndarray, projected: np.ndarray, target_sq: np.ndarray, log_tau: np.ndarray,
+                   n_obs: int) -> np.ndarray:
+    """``log sigma_hat`` at one decay per draw (``[draws, features]``, ``[draws]``, ``[draws]``)."""
+    q = target_sq - np.sum(projected**2 / (eigenvalues + np.exp(-2.0 * log_tau)[:, None]), axis=-1)
+    return 0.5 * np.log(np.maximum(q, 1e-300) / n_obs)
+
+
+@jax.jit
+def _effect_draws(key: Array, eigenvalues: Array, vectors: Array, projected: Array, sigma: Array,
+                  scale: Array) -> Array:
+    """``[pairs, features]`` draws of ``w ~ N(U v U^T p / sigma^2, U v U^T)``, ``v = 1 / (1/s^2 + e/sigma^2)``."""
+    variance = 1.0 / (1.0 / scale[:, None] ** 2 + eigenvalues / sigma[:, None] ** 2)
+    noise = jax.random.normal(key, variance.shape, variance.dtype)
+    coords = variance * projected / sigma[:, None] ** 2 + jnp.sqrt(variance) * noise
+    return jnp.einsum("pfg,pg->pf", vectors, coords)
+
+
+def grid_cost(n_train: int, n_obs: int, config: ModelConfig, num_draws: int = 200) -> float:
+    """Multiply-adds of one test example's statistics in a fit (the dominant cost), at most:
+    ``n_obs = runs * steps`` rows of ``2 n_train`` features (``n_train`` for one-part variants),
+    one refinement, and a distinct decay for every draw up to :data:`DECAY_PARTS` per fine cell."""
+    n_features = n_train * (2 if config.variant == "linear" else 1)
+    n_decays = 2 + min(num_draws, 2) if not config.has_memory else \
+        COARSE[0] + FINE[0] + min(num_draws, FINE[0] * DECAY_PARTS)
+    return float(n_decays * (n_obs * n_features**2 + 4 * n_features**3))
+
+
+def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: int = 0,
+             progress: bool = True) -> Any:
+    """The posterior by grid integration of the hyperparameters and exact draws of everything else.
+
+    Args:
+        data: standardised runs; config: the model (Normal likelihood and the step component required).
+        num_draws: posterior draws (one chain).
+
+    Returns:
+        :class:`~bayes_simfluence.bayes.inference.FitResult` with draws ``[1, num_draws, tests, ...]``;
+        ``info["edge_mass"]``: the largest :func:`edge_mass` of any test example.
+    """
+    from bayes_simfluence.bayes.inference import FitResult, fitted_step_sums, split_weights
+
+    if config.likelihood != "normal":
+        raise InputError("-o likelihood: bayes-grid needs the Normal likelihood (it integrates the effects out)")
+    if not config.step_component:
+        raise InputError("-o step_component=false: bayes-grid needs the step component (free population "
+                         "locations would add two grid dimensions); use bayes-svi or bayes-exact")
+    cost = data.n_tests * grid_cost(data.n_train, data.n_runs * data.n_steps, config, num_draws)
+    if cost > MAX_FLOPS:
+        raise InputError(f"bayes-grid on {data.n_tests} test x {data.n_train} training examples x "
+                         f"{data.n_runs * data.n_steps} run-steps would take about {cost:.1e} multiply-adds "
+                         f"(the limit is {MAX_FLOPS:.0e}, about ten minutes on two CPU cores); use bayes-svi "
+                         "at this size")
+    n_features = _n_features(data.n_train, config)
+    check_memory(8 * num_draws * data.n_tests * n_features * 4,
+                 f"bayes-grid's {num_draws} draws of {data.n_tests} x {n_features} effects")
+    start = time.perf_counter()
+    n_tests, n_obs = data.n_tests, data.n_runs * data.n_steps
+    fine = _coarse_grid(n_tests, n_obs, config)
+    for refinement in range(MAX_REFINEMENTS + 1):
+        log_density, _, (eigenvalues, projected, target_sq) = _evaluate(
+            data, config, fine, progress, f"grid: stage {refinement + 1} statistics")
+        if refinement and _resolved(fine, log_density) or refinement == MAX_REFINEMENTS:
+            break
+        fine = _refined(fine, log_density)
+    flat = log_density.reshape(n_tests, -1)
+    weights = np.exp(flat - flat.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    shape = log_density.shape[1:]
+    cut = edge_mass(fine, weights.reshape((n_tests,) + shape))
+
+    # draws: a cell by its probability, a point uniformly inside it (the decay: one of DECAY_PARTS)
+    rng = np.random.default_rng(seed)
+    cells = np.stack([rng.choice(flat.shape[1], num_draws, p=w) for w in weights], axis=1)  # [draws, tests]
+    i_decay, i_tau, i_delta = np.unravel_index(cells, shape)
+    tests = np.arange(n_tests)[None, :]
+    part = rng.integers(0, DECAY_PARTS, cells.shape)
+    jitter = rng.uniform(-0.5, 0.5, (2,) + cells.shape)
+    decay = fine.decay[tests, i_decay] + ((part + 0.5) / DECAY_PARTS - 0.5) * _spacing(fine.decay)[None, :]
+    decay = np.clip(decay, 0.0, DECAY_MAX) if config.has_memory else np.zeros_like(decay)
+    log_tau = fine.log_tau[tests, i_tau] + jitter[0] * _spacing(fine.log_tau)[None, :]
+    delta = fine.delta[tests, i_delta] + jitter[1] * _spacing(fine.delta)[None, :]
+    flat_tests = np.broadcast_to(tests, cells.shape).reshape(-1)
+    flat_decay = i_decay.reshape(-1)
+    log_sigma = _log_sigma_hat(eigenvalues[flat_tests, flat_decay], projected[flat_tests, flat_decay],
+                               target_sq[flat_tests, flat_decay], log_tau.reshape(-1), n_obs) + delta.reshape(-1)
+    sigma, scale = np.exp(log_sigma), np.exp(log_sigma + log_tau.reshape(-1))
+
+    # exact effects at each drawn decay, then the step component given them
+    effects_key, drift_key = jax.random.split(jax.random.PRNGKey(seed), 2)
+    pairs, which = np.unique(np.stack([flat_tests, decay.reshape(-1)], axis=1), axis=0, return_inverse=True)
+    stats = pair_statistics(data, config, pairs[:, 0].astype(int), pairs[:, 1], vectors=True, progress=progress,
+                            desc="grid: exact draws")
+    which = which.reshape(-1)
+    with jax.enable_x64(True):
+        weights_w = np.asarray(_effect_draws(effects_key, stats.eigenvalues[which], stats.vectors[which],
+                                             stats.projected[which], sigma, scale))
+    draws = split_weights(weights_w.reshape(num_draws, n_tests, n_features), data.n_train, config)
+    sigma, scale = sigma.reshape(num_draws, n_tests), scale.reshape(num_draws, n_tests)
+    draws.update(noise_scale=sigma, effect_scale=scale)
+    if config.has_memory:
+        draws["memory_decay"] = decay
+    system = conjugate.drift_system(data.n_runs, data.n_steps, config)
+    fitted = fitted_step_sums(draws["a"], draws["B"], data, decay=draws.get("memory_decay"))
+    draws["drift"] = conjugate.draw_drift(system, data.change.sum(0).T, fitted, sigma, drift_key)
+    draws = {k: v[None] for k, v in draws.items()}
+    info = {"method": "grid", "num_draws": num_draws, "seconds": time.perf_counter() - start, "seed": seed,
+            "coarse": list(COARSE), "fine": list(FINE), "refinements": refinement, "edge_mass": float(cut.max()),
+            "exact_draw_pairs": len(pairs),
+            "decay_box": [[float(b[0]), float(b[-1])] for b in fine.decay]}
+    return FitResult(draws, {}, info)

@@ -1,0 +1,144 @@
+"""bayes-grid (grid hyperparameters, exact effects) against dense Gaussian algebra written out
+from the model's definition: the remembered features, the marginal likelihood and the posterior
+of the effects given the hyperparameters. Its calibration as a whole is simulation-based
+(``tests/test_sbc.py``, ``experiments/sbc.py --method grid``)."""
+
+import jax
+import numpy as np
+import pytest
+from scipy import stats
+
+from bayes_simfluence.bayes import grid
+from bayes_simfluence.bayes.data import ModelData, model_data
+from bayes_simfluence.bayes.model import ModelConfig
+from bayes_simfluence.bayes.synthetic import model_runs
+from bayes_simfluence.synthetic import random_curricula
+from bayes_simfluence.validation import InputError
+
+CONFIG = ModelConfig(memory="geometric")
+
+
+@pytest.fixture(scope="module")
+def data():
+    runs, _ = model_runs(n_train=6, n_tests=2, n_runs=4, n_steps=9, batch_size=2, empty_fraction=0.2, seed=5)
+    return model_data(runs)
+
+
+def dense_features(data, m, decay, variant="linear"):
+    """``[runs * steps, features]`` of test example ``m``: each slot's count, remembered with weight
+    ``(1 - decay) decay^k`` ``k`` steps later (an explicit sum over lags, not a recursion)."""
+    counts = (data.curricula[..., None] == np.arange(data.n_train)).sum(2).astype(float)  # empty slots (-1) match none
+    remembered = np.zeros_like(counts)
+    for t in range(data.n_steps):
+        for k in range(t + 1):
+            remembered[:, t] += (1 - decay) * decay**k * counts[:, t - k]
+    parts = {"linear": [remembered * data.previous[:, :, m, None], remembered], "additive": [remembered],
+             "multiplicative": [remembered * data.previous[:, :, m, None]]}[variant]
+    return np.concatenate(parts, -1).reshape(data.n_runs * data.n_steps, -1)
+
+
+def step_covariance(data, config):
+    """``Omega = I + Z Q^{-1} Z^T`` (units of ``sigma^2``) from the random walk's covariance."""
+    steps = np.arange(data.n_steps)
+    walk = config.drift_initial**2 + config.drift_smoothness**2 * np.minimum.outer(steps, steps)
+    z = np.tile(np.eye(data.n_steps), (data.n_runs, 1))
+    return np.eye(data.n_runs * data.n_steps) + z @ walk @ z.T
+
+
+def grid_log_density(data, config, m, decay, sigma, scale):
+    """The grid's log density at one point ``(decay, sigma, scale)`` of test example ``m``."""
+    stats_ = grid.pair_statistics(data, config, np.array([m]), np.array([decay]))
+    shaped = [x[:, None] for x in (stats_.eigenvalues, stats_.projected, stats_.target_sq)]
+    _, _, logdet_omega = grid.drift_bands(data.n_runs, data.n_steps, config)
+    priors = np.array([config.noise_prior, config.effect_scale_prior, config.memory_prior])
+    log_tau = np.array([[np.log(scale / sigma)]])
+
+    def at(delta):
+        with jax.enable_x64(True):
+            return grid._log_density(*shaped, np.array([[decay]]), log_tau, np.array([[delta]]),
+                                     data.n_runs * data.n_steps, logdet_omega, priors, has_memory=config.has_memory)
+
+    _, log_sigma_hat = at(0.0)
+    return float(at(np.log(sigma) - float(log_sigma_hat[0, 0, 0]))[0][0, 0, 0, 0])
+
+
+@pytest.mark.parametrize("decay, sigma, scale", [(0.0, 0.05, 0.02), (0.4, 0.03, 0.05), (0.85, 0.1, 0.004)])
+def test_grid_density_is_the_prior_times_the_dense_marginal_likelihood(data, decay, sigma, scale):
+    for m in range(data.n_tests):
+        x = dense_features(data, m, decay)
+        cov = sigma**2 * step_covariance(data, CONFIG) + scale**2 * x @ x.T
+        log_lik = stats.multivariate_normal(np.zeros(len(cov)), cov).logpdf(data.change[:, :, m].reshape(-1))
+        # priors of sigma, s (HalfNormal) and the decay (Beta), with the Jacobian sigma * s of the log scales
+        log_prior = (stats.halfnorm(scale=CONFIG.noise_prior).logpdf(sigma) + np.log(sigma)
+                     + stats.halfnorm(scale=CONFIG.effect_scale_prior).logpdf(scale) + np.log(scale)
+                     + stats.beta(1, CONFIG.memory_prior).logpdf(decay))
+        assert grid_log_density(data, CONFIG, m, decay, sigma, scale) == pytest.approx(log_lik + log_prior, abs=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["linear", "additive"])
+def test_draws_given_the_hyperparameters_follow_the_dense_posterior_of_the_effects(data, variant):
+    config = ModelConfig(memory="geometric", variant=variant)
+    m, decay, sigma, scale, n = 1, 0.6, 0.04, 0.03, 40000
+    x = dense_features(data, m, decay, variant)
+    omega_inv = np.linalg.inv(step_covariance(data, config))
+    y = data.change[:, :, m].reshape(-1)
+    precision = x.T @ omega_inv @ x / sigma**2 + np.eye(x.shape[1]) / scale**2
+    cov = np.linalg.inv(precision)
+    mean = cov @ x.T @ omega_inv @ y / sigma**2
+    stats_ = grid.pair_statistics(data, config, np.full(n, m), np.full(n, decay), vectors=True)
+    with jax.enable_x64(True):
+        draws = np.asarray(grid._effect_draws(jax.random.PRNGKey(0), stats_.eigenvalues, stats_.vectors,
+                                              stats_.projected, np.full(n, sigma), np.full(n, scale)))
+    sd = np.sqrt(np.diag(cov))
+    assert np.all(np.abs(draws.mean(0) - mean) < 5 * sd / np.sqrt(n))
+    assert np.allclose(np.cov(draws.T), cov, atol=0.03 * sd.max() ** 2)
+
+
+def test_grid_path_needs_the_step_component_and_the_normal_likelihood(data):
+    with pytest.raises(InputError, match="step component"):
+        grid.run_grid(data, ModelConfig(memory="geometric", step_component=False), num_draws=5, progress=False)
+    with pytest.raises(InputError, match="Normal likelihood"):
+        grid.run_grid(data, ModelConfig(memory="geometric", likelihood="student_t"), num_draws=5, progress=False)
+
+
+def remembering_runs(decay, n_train=8, n_tests=2, n_runs=12, n_steps=30, batch_size=2, seed=1):
+    """``ModelData`` from ``L_t = (1 + m^a_t) L_{t-1} + m^B_t + d + noise`` with the batch sums
+    remembered geometrically (``m_t = (1 - decay) s_t + decay m_{t-1}``), from ``L_0 = 1``."""
+    rng = np.random.default_rng(seed)
+    a, b = rng.normal(0, 0.02, (2, n_tests, n_train))
+    curricula = random_curricula(n_runs, n_steps, batch_size, n_train, rng).astype(np.int32)
+    losses = np.ones((n_runs, n_steps + 1, n_tests))
+    memory_a, memory_b = np.zeros((2, n_runs, n_tests))
+    for t in range(n_steps):
+        memory_a = (1 - decay) * a[:, curricula[:, t]].sum(-1).T + decay * memory_a
+        memory_b = (1 - decay) * b[:, curricula[:, t]].sum(-1).T + decay * memory_b
+        losses[:, t + 1] = ((1 + memory_a) * losses[:, t] + memory_b - 0.01
+                            + 0.005 * rng.standard_normal((n_runs, n_tests)))
+    return ModelData(curricula, losses[:, :-1], np.diff(losses, axis=1), np.ones(n_tests), n_train)
+
+
+def test_a_fit_has_the_layout_of_the_other_paths_and_finds_the_generating_memory():
+    """Runs simulated with a strong memory (decay 0.7): the grid's draws of the decay cover it,
+    and the draws have the ``[chains, draws, tests, ...]`` layout every posterior reads."""
+    data = remembering_runs(0.7)
+    fit = grid.run_grid(data, CONFIG, num_draws=300, seed=0, progress=False)
+    assert fit.draws["a"].shape == (1, 300, 2, 8) and fit.draws["drift"].shape == (1, 300, 2, 30)
+    low, high = np.percentile(fit.draws["memory_decay"][0], [0.5, 99.5], axis=0)
+    assert np.all((low < 0.7) & (0.7 < high)), (low, high)
+    assert np.all(high - low < 0.3), (low, high)
+    assert fit.info["method"] == "grid" and fit.info["edge_mass"] < 1e-3
+
+
+def test_the_default_bayesian_method_runs_the_grid_where_it_is_cheap_and_svi_elsewhere():
+    from bayes_simfluence.bayes.methods import AUTO_GRID_FLOPS_PER_TEST, default_path
+    from bayes_simfluence.runs import Runs
+
+    def shaped(n_train, n_runs, n_steps):
+        curricula = np.zeros((n_runs, n_steps, 4), np.int32)
+        return Runs.create(curricula, np.ones((n_runs, n_steps + 1, 2)), n_train=n_train)
+
+    small, large = shaped(45, 40, 27), shaped(1000, 16, 1000)  # the retraining study's MLP; bench_scale's cell
+    assert grid.grid_cost(45, 40 * 27, CONFIG) < AUTO_GRID_FLOPS_PER_TEST < grid.grid_cost(1000, 16 * 1000, CONFIG)
+    assert default_path(small, {}) == "grid" and default_path(large, {}) == "svi"
+    assert default_path(small, {"likelihood": "student_t", "guard": False}) == "svi"
+    assert default_path(small, {"step": False}) == "svi"
