@@ -53,6 +53,7 @@ from __future__ import annotations
 import functools
 import math
 import time
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -68,11 +69,11 @@ from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.validation import InputError, check_memory
 
 #: coarse grid points of (decay, log tau, delta)
-COARSE = (25, 56, 11)
+COARSE = (25, 71, 11)
 #: fine grid points of (decay, log tau, delta)
 FINE = (24, 40, 20)
 #: range of ``v = log(s / sigma)`` on the coarse grid
-LOG_TAU_RANGE = (-16.0, 6.0)
+LOG_TAU_RANGE = (-16.0, 12.0)
 #: half-width of the coarse ``delta`` range in sds of ``log sigma`` (``1 / sqrt(2 n)``)
 DELTA_SDS = 8.0
 #: largest decay on the grid (the ``Beta(1, 2)`` prior puts 1e-4 above it)
@@ -81,8 +82,10 @@ DECAY_MAX = 0.99
 DROP = 20.0
 #: refine again until every axis has this many points within :data:`DROP` of the best ...
 MIN_POINTS = 12
+#: ... and the outer cells hold at most this much probability ...
+EDGE_TOLERANCE = 1e-4
 #: ... at most this many times after the coarse grid
-MAX_REFINEMENTS = 3
+MAX_REFINEMENTS = 10
 #: the decay of a draw is the centre of one of this many equal parts of its cell (statistics are
 #: then computed once per part, not once per draw)
 DECAY_PARTS = 4
@@ -247,11 +250,16 @@ def _coarse_grid(n_tests: int, n_obs: int, config: ModelConfig) -> _Grid:
 
 
 def _box(points: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(low, high) [tests]`` of the kept points ``keep [tests, points]``, widened by one spacing."""
+    """``(low, high) [tests]`` of the kept points ``keep [tests, points]``, widened by one spacing,
+    and by the grid's whole width more on a side where the kept points reach the grid's end (the
+    posterior goes on beyond it: the next grid moves that way rather than zooming in)."""
     step = _spacing(points)
     first, last = keep.argmax(axis=1), keep.shape[1] - 1 - keep[:, ::-1].argmax(axis=1)
     rows = np.arange(len(points))
-    return points[rows, first] - step, points[rows, last] + step
+    low, high = points[rows, first], points[rows, last]
+    width = points[:, -1] - points[:, 0]
+    return (low - step - np.where(first == 0, width, 0.0),
+            high + step + np.where(last == keep.shape[1] - 1, width, 0.0))
 
 
 def _kept(log_density: np.ndarray, axis: int) -> np.ndarray:
@@ -276,10 +284,17 @@ def _refined(grid: _Grid, log_density: np.ndarray) -> _Grid:
     return _Grid(*axes)
 
 
-def _resolved(grid: _Grid, log_density: np.ndarray) -> bool:
-    """Every free axis of every test example has at least :data:`MIN_POINTS` points within :data:`DROP`."""
-    return all(points.shape[1] == 1 or _kept(log_density, axis).sum(axis=1).min() >= MIN_POINTS
-               for axis, points in enumerate(grid))
+def _resolved(grid: _Grid, log_density: np.ndarray) -> np.ndarray:
+    """``[tests]``: every free axis has at least :data:`MIN_POINTS` points within :data:`DROP` of
+    the best, and the outer cells hold at most :data:`EDGE_TOLERANCE` of the probability."""
+    flat = log_density.reshape(len(log_density), -1)
+    weights = np.exp(flat - flat.max(axis=1, keepdims=True))
+    weights = (weights / weights.sum(axis=1, keepdims=True)).reshape(log_density.shape)
+    done = edge_mass(grid, weights) <= EDGE_TOLERANCE
+    for axis, points in enumerate(grid):
+        if points.shape[1] > 1:
+            done &= _kept(log_density, axis).sum(axis=1) >= MIN_POINTS
+    return done
 
 
 def edge_mass(grid: _Grid, weights: np.ndarray) -> np.ndarray:
@@ -356,17 +371,27 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     start = time.perf_counter()
     n_tests, n_obs = data.n_tests, data.n_runs * data.n_steps
     fine = _coarse_grid(n_tests, n_obs, config)
-    for refinement in range(MAX_REFINEMENTS + 1):
+    log_density, _, (eigenvalues, projected, target_sq) = _evaluate(data, config, fine, progress,
+                                                                    "grid: stage 1 statistics")
+    fine = _refined(fine, log_density)
+    for refinement in range(1, MAX_REFINEMENTS + 1):
         log_density, _, (eigenvalues, projected, target_sq) = _evaluate(
             data, config, fine, progress, f"grid: stage {refinement + 1} statistics")
-        if refinement and _resolved(fine, log_density) or refinement == MAX_REFINEMENTS:
+        done = _resolved(fine, log_density)
+        if done.all() or refinement == MAX_REFINEMENTS:
             break
-        fine = _refined(fine, log_density)
+        refined = _refined(fine, log_density)  # only the test examples not yet resolved move
+        fine = _Grid(*(np.where(done[:, None], old, new) for old, new in zip(fine, refined)))
     flat = log_density.reshape(n_tests, -1)
     weights = np.exp(flat - flat.max(axis=1, keepdims=True))
     weights /= weights.sum(axis=1, keepdims=True)
     shape = log_density.shape[1:]
     cut = edge_mass(fine, weights.reshape((n_tests,) + shape))
+    if not done.all():
+        warnings.warn(f"bayes-grid: after {MAX_REFINEMENTS} refinements the grid of test examples "
+                      f"{np.flatnonzero(~done).tolist()} still has fewer than {MIN_POINTS} points across the "
+                      f"posterior on some axis, or {cut.max():.1g} of it in its outer cells (a very narrow, "
+                      "tilted posterior: nearly noise-free losses?); their draws are coarser", stacklevel=2)
 
     # draws: a cell by its probability, a point uniformly inside it (the decay: one of DECAY_PARTS)
     rng = np.random.default_rng(seed)
@@ -405,6 +430,7 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     draws = {k: v[None] for k, v in draws.items()}
     info = {"method": "grid", "num_draws": num_draws, "seconds": time.perf_counter() - start, "seed": seed,
             "coarse": list(COARSE), "fine": list(FINE), "refinements": refinement, "edge_mass": float(cut.max()),
+            "unresolved_tests": np.flatnonzero(~done).tolist(),
             "exact_draw_pairs": len(pairs),
             "decay_box": [[float(b[0]), float(b[-1])] for b in fine.decay]}
     return FitResult(draws, {}, info)
