@@ -1,11 +1,14 @@
 """Simulation-based calibration (SBC; Talts, Betancourt, Simpson, Vehtari and Gelman, 2018) of
-the default Bayesian path: ``run_svi`` with ``ModelConfig(memory="geometric")`` (AutoNormal,
-non-centred, float32, 2000 steps), the fit ``bayes-svi`` runs before its guard.
+the Bayesian paths: ``run_grid`` (``bayes-grid``, what ``-m bayes`` runs at this size: the
+hyperparameters on a grid, everything else exact) and ``run_svi`` (``bayes-svi``: AutoNormal,
+non-centred, float32, 2000 steps, or another guide), each with ``ModelConfig(memory="geometric")``,
+the fit the methods run before their guard.
 
-    python experiments/sbc.py                  # 200 replications, guide normal: about 3 minutes on 2 CPU cores
-    python experiments/sbc.py --guide conditional   # the conditional guide: about 3 minutes
-    python experiments/sbc.py --guide mvn      # the full-rank guide, for contrast: about 8 minutes
-    python experiments/sbc.py --replications 100 -o num_steps=4000
+    python experiments/sbc.py                  # the default path (grid), 200 replications: about 1 minute on 2 CPU cores
+    python experiments/sbc.py --method svi     # bayes-svi, guide normal: about 3 minutes
+    python experiments/sbc.py --method svi --guide conditional   # the conditional guide: about 3 minutes
+    python experiments/sbc.py --method svi --guide mvn           # the full-rank guide: about 8 minutes
+    python experiments/sbc.py --method svi --replications 100 -o num_steps=4000
 
 Each replication draws every parameter from the model's prior (NumPyro ``Predictive`` on
 :func:`~bayes_simfluence.bayes.model.effects_model`), rolls the generating process forward from
@@ -13,11 +16,11 @@ Each replication draws every parameter from the model's prior (NumPyro ``Predict
 teacher-forced likelihood is exactly the likelihood of this autoregressive process), builds
 :class:`~bayes_simfluence.bayes.data.ModelData` directly on the standardised scale with
 ``scale = 1`` (``model_data`` would divide by a data-dependent scale, and the fit would no longer
-see data drawn from its own prior), fits it with ``run_svi`` (no guard: the guard is not part of
+see data drawn from its own prior), fits it with ``run_grid`` or ``run_svi`` (no guard: the guard is not part of
 the Bayesian model) and ranks the true value of each quantity among ``N_DRAWS`` posterior draws.
 If the draws were exact posterior draws every rank would be uniform on ``0..N_DRAWS``. A check
 of the machinery itself: with NUTS on the full model (float64, 2 chains of 100 draws after 300
-warm-up) in place of ``run_svi``, 50 replications at commit 2baa148 gave uniform ranks for every
+warm-up) in place of the fit, 50 replications at commit 2baa148 gave uniform ranks for every
 quantity (smallest p-value 0.06; about 60 s a fit on 2 cores, hence not an option here).
 
 Quantities (each per test example; the test examples are independent in the model and in the
@@ -41,8 +44,8 @@ of ``bayes-svi`` (:func:`bayes_simfluence.bayes.methods.parse_options`), applied
 
 Uniformity: a chi-square test over :data:`BINS` equal bins of the ranks of each quantity, passed
 at level 0.01 with a Bonferroni correction over the quantities. Writes
-``experiments/results/sbc.{json,md,png}``; each guide's run is stored under its name, so a run
-with another guide adds to the results rather than replacing them.
+``experiments/results/sbc.{json,md,png}``; each run is stored under its guide's name (``grid``
+for ``--method grid``), so a run of another path adds to the results rather than replacing them.
 """
 
 from __future__ import annotations
@@ -418,7 +421,7 @@ def provenance() -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--replications", type=int, default=200)
-    parser.add_argument("--method", default="svi", choices=("svi", "grid"),
+    parser.add_argument("--method", default="grid", choices=("grid", "svi"),
                         help="svi: run_svi with --guide; grid: run_grid (bayes-grid: grid hyperparameters, exact effects)")
     parser.add_argument("--guide", default="normal", help="SVI guide: normal | lowrank | mvn | conditional")
     parser.add_argument("-o", "--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
