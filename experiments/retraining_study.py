@@ -4,7 +4,7 @@ One command (offline, 2 CPU cores; collecting takes 10-12 minutes per set the fi
 and 586 s measured with 2 workers on cores shared with other jobs; fitting and scoring about 4
 minutes per set)::
 
-    python experiments/retraining_study.py [--only NAME] [--collect-only] [--method bayes-svi]
+    python experiments/retraining_study.py [--only NAME] [--collect-only] [--method bayes]
                                            [--fit-runs 40] [--heldout-runs 40] [-o key=value ...]
 
 1. **Collect** (only where ``experiments/data/retrain_NAME.npz`` is missing) real runs of two
@@ -20,7 +20,8 @@ minutes per set)::
 
    ``fit-runs + heldout-runs`` runs (default 40 + 40); the collection seconds go to
    ``experiments/data/retrain_collection_seconds.json``.
-2. **Fit** the method (default ``bayes-svi`` with its defaults) and ``linear`` (the ridge
+2. **Fit** the method (default ``bayes``, the default Bayesian path, which runs ``bayes-grid`` at
+   these sizes; ``--method bayes-svi`` for the variational path) and ``linear`` (the ridge
    baseline) on the first ``fit-runs`` runs only.
 3. **Score** on the next ``heldout-runs`` runs, which no fit saw, from paired predictive draws
    (one :meth:`simulate_draws` call for all held-out runs, 500 draws), for each predictive kind
@@ -251,7 +252,8 @@ def study_set(name: str, runs: Runs, n_fit: int, n_heldout: int, method: str, op
     lds, _ = spearman_runs(simulator.simulate(heldout.curricula, heldout.initial_losses), heldout.losses)
     lds_linear, _ = spearman_runs(linear.simulate(heldout.curricula, heldout.initial_losses), heldout.losses)
     result = {"fit_runs": n_fit, "heldout_runs": n_heldout, "steps": runs.n_steps, "batch": runs.batch_size,
-              "tests": runs.n_tests, "pool": runs.n_train, "method": method, "options": options,
+              "tests": runs.n_tests, "pool": runs.n_train, "method": method, "path": getattr(simulator, "name", method),
+              "options": options,
               "fit_seconds": fit_seconds, "lds": lds, "lds_linear": lds_linear,
               "guard_weight": _guard_weight(simulator), "predictive": {}}
     for kind in PREDICTIVES:
@@ -335,7 +337,9 @@ def markdown(results: dict) -> str:
                   f"{result['fit_runs']} runs fitted, the next {result['heldout_runs']} held out "
                   f"({result['pairs']} pairs, {result['pairs_gap']} with |gap| > {MIN_GAP}); pool {result['pool']}, "
                   f"{result['steps']} steps of batch {result['batch']}, {result['tests']} test examples. "
-                  f"Method `{result['method']}` options {json.dumps(result['options'])}, fit "
+                  f"Method `{result['method']}`"
+                  + (f" (which ran `{result['path']}`)" if result.get("path", result["method"]) != result["method"] else "")
+                  + f" options {json.dumps(result['options'])}, fit "
                   f"{result['fit_seconds']:.1f} s, guard weight {_number(result['guard_weight'], '.2f')}; "
                   f"collection {_number(result['collection_seconds'], '.0f')} s for all runs. "
                   f"LDS {result['method']} {_number(result['lds'])}, linear {_number(result['lds_linear'])}.", "",
@@ -386,7 +390,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(SETS), action="append", help="only this set (repeatable)")
     parser.add_argument("--collect-only", action="store_true", help="collect missing sets, fit nothing")
-    parser.add_argument("--method", default="bayes-svi", help="the probabilistic method to study")
+    parser.add_argument("--method", default="bayes", help="the probabilistic method to study (default: bayes, the "
+                        "default Bayesian path: bayes-grid at these sizes)")
     parser.add_argument("--fit-runs", type=int, default=40, help="runs the fits see (the first ones)")
     parser.add_argument("--heldout-runs", type=int, default=40, help="runs scored (the next ones)")
     parser.add_argument("--workers", type=int, default=2, help="collection processes")

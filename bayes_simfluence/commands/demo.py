@@ -13,7 +13,7 @@ from bayes_simfluence.atomic import atomic_path
 from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
 from bayes_simfluence.validation import strict_json, undefined_as_null
 
-DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes-svi")
+DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes")
 
 EXAMPLES = """examples:
   bayes-simfluence demo                       # everything into ./demo_output
@@ -170,11 +170,12 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(results))
     plot_path = args.out / "trajectories.png"
     plot_trajectories(plot_path, heldout, {k: v for k, v in simulators.items()
-                                           if k in ("mean", "linear", "tracin", "influence", "bayes-svi")}, seed=args.seed)
+                                           if k in ("mean", "linear", "tracin", "influence", "bayes")}, seed=args.seed)
     comparisons = {name: compare_with_retraining(simulator, heldout) for name, simulator in simulators.items()
                    if hasattr(simulator, "simulate_draws") and heldout.n_runs >= 3}
     for name, comparison in comparisons.items():
-        print("\n" + describe_comparison(name, comparison))
+        path = simulators[name].name
+        print("\n" + describe_comparison(name if path == name else f"{name} (as {path})", comparison))
     wall = time.perf_counter() - start
     summary = {
         "results": undefined_as_null(results),
