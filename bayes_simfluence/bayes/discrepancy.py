@@ -12,22 +12,26 @@ roll every training run out from a fit that never saw it, so
 ``e_r = observed_r - predicted_r`` (``[runs, steps, tests]``, the stacked prediction) are
 held-out residual trajectories of ``R`` real runs. A new run's discrepancy is drawn as
 
-    e_new = g * ebar + tau * sum_r z_r (e_r - ebar) / sqrt(R - 1),
+    e_new = g * ebar + c * (e_{r*} - ebar),   r* uniform on 1..R,   c = sqrt(R / (R - 1)),
 
 - ``ebar``: the mean residual trajectory, the misfit every run shares. Its sign is not trusted
   (the final fit differs from the cross-fits): ``g ~ Normal(0, 1)`` is drawn once per draw and
   shared by every run simulated with that draw, so it widens bands of absolute losses by the size
   of the shared misfit and cancels from paired differences between candidates.
-- ``z_r ~ Normal(0, 1)``, drawn for every simulated run: the run-to-run part, a Gaussian
-  with the held-out residuals' sample covariance (rank ``R - 1``; the centred residual
-  trajectories are its loadings, no ``steps * tests`` matrix is formed). Every linear summary
-  (the mean final loss over test examples, a difference of two runs' losses) gets the residuals'
-  sample variance of that summary.
-- ``tau = sqrt(nu / chi2_nu)`` with ``nu = R - 1``, once per draw: that variance is estimated from
-  ``R`` runs, so a summary's predictive is Student-t with ``nu`` degrees of freedom, as for a new
-  observation of a Normal with unknown variance.
+- ``e_{r*} - ebar``: the run-to-run part is one of the held-out runs' own centred residual
+  trajectories, picked at random for every simulated run (``c`` makes its variance the unbiased
+  one). Every summary (the mean final loss over test examples, a difference of two runs' losses)
+  therefore has the *empirical* distribution of that summary over the held-out runs, whatever
+  its shape. Why not a Gaussian with their sample covariance (this module's first version, with
+  Student-t scaling): the residuals of real runs are heavy-tailed (the mean final residual over
+  the 40 held-out training runs of the retraining study has kurtosis 5.2 and 4.1, a Gaussian 3),
+  and a Gaussian of the same variance made the 50% intervals of retrained differences too wide
+  in the middle (they covered 0.62 and 0.59 of them; resampled, 0.54 and 0.52, with the 90%
+  ones unchanged: README, calibration against real retraining).
+  Two simulated runs pick the same held-out run with probability ``1 / R``; their paired
+  difference then carries only the parameters' uncertainty.
 
-A run's ``z`` is keyed by its curriculum's content (:func:`curriculum_ids`): the same curriculum
+A run's pick ``r*`` is keyed by its curriculum's content (:func:`curriculum_ids`): the same curriculum
 gets the same discrepancy (retraining it from the same seed gives the same run, and paired
 differences of identical candidates are exactly 0), any other curriculum an independent one.
 Two candidates that differ in one example and are trained from the same seed differ by less
@@ -46,7 +50,7 @@ from jax import Array
 
 #: keys of a draw's random streams used here (``fold_in(draw_key, stream)``); 0-2 are the noise,
 #: the step component's extension and the guard's choice (:mod:`bayes_simfluence.bayes.posterior`).
-SHARED_STREAM, SCALE_STREAM, RUN_STREAM = 3, 4, 5
+SHARED_STREAM, RUN_STREAM = 3, 5
 
 
 def residuals_for_steps(residuals: np.ndarray, n_steps: int) -> np.ndarray:
@@ -80,16 +84,13 @@ def draw_discrepancy(residuals: Array, keys: Array, run_ids: Array) -> Array:
     """
     n_residuals = residuals.shape[0]
     shared = residuals.mean(0)
-    loadings = (residuals - shared) / jnp.sqrt(n_residuals - 1.0)
-    dof = n_residuals - 1.0
+    spread = jnp.sqrt(n_residuals / (n_residuals - 1.0)) * (residuals - shared)
 
     def one(key: Array) -> Array:
         g = jax.random.normal(jax.random.fold_in(key, SHARED_STREAM), dtype=residuals.dtype)
-        chi2 = 2.0 * jax.random.gamma(jax.random.fold_in(key, SCALE_STREAM), dof / 2.0, dtype=residuals.dtype)
-        tau = jnp.sqrt(dof / chi2)
-        z = jax.vmap(lambda run: jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, RUN_STREAM), run),
-                                                   (n_residuals,), dtype=residuals.dtype))(run_ids)
-        per_run = g * shared[None] + tau * jnp.einsum("jr,rsm->jsm", z, loadings)
+        pick = jax.vmap(lambda run: jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, RUN_STREAM), run),
+                                                       (), 0, n_residuals))(run_ids)
+        per_run = g * shared[None] + spread[pick]
         return jnp.concatenate([jnp.zeros_like(per_run[:, :1]), per_run], axis=1)
 
     return jax.vmap(one)(keys)
