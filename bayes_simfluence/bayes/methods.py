@@ -1,11 +1,18 @@
-"""Registration of the Bayesian methods (``bayes-svi``, ``bayes-nuts``, ``bayes-exact``) and their options.
+"""Registration of the Bayesian methods (``bayes``, ``bayes-grid``, ``bayes-svi``, ``bayes-nuts``,
+``bayes-exact``) and their options.
 
-``bayes-svi`` is the default Bayesian method: its cost grows with ``runs * steps * batch * tests``
-per SVI step; with the guard it is one fit plus ``guard_folds`` cross-fits on 3/4 of the
-runs (``benchmarks/results/bench_scale.md`` has the times at ``N=1000, T=1000, R=16, M=64``).
-``bayes-exact`` is exact (Normal likelihood) and the better choice while ``2 * n_train`` is up to
-a few hundred (one ``2 n_train``-square eigendecomposition per test example); ``bayes-nuts``
-samples the full model and is for small problems and checks.
+``bayes`` is the default Bayesian method: it runs ``bayes-grid`` where that costs at most
+:data:`AUTO_GRID_FLOPS_PER_TEST` per test example (:func:`default_path`; a few hundred features
+per test example), else ``bayes-svi``. ``bayes-grid`` integrates the effects and the step
+component out exactly and each test example's hyperparameters on a grid
+(:mod:`bayes_simfluence.bayes.grid`): it passes simulation-based calibration on every quantity,
+at ``runs * steps * (2 n_train)^2`` operations per (test example, decay value). ``bayes-svi``'s
+cost grows with ``runs * steps * batch * tests`` per SVI step: the path for thousands of training
+examples; with the guard it is one fit plus ``guard_folds`` cross-fits on 3/4 of the runs
+(``benchmarks/results/bench_scale.md`` has the times at ``N=1000, T=1000, R=16, M=64``).
+``bayes-exact`` is exact without optimiser memory (one ``2 n_train``-square eigendecomposition
+per test example, NUTS on the hyperparameters); ``bayes-nuts`` samples the full model and is for
+small problems and checks.
 
 Options (``--option key=value``; values may arrive as strings, numbers or booleans):
 
@@ -13,7 +20,7 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   component, default true), ``likelihood`` (normal | student_t; not for bayes-exact), ``nu``,
   ``noncentred``, ``location_prior``, ``effect_scale_prior``, ``noise_prior``,
   ``drift_initial``, ``drift_smoothness``, ``memory`` (none | geometric: optimiser memory; default
-  geometric for bayes-svi and bayes-nuts, none and the only choice for bayes-exact),
+  geometric for bayes, bayes-grid, bayes-svi and bayes-nuts, none and the only choice for bayes-exact),
   ``memory_prior``, ``collapse_drift`` (default true: the step component integrated out of the
   Normal likelihood and drawn exactly afterwards); ``progress`` (progress bars, default true); ``guard`` (default true: stack
   with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
@@ -29,6 +36,9 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
 - bayes-nuts: ``num_warmup``, ``num_samples``, ``num_chains``, ``chain_method``,
   ``target_accept``, ``max_tree_depth``.
 - bayes-exact: ``num_warmup``, ``num_samples``, ``num_chains``, ``chain_method``, ``chunk_size``.
+- bayes-grid and bayes: ``num_draws`` (default 200); the model options (``memory`` default
+  geometric; bayes-grid needs the Normal likelihood and the step component, and ``bayes`` runs
+  bayes-svi without them), ``progress``, ``guard``, ``guard_folds``.
 """
 
 from __future__ import annotations
@@ -145,7 +155,7 @@ def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, di
 
 
 def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) -> BayesianSimfluence:
-    """Fit the Bayesian model on ``train`` with ``method`` in ``{"svi", "nuts", "exact"}``.
+    """Fit the Bayesian model on ``train`` with ``method`` in ``{"svi", "nuts", "exact", "grid"}``.
 
     With the guard (option ``guard``, default on) the same fit is first cross-fitted on
     ``guard_folds`` folds of the runs, and the posterior is stacked with the curriculum-blind
