@@ -7,8 +7,9 @@ For each set in ``experiments/data/`` (``experiments/real_sets.py``: every run t
 score), every method is fitted on the first 16 runs and scored on the last 8: LDS and all-steps
 MSE with 90% bootstrap intervals over the 20 test examples, the MSE relative to the mean
 trajectory's, 90% band coverage for the Bayesian fits, the guard's mean stacking weight, and fit
-time. Two Bayesian fits: ``bayes-svi`` as it comes (optimiser memory and the guard) and
-``bayes-svi plain`` (memory none, no guard: the model before issue 11). The score methods
+time. Three Bayesian fits: ``bayes`` (the default: ``bayes-grid`` at these sizes) and
+``bayes-svi`` as they come (optimiser memory and the guard), and ``bayes-svi plain`` (memory none,
+no guard: the model before issue 11). The score methods
 (TracIn, TRAK and influence-CG from dattri, this package's influence) roll out the scores
 collected with each set, with one scale fitted on the 16 training runs (reported; "scores s" is
 the time their scores took during collection). Writes ``experiments/results/lds.{json,md}``
@@ -33,7 +34,7 @@ from bayes_simfluence.validation import undefined_as_null
 
 HERE = Path(__file__).resolve().parent
 HELDOUT = 8
-FITTED = ("mean", "additive", "multiplicative", "linear", "bayes-svi")
+FITTED = ("mean", "additive", "multiplicative", "linear", "bayes", "bayes-svi")
 #: the Bayesian fit as it was before optimiser memory and the guard (issue 11), for comparison.
 PLAIN = {"progress": False, "memory": "none", "guard": False}
 PLAIN_NAME = "bayes-svi plain"
@@ -62,7 +63,7 @@ def main() -> None:
                 score_sets[method] = load_scores(scores_path_for(path), method)
             except RunsFormatError:
                 continue
-        methods = [*FITTED[:-1], *score_sets, FITTED[-1]]
+        methods = [*FITTED[:4], *score_sets, *FITTED[4:]]  # the point simulators, the scores, the Bayesian fits
         results[path.stem] = evaluate_methods(methods, train, heldout,
                                               FitContext(train_path=path, options={"progress": False}))
         plain = evaluate_methods(["bayes-svi"], train, heldout, FitContext(train_path=path, options=PLAIN))
