@@ -139,6 +139,8 @@ def test_the_default_bayesian_method_runs_the_grid_where_it_is_cheap_and_svi_els
 
     small, large = shaped(45, 40, 27), shaped(1000, 16, 1000)  # the retraining study's MLP; bench_scale's cell
     assert grid.grid_cost(45, 40 * 27, CONFIG) < AUTO_GRID_FLOPS_PER_TEST < grid.grid_cost(1000, 16 * 1000, CONFIG)
-    assert default_path(small, {}) == "grid" and default_path(large, {}) == "svi"
-    assert default_path(small, {"likelihood": "student_t", "guard": False}) == "svi"
-    assert default_path(small, {"step": False}) == "svi"
+    assert default_path(small, {})[0] == "grid" and default_path(large, {})[0] == "svi"
+    assert "per test example, over 1e+10" in default_path(large, {})[1]
+    assert default_path(small, {"likelihood": "student_t", "guard": False}) == \
+        ("svi", "bayes-grid needs the Normal likelihood, not student_t")
+    assert default_path(small, {"step": False})[0] == "svi"

@@ -237,22 +237,28 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
     return BayesianSimfluence.from_fit(result, data, train, config), result
 
 
-def default_path(train: Runs, options: dict[str, Any]) -> str:
-    """The inference ``-m bayes`` runs: ``"grid"`` (calibrated in simulation-based calibration) where
-    the model allows it (Normal likelihood, step component) and it costs at most
-    :data:`AUTO_GRID_FLOPS_PER_TEST` per test example, else ``"svi"``. The choice depends on the
-    runs' shape, not on the number of test examples, so blocks of test examples choose alike."""
+def default_path(train: Runs, options: dict[str, Any]) -> tuple[str, str]:
+    """The inference ``-m bayes`` runs, and why: ``"grid"`` (calibrated in simulation-based
+    calibration) where the model allows it (Normal likelihood, step component) and it costs at
+    most :data:`AUTO_GRID_FLOPS_PER_TEST` per test example, else ``"svi"``. The choice depends on
+    the runs' shape, not on the number of test examples, so blocks of test examples choose alike."""
     config, kwargs = parse_options({k: v for k, v in options.items() if k not in GUARD_OPTIONS}, "grid")
     cost = grid.grid_cost(train.n_train, train.n_runs * train.n_steps, config,
                           kwargs.get("num_draws", _fit_settings("grid", {})["num_draws"]))
-    allowed = config.likelihood == "normal" and config.step_component
-    return "grid" if allowed and cost <= AUTO_GRID_FLOPS_PER_TEST else "svi"
+    if config.likelihood != "normal":
+        return "svi", f"bayes-grid needs the Normal likelihood, not {config.likelihood}"
+    if not config.step_component:
+        return "svi", "bayes-grid needs the step component"
+    if cost > AUTO_GRID_FLOPS_PER_TEST:
+        return "svi", (f"bayes-grid would cost {cost:.1e} multiply-adds per test example, over "
+                       f"{AUTO_GRID_FLOPS_PER_TEST:.0e}")
+    return "grid", f"{cost:.1e} multiply-adds per test example, at most {AUTO_GRID_FLOPS_PER_TEST:.0e}"
 
 
 def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:
-    method = default_path(train, context.options)
+    method, reason = default_path(train, context.options)
     posterior = fit_bayes(method, train, context.options, seed=context.seed)
-    posterior.info["chosen_by"] = "bayes"
+    posterior.info["chosen_by"] = f"bayes: {reason}"
     return posterior
 
 

@@ -55,11 +55,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-#: why ``-m bayes`` chose the path it ran
-PATH_NOTES = {"bayes-grid": "hyperparameters on a grid, effects exact; small enough",
-              "bayes-svi": "variational; too large for bayes-grid, or a likelihood it cannot take"}
-
-
 def run(args: argparse.Namespace) -> int:
     bayesian = args.method.split("-")[0] == "bayes"
     validation.output_path(args.out, "--out", (".nc",) if bayesian else None, "a Bayesian posterior (NetCDF)")
@@ -78,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     ridge = getattr(simulator, "ridge_selected", None)
     ridge_note = f", ridge {ridge:.4g}" if ridge is not None else ""
     path = getattr(simulator, "name", args.method)
-    path_note = f" (as {path}: {PATH_NOTES.get(path, '')})" if path != args.method else ""
+    reason = getattr(simulator, "info", {}).get("chosen_by", "").removeprefix("bayes: ")
+    path_note = f" (as {path}: {reason})" if path != args.method else ""
     print(f"fitted '{args.method}'{path_note} on {train} in {seconds:.1f} s{ridge_note}; saved to {args.out}")
     guard_report = getattr(simulator, "info", {}).get("guard")
     if guard_report is not None:
