@@ -53,7 +53,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     results = {}
     for path in sorted((HERE / "data").glob("*.npz")):
-        if path.name.endswith(".scores.npz"):
+        if path.name.endswith(".scores.npz") or path.name.startswith("retrain_"):  # retrain_*: the retraining study's
             continue
         train, heldout = Runs.load(path).split(HELDOUT)
         start = time.perf_counter()
