@@ -54,7 +54,7 @@ import functools
 import math
 import time
 import warnings
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +65,7 @@ from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes import conjugate
 from bayes_simfluence.bayes.data import ModelData
+from bayes_simfluence.bayes.inference import FitResult, fitted_step_sums, split_weights
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.validation import InputError, check_memory
 
@@ -120,10 +121,8 @@ def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
 def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array, diagonal: Array, off: Array,
                      variant: str, step_component: bool, vectors: bool) -> tuple:
     """Statistics of one (test example, decay) pair: ``previous``, ``change`` ``[runs, steps]``."""
-    keep = decay
-
     def remember(memory: Array, current: Array) -> tuple[Array, Array]:
-        memory = (1.0 - keep) * current + keep * memory
+        memory = (1.0 - decay) * current + decay * memory
         return memory, memory
 
     smoothed = jnp.swapaxes(lax.scan(remember, jnp.zeros_like(counts[:, 0]), jnp.swapaxes(counts, 0, 1))[1], 0, 1)
@@ -330,6 +329,23 @@ def _effect_draws(key: Array, eigenvalues: Array, vectors: Array, projected: Arr
     return jnp.einsum("pfg,pg->pf", vectors, coords)
 
 
+def _draw_effects(key: Array, stats: GridStats, which: np.ndarray, sigma: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``[n, features]`` exact draws of ``w`` for ``n`` draws of the hyperparameters (``sigma``,
+    ``scale`` ``[n]``) whose decay's statistics are row ``which [n]`` of ``stats``, in chunks of one
+    compiled shape (the eigenvectors of a chunk's rows are gathered for it alone)."""
+    n, n_features = len(which), stats.eigenvalues.shape[1]
+    chunk = int(max(1, min(n, 2**27 // (8 * n_features**2))))
+    out = np.empty((n, n_features))
+    with jax.enable_x64(True):
+        for start in range(0, n, chunk):
+            index = np.arange(start, start + chunk)
+            rows = which[np.minimum(index, n - 1)]  # the last chunk padded with the last draw
+            part = _effect_draws(jax.random.fold_in(key, start), stats.eigenvalues[rows], stats.vectors[rows],
+                                 stats.projected[rows], sigma[np.minimum(index, n - 1)], scale[np.minimum(index, n - 1)])
+            out[start:start + chunk] = np.asarray(part)[: min(chunk, n - start)]
+    return out
+
+
 def grid_cost(n_train: int, n_obs: int, config: ModelConfig, num_draws: int = 200) -> float:
     """Multiply-adds of one test example's statistics in a fit (the dominant cost), at most:
     ``n_obs = runs * steps`` rows of ``2 n_train`` features (``n_train`` for one-part variants),
@@ -341,7 +357,7 @@ def grid_cost(n_train: int, n_obs: int, config: ModelConfig, num_draws: int = 20
 
 
 def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: int = 0,
-             progress: bool = True) -> Any:
+             progress: bool = True) -> FitResult:
     """The posterior by grid integration of the hyperparameters and exact draws of everything else.
 
     Args:
@@ -352,12 +368,10 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
         :class:`~bayes_simfluence.bayes.inference.FitResult` with draws ``[1, num_draws, tests, ...]``;
         ``info["edge_mass"]``: the largest :func:`edge_mass` of any test example.
     """
-    from bayes_simfluence.bayes.inference import FitResult, fitted_step_sums, split_weights
-
     if config.likelihood != "normal":
         raise InputError("-o likelihood: bayes-grid needs the Normal likelihood (it integrates the effects out)")
     if not config.step_component:
-        raise InputError("-o step_component=false: bayes-grid needs the step component (free population "
+        raise InputError("-o step=false: bayes-grid needs the step component (free population "
                          "locations would add two grid dimensions); use bayes-svi or bayes-exact")
     cost = data.n_tests * grid_cost(data.n_train, data.n_runs * data.n_steps, config, num_draws)
     if cost > MAX_FLOPS:
@@ -415,10 +429,7 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     pairs, which = np.unique(np.stack([flat_tests, decay.reshape(-1)], axis=1), axis=0, return_inverse=True)
     stats = pair_statistics(data, config, pairs[:, 0].astype(int), pairs[:, 1], vectors=True, progress=progress,
                             desc="grid: exact draws")
-    which = which.reshape(-1)
-    with jax.enable_x64(True):
-        weights_w = np.asarray(_effect_draws(effects_key, stats.eigenvalues[which], stats.vectors[which],
-                                             stats.projected[which], sigma, scale))
+    weights_w = _draw_effects(effects_key, stats, which.reshape(-1), sigma, scale)
     draws = split_weights(weights_w.reshape(num_draws, n_tests, n_features), data.n_train, config)
     sigma, scale = sigma.reshape(num_draws, n_tests), scale.reshape(num_draws, n_tests)
     draws.update(noise_scale=sigma, effect_scale=scale)
