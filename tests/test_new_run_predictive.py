@@ -58,31 +58,36 @@ def test_new_run_intervals_of_differences_cover_fresh_runs_and_parameter_ones_do
     assert coverage["parameters"][0.9] < 0.6, coverage  # parameter uncertainty alone is far too narrow
 
 
-def test_a_summary_of_the_discrepancy_has_the_empirical_distribution_of_the_held_out_runs():
-    """Oracle: a new run's summary is ``g * mean + c * (s_r - mean)`` with ``r`` uniform over the
-    held-out runs (module docstring), so the difference of two runs of one draw takes exactly the
-    values ``c * (s_i - s_j)``, each pair ``(i, j)`` with probability ``1 / R^2``; heavy tails of
-    the residuals (one run far out) come through, as a Gaussian of the same variance would not."""
+def test_a_summary_of_the_discrepancy_follows_the_smoothed_bootstrap_of_the_held_out_runs():
+    """Oracle: a new run's summary is ``g * mean + c * (sqrt(1 - h^2) (s_r - mean) + h * N(0, v))``
+    with ``r`` uniform over the held-out runs and ``v`` their summaries' variance (module
+    docstring), so the difference of two runs of one draw is the mixture over ``(i, j)`` of
+    ``Normal(c sqrt(1 - h^2) (s_i - s_j), 2 c^2 h^2 v)``: a Kolmogorov-Smirnov test against its
+    CDF. One outlying run gives heavy tails that come through (a Gaussian of the same variance
+    would not), and no two runs are ever identical."""
     rng = np.random.default_rng(0)
-    residuals = rng.normal(0.3, 1.0, (6, 4, 3))
-    residuals[5] += 6.0  # one outlying run
-    keys = jax.random.split(jax.random.PRNGKey(1), 40000)
+    n = 40
+    residuals = rng.normal(0.3, 1.0, (n, 4, 3))
+    residuals[7] += 8.0  # one outlying run
+    keys = jax.random.split(jax.random.PRNGKey(1), 20000)
     with jax.enable_x64(True):
         draws = np.asarray(draw_discrepancy(jnp.asarray(residuals), keys, jnp.asarray([7, 8], dtype=jnp.uint32)))
-    assert draws.shape == (40000, 2, 5, 3)
+    assert draws.shape == (20000, 2, 5, 3)
     np.testing.assert_array_equal(draws[:, :, 0], 0.0)
     summary = residuals[:, -1].mean(-1)  # the mean final residual of each held-out run
     new = draws[:, :, -1].mean(-1)  # [draws, runs]
-    c = np.sqrt(6 / 5)
-    possible = c * (summary[:, None] - summary[None, :])  # [i, j]; 0 on the diagonal (the same run picked twice)
-    which = np.abs((new[:, 0] - new[:, 1])[:, None] - possible.ravel()[None]).argmin(1)
-    np.testing.assert_allclose(new[:, 0] - new[:, 1], possible.ravel()[which], atol=1e-9)
-    i, j = np.unravel_index(which, possible.shape)
-    counts = np.append(np.bincount(which[i != j], minlength=36)[~np.eye(6, dtype=bool).ravel()], (i == j).sum() / 6)
-    assert stats.chisquare(counts).pvalue > 1e-3, counts  # every (i, j) equally likely
-    # the outlying run is picked for one run in 1/6 of the draws: |difference| that large 2 * 5/36 of the time
-    far = np.abs(new[:, 0] - new[:, 1]) > 0.5 * np.abs(possible[5]).min(where=np.arange(6) != 5, initial=np.inf)
-    assert abs(far.mean() - 10 / 36) < 0.01
+    difference = new[:, 0] - new[:, 1]
+    assert np.all(difference != 0)
+    c, h = np.sqrt(n / (n - 1)), 1.06 * n ** -0.2
+    centres = (c * np.sqrt(1 - h**2) * (summary[:, None] - summary[None, :])).ravel()
+    spread = c * h * np.sqrt(2 * summary.var())
+
+    def mixture_cdf(x):
+        return stats.norm.cdf((np.asarray(x)[:, None] - centres[None]) / spread).mean(1)
+
+    assert stats.kstest(difference, mixture_cdf).pvalue > 1e-3
+    gaussian = stats.norm(0, np.sqrt(2 * summary.var(ddof=1)))  # same variance, no tails
+    assert stats.kstest(difference, gaussian.cdf).pvalue < 1e-6
     # the shared part g * mean: runs of one draw are correlated through it alone
     total = summary.mean() ** 2 + summary.var(ddof=1)
     np.testing.assert_allclose(new[:, 0].var(), total, rtol=0.05)
