@@ -40,6 +40,19 @@ def test_a_blocked_fit_agrees_with_the_joint_fit_within_monte_carlo_error(runs):
         assert np.median(error) < 0.3 and error.max() < 1.0, (name, error.max())
 
 
+def test_blocks_keep_the_guards_run_residuals_so_the_predictive_is_still_for_a_new_run(runs):
+    """Each block's guard leaves held-out residuals ``[runs, steps, block tests]`` (one row per
+    training run in every block); the merged posterior must keep them, test examples in order,
+    or its default predictive silently falls back to the per-step noise."""
+    options = {"num_draws": 30, "progress": False, "guard_folds": 2}
+    blocked = fit_in_blocks("bayes-grid", runs, FitContext(options=options), blocks=2, progress=False)
+    assert blocked.predictive_kind() == "new-run"
+    parts = [fit_method("bayes-grid", runs.select_tests(index), FitContext(options=options))
+             for index in block_indices(runs.n_tests, 2)]
+    np.testing.assert_array_equal(blocked.run_residuals, np.concatenate([p.run_residuals for p in parts], axis=2))
+    assert blocked.run_residuals.shape == (runs.n_runs, runs.n_steps, runs.n_tests)
+
+
 def test_only_bayesian_methods_fit_in_blocks(runs):
     with pytest.raises(ValueError, match="for the Bayesian methods"):
         fit_in_blocks("linear", runs, FitContext(), blocks=2)
