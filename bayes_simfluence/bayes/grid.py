@@ -67,6 +67,7 @@ from bayes_simfluence.bayes import conjugate
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult, fitted_step_sums, split_weights
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
+from bayes_simfluence.rollout import remembered
 from bayes_simfluence.validation import InputError, check_memory
 
 #: coarse grid points of (decay, log tau, delta)
@@ -121,11 +122,7 @@ def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
 def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array, diagonal: Array, off: Array,
                      variant: str, step_component: bool, vectors: bool) -> tuple:
     """Statistics of one (test example, decay) pair: ``previous``, ``change`` ``[runs, steps]``."""
-    def remember(memory: Array, current: Array) -> tuple[Array, Array]:
-        memory = (1.0 - decay) * current + decay * memory
-        return memory, memory
-
-    smoothed = jnp.swapaxes(lax.scan(remember, jnp.zeros_like(counts[:, 0]), jnp.swapaxes(counts, 0, 1))[1], 0, 1)
+    smoothed = remembered(counts, jnp.broadcast_to(decay, counts.shape[-1:]))  # [runs, steps, n_train]
     parts = {"linear": [previous[..., None] * smoothed, smoothed], "additive": [smoothed],
              "multiplicative": [previous[..., None] * smoothed]}[variant]
     x = jnp.concatenate(parts, axis=-1)  # [runs, steps, features]
