@@ -18,8 +18,10 @@ minutes per set)::
    - ``retrain_minilm``: the demo's collection (:func:`demo_config`: MiniLM's last block + head,
      SGD at 0.1, batch 8, 3 epochs, 18 steps) on a 60-sentence pool instead of 64 (48 is 80%).
 
-   ``fit-runs + heldout-runs`` runs (default 40 + 40); the collection seconds go to
-   ``experiments/data/retrain_collection_seconds.json``.
+   ``fit-runs + heldout-runs`` runs (default 40 + 40; runs a set's file lacks are collected and
+   appended: run ``r``'s curriculum is seeded by ``r``, so they are the runs one longer collection
+   gives); the collection seconds go to ``experiments/data/retrain_collection_seconds.json``.
+   Other run counts than 40 + 40 are results of their own (``NAME_fitF_heldoutH``).
 2. **Fit** the method (default ``bayes``, the default Bayesian path, which runs ``bayes-grid`` at
    these sizes; ``--method bayes-svi`` for the variational path) and ``linear`` (the ridge
    baseline) on the first ``fit-runs`` runs only.
@@ -84,6 +86,8 @@ SETS: dict[str, dict] = {
                            optimizer="sgd", lr=0.1),
 }
 TEST_SIZE = 20
+#: (fit runs, held-out runs) of the main rows; other counts are kept under their own names.
+DEFAULT_RUNS = (40, 40)
 
 
 # ------------------------------------------------------------------------------------ collection
@@ -100,22 +104,36 @@ def collection(name: str, n_runs: int) -> CollectConfig:
 
 
 def load_or_collect(name: str, n_runs: int, workers: int) -> Runs:
-    """The runs of set ``name``, collected first (and timed) if its file is missing."""
-    path = DATA / f"{name}.npz"
-    if not path.exists():
-        from bayes_simfluence.collect.collector import collect
+    """The first ``n_runs`` runs of set ``name``, collecting (and timing) those its file lacks.
 
+    Run ``r``'s curriculum is seeded by ``r`` alone and every run starts from the same weights and
+    dropout seed, so runs collected later and appended are the runs one longer collection gives.
+    """
+    path = DATA / f"{name}.npz"
+    have = Runs.load(path) if path.exists() else None
+    if have is None or have.n_runs < n_runs:
+        from bayes_simfluence.collect.collector import collect, configured_examples, default_curricula
+
+        first = 0 if have is None else have.n_runs
+        config = collection(name, n_runs)
+        curricula = default_curricula(config, len(configured_examples(config)[0]))[first:]
         start = time.perf_counter()
-        collect(collection(name, n_runs), path, workers=workers, threads=1, progress=False)
+        part = path.with_name(f"{name}.part.npz") if have is not None else path
+        new = collect(dataclasses.replace(config, runs=n_runs - first), part, curricula, workers=workers, threads=1,
+                      progress=False, overwrite=True)
+        if have is not None:
+            if not np.array_equal(new.initial_losses[0], have.initial_losses[0]):
+                raise SystemExit(f"{part}: its runs start from other losses than {path}'s; not appended")
+            meta = {**have.meta, "appended_runs": have.meta.get("appended_runs", []) + [[first, n_runs]]}
+            Runs.create(np.concatenate([have.curricula, new.curricula]), np.concatenate([have.losses, new.losses]),
+                        n_train=have.n_train, train_ids=have.train_ids, test_ids=have.test_ids, meta=meta,
+                        source=str(path)).save(path)
+            part.unlink()
         seconds = json.loads(SECONDS_FILE.read_text()) if SECONDS_FILE.exists() else {}
-        seconds[name] = round(time.perf_counter() - start, 1)
+        seconds[name] = round(seconds.get(name, 0.0) * (have is not None) + time.perf_counter() - start, 1)
         SECONDS_FILE.write_text(json.dumps(seconds, indent=2) + "\n")
-        print(f"{name}: collected {n_runs} runs in {seconds[name]} s", flush=True)
-    runs = Runs.load(path)
-    if runs.n_runs < n_runs:
-        raise SystemExit(f"{path} holds {runs.n_runs} runs, fewer than the {n_runs} asked for; "
-                         "delete it to collect again")
-    return runs
+        print(f"{name}: collected runs {first}-{n_runs - 1} in {time.perf_counter() - start:.0f} s", flush=True)
+    return Runs.load(path).select_runs(slice(0, n_runs))
 
 
 # --------------------------------------------------------------------------------------- metrics
@@ -406,8 +424,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--collect-only", action="store_true", help="collect missing sets, fit nothing")
     parser.add_argument("--method", default="bayes", help="the probabilistic method to study (default: bayes, the "
                         "default Bayesian path: bayes-grid at these sizes)")
-    parser.add_argument("--fit-runs", type=int, default=40, help="runs the fits see (the first ones)")
-    parser.add_argument("--heldout-runs", type=int, default=40, help="runs scored (the next ones)")
+    parser.add_argument("--fit-runs", type=int, default=DEFAULT_RUNS[0], help="runs the fits see (the first ones)")
+    parser.add_argument("--heldout-runs", type=int, default=DEFAULT_RUNS[1],
+                        help="runs scored (the next ones; runs the set's file lacks are collected and appended)")
     parser.add_argument("--workers", type=int, default=2, help="collection processes")
     parser.add_argument("-o", "--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
                         help="option of the method's fit")
@@ -428,8 +447,10 @@ def main(argv: list[str] | None = None) -> None:
         first = next(s for s in result["predictive"].values() if "pairs" in s)
         result.update(command=command, pairs=first["pairs"], pairs_gap=first["pairs_gap"],
                       collection_seconds=seconds.get(name))
-        results["sets"][name] = result
-        plot_reliability(name, result, RESULTS / f"reliability_{name}.png")
+        key = name if (args.fit_runs, args.heldout_runs) == DEFAULT_RUNS else \
+            f"{name}_fit{args.fit_runs}_heldout{args.heldout_runs}"  # other run counts: rows of their own
+        results["sets"][key] = result
+        plot_reliability(key, result, RESULTS / f"reliability_{key}.png")
     results["library_version"] = _library_version()
     results = undefined_as_null(results)
     json_path.write_text(json.dumps(results, indent=2) + "\n")
