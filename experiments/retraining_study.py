@@ -30,7 +30,9 @@ minutes per set)::
    (``new-run``, ``noise``, ``parameters``): per-run mean final loss ``q_r`` and, over all pairs
    ``r < s``, the difference ``q_r - q_s``: coverage and width of its central 50%/90% intervals,
    ``P(better) = P(q_r - q_s < 0)`` with its Brier score and reliability diagram, ordering
-   accuracy on pairs whose retrained gap exceeds 0.02, RMSE of the predicted mean difference (both
+   accuracy on pairs whose retrained gap exceeds 0.02, RMSE of the predicted mean difference
+   (beside the sd of the retrained differences) and the correlation across held-out runs of the
+   predicted and retrained ``q`` (all three
    from the mean of the parameter-only draws, which every predictive shares with less Monte Carlo
    noise);
    coverage of ``q_r``'s intervals; coverage of the pointwise 50%/90% bands (every held-out run,
@@ -250,7 +252,8 @@ def calibration_scores(draws: np.ndarray, observed: np.ndarray, mean_draws: np.n
     accuracy, n_decided = ordering_accuracy(predicted, diff_true)
     scores = {"pairs": len(diff_true), "pairs_gap": n_decided, "ordering_accuracy": accuracy,
               "brier": brier(better, outcome), "reliability": reliability(better, outcome),
-              "diff_rmse": rmse(predicted, diff_true)}
+              "diff_rmse": rmse(predicted, diff_true), "diff_sd": float(diff_true.std()),
+              "q_correlation": float(np.corrcoef(q_mean, q_true)[0, 1])}
     for level in LEVELS:
         percent = round(100 * level)
         scores[f"diff_coverage_{percent}"] = interval_coverage(diff_draws, diff_true, level)
@@ -374,17 +377,17 @@ def markdown(results: dict) -> str:
                   f"{result['fit_seconds']:.1f} s, guard weight {_number(result['guard_weight'], '.2f')}; "
                   f"collection {_number(result['collection_seconds'], '.0f')} s for all runs. "
                   f"LDS {result['method']} {_number(result['lds'])}, linear {_number(result['lds_linear'])}.", "",
-                  "| predictive | diff cov 50 | diff cov 90 | diff width 90 | diff RMSE | Brier (if calibrated) "
-                  "| reliability max dev (if calibrated) | ordering acc | q cov 50 | q cov 90 | band cov 50 | band cov 90 "
-                  "| LDS (method / linear) | score s |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| predictive | diff cov 50 | diff cov 90 | diff width 90 | diff RMSE (retrained sd) | q corr "
+                  "| Brier (if calibrated) | reliability max dev (if calibrated) | ordering acc | q cov 50 | q cov 90 "
+                  "| band cov 50 | band cov 90 | LDS (method / linear) | score s |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for kind, scores in result["predictive"].items():
             if "error" in scores:
-                lines.append(f"| {kind} | unavailable: {scores['error']} |" + " |" * 12)
+                lines.append(f"| {kind} | unavailable: {scores['error']} |" + " |" * 13)
                 continue
             reference = scores["calibrated_reference"]
-            cells = [_number(scores[key]) for key in ("diff_coverage_50", "diff_coverage_90", "diff_width_90",
-                                                      "diff_rmse")]
+            cells = [_number(scores[key]) for key in ("diff_coverage_50", "diff_coverage_90", "diff_width_90")]
+            cells += [f"{_number(scores['diff_rmse'])} ({_number(scores['diff_sd'])})", _number(scores["q_correlation"])]
             cells += [f"{_number(scores[key])} ({_number(reference[key])}; "
                       f"{_number(reference[key + '_90'][0], '.2f')}-{_number(reference[key + '_90'][1], '.2f')})"
                       for key in ("brier", "reliability_max_deviation")]
