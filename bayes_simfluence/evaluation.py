@@ -7,7 +7,8 @@ from typing import Any
 
 from bayes_simfluence.bayes import guard
 from bayes_simfluence.methods import FitContext, check_options, fit_method, options_for
-from bayes_simfluence.metrics import band_scores, bootstrap_intervals, per_test_scores, point_scores
+from bayes_simfluence.metrics import (band_scores, bootstrap_intervals, per_test_scores, point_scores,
+                                      run_bootstrap_interval)
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import ProbabilisticSimulator, Simulator
 from bayes_simfluence.validation import checked_result
@@ -30,7 +31,8 @@ def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_
     Probabilistic simulators are scored on their posterior mean (point metrics) and on
     ``n_draws`` posterior predictive draws (``coverage_50``, ``coverage_90``, ``crps``). Every
     metric that is a mean over test examples gets ``<metric>_interval``: a 90% percentile-bootstrap
-    interval over test examples. ``lds`` (= ``spearman_runs``) is reported when the held-out runs
+    interval over test examples; ``spearman_mean_loss`` (the runs' ranking of the mean final test
+    loss) gets one over runs. ``lds`` (= ``spearman_runs``) is reported when the held-out runs
     follow the random-subset protocol (``random_subsets``; default: as their ``meta`` says).
     """
     what = f"'{simulator.name}' simulating the held-out runs"
@@ -44,6 +46,7 @@ def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_
         if hasattr(simulator, "describe_predictive"):
             scores["predictive"] = simulator.describe_predictive()
     intervals = bootstrap_intervals(per_test_scores(predicted, heldout.losses, draws), seed=seed)
+    intervals["spearman_mean_loss"] = run_bootstrap_interval(predicted, heldout.losses, seed=seed)
     if random_subsets if random_subsets is not None else is_random_subsets(heldout):
         scores["lds"] = scores["spearman_runs"]
         intervals["lds"] = intervals["spearman_runs"]
@@ -93,7 +96,7 @@ def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: Fi
     return results
 
 
-TABLE_COLUMNS = ("all_steps_mse", "final_step_mse", "spearman", "spearman_runs", "lds",
+TABLE_COLUMNS = ("all_steps_mse", "final_step_mse", "spearman", "spearman_runs", "lds", "spearman_mean_loss",
                  "coverage_50", "coverage_90", "crps", "guard_weight", "fit_seconds")
 
 

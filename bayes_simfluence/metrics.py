@@ -10,7 +10,9 @@ loss as outcome it is :func:`spearman_runs` on held-out runs of the random-subse
 (it equals ``dattri.metric.lds`` for a simulator whose final loss is additive in the examples, a
 test checks it). **Coverage** of central predictive bands, **CRPS** (continuous ranked probability
 score). :func:`bootstrap_intervals` puts percentile-bootstrap intervals over test examples on
-every metric that is a mean over test examples, so tables show which differences are real.
+every metric that is a mean over test examples, so tables show which differences are real;
+:func:`spearman_mean_loss` (the run-level ranking of the mean test loss, what ``compare`` decides
+on) gets one over runs (:func:`run_bootstrap_interval`).
 """
 
 from __future__ import annotations
@@ -80,6 +82,43 @@ def spearman_runs(predicted: np.ndarray, observed: np.ndarray) -> tuple[float, i
     return mean, n_undefined
 
 
+def spearman_mean_loss(predicted: np.ndarray, observed: np.ndarray) -> float:
+    """Spearman across runs of the final loss averaged over test examples.
+
+    The quantity ``compare`` decides on (which curriculum ends with the lower mean test loss). LDS
+    ranks each test example's final loss; a simulator can rank those well and their mean poorly
+    where the examples' changes cancel in the mean and what is left is not a sum of per-example
+    effects (``experiments/label_imbalance.py``). NaN with fewer than 3 runs or where the predicted
+    or observed mean is constant across runs.
+    """
+    _check(predicted, observed)
+    mean_pred, mean_obs = predicted[:, -1].mean(-1), observed[:, -1].mean(-1)  # [runs]
+    if len(mean_pred) < 3 or np.ptp(mean_pred) == 0 or np.ptp(mean_obs) == 0:
+        return float("nan")
+    return float(stats.spearmanr(mean_pred, mean_obs).statistic)
+
+
+def run_bootstrap_interval(predicted: np.ndarray, observed: np.ndarray, level: float = 0.9, n_boot: int = 2000,
+                           seed: int = 0) -> tuple[float, float]:
+    """Percentile-bootstrap ``level`` interval of :func:`spearman_mean_loss`, resampling runs.
+
+    ``(nan, nan)`` where the score is undefined on the runs given, or on most resamples.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    if not np.isfinite(spearman_mean_loss(predicted, observed)):
+        return float("nan"), float("nan")
+    mean_pred, mean_obs = predicted[:, -1].mean(-1), observed[:, -1].mean(-1)
+    picks = np.random.default_rng(seed).integers(0, len(mean_pred), size=(n_boot, len(mean_pred)))
+    values = np.array([stats.spearmanr(mean_pred[pick], mean_obs[pick]).statistic
+                       if np.ptp(mean_pred[pick]) > 0 and np.ptp(mean_obs[pick]) > 0 else np.nan for pick in picks])
+    values = values[np.isfinite(values)]
+    if len(values) < n_boot / 2:
+        return float("nan"), float("nan")
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
 def coverage(draws: np.ndarray, observed: np.ndarray, level: float, per_test: bool = False) -> float | np.ndarray:
     """Fraction of observed losses (steps ``1..T``) inside the central ``level`` band of the draws."""
     if not 0 < level < 1:
@@ -112,6 +151,7 @@ def point_scores(predicted: np.ndarray, observed: np.ndarray) -> dict[str, float
         "spearman": spearman(predicted, observed),
         "spearman_runs": rho_runs,
         "spearman_runs_undefined": n_undefined,
+        "spearman_mean_loss": spearman_mean_loss(predicted, observed),
     }
 
 

@@ -74,3 +74,39 @@ def test_shape_mismatch_is_refused():
         metrics.all_steps_mse(predicted[:, :-1], observed)
     with pytest.raises(ValueError, match="level must be in"):
         metrics.coverage(predicted[None], observed, 90)
+
+
+def _cancelling_runs(n_runs, seed=0):
+    """Runs whose test examples' final losses move with a run-level push ``z`` in opposite
+    directions by class (7 up, 13 down) plus a square that every example shares, the mechanism
+    of ``experiments/label_imbalance.py``: ``L_j = 1 + y_j z + 0.4 z^2``. Returns ``(truth,
+    per-example linear, constant)`` trajectories ``[runs, 2, 20]`` (step 0 and the final step)."""
+    z = np.random.default_rng(seed).normal(size=(n_runs, 1))
+    y = np.r_[np.ones(7), -np.ones(13)]
+    final = 1.0 + y * z + 0.4 * z**2
+    start = np.ones_like(final)
+    stack = lambda last: np.stack([start, last], axis=1)  # noqa: E731
+    return stack(final), stack(1.0 + y * z), stack(np.full_like(final, 1.1))
+
+
+def test_spearman_of_the_mean_loss_sees_what_per_example_ranks_miss():
+    truth, linear, constant = _cancelling_runs(40)
+    # every test example's final loss is ranked almost perfectly by the per-example linear part ...
+    assert metrics.spearman_runs(linear, truth)[0] > 0.95
+    # ... but the runs' mean test loss is not: the linear parts cancel down to -0.3 z, the square is missed (0.63)
+    value = metrics.spearman_mean_loss(linear, truth)
+    assert value == pytest.approx(stats.spearmanr(linear[:, -1].mean(-1), truth[:, -1].mean(-1)).statistic)
+    assert value < 0.7
+    assert metrics.spearman_mean_loss(truth, truth) == pytest.approx(1.0)
+    assert np.isnan(metrics.spearman_mean_loss(constant, truth))  # a curriculum-blind mean: undefined
+    assert np.isnan(metrics.spearman_mean_loss(truth[:2], truth[:2]))  # too few runs
+    assert all(np.isnan(metrics.run_bootstrap_interval(constant, truth)))
+
+
+def test_the_run_bootstrap_interval_covers_the_value_on_many_more_runs():
+    truth, linear, _ = _cancelling_runs(40, seed=1)
+    low, high = metrics.run_bootstrap_interval(linear, truth)
+    big_truth, big_linear, _ = _cancelling_runs(20000, seed=2)
+    population = metrics.spearman_mean_loss(big_linear, big_truth)
+    assert low < metrics.spearman_mean_loss(linear, truth) < high
+    assert low < population < high and 0.1 < high - low < 0.8  # runs resampled: an interval of 40 runs' width

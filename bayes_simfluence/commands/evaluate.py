@@ -31,6 +31,10 @@ Metrics (steps 1..T of every held-out run, simulated from its observed initial l
   lds             the linear datamodeling score (TRAK; dattri, kronfluence): spearman_runs,
                   reported under this name when the held-out runs each trained on a random
                   subset of the pool (collected with --protocol subsets, or --random-subsets)
+  spearman_mean_loss  rank correlation across runs of the final loss averaged over test examples:
+                  the quantity 'compare' decides on. Per-example ranks can be right while the
+                  mean's are not, where examples' changes cancel in the mean (its interval
+                  resamples runs)
   METRIC_interval 90% percentile-bootstrap interval over test examples (JSON; --intervals
                   prints them): overlapping intervals mean the difference may not be real
   coverage_50/90, crps   Bayesian methods only: calibration of the predictive bands
