@@ -2,7 +2,8 @@
 
 The names below are imported on first use (PEP 562), so that a process which only logs runs
 (``collect`` and its worker processes) does not load the Bayesian stack (NumPyro, ArviZ) it
-never calls: about 4 s of start-up per process.
+never calls: about 2 s of start-up per process (13.1 s -> 11.2 s by `-X importtime` for the
+collector here; torch, transformers and datasets are the rest).
 """
 
 from __future__ import annotations
