@@ -83,7 +83,7 @@ def load_train_heldout(args: argparse.Namespace) -> tuple[Runs, Runs, Path | Non
 
 
 #: metrics the ``--plot`` figure shows, in this order, where any method has them.
-PLOTTED = ("all_steps_mse", "final_step_mse", "lds", "spearman_runs", "crps")
+PLOTTED = ("all_steps_mse", "final_step_mse", "lds", "spearman_runs", "spearman_mean_loss", "crps")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         present = [m for m in PLOTTED if any(m in scores for scores in results.values())]
         if "lds" in present:
             present.remove("spearman_runs")  # the same numbers under the field's name
-        save_figure(plot_scores(results, present, title=f"held-out runs: {heldout.n_runs}; bars: 90% intervals "
-                                                         "over test examples"), args.plot)
+        save_figure(plot_scores(results, present, title=f"held-out runs: {heldout.n_runs}; bars: 90% bootstrap "
+                                                         "intervals over test examples (spearman_mean_loss: over "
+                                                         "runs)"), args.plot)
     return 0
