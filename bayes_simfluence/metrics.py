@@ -51,6 +51,19 @@ def spearman(predicted: np.ndarray, observed: np.ndarray) -> float:
     return float(stats.spearmanr(predicted[:, -1].ravel(), observed[:, -1].ravel()).statistic)
 
 
+def rank_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each column of ``x [n, columns]`` with the same column of ``y``:
+    ``[columns]``, NaN where either column is constant (or ``n < 2``: rank correlation undefined)."""
+    rho = np.full(x.shape[1], np.nan)
+    if x.shape[0] < 2:
+        return rho
+    defined = (np.ptp(x, axis=0) > 0) & (np.ptp(y, axis=0) > 0)
+    centred_x, centred_y = (ranks - ranks.mean(0) for ranks in (stats.rankdata(x, axis=0), stats.rankdata(y, axis=0)))
+    denom = np.sqrt((centred_x**2).sum(0) * (centred_y**2).sum(0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(defined, (centred_x * centred_y).sum(0) / denom, np.nan)
+
+
 def spearman_across_runs(predicted: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, int]:
     """Per test example, Spearman across runs of the final-step loss.
 
@@ -59,20 +72,8 @@ def spearman_across_runs(predicted: np.ndarray, observed: np.ndarray) -> tuple[n
         constant across runs (rank correlation undefined); ``n_undefined`` counts those.
     """
     _check(predicted, observed)
-    final_pred, final_obs = predicted[:, -1], observed[:, -1]  # [runs, tests]
-    defined = (np.ptp(final_pred, axis=0) > 0) & (np.ptp(final_obs, axis=0) > 0)
-    rho = np.full(final_pred.shape[1], np.nan)
-    if final_pred.shape[0] >= 2:
-        ranks_pred = stats.rankdata(final_pred, axis=0)
-        ranks_obs = stats.rankdata(final_obs, axis=0)
-        centred_p = ranks_pred - ranks_pred.mean(0)
-        centred_o = ranks_obs - ranks_obs.mean(0)
-        denom = np.sqrt((centred_p**2).sum(0) * (centred_o**2).sum(0))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            rho = np.where(defined, (centred_p * centred_o).sum(0) / denom, np.nan)
-    else:
-        defined[:] = False
-    return rho, int((~defined).sum())
+    rho = rank_correlations(predicted[:, -1], observed[:, -1])  # over [runs, tests]
+    return rho, int(np.isnan(rho).sum())
 
 
 def spearman_runs(predicted: np.ndarray, observed: np.ndarray) -> tuple[float, int]:
@@ -92,10 +93,9 @@ def spearman_mean_loss(predicted: np.ndarray, observed: np.ndarray) -> float:
     or observed mean is constant across runs.
     """
     _check(predicted, observed)
-    mean_pred, mean_obs = predicted[:, -1].mean(-1), observed[:, -1].mean(-1)  # [runs]
-    if len(mean_pred) < 3 or np.ptp(mean_pred) == 0 or np.ptp(mean_obs) == 0:
+    if predicted.shape[0] < 3:
         return float("nan")
-    return float(stats.spearmanr(mean_pred, mean_obs).statistic)
+    return float(rank_correlations(*_mean_final(predicted, observed))[0])
 
 
 def run_bootstrap_interval(predicted: np.ndarray, observed: np.ndarray, level: float = 0.9, n_boot: int = 2000,
@@ -108,15 +108,19 @@ def run_bootstrap_interval(predicted: np.ndarray, observed: np.ndarray, level: f
         raise ValueError(f"level must be in (0, 1), got {level}")
     if not np.isfinite(spearman_mean_loss(predicted, observed)):
         return float("nan"), float("nan")
-    mean_pred, mean_obs = predicted[:, -1].mean(-1), observed[:, -1].mean(-1)
-    picks = np.random.default_rng(seed).integers(0, len(mean_pred), size=(n_boot, len(mean_pred)))
-    values = np.array([stats.spearmanr(mean_pred[pick], mean_obs[pick]).statistic
-                       if np.ptp(mean_pred[pick]) > 0 and np.ptp(mean_obs[pick]) > 0 else np.nan for pick in picks])
+    mean_pred, mean_obs = _mean_final(predicted, observed)  # [runs, 1] each
+    picks = np.random.default_rng(seed).integers(0, len(mean_pred), size=(n_boot, len(mean_pred))).T
+    values = rank_correlations(mean_pred[picks, 0], mean_obs[picks, 0])  # one column per resample
     values = values[np.isfinite(values)]
     if len(values) < n_boot / 2:
         return float("nan"), float("nan")
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def _mean_final(predicted: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``[runs, 1]`` each: the final loss averaged over test examples, predicted and observed."""
+    return predicted[:, -1].mean(-1, keepdims=True), observed[:, -1].mean(-1, keepdims=True)
 
 
 def coverage(draws: np.ndarray, observed: np.ndarray, level: float, per_test: bool = False) -> float | np.ndarray:
