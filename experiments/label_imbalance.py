@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 
 from bayes_simfluence.runs import Runs
+from retraining_study import DEFAULT_RUNS, SETS, ordering_accuracy, pair_indices, result_key, rmse
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"
 RESULTS = HERE / "results"
-SETS = ("retrain_mlp_sgd", "retrain_minilm")
 RECENCIES = np.linspace(0.0, 0.95, 20)
 #: the embedded task's training pool, which both sets draw from
 POOL = HERE.parent / "bayes_simfluence" / "data" / "sentiment_train.jsonl"
@@ -73,15 +73,13 @@ def probe(runs: Runs, n_fit: int, n_heldout: int) -> dict:
     coef, *_ = np.linalg.lstsq(x[:n_fit], q[:n_fit], rcond=None)
     linear_only, *_ = np.linalg.lstsq(x[:n_fit, :2], q[:n_fit], rcond=None)
     predicted, observed = x[held] @ coef, q[held]
-    r, s = np.triu_indices(len(observed), k=1)
+    r, s = pair_indices(len(observed))
     diff_pred, diff_true = predicted[r] - predicted[s], observed[r] - observed[s]
-    decided = np.abs(diff_true) > 0.02
     return {"fit_runs": n_fit, "heldout_runs": len(observed), "recency": recency, "coefficients": coef.tolist(),
             "q_correlation": float(np.corrcoef(predicted, observed)[0, 1]),
             "q_correlation_without_square": float(np.corrcoef(x[held, :2] @ linear_only, observed)[0, 1]),
-            "diff_rmse": float(np.sqrt(((diff_pred - diff_true) ** 2).mean())),
-            "diff_sd": float(diff_true.std()),
-            "ordering_accuracy": float((np.sign(diff_pred[decided]) == np.sign(diff_true[decided])).mean())}
+            "diff_rmse": rmse(diff_pred, diff_true), "diff_sd": float(diff_true.std()),
+            "ordering_accuracy": ordering_accuracy(diff_pred, diff_true)[0]}
 
 
 def simulator_rows() -> dict:
@@ -121,7 +119,7 @@ def markdown(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fit-runs", type=int, default=40, help="runs the probe is fitted on (the first ones)")
+    parser.add_argument("--fit-runs", type=int, default=DEFAULT_RUNS[0], help="runs the probe is fitted on (the first ones)")
     args = parser.parse_args(argv)
     results = {"sets": {}, "simulator": simulator_rows()}
     for name in SETS:
@@ -129,9 +127,8 @@ def main(argv: list[str] | None = None) -> None:
         if not path.exists():
             raise SystemExit(f"{path} is missing: run python experiments/retraining_study.py --collect-only first")
         runs = Runs.load(path)
-        for n_heldout in sorted({40, runs.n_runs - args.fit_runs}):  # the study's main rows, and every run
-            key = name if n_heldout == 40 else f"{name}_fit{args.fit_runs}_heldout{n_heldout}"
-            results["sets"][key] = probe(runs, args.fit_runs, n_heldout)
+        for n_heldout in sorted({DEFAULT_RUNS[1], runs.n_runs - args.fit_runs}):  # the study's main rows, and every run
+            results["sets"][result_key(name, args.fit_runs, n_heldout)] = probe(runs, args.fit_runs, n_heldout)
     (RESULTS / "label_imbalance.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / "label_imbalance.md").write_text(markdown(results))
     print(markdown(results))

@@ -92,6 +92,11 @@ TEST_SIZE = 20
 DEFAULT_RUNS = (40, 40)
 
 
+def result_key(name: str, n_fit: int, n_heldout: int) -> str:
+    """Where a result of set ``name`` is kept: other run counts than :data:`DEFAULT_RUNS` get rows of their own."""
+    return name if (n_fit, n_heldout) == DEFAULT_RUNS else f"{name}_fit{n_fit}_heldout{n_heldout}"
+
+
 # ------------------------------------------------------------------------------------ collection
 def collection(name: str, n_runs: int) -> CollectConfig:
     """The :class:`CollectConfig` of set ``name`` with ``n_runs`` runs (no attribution scores)."""
@@ -131,10 +136,12 @@ def load_or_collect(name: str, n_runs: int, workers: int) -> Runs:
                         n_train=have.n_train, train_ids=have.train_ids, test_ids=have.test_ids, meta=meta,
                         source=str(path)).save(path)
             part.unlink()
+        elapsed = time.perf_counter() - start
         seconds = json.loads(SECONDS_FILE.read_text()) if SECONDS_FILE.exists() else {}
-        seconds[name] = round(seconds.get(name, 0.0) * (have is not None) + time.perf_counter() - start, 1)
+        earlier = seconds.get(name, 0.0) if have is not None else 0.0  # the runs already in the file
+        seconds[name] = round(earlier + elapsed, 1)
         SECONDS_FILE.write_text(json.dumps(seconds, indent=2) + "\n")
-        print(f"{name}: collected runs {first}-{n_runs - 1} in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"{name}: collected runs {first}-{n_runs - 1} in {elapsed:.0f} s", flush=True)
     return Runs.load(path).select_runs(slice(0, n_runs))
 
 
@@ -450,8 +457,7 @@ def main(argv: list[str] | None = None) -> None:
         first = next(s for s in result["predictive"].values() if "pairs" in s)
         result.update(command=command, pairs=first["pairs"], pairs_gap=first["pairs_gap"],
                       collection_seconds=seconds.get(name))
-        key = name if (args.fit_runs, args.heldout_runs) == DEFAULT_RUNS else \
-            f"{name}_fit{args.fit_runs}_heldout{args.heldout_runs}"  # other run counts: rows of their own
+        key = result_key(name, args.fit_runs, args.heldout_runs)
         results["sets"][key] = result
         plot_reliability(key, result, RESULTS / f"reliability_{key}.png")
     results["library_version"] = _library_version()
