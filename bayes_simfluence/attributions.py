@@ -120,10 +120,12 @@ def _average_example(simulator: Simulator) -> tuple[Simulator, int]:
     if dataclasses.is_dataclass(simulator) and np.ndim(getattr(simulator, "a", None)) == 4 \
             and np.ndim(getattr(simulator, "b", None)) == 4:
         train_ids = getattr(simulator, "train_ids", None)
+        direction = getattr(simulator, "state_direction", None)  # the run state's push (a Bayesian posterior's)
+        extra = {} if direction is None else {"state_direction": _with_mean_column(direction)}
         return dataclasses.replace(
             simulator, a=_with_mean_column(simulator.a), b=_with_mean_column(simulator.b),
             train_ids=None if train_ids is None else np.append(np.asarray(train_ids).astype(str), AVERAGE_ID),
-        ), int(np.shape(simulator.a)[-1])
+            **extra), int(np.shape(simulator.a)[-1])
     if dataclasses.is_dataclass(simulator) and getattr(simulator, "multiplicative", None) is not None \
             and getattr(simulator, "additive", None) is not None:
         return dataclasses.replace(simulator, multiplicative=_with_mean_column(simulator.multiplicative),

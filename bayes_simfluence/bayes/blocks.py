@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from bayes_simfluence.bayes.methods import flag
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.methods import FitContext, fit_method
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.validation import InputError
 
 #: Ray namespace of the fit tasks.
 NAMESPACE = "bayes-simfluence"
@@ -69,6 +71,9 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
     if method.split("-")[0] != "bayes":
         raise ValueError(f"fitting in blocks of test examples is for the Bayesian methods; '{method}' fits all "
                          "test examples at once in seconds")
+    if blocks > 1 and flag(context.options, "run_state"):
+        raise InputError("-o run_state=true: the run state is shared by all test examples and estimated from "
+                         "all of them; fit without test blocks")
     parts = [train.select_tests(index) for index in block_indices(train.n_tests, blocks)]
     if ray is None:
         fitted = [fit_block(method, part, context) for part in tqdm(parts, desc="test blocks", disable=not progress)]
@@ -105,6 +110,8 @@ def concatenate_tests(parts: list[BayesianSimfluence]) -> BayesianSimfluence:
     if len(parts) == 1:
         return first
     for part in parts[1:]:
+        if part.state is not None:
+            raise ValueError("posteriors with a run state cannot be joined by test blocks (the state is shared)")
         if (part.method, part.config, part.a.shape[:2], part.batch_size) != \
                 (first.method, first.config, first.a.shape[:2], first.batch_size) \
                 or not np.array_equal(part.train_ids, first.train_ids) or set(part.hyper) != set(first.hyper):

@@ -67,6 +67,7 @@ from bayes_simfluence.bayes import conjugate
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult, fitted_step_sums, split_weights
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
+from bayes_simfluence.bayes.run_state import RunState, host_features
 from bayes_simfluence.rollout import remembered
 from bayes_simfluence.validation import InputError, check_memory
 
@@ -99,15 +100,24 @@ MAX_FLOPS = 2e12
 class GridStats(NamedTuple):
     """Whitened statistics of (test example, decay) pairs (the eigenvectors only when asked).
 
+    With the run state its coefficients are integrated out too (their features join the step
+    component's nuisance part); ``state_*`` keep what drawing them needs.
+
     Attributes:
         eigenvalues: ``[pairs, features]``; vectors: ``[pairs, features, features]`` or None;
         projected: ``[pairs, features]`` ``U^T X^T Omega^{-1} y``; target_sq: ``[pairs]`` ``yy``.
+        state_cross: ``[pairs, S, features]`` ``F^T Omega^{-1} X`` for the ``S`` state features ``F``
+            (``S = 0`` without the run state); state_target: ``[pairs, S]`` ``F^T Omega^{-1} y``;
+            state_gram: ``[pairs, S, S]`` ``F^T Omega^{-1} F`` (the same for every pair).
     """
 
     eigenvalues: np.ndarray
     vectors: np.ndarray | None
     projected: np.ndarray
     target_sq: np.ndarray
+    state_cross: np.ndarray
+    state_target: np.ndarray
+    state_gram: np.ndarray
 
 
 def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
@@ -120,59 +130,93 @@ def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
 
 
 def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array, diagonal: Array, off: Array,
-                     variant: str, step_component: bool, vectors: bool) -> tuple:
-    """Statistics of one (test example, decay) pair: ``previous``, ``change`` ``[runs, steps]``."""
+                     state: Array, state_prior: float, variant: str, step_component: bool, vectors: bool) -> tuple:
+    """Statistics of one (test example, decay) pair: ``previous``, ``change`` ``[runs, steps]``;
+    ``state`` ``[runs, steps, S]`` the scaled run-state features (``S = 0``: none), whose
+    coefficients ``~ N(0, (state_prior sigma)^2)`` are integrated out: with ``M = F^T Omega^{-1} F
+    + I / state_prior^2`` the whitened statistics lose ``F``'s part by a Schur complement,
+    ``G - X^T Omega^{-1} F M^{-1} F^T Omega^{-1} X`` (and alike for ``b``, ``yy``)."""
     smoothed = remembered(counts, jnp.broadcast_to(decay, counts.shape[-1:]))  # [runs, steps, n_train]
     parts = {"linear": [previous[..., None] * smoothed, smoothed], "additive": [smoothed],
              "multiplicative": [previous[..., None] * smoothed]}[variant]
-    x = jnp.concatenate(parts, axis=-1)  # [runs, steps, features]
+    n_features, n_state = sum(p.shape[-1] for p in parts), state.shape[-1]
+    x = jnp.concatenate(parts + [state], axis=-1)  # [runs, steps, features + S]
     gram = jnp.einsum("rtf,rtg->fg", x, x)
     target = jnp.einsum("rtf,rt->f", x, change)
     target_sq = jnp.sum(change**2)
     if step_component:  # Omega^{-1} = I - Z A^{-1} Z^T
-        sums = jnp.concatenate([x.sum(0), change.sum(0)[:, None]], axis=1)  # [steps, features + 1]
+        sums = jnp.concatenate([x.sum(0), change.sum(0)[:, None]], axis=1)  # [steps, features + S + 1]
         zero = jnp.zeros(1, x.dtype)
         solved = lax.linalg.tridiagonal_solve(jnp.concatenate([zero, off]), diagonal, jnp.concatenate([off, zero]),
                                               sums)
         correction = sums.T @ solved
         gram, target, target_sq = gram - correction[:-1, :-1], target - correction[:-1, -1], target_sq - correction[-1, -1]
+    cross, state_target, state_gram = gram[n_features:, :n_features], target[n_features:], gram[n_features:, n_features:]
+    gram, target = gram[:n_features, :n_features], target[:n_features]
+    if n_state:
+        precision = state_gram + jnp.eye(n_state, dtype=x.dtype) / state_prior**2
+        solved = jnp.linalg.solve(precision, jnp.concatenate([cross, state_target[:, None]], axis=1))
+        gram = gram - cross.T @ solved[:, :-1]
+        target, target_sq = target - cross.T @ solved[:, -1], target_sq - state_target @ solved[:, -1]
     eigenvalues, u = jnp.linalg.eigh(gram)
-    return jnp.maximum(eigenvalues, 0.0), (u if vectors else None), u.T @ target, target_sq
+    return (jnp.maximum(eigenvalues, 0.0), (u if vectors else None), u.T @ target, target_sq, cross, state_target,
+            state_gram)
 
 
 @functools.partial(jax.jit, static_argnames=("variant", "step_component", "vectors"))
 def _statistics_chunk(counts: Array, previous: Array, change: Array, tests: Array, decays: Array, diagonal: Array,
-                      off: Array, *, variant: str, step_component: bool, vectors: bool) -> tuple:
+                      off: Array, state: Array, state_prior: Array, *, variant: str, step_component: bool,
+                      vectors: bool) -> tuple:
     """:func:`_pair_statistics` for a chunk of pairs ``tests [chunk]``, ``decays [chunk]``."""
     def one(test: Array, decay: Array) -> tuple:
-        return _pair_statistics(counts, previous[..., test], change[..., test], decay, diagonal, off,
-                                variant, step_component, vectors)
+        return _pair_statistics(counts, previous[..., test], change[..., test], decay, diagonal, off, state,
+                                state_prior, variant, step_component, vectors)
 
     return jax.vmap(one)(tests, decays)
 
 
+def scaled_state_features(data: ModelData, state: RunState | None) -> np.ndarray:
+    """``[runs, steps, S]`` the run-state features divided by their scale (``S = 0`` without one)."""
+    if state is None:
+        return np.zeros(data.curricula.shape[:2] + (0,))
+    return host_features(data.curricula, state) / state.feature_scale
+
+
 def pair_statistics(data: ModelData, config: ModelConfig, tests: np.ndarray, decays: np.ndarray,
-                    vectors: bool = False, progress: bool = False, desc: str = "grid: statistics") -> GridStats:
-    """Whitened statistics for every pair ``(tests[k], decays[k])``, in chunks of one compiled shape."""
+                    vectors: bool = False, progress: bool = False, desc: str = "grid: statistics",
+                    state: RunState | None = None) -> GridStats:
+    """Whitened statistics for every pair ``(tests[k], decays[k])``, in chunks of one compiled shape
+    (with the run state ``state`` integrated out, see :func:`_pair_statistics`)."""
     counts = dense_counts(data.curricula, data.n_train)
-    n_features = _n_features(data.n_train, config)
-    per_pair = 8 * (counts.size * 3 + n_features * data.n_runs * data.n_steps + 4 * n_features**2)
+    features = scaled_state_features(data, state)
+    n_features, n_state = _n_features(data.n_train, config), features.shape[-1]
+    per_pair = 8 * (counts.size * 3 + (n_features + n_state) * data.n_runs * data.n_steps
+                    + 4 * (n_features + n_state)**2)
     chunk = int(max(1, min(64, 2**28 // per_pair)))
     diagonal, off, _ = drift_bands(data.n_runs, data.n_steps, config)
     n_pairs = len(tests)
     out = GridStats(np.empty((n_pairs, n_features)), np.empty((n_pairs, n_features, n_features)) if vectors else None,
-                    np.empty((n_pairs, n_features)), np.empty(n_pairs))
+                    np.empty((n_pairs, n_features)), np.empty(n_pairs), np.empty((n_pairs, n_state, n_features)),
+                    np.empty((n_pairs, n_state)), np.empty((n_pairs, n_state, n_state)))
     with jax.enable_x64(True):
         for start in tqdm(range(0, n_pairs, chunk), desc=desc, unit="chunk", disable=not progress):
             stop = min(start + chunk, n_pairs)
             index = np.minimum(np.arange(start, start + chunk), n_pairs - 1)  # pad with the last pair
             pieces = _statistics_chunk(counts, data.previous, data.change, tests[index], decays[index], diagonal,
-                                       off, variant=config.variant, step_component=config.step_component,
-                                       vectors=vectors)
+                                       off, features, config.state_prior, variant=config.variant,
+                                       step_component=config.step_component, vectors=vectors)
             for field, piece in zip(out, pieces):
                 if field is not None:
                     field[start:stop] = np.asarray(piece)[: stop - start]
     return out
+
+
+def state_logdet(stats: GridStats, config: ModelConfig) -> float:
+    """``log |I + state_prior^2 F^T Omega^{-1} F|``: what integrating the run state out adds to
+    ``log |Omega|`` (the same for every pair; 0 without the run state)."""
+    if stats.state_gram.shape[-1] == 0:
+        return 0.0
+    return float(np.linalg.slogdet(np.eye(stats.state_gram.shape[-1]) + config.state_prior**2 * stats.state_gram[0])[1])
 
 
 def _n_features(n_train: int, config: ModelConfig) -> int:
@@ -221,11 +265,12 @@ def _spacing(points: np.ndarray) -> np.ndarray:
     return points[:, 1] - points[:, 0] if points.shape[1] > 1 else np.zeros(points.shape[0])
 
 
-def _evaluate(data: ModelData, config: ModelConfig, grid: _Grid, progress: bool, desc: str) -> tuple:
+def _evaluate(data: ModelData, config: ModelConfig, grid: _Grid, progress: bool, desc: str,
+              state: RunState | None = None) -> tuple:
     """``(log density [tests, decays, taus, deltas], log sigma_hat, stats reshaped [tests, decays, ...])``."""
     n_tests, n_decays = grid.decay.shape
     tests = np.repeat(np.arange(n_tests), n_decays)
-    stats = pair_statistics(data, config, tests, grid.decay.reshape(-1), progress=progress, desc=desc)
+    stats = pair_statistics(data, config, tests, grid.decay.reshape(-1), progress=progress, desc=desc, state=state)
     shaped = [x.reshape((n_tests, n_decays) + x.shape[1:]) for x in (stats.eigenvalues, stats.projected,
                                                                      stats.target_sq)]
     _, _, logdet_omega = drift_bands(data.n_runs, data.n_steps, config)
@@ -233,7 +278,8 @@ def _evaluate(data: ModelData, config: ModelConfig, grid: _Grid, progress: bool,
     with jax.enable_x64(True):
         log_density, log_sigma_hat = _log_density(*shaped, grid.decay, grid.log_tau, grid.delta,
                                                   data.n_runs * data.n_steps,
-                                                  logdet_omega if config.step_component else 0.0,
+                                                  (logdet_omega if config.step_component else 0.0)
+                                                  + state_logdet(stats, config),
                                                   priors, has_memory=config.has_memory)
     return np.asarray(log_density), np.asarray(log_sigma_hat), shaped
 
@@ -354,12 +400,15 @@ def grid_cost(n_train: int, n_obs: int, config: ModelConfig, num_draws: int = 20
 
 
 def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: int = 0,
-             progress: bool = True) -> FitResult:
+             progress: bool = True, state: RunState | None = None) -> FitResult:
     """The posterior by grid integration of the hyperparameters and exact draws of everything else.
 
     Args:
         data: standardised runs; config: the model (Normal likelihood and the step component required).
         num_draws: posterior draws (one chain).
+        state: the run state's direction and recency (``config.run_state``): its coefficients are
+            integrated out with the step component and drawn exactly (draws ``"state"``
+            ``[1, num_draws, tests, 2]``, per unit of the scaled features).
 
     Returns:
         :class:`~bayes_simfluence.bayes.inference.FitResult` with draws ``[1, num_draws, tests, ...]``;
@@ -370,6 +419,8 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     if not config.step_component:
         raise InputError("-o step=false: bayes-grid needs the step component (free population "
                          "locations would add two grid dimensions); use bayes-svi or bayes-exact")
+    if config.run_state != (state is not None):
+        raise ValueError("run_grid: pass the run state exactly when config.run_state is set")
     cost = data.n_tests * grid_cost(data.n_train, data.n_runs * data.n_steps, config, num_draws)
     if cost > MAX_FLOPS:
         raise InputError(f"bayes-grid on {data.n_tests} test x {data.n_train} training examples x "
@@ -383,11 +434,11 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     n_tests, n_obs = data.n_tests, data.n_runs * data.n_steps
     fine = _coarse_grid(n_tests, n_obs, config)
     log_density, _, (eigenvalues, projected, target_sq) = _evaluate(data, config, fine, progress,
-                                                                    "grid: stage 1 statistics")
+                                                                    "grid: stage 1 statistics", state)
     fine = _refined(fine, log_density)
     for refinement in range(1, MAX_REFINEMENTS + 1):
         log_density, _, (eigenvalues, projected, target_sq) = _evaluate(
-            data, config, fine, progress, f"grid: stage {refinement + 1} statistics")
+            data, config, fine, progress, f"grid: stage {refinement + 1} statistics", state)
         done = _resolved(fine, log_density)
         if done.all() or refinement == MAX_REFINEMENTS:
             break
@@ -425,15 +476,19 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     effects_key, drift_key = jax.random.split(jax.random.PRNGKey(seed), 2)
     pairs, which = np.unique(np.stack([flat_tests, decay.reshape(-1)], axis=1), axis=0, return_inverse=True)
     stats = pair_statistics(data, config, pairs[:, 0].astype(int), pairs[:, 1], vectors=True, progress=progress,
-                            desc="grid: exact draws")
+                            desc="grid: exact draws", state=state)
     weights_w = _draw_effects(effects_key, stats, which.reshape(-1), sigma, scale)
     draws = split_weights(weights_w.reshape(num_draws, n_tests, n_features), data.n_train, config)
+    system = conjugate.drift_system(data.n_runs, data.n_steps, config)
+    fitted = fitted_step_sums(draws["a"], draws["B"], data, decay=decay if config.has_memory else None)
+    if state is not None:
+        coefficients = draw_state(rng, stats, which.reshape(-1), weights_w, sigma, config)
+        draws["state"] = coefficients.reshape(num_draws, n_tests, -1)
+        fitted = fitted + np.einsum("ts,dms->dmt", scaled_state_features(data, state).sum(0), draws["state"])
     sigma, scale = sigma.reshape(num_draws, n_tests), scale.reshape(num_draws, n_tests)
     draws.update(noise_scale=sigma, effect_scale=scale)
     if config.has_memory:
         draws["memory_decay"] = decay
-    system = conjugate.drift_system(data.n_runs, data.n_steps, config)
-    fitted = fitted_step_sums(draws["a"], draws["B"], data, decay=draws.get("memory_decay"))
     draws["drift"] = conjugate.draw_drift(system, data.change.sum(0).T, fitted, sigma, drift_key)
     draws = {k: v[None] for k, v in draws.items()}
     info = {"method": "grid", "num_draws": num_draws, "seconds": time.perf_counter() - start, "seed": seed,
@@ -441,4 +496,20 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
             "unresolved_tests": np.flatnonzero(~done).tolist(),
             "exact_draw_pairs": len(pairs),
             "decay_box": [[float(b[0]), float(b[-1])] for b in fine.decay]}
+    if state is not None:
+        info["run_state"] = state.describe()
     return FitResult(draws, {}, info)
+
+
+def draw_state(rng: np.random.Generator, stats: GridStats, which: np.ndarray, effects: np.ndarray,
+               sigma: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """``[n, S]`` exact draws of the run state's coefficients ``g | w, theta, y`` (the step
+    component integrated out): ``N(M^{-1} F^T Omega^{-1} (y - X w), sigma^2 M^{-1})`` with
+    ``M = F^T Omega^{-1} F + I / state_prior^2``, for draws ``effects [n, features]``, ``sigma [n]``
+    whose statistics are row ``which [n]`` of ``stats``."""
+    gram, n_state = stats.state_gram[which], stats.state_gram.shape[-1]
+    precision = gram + np.eye(n_state) / config.state_prior**2
+    residual = stats.state_target[which] - np.einsum("nsf,nf->ns", stats.state_cross[which], effects)
+    mean = np.linalg.solve(precision, residual[..., None])[..., 0]
+    lower = np.linalg.cholesky(np.linalg.inv(precision))
+    return mean + sigma[:, None] * np.einsum("nst,nt->ns", lower, rng.standard_normal((len(which), n_state)))

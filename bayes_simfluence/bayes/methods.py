@@ -22,7 +22,10 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   ``drift_initial``, ``drift_smoothness``, ``memory`` (none | geometric: optimiser memory; default
   geometric for bayes, bayes-grid, bayes-svi and bayes-nuts, none and the only choice for bayes-exact),
   ``memory_prior``, ``collapse_drift`` (default true: the step component integrated out of the
-  Normal likelihood and drawn exactly afterwards); ``progress`` (progress bars, default true); ``guard`` (default true: stack
+  Normal likelihood and drawn exactly afterwards), ``run_state`` (default false; bayes-grid only:
+  the shared run state of :mod:`bayes_simfluence.bayes.run_state`) and ``state_prior``
+  (default 0.3, the best of 0.1-10 by the guard's cross-fitted roll-out error on both real sets of the
+  retraining study, `experiments/state_prior.py`); ``progress`` (progress bars, default true); ``guard`` (default true: stack
   with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
   costs ``guard_folds`` extra fits on 3/4 of the runs) and ``guard_folds`` (default 4); with
   bayes-svi, ``guard_steps`` (SVI steps of each cross-fit; default ``num_steps / 4``, as they start
@@ -50,7 +53,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bayes_simfluence import validation
-from bayes_simfluence.bayes import grid, guard, inference
+from bayes_simfluence.bayes import grid, guard, inference, run_state
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
@@ -73,6 +76,11 @@ def _bool(value: Any, key: str) -> bool:
     raise ValueError(f"option {key}: expected true or false, got {value!r}")
 
 
+def flag(options: dict[str, Any], key: str, default: bool = False) -> bool:
+    """The boolean option ``key`` of ``options`` (strings such as ``"true"`` or ``"0"`` accepted)."""
+    return _bool(options.get(key, default), key)
+
+
 def _integer(minimum: int) -> Callable[[Any, str], int]:
     return lambda value, key: validation.integer(value, f"-o {key}", minimum=minimum)
 
@@ -93,6 +101,7 @@ MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "noise_prior": ("noise_prior", _float), "drift_initial": ("drift_initial", _float),
     "drift_smoothness": ("drift_smoothness", _float), "memory": ("memory", _text),
     "memory_prior": ("memory_prior", _float), "collapse_drift": ("collapse_drift", _bool),
+    "run_state": ("run_state", _bool), "state_prior": ("state_prior", _float),
 }
 CHAIN_OPTIONS = {"num_warmup": _integer(0), "num_samples": _integer(1), "num_chains": _integer(1),
                  "chain_method": _text}
@@ -151,6 +160,9 @@ def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, di
         else:
             raise validation.InputError(f"-o {key}: bayes-{method} does not read this option; it reads "
                                         f"{sorted(option_names(method))}")
+    if model_kwargs.get("run_state") and method != "grid":
+        raise validation.InputError(f"-o run_state=true: only bayes-grid (and bayes where it runs bayes-grid) "
+                                    f"has the run state, not bayes-{method}")
     return ModelConfig(**model_kwargs), run_kwargs
 
 
@@ -233,8 +245,11 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
     data = model_data(train)
     if warm_start is not None:
         kwargs["warm_start"] = warm_start
+    state = run_state.estimate_run_state(train, data.scale) if config.run_state else None
+    if state is not None:
+        kwargs["state"] = state
     result = RUNNERS[method](data, config, seed=seed, **kwargs)
-    return BayesianSimfluence.from_fit(result, data, train, config), result
+    return BayesianSimfluence.from_fit(result, data, train, config, state), result
 
 
 def default_path(train: Runs, options: dict[str, Any]) -> tuple[str, str]:
@@ -246,13 +261,17 @@ def default_path(train: Runs, options: dict[str, Any]) -> tuple[str, str]:
     cost = grid.grid_cost(train.n_train, train.n_runs * train.n_steps, config,
                           kwargs.get("num_draws", _fit_settings("grid", {})["num_draws"]))
     if config.likelihood != "normal":
-        return "svi", f"bayes-grid needs the Normal likelihood, not {config.likelihood}"
-    if not config.step_component:
-        return "svi", "bayes-grid needs the step component"
-    if cost > AUTO_GRID_FLOPS_PER_TEST:
-        return "svi", (f"bayes-grid would cost {cost:.1e} multiply-adds per test example, over "
-                       f"{AUTO_GRID_FLOPS_PER_TEST:.0e}")
-    return "grid", f"{cost:.1e} multiply-adds per test example, at most {AUTO_GRID_FLOPS_PER_TEST:.0e}"
+        reason = f"bayes-grid needs the Normal likelihood, not {config.likelihood}"
+    elif not config.step_component:
+        reason = "bayes-grid needs the step component"
+    elif cost > AUTO_GRID_FLOPS_PER_TEST:
+        reason = f"bayes-grid would cost {cost:.1e} multiply-adds per test example, over {AUTO_GRID_FLOPS_PER_TEST:.0e}"
+    else:
+        return "grid", f"{cost:.1e} multiply-adds per test example, at most {AUTO_GRID_FLOPS_PER_TEST:.0e}"
+    if config.run_state:
+        raise validation.InputError(f"-o run_state=true: the run state needs bayes-grid, and bayes would run "
+                                    f"bayes-svi here ({reason})")
+    return "svi", reason
 
 
 def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:

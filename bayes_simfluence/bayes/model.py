@@ -133,6 +133,10 @@ class ModelConfig:
         memory_prior: ``b`` of the ``Beta(1, b)`` prior of the memory decay.
         collapse_drift: integrate the step component out of the likelihood (Normal likelihood
             only; it is then drawn from its exact conditional after inference).
+        run_state: add the shared run state of :mod:`bayes_simfluence.bayes.run_state` (its
+            coefficients ``g[m]`` on ``z_t - z_{t-1}`` and ``z_t^2 - z_{t-1}^2``; ``bayes-grid`` only).
+        state_prior: sd of the ``Normal(0, .)`` prior of ``g`` on the features divided by their
+            root mean square, in units of ``sigma``.
     """
 
     variant: str = "linear"
@@ -148,6 +152,8 @@ class ModelConfig:
     memory: str = "none"
     memory_prior: float = 2.0
     collapse_drift: bool = True
+    run_state: bool = False
+    state_prior: float = 0.3
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -157,7 +163,7 @@ class ModelConfig:
         if self.memory not in MEMORIES:
             raise ValueError(f"memory must be one of {MEMORIES}, got {self.memory!r}")
         for name in ("nu", "location_prior", "effect_scale_prior", "noise_prior", "drift_initial",
-                     "drift_smoothness", "memory_prior"):
+                     "drift_smoothness", "memory_prior", "state_prior"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
 

@@ -41,6 +41,8 @@ from bayes_simfluence.bayes.discrepancy import curriculum_ids, draw_discrepancy,
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult
 from bayes_simfluence.bayes.model import ModelConfig, effect_sums, noise_distribution, step_mean
+from bayes_simfluence.bayes.run_state import N_FEATURES as N_STATE
+from bayes_simfluence.bayes.run_state import RunState, host_features
 from bayes_simfluence.bayes.sharding import placed, device_mesh
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.runs import Runs
@@ -93,6 +95,9 @@ class BayesianSimfluence:
             (present with ``stacking_weight``).
         run_residuals: ``[heldout_runs, steps, tests]`` the guard's held-out residual trajectories
             (loss units), the source of the new-run predictive; None without the guard.
+        state: ``[chains, draws, tests, 2]`` coefficients of the run state's features
+            ``(z_t - z_{t-1}, z_t^2 - z_{t-1}^2)`` in loss units (:mod:`bayes_simfluence.bayes.run_state`),
+            or None (no run state); state_direction: ``[n_train]`` its ``u``; state_recency: its ``rho``.
     """
 
     method: str
@@ -111,11 +116,16 @@ class BayesianSimfluence:
     stacking_weight: np.ndarray | None = None
     blind_mean: np.ndarray | None = None
     run_residuals: np.ndarray | None = None
+    state: np.ndarray | None = None
+    state_direction: np.ndarray | None = None
+    state_recency: float | None = None
 
     # ------------------------------------------------------------ construction
     @classmethod
-    def from_fit(cls, result: FitResult, data: ModelData, runs: Runs, config: ModelConfig) -> "BayesianSimfluence":
-        """Convert standardised draws of an inference routine to loss units."""
+    def from_fit(cls, result: FitResult, data: ModelData, runs: Runs, config: ModelConfig,
+                 run_state: RunState | None = None) -> "BayesianSimfluence":
+        """Convert standardised draws of an inference routine to loss units (``run_state``: the
+        direction and recency behind draws ``"state"``, which act on the scaled features)."""
         draws, scale = result.draws, data.scale
         drift = draws["drift"] * scale[:, None] if "drift" in draws else None
         hyper = {k: draws[k] for k in posterior_io.HYPERPARAMETERS if k in draws}
@@ -126,7 +136,10 @@ class BayesianSimfluence:
         return cls(method=result.info["method"], config=config, a=draws["a"], b=draws["B"] * scale[:, None],
                    drift=drift, sigma=draws["noise_scale"] * scale, hyper=hyper, scale=scale,
                    train_ids=runs.train_ids, test_ids=runs.test_ids, sample_stats=result.sample_stats,
-                   info=result.info, batch_size=runs.batch_size)
+                   info=result.info, batch_size=runs.batch_size,
+                   state=None if run_state is None else draws["state"] * scale[:, None] / run_state.feature_scale,
+                   state_direction=None if run_state is None else run_state.direction,
+                   state_recency=None if run_state is None else run_state.recency)
 
     @property
     def name(self) -> str:
@@ -174,6 +187,8 @@ class BayesianSimfluence:
             out["drift"] = _flat(self.drift)[index]
         if "memory_decay" in self.hyper:
             out["decay"] = _flat(self.hyper["memory_decay"])[index]
+        if self.state is not None:
+            out["state"] = _flat(self.state)[index]
         return out
 
     def multiplicative_effects(self, n_draws: int | None = None, seed: int = 0) -> np.ndarray:
@@ -255,7 +270,8 @@ class BayesianSimfluence:
         keep = uniform < self.stacking_weight[None]  # [draws, tests]
         drift = self._drift_for(params, n_steps, keys)
         blind = self.blind_change(n_steps)[None]
-        return {**params, "a": np.where(keep[..., None], params["a"], 0.0),
+        state = {} if "state" not in params else {"state": np.where(keep[..., None], params["state"], 0.0)}
+        return {**params, **state, "a": np.where(keep[..., None], params["a"], 0.0),
                 "B": np.where(keep[..., None], params["B"], 0.0),
                 "drift": np.where(keep[..., None], drift, blind)}
 
@@ -331,10 +347,12 @@ class BayesianSimfluence:
             if keys is None:  # unused without noise; a placeholder keeps one signature
                 keys = jnp.zeros((len(params["a"]), 2), dtype=jnp.uint32)
             mesh = device_mesh(self.n_tests)
-            arrays = (params["a"], params["B"], drift, params["sigma"], params.get("decay"), np.asarray(keys))
-            fixed = (jnp.asarray(curricula), placed(initial_losses, mesh, 1), run_offset + jnp.arange(n_runs))
+            state = params.get("state", np.zeros(params["sigma"].shape + (N_STATE,)))
+            arrays = (params["a"], params["B"], drift, params["sigma"], params.get("decay"), state, np.asarray(keys))
+            fixed = (jnp.asarray(curricula), jnp.asarray(self.state_features(curricula)),
+                     placed(initial_losses, mesh, 1), run_offset + jnp.arange(n_runs))
             settings = {"config": self.config, "include_noise": include_noise, "draws_per_chunk": per_chunk}
-            tests_axis = (1, 1, 1, 1, 1, None)  # where each of ``arrays`` has its test_example axis
+            tests_axis = (1, 1, 1, 1, 1, 1, None)  # where each of ``arrays`` has its test_example axis
             if not summed:
                 return np.asarray(_roll_out_chunk(*(placed(x, mesh, axis) for x, axis in zip(arrays, tests_axis)),
                                                   *fixed, **settings))
@@ -344,6 +362,13 @@ class BayesianSimfluence:
             weights = jnp.asarray((np.arange(padded) < n).astype(np.float64))
             return np.asarray(_roll_out_sum(*(placed(None if x is None else x[take], mesh, axis)
                                               for x, axis in zip(arrays, tests_axis)), *fixed, weights, **settings))
+
+    def state_features(self, curricula: np.ndarray) -> np.ndarray:
+        """``[runs, steps, 2]`` the run state's features ``(z_t - z_{t-1}, z_t^2 - z_{t-1}^2)``
+        under ``curricula`` (zeros without a run state)."""
+        if self.state is None:
+            return np.zeros(curricula.shape[:2] + (N_STATE,))
+        return host_features(curricula, RunState(self.state_direction, self.state_recency, np.ones(N_STATE), 0.0))
 
     def _drift_for(self, params: dict[str, np.ndarray], n_steps: int, keys: Array | None) -> np.ndarray:
         """``[draws, tests, n_steps]`` step component, extended past the training horizon."""
@@ -378,12 +403,15 @@ class BayesianSimfluence:
         with jax.enable_x64(True):
             curricula, prev, obs = jnp.asarray(runs.curricula), jnp.asarray(previous), jnp.asarray(change)
 
+            features = jnp.asarray(self.state_features(runs.curricula))  # [runs, steps, 2]
+            state = self.state if self.state is not None else np.zeros(self.sigma.shape + (N_STATE,))
+
             def one(arg: tuple) -> Array:
-                a, b, d, sigma, lam = arg
-                mean = step_mean(a, b, d, curricula, prev, lam if self.config.has_memory else None)
+                a, b, d, sigma, lam, g = arg
+                mean = step_mean(a, b, d, curricula, prev, lam if self.config.has_memory else None) + features @ g.T
                 return noise_distribution(sigma, self.config).log_prob(obs - mean)
 
-            flat = (self.a[:, take], self.b[:, take], drift, self.sigma[:, take], decay[:, take])
+            flat = (self.a[:, take], self.b[:, take], drift, self.sigma[:, take], decay[:, take], state[:, take])
             lead = flat[0].shape[:2]
             stacked = tuple(jnp.asarray(x.reshape((-1,) + x.shape[2:])) for x in flat)
             out = jax.lax.map(one, stacked, batch_size=self._draws_per_chunk(runs.curricula))
@@ -401,7 +429,8 @@ class BayesianSimfluence:
             test_ids=self.test_ids[tests],
             stacking_weight=None if self.stacking_weight is None else self.stacking_weight[tests],
             blind_mean=None if self.blind_mean is None else self.blind_mean[:, tests],
-            run_residuals=None if self.run_residuals is None else self.run_residuals[..., tests])
+            run_residuals=None if self.run_residuals is None else self.run_residuals[..., tests],
+            state=None if self.state is None else self.state[:, :, tests])
 
     # -------------------------------------------------------------------- I/O
     def fields(self) -> dict[str, Any]:
@@ -427,16 +456,17 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 @functools.partial(jax.jit, static_argnames=("config", "include_noise", "draws_per_chunk"))
-def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, decay: Array | None, keys: Array, curricula: Array,
-                    initial_losses: Array, run_ids: Array, *, config: ModelConfig, include_noise: bool,
-                    draws_per_chunk: int) -> Array:
+def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, decay: Array | None, state: Array, keys: Array,
+                    curricula: Array, state_features: Array, initial_losses: Array, run_ids: Array, *,
+                    config: ModelConfig, include_noise: bool, draws_per_chunk: int) -> Array:
     """``[draws, runs, steps + 1, tests]`` roll-outs of parameter draws, compiled once per shape.
 
     Args:
         a, b: ``[draws, tests, n_train]`` effects; drift: ``[draws, tests, steps]``; sigma:
             ``[draws, tests]``; decay: ``[draws, tests]`` memory decay or None (no memory);
+            state: ``[draws, tests, 2]`` run-state coefficients (zeros without one);
             keys: ``[draws, 2]`` noise keys (ignored without noise).
-        curricula: ``[runs, steps, batch]``; initial_losses: ``[runs, tests]``; run_ids: ``[runs]``
+        curricula: ``[runs, steps, batch]``; state_features: ``[runs, steps, 2]``; initial_losses: ``[runs, tests]``; run_ids: ``[runs]``
             (a run's noise depends on its id, not on how runs are chunked).
 
     Curricula, losses and draws are arguments, the configuration is static: new curricula of
@@ -444,10 +474,10 @@ def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, decay: Array
     """
 
     def trajectory(arg: tuple) -> Array:
-        a_draw, b_draw, drift_draw, sigma_draw, decay_draw, key = arg
+        a_draw, b_draw, drift_draw, sigma_draw, decay_draw, state_draw, key = arg
         sum_a, sum_b = effect_sums(a_draw, b_draw, curricula, decay_draw)
         alpha = 1.0 + sum_a
-        beta = sum_b + drift_draw.T[None]
+        beta = sum_b + drift_draw.T[None] + state_features @ state_draw.T
         if include_noise:
             step_key = jax.random.fold_in(key, 0)
             noise = jax.vmap(lambda r: noise_distribution(sigma_draw, config).sample(
@@ -455,22 +485,22 @@ def _roll_out_chunk(a: Array, b: Array, drift: Array, sigma: Array, decay: Array
             beta = beta + noise
         return roll_out(alpha, beta, initial_losses)
 
-    return jax.lax.map(trajectory, (a, b, drift, sigma, decay, keys), batch_size=draws_per_chunk)
+    return jax.lax.map(trajectory, (a, b, drift, sigma, decay, state, keys), batch_size=draws_per_chunk)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "include_noise", "draws_per_chunk"))
-def _roll_out_sum(a: Array, b: Array, drift: Array, sigma: Array, decay: Array | None, keys: Array,
-                  curricula: Array, initial_losses: Array, run_ids: Array, weights: Array, *, config: ModelConfig,
-                  include_noise: bool, draws_per_chunk: int) -> Array:
+def _roll_out_sum(a: Array, b: Array, drift: Array, sigma: Array, decay: Array | None, state: Array, keys: Array,
+                  curricula: Array, state_features: Array, initial_losses: Array, run_ids: Array, weights: Array, *,
+                  config: ModelConfig, include_noise: bool, draws_per_chunk: int) -> Array:
     """``[runs, steps + 1, tests]`` ``sum_k weights[k] * roll-out of draw k``, scanned over chunks of
     ``draws_per_chunk`` draws (the number of draws is a multiple of it) so that one chunk of
     trajectories is in memory at a time. Arguments as :func:`_roll_out_chunk`."""
-    draws = (a, b, drift, sigma, decay, keys, weights)
+    draws = (a, b, drift, sigma, decay, state, keys, weights)
     chunked = jax.tree_util.tree_map(lambda x: x.reshape((-1, draws_per_chunk) + x.shape[1:]), draws)
 
     def add_chunk(total: Array, chunk: tuple) -> tuple[Array, None]:
         *parameters, chunk_weights = chunk
-        trajectories = _roll_out_chunk(*parameters, curricula, initial_losses, run_ids, config=config,
+        trajectories = _roll_out_chunk(*parameters, curricula, state_features, initial_losses, run_ids, config=config,
                                        include_noise=include_noise, draws_per_chunk=draws_per_chunk)
         return total + jnp.tensordot(chunk_weights, trajectories, axes=1), None
 

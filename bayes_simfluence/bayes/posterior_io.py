@@ -12,8 +12,9 @@ File layout: group ``posterior`` (``a``, ``B`` ``[chain, draw, test_example, tra
 (``loss_scale [test_example]``; with the guard ``stacking_weight [test_example]`` and
 ``blind_mean [time, test_example]``, the training runs' mean trajectory at ``time`` 0..steps, and
 ``run_residuals [heldout_run, residual_step, test_example]``, the held-out residuals behind the
-new-run predictive)
-and, for NUTS, ``sample_stats``.
+new-run predictive; with the run state ``state_direction [train_example]`` and the attribute
+``state_recency``), and, for NUTS, ``sample_stats``. With the run state the posterior group also
+holds ``run_state [chain, draw, test_example, state_feature]`` (loss units).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ DIMS = {
     "step_drift": ["test_example", "step"],
     "noise_scale": ["test_example"],
     **{name: ["test_example"] for name in HYPERPARAMETERS},
+    "run_state": ["test_example", "state_feature"],
 }
+STATE_FEATURES = ("dz", "dz2")
 _NETCDF_MAGIC = (b"\x89HDF", b"CDF\x01", b"CDF\x02")
 
 
@@ -48,6 +51,9 @@ def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
     if fields["drift"] is not None:
         arrays["step_drift"] = fields["drift"]
         coords["step"] = np.arange(1, fields["drift"].shape[-1] + 1)
+    if fields.get("state") is not None:
+        arrays["run_state"] = fields["state"]
+        coords["state_feature"] = list(STATE_FEATURES)
     attrs = {KIND_ATTRIBUTE: KIND, "method": fields["method"], "config": json.dumps(fields["config"].to_dict()),
              "info": json.dumps(fields["info"], default=_jsonable)}
     if fields.get("batch_size") is not None:
@@ -58,8 +64,13 @@ def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
         constant["blind_mean"] = (["time", "test_example"], fields["blind_mean"])
     if fields.get("run_residuals") is not None:
         constant["run_residuals"] = (["heldout_run", "residual_step", "test_example"], fields["run_residuals"])
+    constant_coords = {"test_example": fields["test_ids"]}
+    if fields.get("state") is not None:
+        constant["state_direction"] = (["train_example"], fields["state_direction"])
+        constant_coords["train_example"] = fields["train_ids"]
+        attrs["state_recency"] = float(fields["state_recency"])
     groups = {"posterior": arviz_data.draws_dataset(arrays, DIMS, coords, attrs),
-              "constant_data": xr.Dataset(constant, coords={"test_example": fields["test_ids"]})}
+              "constant_data": xr.Dataset(constant, coords=constant_coords)}
     if fields["sample_stats"]:
         stats = {("n_steps" if k == "num_steps" else k): v for k, v in fields["sample_stats"].items()}
         groups["sample_stats"] = arviz_data.draws_dataset(stats, {}, {})
@@ -117,6 +128,9 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
         "stacking_weight": constant["stacking_weight"].values if "stacking_weight" in constant else None,
         "blind_mean": constant["blind_mean"].values if "blind_mean" in constant else None,
         "run_residuals": constant["run_residuals"].values if "run_residuals" in constant else None,
+        "state": posterior["run_state"].values if "run_state" in posterior else None,
+        "state_direction": constant["state_direction"].values if "state_direction" in constant else None,
+        "state_recency": float(posterior.attrs["state_recency"]) if "state_recency" in posterior.attrs else None,
     }
 
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from bayes_simfluence import validation
-from bayes_simfluence.bayes import guard
+from bayes_simfluence.bayes import guard, run_state
 from bayes_simfluence.bayes.blocks import RayFitOptions, fit_in_blocks
 from bayes_simfluence.commands._arguments import add_method_options, positive_int
 from bayes_simfluence.methods import FitContext, available_methods, fit_method
@@ -76,6 +76,9 @@ def run(args: argparse.Namespace) -> int:
     reason = getattr(simulator, "info", {}).get("chosen_by", "").removeprefix("bayes: ")
     path_note = f" (as {path}: {reason})" if path != args.method else ""
     print(f"fitted '{args.method}'{path_note} on {train} in {seconds:.1f} s{ridge_note}; saved to {args.out}")
+    state_report = getattr(simulator, "info", {}).get("run_state")
+    if state_report is not None:
+        print(run_state.describe(state_report))
     guard_report = getattr(simulator, "info", {}).get("guard")
     if guard_report is not None:
         print(guard.describe(guard_report))
