@@ -21,7 +21,8 @@ minutes per set)::
    ``fit-runs + heldout-runs`` runs (default 40 + 40; runs a set's file lacks are collected and
    appended: run ``r``'s curriculum is seeded by ``r``, so they are the runs one longer collection
    gives); the collection seconds go to ``experiments/data/retrain_collection_seconds.json``.
-   Other run counts than 40 + 40 are results of their own (``NAME_fitF_heldoutH``).
+   Other run counts than 40 + 40 are results of their own (``NAME_fitF_heldoutH``), and so are
+   other methods and fit options (``NAME_run_state-True`` for ``-o run_state=true``).
 2. **Fit** the method (default ``bayes``, the default Bayesian path, which runs ``bayes-grid`` at
    these sizes; ``--method bayes-svi`` for the variational path) and ``linear`` (the ridge
    baseline) on the first ``fit-runs`` runs only.
@@ -92,9 +93,13 @@ TEST_SIZE = 20
 DEFAULT_RUNS = (40, 40)
 
 
-def result_key(name: str, n_fit: int, n_heldout: int) -> str:
-    """Where a result of set ``name`` is kept: other run counts than :data:`DEFAULT_RUNS` get rows of their own."""
-    return name if (n_fit, n_heldout) == DEFAULT_RUNS else f"{name}_fit{n_fit}_heldout{n_heldout}"
+def result_key(name: str, n_fit: int, n_heldout: int, method: str = "bayes", options: dict | None = None) -> str:
+    """Where a result of set ``name`` is kept: other run counts than :data:`DEFAULT_RUNS`, another
+    method than ``bayes`` and fit options get rows of their own (e.g. ``NAME_run_state-true``)."""
+    key = name if (n_fit, n_heldout) == DEFAULT_RUNS else f"{name}_fit{n_fit}_heldout{n_heldout}"
+    if method != "bayes":
+        key += f"_{method}"
+    return key + "".join(f"_{k}-{v}" for k, v in sorted((options or {}).items()) if k != "progress")
 
 
 # ------------------------------------------------------------------------------------ collection
@@ -457,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         first = next(s for s in result["predictive"].values() if "pairs" in s)
         result.update(command=command, pairs=first["pairs"], pairs_gap=first["pairs_gap"],
                       collection_seconds=seconds.get(name))
-        key = result_key(name, args.fit_runs, args.heldout_runs)
+        key = result_key(name, args.fit_runs, args.heldout_runs, args.method, dict(args.option))
         results["sets"][key] = result
         plot_reliability(key, result, RESULTS / f"reliability_{key}.png")
     results["library_version"] = _library_version()
