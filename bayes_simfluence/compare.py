@@ -132,6 +132,8 @@ class Comparison:
         stacking_weight: mean weight of the full model over ``tests`` where the simulator is a
             guarded posterior (:mod:`bayes_simfluence.bayes.guard`): the other draws come from the
             curriculum-blind model, under which the candidates do not differ; None otherwise.
+        stacked_with_state: the other draws come from the state-only model instead
+            (:class:`~bayes_simfluence.bayes.run_state.StateTrajectory`, with ``-o run_state=true``).
     """
 
     labels: tuple[str, ...]
@@ -144,6 +146,7 @@ class Comparison:
     predictive: str = ""
     uncertainty_source: str = ""
     stacking_weight: float | None = None
+    stacked_with_state: bool = False
 
     @property
     def n_draws(self) -> int:
@@ -229,7 +232,10 @@ class Comparison:
         if not self.has_uncertainty:
             return "none: a point simulator gives one trajectory (fit a bayes-* method for intervals and P(better))"
         what = self.uncertainty_source
-        if self.stacking_weight is not None:
+        if self.stacking_weight is not None and self.stacked_with_state:
+            what += (f", stacked with the state-only model (weight of the effects {self.stacking_weight:.2f}; "
+                     "in the other draws the candidates differ only through the run state)")
+        elif self.stacking_weight is not None:
             what += (f", stacked with the curriculum-blind model (weight of the effects {self.stacking_weight:.2f}; "
                      "in the other draws the candidates' expected losses do not differ)")
         return what
@@ -343,4 +349,5 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
     return Comparison(labels, tests, reduction, tuple(trajectories),
                       np.array([candidate.shape[1] for candidate in candidates]), reference, level,
                       *_predictive_words(simulator, predictive),
-                      None if weight is None else float(np.mean(weight)))
+                      None if weight is None else float(np.mean(weight)),
+                      getattr(simulator, "blind_state", None) is not None)

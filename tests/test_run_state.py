@@ -12,7 +12,7 @@ from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.methods import fit_bayes
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
-from bayes_simfluence.bayes.run_state import estimate_run_state, host_features, host_path
+from bayes_simfluence.bayes.run_state import StateTrajectory, estimate_run_state, host_features, host_path
 from bayes_simfluence.methods import FitContext
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.synthetic import random_curricula
@@ -209,3 +209,34 @@ def test_fit_command_says_what_run_state_it_estimated(state_world, tmp_path, cap
                  "-o", "num_draws=20", "-o", "progress=false", "--out", str(tmp_path / "posterior.nc")]) == 0
     out = capsys.readouterr().out
     assert "fitted 'bayes' (as bayes-grid: " in out and "run state: recency 0." in out
+
+
+def test_state_only_model_predicts_a_process_driven_by_the_state_alone():
+    """Oracle: the generating process without per-example effects, on 40 new curricula."""
+    rng = np.random.default_rng(11)
+    no_effects = np.zeros((N_TESTS, N_TRAIN))
+    curricula = random_curricula(30, STEPS, BATCH, N_TRAIN, rng)
+    new_curricula = random_curricula(40, STEPS, BATCH, N_TRAIN, rng)
+    expected = generate(new_curricula, None, no_effects)
+    model = StateTrajectory().fit(Runs.create(curricula, generate(curricula, rng, no_effects), n_train=N_TRAIN))
+    predicted = model.simulate(new_curricula, expected[:, 0])
+    spread = expected[:, -1].std(axis=0)  # [tests] across curricula
+    # the plug-in recency (0.55 here, true 0.5) is most of the error; the mean trajectory would
+    # miss by the whole spread and not correlate at all
+    assert np.all(np.sqrt(((predicted[:, -1] - expected[:, -1]) ** 2).mean(axis=0)) < 0.35 * spread)
+    assert np.corrcoef(predicted[:, -1].mean(-1), expected[:, -1].mean(-1))[0, 1] > 0.95
+
+
+def test_guarded_fit_stacks_against_the_state_only_model_and_its_draws_average_to_its_mean(state_world, tmp_path):
+    train, new_curricula, expected = state_world
+    posterior = fit_bayes("grid", train, {"run_state": True, "guard_folds": 2, "num_draws": 40, "progress": False})
+    assert "state-only" in posterior.info["guard"]["blind"] and posterior.blind_state.shape == (N_TESTS, 2)
+    curricula, initial = new_curricula[:4], expected[:4, 0]
+    mean = posterior.simulate(curricula, initial)
+    draws = posterior.simulate_draws(curricula, initial, 4000, seed=2, predictive="parameters")
+    error = np.abs(draws.mean(0) - mean)
+    assert np.all(error <= 6 * draws.std(0) / np.sqrt(len(draws)) + 1e-9)
+    posterior.save(tmp_path / "guarded.nc")
+    loaded = BayesianSimfluence.load(tmp_path / "guarded.nc")
+    np.testing.assert_allclose(loaded.simulate(curricula, initial), mean)
+    np.testing.assert_allclose(loaded.select_tests(np.array([2])).simulate(curricula, initial[:, [2]]), mean[..., [2]])

@@ -102,8 +102,13 @@ def contiguous_folds(n_runs: int, folds: int) -> list[np.ndarray]:
 
 
 def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int = FOLDS,
-                        progress: bool = False, workers: int = 1) -> Stacking:
+                        progress: bool = False, workers: int = 1,
+                        blind: Callable[[Runs], Simulator] = lambda train: MeanTrajectory().fit(train),
+                        blind_name: str = "curriculum-blind") -> Stacking:
     """Cross-fit ``fit`` over folds of ``runs`` and choose the stacking weights (module docstring).
+
+    ``blind`` fits the alternative on a fold's training runs: the mean trajectory, or with the run
+    state :class:`~bayes_simfluence.bayes.run_state.StateTrajectory`; ``blind_name`` names it in the report.
 
     With fewer than ``folds * MIN_RUNS_PER_FOLD`` runs nothing is held out: every weight is 1 and
     the report says why. ``workers > 1`` runs that many cross-fits at once in threads (XLA
@@ -120,7 +125,7 @@ def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int
     def cross_fit(held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         train, test = runs.select_runs(np.setdiff1d(np.arange(runs.n_runs), held)), runs.select_runs(held)
         return (fit(train).simulate(test.curricula, test.initial_losses)[:, 1:],
-                MeanTrajectory().fit(train).simulate(test.curricula, test.initial_losses)[:, 1:],
+                blind(train).simulate(test.curricula, test.initial_losses)[:, 1:],
                 test.losses[:, 1:])
 
     held_out = contiguous_folds(runs.n_runs, folds)
@@ -137,16 +142,17 @@ def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int
             for k, result in zip(rest, pool.map(lambda k: cross_fit(held_out[k]), rest)):
                 results[k] = result
                 bar.update()
-    full, blind, actual = (np.concatenate([results[k][part] for k in range(folds)]) for part in range(3))
-    weight = stacking_weights(full, blind, actual)
-    stacked = weight * full + (1.0 - weight) * blind
+    full, alternative, actual = (np.concatenate([results[k][part] for k in range(folds)]) for part in range(3))
+    weight = stacking_weights(full, alternative, actual)
+    stacked = weight * full + (1.0 - weight) * alternative
 
     def mse(prediction: np.ndarray) -> float:
         return float(((prediction - actual) ** 2).mean())
 
     report = {"folds": folds, "heldout_runs": int(actual.shape[0]), "heldout_mse_full": mse(full),
-              "heldout_mse_blind": mse(blind), "heldout_mse_stacked": mse(stacked),
-              "mean_weight": float(weight.mean()), "workers": workers, "seconds": time.perf_counter() - start}
+              "heldout_mse_blind": mse(alternative), "heldout_mse_stacked": mse(stacked),
+              "mean_weight": float(weight.mean()), "workers": workers, "seconds": time.perf_counter() - start,
+              "blind": blind_name}
     return Stacking(weight, report, actual - stacked)
 
 
@@ -155,6 +161,7 @@ def describe(report: dict[str, Any]) -> str:
     if "skipped" in report:
         return f"guard skipped: {report['skipped']}"
     return (f"guard: on {report['heldout_runs']} held-out training runs ({report['folds']} folds), all-steps MSE "
-            f"{report['heldout_mse_full']:.4g} with the effects, {report['heldout_mse_blind']:.4g} curriculum-blind, "
+            f"{report['heldout_mse_full']:.4g} with the effects, {report['heldout_mse_blind']:.4g} "
+            f"{report.get('blind', 'curriculum-blind')}, "
             f"{report['heldout_mse_stacked']:.4g} stacked; weight of the effects {report['mean_weight']:.2f} "
             "(mean over test examples)")

@@ -58,6 +58,7 @@ from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import MEAN_DRAWS, BayesianSimfluence
+from bayes_simfluence.bayes.run_state import StateTrajectory
 from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import MeanTrajectory
@@ -209,15 +210,21 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     def cross_fit(runs: Runs) -> BayesianSimfluence:
         return _fit_once(method, runs, quiet, seed, warm_start=warm)[0]
 
+    config = parse_options(options, method)[0]
+    blind = {"blind": lambda runs: StateTrajectory().fit(runs), "blind_name": "state-only (the mean trajectory plus "
+             "the run state)"} if config.run_state else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
         stacking = guard.stack_against_blind(cross_fit, train, folds, workers=workers or 1,
-                                             progress=_bool(options.get("progress", True), "progress"))
+                                             progress=_bool(options.get("progress", True), "progress"), **blind)
     posterior.info["guard"] = stacking.report
     if "skipped" not in stacking.report:
         posterior.stacking_weight = stacking.weight
         posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
         posterior.run_residuals = stacking.residuals
+        if config.run_state:
+            alternative = StateTrajectory().fit(train)
+            posterior.blind_state, posterior.blind_center = alternative.coefficients, alternative.center
     return posterior
 
 

@@ -42,7 +42,7 @@ from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult
 from bayes_simfluence.bayes.model import ModelConfig, effect_sums, noise_distribution, step_mean
 from bayes_simfluence.bayes.run_state import N_FEATURES as N_STATE
-from bayes_simfluence.bayes.run_state import RunState, host_features
+from bayes_simfluence.bayes.run_state import RunState, StateTrajectory, host_features
 from bayes_simfluence.bayes.sharding import placed, device_mesh
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.runs import Runs
@@ -95,6 +95,9 @@ class BayesianSimfluence:
             (present with ``stacking_weight``).
         run_residuals: ``[heldout_runs, steps, tests]`` the guard's held-out residual trajectories
             (loss units), the source of the new-run predictive; None without the guard.
+        blind_state: ``[tests, 2]`` with the run state, the guard's alternative is
+            :class:`~bayes_simfluence.bayes.run_state.StateTrajectory`: its coefficients (loss units
+            per raw feature), and blind_center ``[steps, 2]`` its feature means; None otherwise.
         state: ``[chains, draws, tests, 2]`` coefficients of the run state's features
             ``(z_t - z_{t-1}, z_t^2 - z_{t-1}^2)`` in loss units (:mod:`bayes_simfluence.bayes.run_state`),
             or None (no run state); state_direction: ``[n_train]`` its ``u``; state_recency: its ``rho``.
@@ -119,6 +122,8 @@ class BayesianSimfluence:
     state: np.ndarray | None = None
     state_direction: np.ndarray | None = None
     state_recency: float | None = None
+    blind_state: np.ndarray | None = None
+    blind_center: np.ndarray | None = None
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -271,6 +276,10 @@ class BayesianSimfluence:
         drift = self._drift_for(params, n_steps, keys)
         blind = self.blind_change(n_steps)[None]
         state = {} if "state" not in params else {"state": np.where(keep[..., None], params["state"], 0.0)}
+        if self.blind_state is not None:  # the state-only alternative: its state term, centred
+            center = np.pad(self.blind_center, ((0, max(n_steps - len(self.blind_center), 0)), (0, 0)))[:n_steps]
+            blind = blind - (center @ self.blind_state.T).T[None]
+            state = {"state": np.where(keep[..., None], params["state"], self.blind_state[None])}
         return {**params, **state, "a": np.where(keep[..., None], params["a"], 0.0),
                 "B": np.where(keep[..., None], params["B"], 0.0),
                 "drift": np.where(keep[..., None], drift, blind)}
@@ -304,7 +313,12 @@ class BayesianSimfluence:
         mean = self._roll_out_draws(params, None, curricula, initial_losses, False, 0, summed=True) / len(index)
         if self.stacking_weight is None:
             return mean
-        blind = initial_losses[:, None, :] + self.blind_offsets(curricula.shape[1])[None]
+        if self.blind_state is not None:
+            alternative = StateTrajectory(RunState(self.state_direction, self.state_recency, np.ones(N_STATE), 0.0),
+                                          self.blind_mean, self.blind_state, self.blind_center)
+            blind = alternative.simulate(curricula, initial_losses)
+        else:
+            blind = initial_losses[:, None, :] + self.blind_offsets(curricula.shape[1])[None]
         return self.stacking_weight * mean + (1.0 - self.stacking_weight) * blind
 
     def bands(self, curricula: np.ndarray, initial_losses: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9),
@@ -430,7 +444,8 @@ class BayesianSimfluence:
             stacking_weight=None if self.stacking_weight is None else self.stacking_weight[tests],
             blind_mean=None if self.blind_mean is None else self.blind_mean[:, tests],
             run_residuals=None if self.run_residuals is None else self.run_residuals[..., tests],
-            state=None if self.state is None else self.state[:, :, tests])
+            state=None if self.state is None else self.state[:, :, tests],
+            blind_state=None if self.blind_state is None else self.blind_state[tests])
 
     # -------------------------------------------------------------------- I/O
     def fields(self) -> dict[str, Any]:

@@ -13,7 +13,8 @@ File layout: group ``posterior`` (``a``, ``B`` ``[chain, draw, test_example, tra
 ``blind_mean [time, test_example]``, the training runs' mean trajectory at ``time`` 0..steps, and
 ``run_residuals [heldout_run, residual_step, test_example]``, the held-out residuals behind the
 new-run predictive; with the run state ``state_direction [train_example]`` and the attribute
-``state_recency``), and, for NUTS, ``sample_stats``. With the run state the posterior group also
+``state_recency``, and with the guard ``blind_state [test_example, state_feature]`` and
+``blind_center [residual_step, state_feature]``, its state-only alternative), and, for NUTS, ``sample_stats``. With the run state the posterior group also
 holds ``run_state [chain, draw, test_example, state_feature]`` (loss units).
 """
 
@@ -67,6 +68,10 @@ def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
     constant_coords = {"test_example": fields["test_ids"]}
     if fields.get("state") is not None:
         constant["state_direction"] = (["train_example"], fields["state_direction"])
+        if fields.get("blind_state") is not None:
+            constant["blind_state"] = (["test_example", "state_feature"], fields["blind_state"])
+            constant["blind_center"] = (["residual_step", "state_feature"], fields["blind_center"])
+            constant_coords["state_feature"] = list(STATE_FEATURES)
         constant_coords["train_example"] = fields["train_ids"]
         attrs["state_recency"] = float(fields["state_recency"])
     groups = {"posterior": arviz_data.draws_dataset(arrays, DIMS, coords, attrs),
@@ -131,6 +136,8 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
         "state": posterior["run_state"].values if "run_state" in posterior else None,
         "state_direction": constant["state_direction"].values if "state_direction" in constant else None,
         "state_recency": float(posterior.attrs["state_recency"]) if "state_recency" in posterior.attrs else None,
+        "blind_state": constant["blind_state"].values if "blind_state" in constant else None,
+        "blind_center": constant["blind_center"].values if "blind_center" in constant else None,
     }
 
 

@@ -32,6 +32,7 @@ re-estimate them on each fold, so the new-run predictive's misfit carries part o
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
@@ -157,3 +158,58 @@ def host_path(curricula: np.ndarray, direction: np.ndarray, recency: float) -> n
     with jax.enable_x64(True):
         return np.asarray(state_path(jnp.asarray(curricula), jnp.asarray(direction, jnp.float64),
                                      jnp.asarray(recency, jnp.float64)))
+
+
+@dataclass
+class StateTrajectory:
+    """The guard's alternative to the full model when the run state is on: the curriculum-blind
+    mean trajectory plus the run state's term, with no per-example effects.
+
+    Each test example's step change is the training runs' mean change plus ``h[m] . (f_t - fbar_t)``,
+    ``f_t`` the raw state features ``(z_t - z_{t-1}, z_t^2 - z_{t-1}^2)`` and ``fbar_t`` their mean
+    over the training runs (so the mean trajectory keeps its meaning), ``h`` by least squares. Past
+    the training horizon the mean change is 0 and ``fbar`` is 0. Stacking the full model against it
+    (instead of against the plain mean trajectory) shrinks the per-example effects where held-out
+    roll-outs say they add more noise than signal, and keeps the state: on the MLP set the effects'
+    estimation errors are shared by the test examples (one design) and do not average out of the
+    mean loss, where the state alone predicts it better.
+
+    Attributes (after :meth:`fit`):
+        state: the run state, estimated from the same runs; mean_losses: ``[steps + 1, tests]``;
+        coefficients: ``[tests, 2]`` ``h`` in loss units per raw feature; center: ``[steps, 2]`` ``fbar``.
+    """
+
+    state: RunState | None = None
+    mean_losses: np.ndarray | None = None
+    coefficients: np.ndarray | None = None
+    center: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return "state-trajectory"
+
+    def fit(self, runs: Runs) -> "StateTrajectory":
+        from bayes_simfluence.bayes.data import loss_scale
+
+        self.state = estimate_run_state(runs, loss_scale(runs.losses))
+        features = host_features(runs.curricula, self.state)  # [runs, steps, 2]
+        self.center = features.mean(axis=0)
+        change = np.diff(runs.losses, axis=1)  # [runs, steps, tests]
+        design = (features - self.center).reshape(-1, N_FEATURES)
+        target = (change - change.mean(axis=0)).reshape(-1, runs.n_tests)
+        self.coefficients = np.linalg.lstsq(design, target, rcond=None)[0].T
+        self.mean_losses = runs.losses.mean(axis=0)
+        return self
+
+    def offsets(self, curricula: np.ndarray) -> np.ndarray:
+        """``[runs, steps + 1, tests]`` loss minus initial loss under ``curricula``."""
+        n_steps = curricula.shape[1]
+        mean = self.mean_losses - self.mean_losses[:1]
+        mean = np.pad(mean, ((0, max(n_steps + 1 - len(mean), 0)), (0, 0)), mode="edge")[: n_steps + 1]
+        center = np.pad(self.center, ((0, max(n_steps - len(self.center), 0)), (0, 0)))[:n_steps]
+        term = np.cumsum((host_features(curricula, self.state) - center) @ self.coefficients.T, axis=1)
+        return mean[None] + np.concatenate([np.zeros_like(term[:, :1]), term], axis=1)
+
+    def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
+        """``[runs, steps + 1, tests]`` trajectories from ``initial_losses [runs, tests]``."""
+        return np.asarray(initial_losses)[:, None, :] + self.offsets(np.asarray(curricula))
