@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bayes_simfluence.bayes.data import loss_scale
+from bayes_simfluence.bayes.run_state import estimate_run_state
 from bayes_simfluence.runs import Runs
 from retraining_study import DEFAULT_RUNS, SETS, ordering_accuracy, pair_indices, result_key, rmse
 
@@ -41,10 +43,15 @@ RECENCIES = np.linspace(0.0, 0.95, 20)
 POOL = HERE.parent / "bayes_simfluence" / "data" / "sentiment_train.jsonl"
 
 
+def label_signs(runs: Runs) -> np.ndarray:
+    """``[n_train]`` +1 for a positive training sentence, -1 for a negative one."""
+    label = {row["id"]: row["label"] for row in map(json.loads, POOL.read_text().splitlines()) if row}
+    return np.array([1.0 if label[i] == "positive" else -1.0 for i in runs.train_ids])
+
+
 def signed_labels(runs: Runs) -> np.ndarray:
     """``[runs, steps]`` number of positive minus negative training sentences in each batch."""
-    label = {row["id"]: row["label"] for row in map(json.loads, POOL.read_text().splitlines()) if row}
-    sign = np.array([1.0 if label[i] == "positive" else -1.0 for i in runs.train_ids])
+    sign = label_signs(runs)
     slots = runs.curricula  # [runs, steps, batch], -1 empty
     return np.where(slots >= 0, sign[np.maximum(slots, 0)], 0.0).sum(-1)
 
@@ -73,13 +80,16 @@ def probe(runs: Runs, n_fit: int, n_heldout: int) -> dict:
     coef, *_ = np.linalg.lstsq(x[:n_fit], q[:n_fit], rcond=None)
     linear_only, *_ = np.linalg.lstsq(x[:n_fit, :2], q[:n_fit], rcond=None)
     predicted, observed = x[held] @ coef, q[held]
+    fitted = runs.select_runs(np.arange(n_fit))
+    direction = estimate_run_state(fitted, loss_scale(fitted.losses)).direction  # the run state's, label-free
     r, s = pair_indices(len(observed))
     diff_pred, diff_true = predicted[r] - predicted[s], observed[r] - observed[s]
     return {"fit_runs": n_fit, "heldout_runs": len(observed), "recency": recency, "coefficients": coef.tolist(),
             "q_correlation": float(np.corrcoef(predicted, observed)[0, 1]),
             "q_correlation_without_square": float(np.corrcoef(x[held, :2] @ linear_only, observed)[0, 1]),
             "diff_rmse": rmse(diff_pred, diff_true), "diff_sd": float(diff_true.std()),
-            "ordering_accuracy": ordering_accuracy(diff_pred, diff_true)[0]}
+            "ordering_accuracy": ordering_accuracy(diff_pred, diff_true)[0],
+            "state_direction_label_correlation": float(abs(np.corrcoef(direction, label_signs(runs))[0, 1]))}
 
 
 def simulator_rows() -> dict:
@@ -101,11 +111,12 @@ def markdown(results: dict) -> str:
              "the simulator on the same runs (`bayes`, the new-run rows of `retraining_study.json`). Both are "
              "scored on the retrained per-run mean final loss `q`: correlation across held-out runs, RMSE of the "
              "pairwise differences (beside their retrained sd), ordering of the pairs whose retrained gap exceeds "
-             "0.02.", "",
+             "0.02. The last column: |correlation| of the run state's direction `u` (`-o run_state=true`, estimated "
+             "from the fitted runs without labels) with the labels.", "",
              "| set | held-out runs | probe: q corr | probe without the square: q corr | probe: diff RMSE (sd) "
              "| probe: ordering | recency | simulator: q corr | simulator: diff RMSE | simulator: ordering "
-             "| simulator: LDS |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| simulator: LDS | run state's direction vs labels |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, row in results["sets"].items():
         sim = results["simulator"].get(key, {})
         cells = [f"{row['q_correlation']:.3f}", f"{row['q_correlation_without_square']:.3f}",
@@ -113,6 +124,7 @@ def markdown(results: dict) -> str:
                  f"{row['recency']:.2f}"]
         cells += ["" if sim.get(k) is None else f"{sim[k]:.3f}"
                   for k in ("q_correlation", "diff_rmse", "ordering_accuracy", "lds")]
+        cells.append(f"{row['state_direction_label_correlation']:.3f}")
         lines.append(f"| {key} | {row['heldout_runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines + [""])
 
