@@ -62,6 +62,7 @@ def test_estimate_recovers_the_generating_direction_and_recency(state_world):
     assert np.sqrt(np.mean(state.direction**2)) == pytest.approx(1.0)
 
 
+@pytest.mark.slow
 def test_run_state_predicts_the_generating_mean_loss_where_the_plain_model_cannot(state_world):
     """Counterfactual oracle: the generating process's expected mean final loss on 40 new curricula."""
     train, new_curricula, expected = state_world
@@ -227,6 +228,7 @@ def test_state_only_model_predicts_a_process_driven_by_the_state_alone():
     assert np.corrcoef(predicted[:, -1].mean(-1), expected[:, -1].mean(-1))[0, 1] > 0.95
 
 
+@pytest.mark.slow
 def test_guarded_fit_stacks_against_the_state_only_model_and_its_draws_average_to_its_mean(state_world, tmp_path):
     train, new_curricula, expected = state_world
     posterior = fit_bayes("grid", train, {"run_state": True, "guard_folds": 2, "num_draws": 40, "progress": False})
