@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bayes_simfluence.bayes.data import loss_scale
-from bayes_simfluence.bayes.run_state import estimate_run_state
+from bayes_simfluence.bayes.run_state import estimate_run_state, leave_one_out_mse
 from bayes_simfluence.runs import Runs
 from retraining_study import DEFAULT_RUNS, SETS, ordering_accuracy, pair_indices, result_key, rmse
 
@@ -61,13 +61,6 @@ def features(signed: np.ndarray, recency: float) -> np.ndarray:
     weights = recency ** np.arange(signed.shape[1])[::-1]
     z = signed @ weights
     return np.stack([np.ones_like(z), z, z**2], axis=1)
-
-
-def leave_one_out_mse(x: np.ndarray, q: np.ndarray) -> float:
-    """Mean squared leave-one-out error of least squares ``q [runs] ~ x [runs, k]``."""
-    hat = x @ np.linalg.pinv(x)
-    residual = (q - hat @ q) / (1.0 - np.diag(hat))
-    return float((residual**2).mean())
 
 
 def probe(runs: Runs, n_fit: int, n_heldout: int) -> dict:

@@ -174,7 +174,7 @@ def test_roll_out_adds_the_state_term_of_each_draw(state_posterior, state_world)
 
 def estimate_like(posterior: BayesianSimfluence):
     from bayes_simfluence.bayes.run_state import RunState
-    return RunState(posterior.state_direction, posterior.state_recency, np.ones(2), 0.0)
+    return RunState.of(posterior.state_direction, posterior.state_recency)
 
 
 def test_state_survives_save_load_slices_and_the_average_example(state_posterior, state_world, tmp_path):

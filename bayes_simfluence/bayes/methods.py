@@ -58,7 +58,7 @@ from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import MEAN_DRAWS, BayesianSimfluence
-from bayes_simfluence.bayes.run_state import StateTrajectory
+from bayes_simfluence.bayes.run_state import RunState, StateTrajectory
 from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import MeanTrajectory
@@ -223,7 +223,8 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
         posterior.run_residuals = stacking.residuals
         if config.run_state:
-            alternative = StateTrajectory().fit(train)
+            # the full fit's run state (the same estimate from the same runs), not a second estimate
+            alternative = StateTrajectory(RunState.of(posterior.state_direction, posterior.state_recency)).fit(train)
             posterior.blind_state, posterior.blind_center = alternative.coefficients, alternative.center
     return posterior
 

@@ -314,7 +314,7 @@ class BayesianSimfluence:
         if self.stacking_weight is None:
             return mean
         if self.blind_state is not None:
-            alternative = StateTrajectory(RunState(self.state_direction, self.state_recency, np.ones(N_STATE), 0.0),
+            alternative = StateTrajectory(RunState.of(self.state_direction, self.state_recency),
                                           self.blind_mean, self.blind_state, self.blind_center)
             blind = alternative.simulate(curricula, initial_losses)
         else:
@@ -382,7 +382,7 @@ class BayesianSimfluence:
         under ``curricula`` (zeros without a run state)."""
         if self.state is None:
             return np.zeros(curricula.shape[:2] + (N_STATE,))
-        return host_features(curricula, RunState(self.state_direction, self.state_recency, np.ones(N_STATE), 0.0))
+        return host_features(curricula, RunState.of(self.state_direction, self.state_recency))
 
     def _drift_for(self, params: dict[str, np.ndarray], n_steps: int, keys: Array | None) -> np.ndarray:
         """``[draws, tests, n_steps]`` step component, extended past the training horizon."""

@@ -70,6 +70,11 @@ class RunState(NamedTuple):
     feature_scale: np.ndarray
     singular_share: float
 
+    @classmethod
+    def of(cls, direction: np.ndarray, recency: float) -> "RunState":
+        """The state of a given direction and recency (unit feature scales: for simulating, not fitting)."""
+        return cls(np.asarray(direction), float(recency), np.ones(N_FEATURES), 0.0)
+
     def describe(self) -> dict[str, float]:
         """JSON-ready summary for a fit's ``info``."""
         return {"recency": float(self.recency), "singular_share": float(self.singular_share),
@@ -115,7 +120,7 @@ def host_features(curricula: np.ndarray, state: RunState) -> np.ndarray:
                                          jnp.asarray(state.recency, jnp.float64)))
 
 
-def _leave_one_out_mse(x: np.ndarray, q: np.ndarray) -> float:
+def leave_one_out_mse(x: np.ndarray, q: np.ndarray) -> float:
     """Mean squared leave-one-out error of least squares ``q [runs] ~ x [runs, k]``."""
     hat = x @ np.linalg.pinv(x)
     leverage = np.minimum(np.diag(hat), 1.0 - 1e-9)
@@ -147,9 +152,9 @@ def estimate_run_state(runs: Runs, scale: np.ndarray) -> RunState:
     errors = []
     for recency in RECENCIES:
         z = host_path(runs.curricula, direction, float(recency))[:, -1]
-        errors.append(_leave_one_out_mse(np.stack([np.ones_like(z), z, z**2], axis=1), final))
+        errors.append(leave_one_out_mse(np.stack([np.ones_like(z), z, z**2], axis=1), final))
     recency = float(RECENCIES[int(np.argmin(errors))])
-    features = host_features(runs.curricula, RunState(direction, recency, np.ones(N_FEATURES), 0.0))
+    features = host_features(runs.curricula, RunState.of(direction, recency))
     rms = np.sqrt((features**2).mean(axis=(0, 1)))
     return RunState(direction, recency, np.where(rms > 0, rms, 1.0), float(singular[0] / singular.sum()))
 
@@ -190,9 +195,11 @@ class StateTrajectory:
         return "state-trajectory"
 
     def fit(self, runs: Runs) -> "StateTrajectory":
+        """Least squares on ``runs``; the run state is estimated from them unless given (``state``)."""
         from bayes_simfluence.bayes.data import loss_scale
 
-        self.state = estimate_run_state(runs, loss_scale(runs.losses))
+        if self.state is None:
+            self.state = estimate_run_state(runs, loss_scale(runs.losses))
         features = host_features(runs.curricula, self.state)  # [runs, steps, 2]
         self.center = features.mean(axis=0)
         change = np.diff(runs.losses, axis=1)  # [runs, steps, tests]
