@@ -9,6 +9,7 @@ the fit the methods run before their guard.
     python experiments/sbc.py --method svi --guide conditional   # the conditional guide: about 3 minutes
     python experiments/sbc.py --method svi --guide mvn           # the full-rank guide: about 8 minutes
     python experiments/sbc.py --method svi --replications 100 -o num_steps=4000
+    python experiments/sbc.py -o run_state=true  # bayes-grid with the run state: about 2 minutes
 
 Each replication draws every parameter from the model's prior (NumPyro ``Predictive`` on
 :func:`~bayes_simfluence.bayes.model.effects_model`), rolls the generating process forward from
@@ -32,6 +33,15 @@ noise-free final loss under a fresh random curriculum, and the paired difference
 final losses between two fresh curricula (the truth rolled out by this file's own NumPy loop, the
 draws by the package's ``effect_sums`` and ``roll_out``, as :mod:`bayes_simfluence.bayes.posterior`
 does).
+
+With ``-o run_state=true`` (the run state of :mod:`bayes_simfluence.bayes.run_state`, stored
+as ``grid_run_state``) each replication also draws a direction ``u`` (standard Normal, root mean
+square 1) and uses recency :data:`STATE_RECENCY`; its coefficients ``g [tests, 2]`` are drawn
+from their prior ``Normal(0, (state_prior * sigma)^2)`` on the features scaled to root mean
+square 1 over the replication's runs, as the fit scales them, and every step change gains
+``g . f_t``. The fit is handed that ``u`` and recency (they are plug-in estimates outside the
+Bayesian model; what SBC checks is the posterior given them), and ``g1``, ``g2`` are ranked
+beside the other quantities; the decision quantities include the state's term.
 
 Prior: the package's hyperpriors are weakly informative for *real* standardised losses, whose
 size is 1 by construction; drawn from them, runs are not: with ``sigma ~ HalfNormal(1)`` and
@@ -76,6 +86,7 @@ from bayes_simfluence.bayes.grid import run_grid
 from bayes_simfluence.bayes.inference import HYPER_SITES, run_svi
 from bayes_simfluence.bayes.methods import parse_options
 from bayes_simfluence.bayes.model import ModelConfig, effect_sums, effects_model
+from bayes_simfluence.bayes.run_state import RunState, host_features
 from bayes_simfluence.commands._arguments import parse_option
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.synthetic import random_curricula
@@ -89,6 +100,8 @@ BINS = 10
 LEVEL = 0.01
 #: training examples whose ``a`` and ``B`` are ranked (curricula are random: any two are typical).
 TRAIN_EXAMPLES = (0, 1)
+#: the run state's recency ``rho`` in the replications with ``-o run_state=true``.
+STATE_RECENCY = 0.5
 
 
 @dataclass(frozen=True)
@@ -125,7 +138,7 @@ def prior_draws(config: ModelConfig, sizes: Sizes, n: int, key: Array) -> dict[s
 
 
 def generate_losses(params: dict[str, np.ndarray], curricula: np.ndarray, initial: np.ndarray,
-                    noise: np.ndarray) -> np.ndarray:
+                    noise: np.ndarray, state_term: np.ndarray | None = None) -> np.ndarray:
     """``[runs, steps + 1, tests]`` roll-out of the generating process, step by step in NumPy.
 
     ``L_t = (1 + m^a_t) L_{t-1} + m^B_t + d_t + noise_t`` with the remembered batch sums
@@ -138,6 +151,7 @@ def generate_losses(params: dict[str, np.ndarray], curricula: np.ndarray, initia
             optional ``"memory_decay"`` ``[tests]``.
         curricula: ``[runs, steps, batch]``, ``-1`` for an empty slot; initial: ``[runs, tests]``;
             noise: ``[runs, steps, tests]`` (zeros for the noise-free trajectory).
+        state_term: ``[runs, steps, tests]`` the run state's ``g . f_t`` added to each step, or None.
     """
     n_runs, n_steps, _ = curricula.shape
     n_tests = params["a"].shape[0]
@@ -152,6 +166,8 @@ def generate_losses(params: dict[str, np.ndarray], curricula: np.ndarray, initia
         memory_a = (1 - decay) * a[:, curricula[:, t]].sum(-1).T + decay * memory_a
         memory_b = (1 - decay) * b[:, curricula[:, t]].sum(-1).T + decay * memory_b
         losses[:, t + 1] = (1 + memory_a) * losses[:, t] + memory_b + params["drift"][:, t] + noise[:, t]
+        if state_term is not None:
+            losses[:, t + 1] += state_term[:, t]
     return losses
 
 
@@ -163,16 +179,40 @@ def step_noise(sigma: np.ndarray, config: ModelConfig, shape: tuple[int, int], r
     return sigma * rng.standard_normal(full)
 
 
+def draw_run_state(curricula: np.ndarray, rng: np.random.Generator) -> RunState:
+    """A run state for ``curricula [runs, steps, batch]``: a standard Normal direction of root mean
+    square 1, recency :data:`STATE_RECENCY`, and the feature scales the fit computes from these runs."""
+    n_train = int(curricula.max()) + 1
+    direction = rng.standard_normal(n_train)
+    unit = RunState.of(direction / np.sqrt(np.mean(direction**2)), STATE_RECENCY)
+    features = host_features(curricula, unit)
+    return unit._replace(feature_scale=np.sqrt((features**2).mean(axis=(0, 1))))
+
+
+def state_term(params: dict[str, np.ndarray], curricula: np.ndarray, state: RunState | None) -> np.ndarray | None:
+    """``[runs, steps, tests]`` the run state's contribution ``g . f_t`` to each step (scaled
+    features, coefficients ``params["state"] [tests, 2]``), or None without a run state."""
+    if state is None:
+        return None
+    return np.einsum("rsf,mf->rsm", host_features(curricula, state) / state.feature_scale, params["state"])
+
+
 def simulate_data(params: dict[str, np.ndarray], config: ModelConfig, sizes: Sizes,
-                  rng: np.random.Generator) -> tuple[ModelData, np.ndarray]:
+                  rng: np.random.Generator) -> tuple[ModelData, np.ndarray, RunState | None]:
     """Runs of the generating process for one parameter draw (see :func:`generate_losses`), on
-    the standardised scale (``scale = 1``, ``L_0 = 1``): ``(data, losses [runs, steps + 1, tests])``."""
+    the standardised scale (``scale = 1``, ``L_0 = 1``): ``(data, losses [runs, steps + 1, tests], state)``;
+    with ``config.run_state`` a run state is drawn (:func:`draw_run_state`) and ``params["state"]``
+    ``[tests, 2]`` from its prior, else ``state`` is None."""
     curricula = random_curricula(sizes.n_runs, sizes.n_steps, sizes.batch_size, sizes.n_train, rng).astype(np.int32)
     noise = step_noise(params["noise_scale"], config, (sizes.n_runs, sizes.n_steps), rng)
-    losses = generate_losses(params, curricula, np.ones((sizes.n_runs, sizes.n_tests)), noise)
+    state = draw_run_state(curricula, rng) if config.run_state else None
+    if state is not None:
+        params["state"] = config.state_prior * params["noise_scale"][:, None] * rng.standard_normal((sizes.n_tests, 2))
+    losses = generate_losses(params, curricula, np.ones((sizes.n_runs, sizes.n_tests)), noise,
+                             state_term(params, curricula, state))
     data = ModelData(curricula=curricula, previous=losses[:, :-1], change=np.diff(losses, axis=1),
                      scale=np.ones(sizes.n_tests), n_train=sizes.n_train)
-    return data, losses
+    return data, losses, state
 
 
 def parameter_quantities(params: dict[str, np.ndarray], config: ModelConfig) -> dict[str, np.ndarray]:
@@ -189,6 +229,8 @@ def parameter_quantities(params: dict[str, np.ndarray], config: ModelConfig) -> 
             out[f"a[{i}]-mean"] = params["a"][..., i] - params["a"].mean(-1)
         if config.has_additive:
             out[f"B[{i}]-mean"] = params["B"][..., i] - params["B"].mean(-1)
+    if "state" in params:
+        out["g1"], out["g2"] = params["state"][..., 0], params["state"][..., 1]
     return out
 
 
@@ -198,35 +240,43 @@ def decisions(final: np.ndarray) -> dict[str, np.ndarray]:
     return {"final_loss": final[..., 0, :], "paired_difference": final[..., 0, :] - final[..., 1, :]}
 
 
-def true_decisions(params: dict[str, np.ndarray], pair: np.ndarray) -> dict[str, np.ndarray]:
+def true_decisions(params: dict[str, np.ndarray], pair: np.ndarray, state: RunState | None = None) -> dict[str, np.ndarray]:
     """:func:`decisions` of one parameter draw on ``pair`` ``[2, steps, batch]`` from ``L_0 = 1``,
-    rolled out by :func:`generate_losses` without noise."""
+    rolled out by :func:`generate_losses` without noise (with the run state's term, if any)."""
     n_tests = params["a"].shape[0]
-    final = generate_losses(params, pair, np.ones((2, n_tests)), np.zeros(pair.shape[:2] + (n_tests,)))[:, -1]
+    final = generate_losses(params, pair, np.ones((2, n_tests)), np.zeros(pair.shape[:2] + (n_tests,)),
+                            state_term(params, pair, state))[:, -1]
     return decisions(final)
 
 
 @jax.jit
-def _final_losses(a: Array, b: Array, drift: Array, decay: Array | None, curricula: Array) -> Array:
+def _final_losses(a: Array, b: Array, drift: Array, decay: Array | None, extra: Array, curricula: Array) -> Array:
     """``[draws, runs, tests]`` noise-free final losses from ``L_0 = 1`` of draws ``a``, ``b``
     ``[draws, tests, n_train]``, ``drift`` ``[draws, tests, steps]``, ``decay`` ``[draws, tests]``
-    or None, on ``curricula`` ``[runs, steps, batch]``."""
+    or None, and ``extra`` ``[draws, runs, steps, tests]`` added to every step (the run state's
+    term, or zeros), on ``curricula`` ``[runs, steps, batch]``."""
 
-    def one(a_draw: Array, b_draw: Array, drift_draw: Array, decay_draw: Array | None) -> Array:
+    def one(a_draw: Array, b_draw: Array, drift_draw: Array, decay_draw: Array | None, extra_draw: Array) -> Array:
         sum_a, sum_b = effect_sums(a_draw, b_draw, curricula, decay_draw)
         initial = jnp.ones((curricula.shape[0], a_draw.shape[0]), a_draw.dtype)
-        return roll_out(1.0 + sum_a, sum_b + drift_draw.T[None], initial)[:, -1]
+        return roll_out(1.0 + sum_a, sum_b + drift_draw.T[None] + extra_draw, initial)[:, -1]
 
-    return jax.vmap(one)(a, b, drift, decay)
+    return jax.vmap(one)(a, b, drift, decay, extra)
 
 
-def drawn_decisions(draws: dict[str, np.ndarray], pair: np.ndarray) -> dict[str, np.ndarray]:
+def drawn_decisions(draws: dict[str, np.ndarray], pair: np.ndarray, state: RunState | None = None) -> dict[str, np.ndarray]:
     """:func:`decisions` ``[draws, tests]`` of posterior draws (layout of :func:`prior_draws`)
-    on ``pair`` ``[2, steps, batch]``, rolled out with the package's ``effect_sums`` and ``roll_out``."""
+    on ``pair`` ``[2, steps, batch]``, rolled out with the package's ``effect_sums``, ``roll_out``
+    and, with a run state, its ``host_features`` and the draws' coefficients ``"state"``."""
+    n_draws, n_tests = draws["a"].shape[:2]
+    if state is None:
+        extra = np.zeros((n_draws,) + pair.shape[:2] + (n_tests,))
+    else:
+        extra = np.einsum("rsf,dmf->drsm", host_features(pair, state) / state.feature_scale, draws["state"])
     with jax.enable_x64(True):
         final = _final_losses(*(jnp.asarray(draws[k]) for k in ("a", "B", "drift")),
                               None if "memory_decay" not in draws else jnp.asarray(draws["memory_decay"]),
-                              jnp.asarray(pair))
+                              jnp.asarray(extra), jnp.asarray(pair))
     return decisions(np.asarray(final))
 
 
@@ -238,17 +288,20 @@ def replicate(params: dict[str, np.ndarray], config: ModelConfig, fit_kwargs: di
         ``(truth {quantity: [tests]}, draws {quantity: [draws, tests]}, info)``; ``info`` has the
         fit's seconds, whether its ELBO converged and the largest simulated ``|L|``.
     """
-    data, losses = simulate_data(params, config, sizes, rng)
+    params = dict(params)  # simulate_data adds the run state's coefficients
+    data, losses, state = simulate_data(params, config, sizes, rng)
     pair = random_curricula(2, sizes.n_steps, sizes.batch_size, sizes.n_train, rng)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence is recorded in info
-        runner = run_grid if fit_kwargs.get("method") == "grid" else run_svi
-        fit = runner(data, config, seed=seed, **{k: v for k, v in fit_kwargs.items() if k != "method"},
-                     progress=False)
+        kwargs = {k: v for k, v in fit_kwargs.items() if k != "method"}
+        if fit_kwargs.get("method") == "grid":
+            fit = run_grid(data, config, seed=seed, **kwargs, progress=False, state=state)
+        else:
+            fit = run_svi(data, config, seed=seed, **kwargs, progress=False)
     draws = {k: v[0] for k, v in fit.draws.items()}  # one "chain"
     draws.setdefault("drift", np.zeros(draws["a"].shape[:2] + (sizes.n_steps,)))
-    truth = {**parameter_quantities(params, config), **true_decisions(params, pair)}
-    drawn = {**parameter_quantities(draws, config), **drawn_decisions(draws, pair)}
+    truth = {**parameter_quantities(params, config), **true_decisions(params, pair, state)}
+    drawn = {**parameter_quantities(draws, config), **drawn_decisions(draws, pair, state)}
     info = {"seconds": fit.info["seconds"], "elbo_converged": fit.info.get("elbo_converged"),
             "edge_mass": fit.info.get("edge_mass"),
             "max_abs_loss": float(np.abs(losses).max())}
@@ -436,7 +489,8 @@ def main(argv: list[str] | None = None) -> None:
     user = dict(args.option)
     if args.method == "grid":
         config, fit_kwargs = parse_options({**PRIOR_OPTIONS, "num_draws": N_DRAWS, **user}, "grid")
-        fit_kwargs["method"] = name = "grid"
+        fit_kwargs["method"] = "grid"
+        name = "grid_run_state" if config.run_state else "grid"
     else:
         config, fit_kwargs = parse_options({**PRIOR_OPTIONS, "num_draws": N_DRAWS, **user, "guide": args.guide}, "svi")
         name = args.guide

@@ -47,7 +47,8 @@ def test_generated_changes_are_the_teacher_forced_mean_plus_the_noise(memory):
 
 def test_data_are_on_the_standardised_scale_from_one():
     params = {k: v[0] for k, v in sbc.prior_draws(CONFIG, SIZES, 1, jax.random.PRNGKey(0)).items()}
-    data, losses = sbc.simulate_data(params, CONFIG, SIZES, np.random.default_rng(0))
+    data, losses, state = sbc.simulate_data(params, CONFIG, SIZES, np.random.default_rng(0))
+    assert state is None and "state" not in params
     np.testing.assert_array_equal(data.scale, 1.0)
     np.testing.assert_array_equal(losses[:, 0], 1.0)
     np.testing.assert_allclose(data.previous[:, 1:], losses[:, 1:-1])
@@ -62,6 +63,30 @@ def test_truth_roll_out_agrees_with_the_package_roll_out_of_the_same_parameters(
     for name in ("final_loss", "paired_difference"):
         np.testing.assert_allclose(drawn[name][0], truth[name], rtol=1e-12, atol=1e-12)
     assert np.all(truth["paired_difference"] != 0)  # the curricula do matter
+
+
+def test_with_the_run_state_the_generated_changes_carry_its_term_and_both_roll_outs_agree():
+    """The generator adds ``g . f_t`` (features of the replication's own state, scaled to root mean
+    square 1 over its runs) to each step; the package's roll-out of the same draw, with the state's
+    features from ``host_features``, gives the same decisions, and the state changes them."""
+    config = ModelConfig(memory="geometric", run_state=True, **sbc.PRIOR_OPTIONS)
+    params = {k: v[0] for k, v in sbc.prior_draws(config, SIZES, 1, jax.random.PRNGKey(4)).items()}
+    params["noise_scale"] = np.full(SIZES.n_tests, 0.05)  # a visible state term (g scales with sigma)
+    data, losses, state = sbc.simulate_data(params, config, SIZES, np.random.default_rng(5))
+    assert params["state"].shape == (SIZES.n_tests, 2) and state.recency == sbc.STATE_RECENCY
+    assert np.sqrt(np.mean(state.direction**2)) == pytest.approx(1.0)
+    scaled = sbc.host_features(data.curricula, state) / state.feature_scale
+    np.testing.assert_allclose(np.sqrt((scaled**2).mean(axis=(0, 1))), 1.0)
+    plain = sbc.generate_losses(params, data.curricula, np.ones((SIZES.n_runs, SIZES.n_tests)),
+                                np.zeros((SIZES.n_runs, SIZES.n_steps, SIZES.n_tests)))
+    assert np.abs(losses - plain).max() > 1e-3  # the state and the noise moved the runs
+    pair = random_curricula(2, SIZES.n_steps, SIZES.batch_size, SIZES.n_train, np.random.default_rng(6))
+    truth = sbc.true_decisions(params, pair, state)
+    drawn = sbc.drawn_decisions({k: v[None] for k, v in params.items()}, pair, state)
+    without = sbc.true_decisions(params, pair)
+    for name in ("final_loss", "paired_difference"):
+        np.testing.assert_allclose(drawn[name][0], truth[name], rtol=1e-12, atol=1e-12)
+        assert np.all(np.abs(truth[name] - without[name]) > 1e-6)
 
 
 def _conjugate(n: int, n_draws: int, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -120,3 +145,19 @@ def test_sbc_of_the_default_path_passes_and_detects_a_deliberately_narrowed_post
     narrowed = sbc.summarise({name: truth[name]}, {name: mean + 0.5 * (draws[name] - mean)}, sbc.N_DRAWS)[name]
     assert sum(narrowed["counts"]) == replications * sbc.Sizes().n_tests
     assert narrowed["p_value"] < threshold and "too narrow" in narrowed["reading"], narrowed
+
+
+@pytest.mark.slow
+def test_sbc_of_bayes_grid_with_the_run_state_passes_given_its_direction_and_recency():
+    """60 replications with ``-o run_state=true`` (the state's direction and recency handed to the
+    fit; about 30 s): every quantity, the state's coefficients and the decisions that carry their
+    term included, passes the uniformity test."""
+    replications = 60
+    config, fit_kwargs = sbc.parse_options({**sbc.PRIOR_OPTIONS, "num_draws": sbc.N_DRAWS, "run_state": True}, "grid")
+    fit_kwargs.pop("progress")
+    truth, draws, _ = sbc.run_sbc(replications, config, {**fit_kwargs, "method": "grid"}, progress=False)
+    assert {"g1", "g2", "final_loss", "paired_difference"} <= set(truth)
+    threshold = sbc.LEVEL / len(truth)
+    results = sbc.summarise(truth, draws, sbc.N_DRAWS)
+    assert all(q["p_value"] > threshold for q in results.values()), \
+        {k: (q["p_value"], q["reading"]) for k, q in results.items()}
