@@ -93,13 +93,28 @@ TEST_SIZE = 20
 DEFAULT_RUNS = (40, 40)
 
 
-def result_key(name: str, n_fit: int, n_heldout: int, method: str = "bayes", options: dict | None = None) -> str:
+def result_key(name: str, n_fit: int, n_heldout: int, method: str = "bayes", options: dict | None = None,
+               window: int = 0) -> str:
     """Where a result of set ``name`` is kept: other run counts than :data:`DEFAULT_RUNS`, another
-    method than ``bayes`` and fit options get rows of their own (e.g. ``NAME_run_state-true``)."""
+    method than ``bayes``, fit options and fit windows after the first get rows of their own (e.g.
+    ``NAME_run_state-true``, ``NAME_fit40_heldout120_window2``)."""
     key = name if (n_fit, n_heldout) == DEFAULT_RUNS else f"{name}_fit{n_fit}_heldout{n_heldout}"
     if method != "bayes":
         key += f"_{method}"
-    return key + "".join(f"_{k}-{v}" for k, v in sorted((options or {}).items()) if k != "progress")
+    key += "".join(f"_{k}-{v}" for k, v in sorted((options or {}).items()) if k != "progress")
+    return key + (f"_window{window}" if window else "")
+
+
+def window_runs(window: int, n_fit: int, n_heldout: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(fit, held_out)`` run indices of fit window ``window``: runs ``[window * n_fit, (window + 1) * n_fit)``
+    are fitted and every other run of the first ``n_fit + n_heldout`` is held out (window 0: the first
+    ``n_fit`` runs, then the next ``n_heldout``)."""
+    n_runs = n_fit + n_heldout
+    if not (0 <= window and (window + 1) * n_fit <= n_runs):
+        raise ValueError(f"--windows: window {window} of {n_fit} fit runs does not fit in {n_runs} runs "
+                         f"(at most {n_runs // n_fit} windows)")
+    fit = np.arange(window * n_fit, (window + 1) * n_fit)
+    return fit, np.setdiff1d(np.arange(n_runs), fit)
 
 
 # ------------------------------------------------------------------------------------ collection
@@ -285,18 +300,22 @@ def predictive_draws(simulator, heldout: Runs, predictive: str) -> np.ndarray:
                                     predictive=predictive)
 
 
-def study_set(name: str, runs: Runs, n_fit: int, n_heldout: int, method: str, options: dict) -> dict:
-    """Fit ``method`` and ``linear`` on the first ``n_fit`` runs, score the next ``n_heldout``."""
+def study_set(name: str, runs: Runs, n_fit: int, n_heldout: int, method: str, options: dict,
+              window: int = 0) -> dict:
+    """Fit ``method`` and ``linear`` on fit window ``window`` (:func:`window_runs`; 0: the first
+    ``n_fit`` runs), score the ``n_heldout`` held-out runs."""
     from bayes_simfluence.methods import FitContext, fit_method, options_for
 
-    train, heldout = runs.select_runs(slice(0, n_fit)), runs.select_runs(slice(n_fit, n_fit + n_heldout))
+    fit_runs, heldout_runs = window_runs(window, n_fit, n_heldout)
+    train, heldout = runs.select_runs(fit_runs), runs.select_runs(heldout_runs)
     start = time.perf_counter()
     simulator = fit_method(method, train, options_for(method, FitContext(seed=0, options=options)))
     fit_seconds = time.perf_counter() - start
     linear = fit_method("linear", train, FitContext(seed=0))
     lds, _ = spearman_runs(simulator.simulate(heldout.curricula, heldout.initial_losses), heldout.losses)
     lds_linear, _ = spearman_runs(linear.simulate(heldout.curricula, heldout.initial_losses), heldout.losses)
-    result = {"fit_runs": n_fit, "heldout_runs": n_heldout, "steps": runs.n_steps, "batch": runs.batch_size,
+    result = {"fit_runs": n_fit, "heldout_runs": n_heldout, "window": window,
+              "fit_run_range": [int(fit_runs[0]), int(fit_runs[-1]) + 1], "steps": runs.n_steps, "batch": runs.batch_size,
               "tests": runs.n_tests, "pool": runs.n_train, "method": method, "path": getattr(simulator, "name", method),
               "options": options,
               "fit_seconds": fit_seconds, "lds": lds, "lds_linear": lds_linear,
@@ -359,6 +378,55 @@ def plot_reliability(name: str, result: dict, path: Path) -> None:
     plt.close(figure)
 
 
+def _run_range(result: dict) -> str:
+    start, stop = result.get("fit_run_range", [0, result["fit_runs"]])  # results from before fit windows: the first runs
+    return f"{start}-{stop - 1}"
+
+
+#: the new-run scores summarised over fit windows: (column, key in the predictive's scores).
+WINDOW_SCORES = (("diff cov 50", "diff_coverage_50"), ("diff cov 90", "diff_coverage_90"), ("Brier", "brier"),
+                 ("reliability max dev", "reliability_max_deviation"), ("ordering acc", "ordering_accuracy"),
+                 ("band cov 90", "band_coverage_90"), ("q corr", "q_correlation"))
+
+
+def window_groups(results: dict) -> dict[str, list[dict]]:
+    """Results of every key studied on two or more fit windows: ``{window-0 key: [result of window 0, 1, ...]}``
+    (consecutive windows from 0)."""
+    groups = {}
+    for key, result in results["sets"].items():
+        if result.get("window", 0):
+            continue
+        windows, k = [result], 1
+        while f"{key}_window{k}" in results["sets"]:
+            windows.append(results["sets"][f"{key}_window{k}"])
+            k += 1
+        if len(windows) > 1:
+            groups[key] = windows
+    return groups
+
+
+def window_summary(results: dict) -> list[str]:
+    """Markdown: per key studied on several fit windows, the new-run scores' mean and range over them."""
+    groups = window_groups(results)
+    if not groups:
+        return []
+    lines = ["## Over fit windows (new-run predictive)", "",
+             "Every window fits its own runs and is scored on all the others (`--windows`): how much a score "
+             "depends on which runs the fit saw. Mean over windows, with the range in brackets.", "",
+             "| rows | windows | " + " | ".join(column for column, _ in WINDOW_SCORES) + " | LDS (linear) |",
+             "|---|---|" + "---|" * (len(WINDOW_SCORES) + 1)]
+    for key, windows in groups.items():
+        scores = [w["predictive"]["new-run"] for w in windows]
+        cells = []
+        for _, name in WINDOW_SCORES + (("", "lds"),):
+            values = np.array([(w if name == "lds" else s)[name] for w, s in zip(windows, scores)], dtype=float)
+            cells.append(f"{_number(values.mean())} ({_number(values.min())}-{_number(values.max())})")
+        linear = np.mean([w["lds_linear"] for w in windows])
+        cells[-1] += f" ({_number(linear)})"
+        lines.append(f"| `{key}` | {len(windows)} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _number(value: float | None, digits: str = ".3f") -> str:
     return "" if value is None or value != value else format(value, digits)
 
@@ -379,8 +447,9 @@ def markdown(results: dict) -> str:
              "does not reach 0 deviation either.", ""]
     for name, result in results["sets"].items():
         lines += [f"## {name}", "",
-                  f"Command: `{result['command']}`", "",
-                  f"{result['fit_runs']} runs fitted, the next {result['heldout_runs']} held out "
+                  f"Command: `{result['command']}`" + (f" ({result['note']})" if result.get("note") else ""), "",
+                  f"{result['fit_runs']} runs fitted (runs {_run_range(result)}), the other {result['heldout_runs']} "
+                  f"held out "
                   f"({result['pairs']} pairs, {result['pairs_gap']} with |gap| > {MIN_GAP}); pool {result['pool']}, "
                   f"{result['steps']} steps of batch {result['batch']}, {result['tests']} test examples. "
                   f"Method `{result['method']}`"
@@ -409,6 +478,7 @@ def markdown(results: dict) -> str:
                          + f" | {_number(result['lds'])} / {_number(result['lds_linear'])} "
                          f"| {scores['score_seconds']:.1f} |")
         lines += ["", f"![reliability](reliability_{name}.png)", ""]
+    lines += window_summary(results)
     lines += [f"Library version: `{results['library_version']}`.", ""]
     return "\n".join(lines)
 
@@ -442,12 +512,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fit-runs", type=int, default=DEFAULT_RUNS[0], help="runs the fits see (the first ones)")
     parser.add_argument("--heldout-runs", type=int, default=DEFAULT_RUNS[1],
                         help="runs scored (the next ones; runs the set's file lacks are collected and appended)")
+    parser.add_argument("--windows", type=int, default=1,
+                        help="fit windows to study: window K fits runs [K*fit_runs, (K+1)*fit_runs) and holds out every "
+                        "other of the first fit_runs + heldout_runs runs (default 1: the first window only); the "
+                        "results file summarises the new-run scores over the windows")
     parser.add_argument("--workers", type=int, default=2, help="collection processes")
     parser.add_argument("-o", "--option", type=_parse_option, action="append", default=[], metavar="KEY=VALUE",
                         help="option of the method's fit")
     args = parser.parse_args(argv)
     names = args.only or list(SETS)
     n_runs = args.fit_runs + args.heldout_runs
+    if not 1 <= args.windows <= n_runs // args.fit_runs:
+        parser.error(f"--windows must be 1-{n_runs // args.fit_runs} with {args.fit_runs} fit runs of {n_runs} "
+                     f"(got {args.windows})")
     command = shlex.join(["python", "experiments/retraining_study.py", *(sys.argv[1:] if argv is None else argv)])
     runs = {name: load_or_collect(name, n_runs, args.workers) for name in names}
     if args.collect_only:
@@ -458,17 +535,19 @@ def main(argv: list[str] | None = None) -> None:
     results = json.loads(json_path.read_text()) if json_path.exists() else {"sets": {}}
     seconds = json.loads(SECONDS_FILE.read_text()) if SECONDS_FILE.exists() else {}
     for name in names:
-        result = study_set(name, runs[name], args.fit_runs, args.heldout_runs, args.method, options)
-        first = next(s for s in result["predictive"].values() if "pairs" in s)
-        result.update(command=command, pairs=first["pairs"], pairs_gap=first["pairs_gap"],
-                      collection_seconds=seconds.get(name))
-        key = result_key(name, args.fit_runs, args.heldout_runs, args.method, dict(args.option))
-        results["sets"][key] = result
-        plot_reliability(key, result, RESULTS / f"reliability_{key}.png")
-    results["library_version"] = _library_version()
-    results = undefined_as_null(results)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
-    (RESULTS / "retraining_study.md").write_text(markdown(results))
+        for window in range(args.windows):
+            result = study_set(name, runs[name], args.fit_runs, args.heldout_runs, args.method, options, window)
+            first = next(s for s in result["predictive"].values() if "pairs" in s)
+            result.update(command=command, pairs=first["pairs"], pairs_gap=first["pairs_gap"],
+                          collection_seconds=seconds.get(name))
+            key = result_key(name, args.fit_runs, args.heldout_runs, args.method, dict(args.option), window)
+            results["sets"][key] = result
+            plot_reliability(key, result, RESULTS / f"reliability_{key}.png")
+            # written after every window: an interrupted study keeps what it finished
+            results["library_version"] = _library_version()
+            results = undefined_as_null(results)
+            json_path.write_text(json.dumps(results, indent=2) + "\n")
+            (RESULTS / "retraining_study.md").write_text(markdown(results))
     print(markdown(results))
 
 
