@@ -133,7 +133,7 @@ class Comparison:
             guarded posterior (:mod:`bayes_simfluence.bayes.guard`): the other draws come from the
             curriculum-blind model, under which the candidates do not differ; None otherwise.
         stacked_with_state: the other draws come from the state-only model instead
-            (:class:`~bayes_simfluence.bayes.run_state.StateTrajectory`, with ``-o run_state=true``).
+            (:class:`~bayes_simfluence.bayes.run_state.StateTrajectory`, with the run state).
     """
 
     labels: tuple[str, ...]

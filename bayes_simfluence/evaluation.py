@@ -107,12 +107,13 @@ def format_table(results: dict[str, dict[str, Any]], intervals: bool = False) ->
     """
     columns = [c for c in TABLE_COLUMNS if any(c in scores for scores in results.values())]
     width = max([len("method")] + [len(name) for name in results]) + 2
-    column_width = 28 if intervals else 16
-    header = "method".ljust(width) + "".join(c.rjust(column_width) for c in columns)
+    # every column at least two spaces wider than its name, so that names never run together
+    widths = [max(28 if intervals else 16, len(column) + 2) for column in columns]
+    header = "method".ljust(width) + "".join(c.rjust(w) for c, w in zip(columns, widths))
     lines = [header, "-" * len(header)]
     for name, scores in results.items():
         cells = []
-        for column in columns:
+        for column, column_width in zip(columns, widths):
             value, interval = scores.get(column), scores.get(f"{column}_interval")
             text = "" if value is None else f"{value:.4g}"
             if intervals and interval is not None and text:

@@ -61,6 +61,10 @@ def test_evaluate_prints_a_table(runs_files, capsys):
                  "-m", "multiplicative"]) == 0
     out = capsys.readouterr().out
     assert "all_steps_mse" in out and "multiplicative" in out
+    header = next(line.split() for line in out.splitlines() if line.startswith("method"))
+    assert {"spearman_runs", "spearman_mean_loss"} <= set(header)  # names never run together
+    row = next(line.split() for line in out.splitlines() if line.startswith("additive"))
+    assert len(row) == len(header)  # one cell per column (additive has every metric of this table)
 
 
 def test_bad_file_exits_2_with_the_validation_message(tmp_path):

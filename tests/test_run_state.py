@@ -1,4 +1,4 @@
-"""The run state (``-o run_state=true``): exact integration against dense Gaussian algebra, recovery
+"""The run state (``-o run_state``, on by default where bayes-grid runs its guard): exact integration against dense Gaussian algebra, recovery
 and counterfactuals against the generating process, and its plumbing (files, slices, refusals)."""
 
 import numpy as np
@@ -9,7 +9,7 @@ from bayes_simfluence.attributions import with_average_example
 from bayes_simfluence.bayes import grid
 from bayes_simfluence.bayes.blocks import fit_in_blocks
 from bayes_simfluence.bayes.data import model_data
-from bayes_simfluence.bayes.methods import fit_bayes
+from bayes_simfluence.bayes.methods import fit_bayes, resolve_run_state
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.bayes.run_state import StateTrajectory, estimate_run_state, host_features, host_path
@@ -201,6 +201,23 @@ def test_run_state_is_refused_where_it_does_not_exist(state_world):
         estimate_run_state(train.select_runs(np.arange(4)), model_data(train).scale)
 
 
+def test_auto_turns_the_state_on_exactly_where_bayes_grid_runs_its_guard(state_world):
+    train = state_world[0]  # 30 runs
+    assert resolve_run_state("grid", train, "auto", True, 4) == (True, None)
+    assert resolve_run_state("grid", train, " AUTO ", True, 4) == (True, None)
+    assert resolve_run_state("grid", train.select_runs(np.arange(8)), "auto", True, 4) == (True, None)
+    for method, runs, use_guard, reason in (("svi", train, True, "bayes-svi has no run state"),
+                                            ("nuts", train, True, "bayes-nuts has no run state"),
+                                            ("grid", train, False, "no guard"),
+                                            ("grid", train.select_runs(np.arange(7)), True, "7 runs, fewer than the guard needs (8)")):
+        on, why = resolve_run_state(method, runs, "auto", use_guard, 4)
+        assert not on and reason in why
+    assert resolve_run_state("grid", train, "false", True, 4) == (False, None)  # explicit choices stand
+    assert resolve_run_state("svi", train, True, True, 4) == (True, None)  # (and are refused later, below)
+    with pytest.raises(InputError, match="run_state"):
+        resolve_run_state("grid", train, "sometimes", True, 4)
+
+
 def test_fit_command_says_what_run_state_it_estimated(state_world, tmp_path, capsys):
     from bayes_simfluence.cli import main
 
@@ -210,6 +227,11 @@ def test_fit_command_says_what_run_state_it_estimated(state_world, tmp_path, cap
                  "-o", "num_draws=20", "-o", "progress=false", "--out", str(tmp_path / "posterior.nc")]) == 0
     out = capsys.readouterr().out
     assert "fitted 'bayes' (as bayes-grid: " in out and "run state: recency 0." in out
+    # by default (auto), without the guard: off, and fit says why
+    assert main(["fit", "--train", str(train_path), "--method", "bayes-grid", "-o", "guard=false", "-o", "num_draws=20",
+                 "-o", "progress=false", "--out", str(tmp_path / "plain.nc")]) == 0
+    assert "run state: off (no guard: -o guard=false)" in capsys.readouterr().out
+    assert BayesianSimfluence.load(tmp_path / "plain.nc").state is None
 
 
 def test_state_only_model_predicts_a_process_driven_by_the_state_alone():
@@ -231,7 +253,7 @@ def test_state_only_model_predicts_a_process_driven_by_the_state_alone():
 @pytest.mark.slow
 def test_guarded_fit_stacks_against_the_state_only_model_and_its_draws_average_to_its_mean(state_world, tmp_path):
     train, new_curricula, expected = state_world
-    posterior = fit_bayes("grid", train, {"run_state": True, "guard_folds": 2, "num_draws": 40, "progress": False})
+    posterior = fit_bayes("grid", train, {"guard_folds": 2, "num_draws": 40, "progress": False})  # the state by default
     assert "state-only" in posterior.info["guard"]["blind"] and posterior.blind_state.shape == (N_TESTS, 2)
     curricula, initial = new_curricula[:4], expected[:4, 0]
     mean = posterior.simulate(curricula, initial)

@@ -11,13 +11,14 @@ fit draws its random numbers for all test examples at once).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from bayes_simfluence.bayes.methods import flag
+from bayes_simfluence.bayes.methods import state_flag
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.methods import FitContext, fit_method
 from bayes_simfluence.runs import Runs
@@ -71,15 +72,22 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
     if method.split("-")[0] != "bayes":
         raise ValueError(f"fitting in blocks of test examples is for the Bayesian methods; '{method}' fits all "
                          "test examples at once in seconds")
-    if blocks > 1 and flag(context.options, "run_state"):
-        raise InputError("-o run_state=true: the run state is shared by all test examples and estimated from "
-                         "all of them; fit without test blocks")
+    state_auto = blocks > 1 and state_flag(context.options.get("run_state", "auto")) == "auto"
+    if blocks > 1:
+        if state_flag(context.options.get("run_state", "auto")) is True:
+            raise InputError("-o run_state=true: the run state is shared by all test examples and estimated from "
+                             "all of them; fit without test blocks")
+        # auto or false: off, since each block would estimate its own state from its own test examples
+        context = dataclasses.replace(context, options={**context.options, "run_state": False})
     parts = [train.select_tests(index) for index in block_indices(train.n_tests, blocks)]
     if ray is None:
         fitted = [fit_block(method, part, context) for part in tqdm(parts, desc="test blocks", disable=not progress)]
     else:
         fitted = _fit_on_ray(method, parts, context, ray)
-    return concatenate_tests(fitted)
+    merged = concatenate_tests(fitted)
+    if state_auto and merged.method == "grid":
+        merged.info["run_state_off"] = "test blocks: the state is estimated from all test examples at once"
+    return merged
 
 
 def _fit_on_ray(method: str, parts: list[Runs], context: FitContext, options: RayFitOptions) -> list[BayesianSimfluence]:

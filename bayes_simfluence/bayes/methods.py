@@ -22,8 +22,9 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   ``drift_initial``, ``drift_smoothness``, ``memory`` (none | geometric: optimiser memory; default
   geometric for bayes, bayes-grid, bayes-svi and bayes-nuts, none and the only choice for bayes-exact),
   ``memory_prior``, ``collapse_drift`` (default true: the step component integrated out of the
-  Normal likelihood and drawn exactly afterwards), ``run_state`` (default false; bayes-grid only:
-  the shared run state of :mod:`bayes_simfluence.bayes.run_state`) and ``state_prior``
+  Normal likelihood and drawn exactly afterwards), ``run_state`` (true | false | auto; bayes-grid
+  only: the shared run state of :mod:`bayes_simfluence.bayes.run_state`; default auto, on wherever
+  bayes-grid runs with its guard, :func:`resolve_run_state`) and ``state_prior``
   (default 0.3, the best of 0.1-10 by the guard's cross-fitted roll-out error on both real sets of the
   retraining study, `experiments/state_prior.py`); ``progress`` (progress bars, default true); ``guard`` (default true: stack
   with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
@@ -77,9 +78,14 @@ def _bool(value: Any, key: str) -> bool:
     raise ValueError(f"option {key}: expected true or false, got {value!r}")
 
 
-def flag(options: dict[str, Any], key: str, default: bool = False) -> bool:
-    """The boolean option ``key`` of ``options`` (strings such as ``"true"`` or ``"0"`` accepted)."""
-    return _bool(options.get(key, default), key)
+def state_flag(value: Any, key: str = "run_state") -> bool | str:
+    """``-o run_state``: a boolean, or ``"auto"`` (:func:`resolve_run_state`)."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _bool(value, key)
+    except ValueError:
+        raise validation.InputError(f"-o {key}: expected true, false or auto, got {value!r}") from None
 
 
 def _integer(minimum: int) -> Callable[[Any, str], int]:
@@ -102,7 +108,7 @@ MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "noise_prior": ("noise_prior", _float), "drift_initial": ("drift_initial", _float),
     "drift_smoothness": ("drift_smoothness", _float), "memory": ("memory", _text),
     "memory_prior": ("memory_prior", _float), "collapse_drift": ("collapse_drift", _bool),
-    "run_state": ("run_state", _bool), "state_prior": ("state_prior", _float),
+    "run_state": ("run_state", state_flag), "state_prior": ("state_prior", _float),
 }
 CHAIN_OPTIONS = {"num_warmup": _integer(0), "num_samples": _integer(1), "num_chains": _integer(1),
                  "chain_method": _text}
@@ -161,10 +167,34 @@ def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, di
         else:
             raise validation.InputError(f"-o {key}: bayes-{method} does not read this option; it reads "
                                         f"{sorted(option_names(method))}")
+    if model_kwargs.get("run_state") == "auto":  # resolved by fit_bayes, which sees the runs
+        del model_kwargs["run_state"]
     if model_kwargs.get("run_state") and method != "grid":
         raise validation.InputError(f"-o run_state=true: only bayes-grid (and bayes where it runs bayes-grid) "
                                     f"has the run state, not bayes-{method}")
     return ModelConfig(**model_kwargs), run_kwargs
+
+
+def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, folds: int) -> tuple[bool, str | None]:
+    """Whether a fit has the run state, and why not where ``auto`` turned it off.
+
+    ``auto`` (the default) turns it on where bayes-grid runs with its guard (at least ``folds *``
+    :data:`~bayes_simfluence.bayes.guard.MIN_RUNS_PER_FOLD` runs): there the guard stacks the full
+    model against the state-only one, and over four disjoint fit windows of both real sets of the
+    retraining study the state met every calibration target on average, where the model without it
+    missed the MLP's Brier score and ordering (README, calibration against real retraining).
+    Elsewhere (bayes-svi, -nuts, -exact, no guard, too few runs) it is off, and the reason is returned.
+    """
+    value = state_flag(value, "run_state")
+    if value != "auto":
+        return value, None
+    if method != "grid":
+        return False, f"bayes-{method} has no run state"
+    if not use_guard:
+        return False, "no guard: -o guard=false"
+    if train.n_runs < folds * guard.MIN_RUNS_PER_FOLD:
+        return False, f"{train.n_runs} runs, fewer than the guard needs ({folds * guard.MIN_RUNS_PER_FOLD})"
+    return True, None
 
 
 def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) -> BayesianSimfluence:
@@ -191,7 +221,10 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
             raise validation.InputError(f"-o {key}: only bayes-svi reads it (got bayes-{method})")
     guard_steps = None if guard_steps is None else _integer(1)(guard_steps, "guard_steps")
     workers = None if workers is None else _integer(1)(workers, "guard_workers")
+    options["run_state"], state_off = resolve_run_state(method, train, options.get("run_state", "auto"), use_guard, folds)
     posterior, result = _fit_once(method, train, options, seed)
+    if state_off is not None:
+        posterior.info["run_state_off"] = state_off
     if not use_guard:
         return posterior
     quiet, warm = {**options, "progress": False}, None

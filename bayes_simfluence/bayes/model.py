@@ -134,7 +134,8 @@ class ModelConfig:
         collapse_drift: integrate the step component out of the likelihood (Normal likelihood
             only; it is then drawn from its exact conditional after inference).
         run_state: add the shared run state of :mod:`bayes_simfluence.bayes.run_state` (its
-            coefficients ``g[m]`` on ``z_t - z_{t-1}`` and ``z_t^2 - z_{t-1}^2``; ``bayes-grid`` only).
+            coefficients ``g[m]`` on ``z_t - z_{t-1}`` and ``z_t^2 - z_{t-1}^2``; ``bayes-grid`` only;
+            the methods' ``-o run_state`` defaults to ``auto``, :func:`~bayes_simfluence.bayes.methods.resolve_run_state`).
         state_prior: sd of the ``Normal(0, .)`` prior of ``g`` on the features divided by their
             root mean square, in units of ``sigma``.
     """

@@ -18,6 +18,8 @@ EXAMPLES = """examples:
   bayes-simfluence fit --train runs.npz --method linear -o ridge=0.5 --out linear.npz
   # the Bayesian simulator: bayes-grid where it is affordable (calibrated in SBC), else bayes-svi
   bayes-simfluence fit --train runs.npz --method bayes --out posterior.nc
+  # bayes-grid has a shared run state wherever its guard runs (8+ runs); without it:
+  bayes-simfluence fit --train runs.npz --method bayes -o run_state=false --out posterior.nc
   bayes-simfluence fit --train runs.npz --method bayes-svi --out posterior.nc
   # 1000 test examples in 10 blocks, one after another (memory of one block)
   bayes-simfluence fit --train runs.npz --method bayes-svi --test-blocks 10 --out posterior.nc
@@ -79,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
     state_report = getattr(simulator, "info", {}).get("run_state")
     if state_report is not None:
         print(run_state.describe(state_report))
+    state_off = getattr(simulator, "info", {}).get("run_state_off")
+    if state_off is not None:
+        print(f"run state: off ({state_off})")
     guard_report = getattr(simulator, "info", {}).get("guard")
     if guard_report is not None:
         print(guard.describe(guard_report))
