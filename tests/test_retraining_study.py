@@ -1,26 +1,13 @@
 """The retraining study's run bookkeeping: fit windows partition the runs, and the window summary
 reports what each window scored (``experiments/retraining_study.py``)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from experiment_module import load_experiment
 
 pytest.importorskip("torch")  # the study collects its runs with the collect extra
 
-
-def _study():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "retraining_study.py"
-    spec = importlib.util.spec_from_file_location("experiments_retraining_study", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _study()
+study = load_experiment("retraining_study")
 
 
 def test_window_zero_is_the_original_protocol_and_windows_partition_the_runs():

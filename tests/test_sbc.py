@@ -2,10 +2,6 @@
 truth's own roll-out agrees with the package's, and the rank test tells a calibrated posterior
 from a too narrow or too wide one (exactly on a conjugate model; on the SVI path's real draws)."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,18 +9,10 @@ import pytest
 
 from bayes_simfluence.bayes.model import ModelConfig, step_mean
 from bayes_simfluence.synthetic import random_curricula
+from experiment_module import load_experiment
 
 
-def _load_sbc():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "sbc.py"
-    spec = importlib.util.spec_from_file_location("experiments_sbc", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-sbc = _load_sbc()
+sbc = load_experiment("sbc")
 CONFIG = ModelConfig(memory="geometric", **sbc.PRIOR_OPTIONS)
 SIZES = sbc.Sizes(n_train=8, n_tests=2, n_runs=3, n_steps=7, batch_size=3)
 
