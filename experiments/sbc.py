@@ -439,16 +439,19 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig, axes = plt.subplots(-(-len(names) // cols), cols, figsize=(4 * cols, 2.8 * -(-len(names) // cols)),
                              squeeze=False, constrained_layout=True)
     edges = np.arange(BINS + 1)
+    colours = {guide: f"C{i}" for i, guide in enumerate(results)}  # one colour per guide in every panel
     for ax, name in zip(axes.flat, names):
-        for i, (guide, run) in enumerate(results.items()):
+        banded = False
+        for guide, run in results.items():
             q = run["quantities"].get(name)
             if q is None:
                 continue
-            lo, hi = uniform_band(run["n_ranks"])
-            if i == 0:
+            if not banded:  # the band of the first run that has this quantity
+                lo, hi = uniform_band(run["n_ranks"])
                 ax.fill_between([0, BINS], lo, hi, color="0.85", label="99% uniform")
                 ax.axhline(run["n_ranks"] / BINS, color="0.5", lw=0.8)
-            ax.stairs(q["counts"], edges, lw=1.6, label=f"{guide} (p={q['p_value']:.2g})")
+                banded = True
+            ax.stairs(q["counts"], edges, lw=1.6, color=colours[guide], label=f"{guide} (p={q['p_value']:.2g})")
         ax.set_title(name)
         ax.set_xticks([0, BINS / 2, BINS], ["0", "L/2", "L"])
         ax.set_xlabel("rank of the truth among L draws")
