@@ -103,12 +103,13 @@ def contiguous_folds(n_runs: int, folds: int) -> list[np.ndarray]:
 
 def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int = FOLDS,
                         progress: bool = False, workers: int = 1,
-                        blind: Callable[[Runs], Simulator] = lambda train: MeanTrajectory().fit(train),
+                        blind: Callable[[Runs, Simulator], Simulator] = lambda train, fitted: MeanTrajectory().fit(train),
                         blind_name: str = "curriculum-blind") -> Stacking:
     """Cross-fit ``fit`` over folds of ``runs`` and choose the stacking weights (module docstring).
 
-    ``blind`` fits the alternative on a fold's training runs: the mean trajectory, or with the run
-    state :class:`~bayes_simfluence.bayes.run_state.StateTrajectory`; ``blind_name`` names it in the report.
+    ``blind(train, fitted)`` fits the alternative on a fold's training runs, given the fold's fit of
+    ``fit`` (whose estimates it may reuse): the mean trajectory, or with the run state
+    :class:`~bayes_simfluence.bayes.run_state.StateTrajectory`; ``blind_name`` names it in the report.
 
     With fewer than ``folds * MIN_RUNS_PER_FOLD`` runs nothing is held out: every weight is 1 and
     the report says why. ``workers > 1`` runs that many cross-fits at once in threads (XLA
@@ -124,8 +125,9 @@ def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int
 
     def cross_fit(held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         train, test = runs.select_runs(np.setdiff1d(np.arange(runs.n_runs), held)), runs.select_runs(held)
-        return (fit(train).simulate(test.curricula, test.initial_losses)[:, 1:],
-                blind(train).simulate(test.curricula, test.initial_losses)[:, 1:],
+        fitted = fit(train)
+        return (fitted.simulate(test.curricula, test.initial_losses)[:, 1:],
+                blind(train, fitted).simulate(test.curricula, test.initial_losses)[:, 1:],
                 test.losses[:, 1:])
 
     held_out = contiguous_folds(runs.n_runs, folds)

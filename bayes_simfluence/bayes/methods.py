@@ -244,8 +244,9 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         return _fit_once(method, runs, quiet, seed, warm_start=warm)[0]
 
     config = parse_options(options, method)[0]
-    blind = {"blind": lambda runs: StateTrajectory().fit(runs), "blind_name": "state-only (the mean trajectory plus "
-             "the run state)"} if config.run_state else {}
+    # the fold's state-only alternative reuses the fold fit's run state (the same estimate from the same runs)
+    blind = {"blind": lambda runs, fitted: StateTrajectory(RunState.of(fitted.state_direction, fitted.state_recency)).fit(runs),
+             "blind_name": "state-only (the mean trajectory plus the run state)"} if config.run_state else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
         stacking = guard.stack_against_blind(cross_fit, train, folds, workers=workers or 1,
