@@ -161,7 +161,7 @@ def test_roll_out_adds_the_state_term_of_each_draw(state_posterior, state_world)
     curricula, initial = state_world[1][:3], state_world[2][:3, 0]
     draw = state_posterior.parameter_draws(1, seed=5)
     trajectory = state_posterior.simulate_draws(curricula, initial, 1, seed=5, predictive="parameters")[0]
-    features = host_features(curricula, estimate_like(state_posterior))  # [runs, steps, 2]
+    features = host_features(curricula, state_posterior.run_state)  # [runs, steps, 2]
     filled = np.where(curricula >= 0, curricula, 0)
     loss, memory_a, memory_b = initial.copy(), 0.0, 0.0
     decay = draw["decay"][0]
@@ -170,11 +170,6 @@ def test_roll_out_adds_the_state_term_of_each_draw(state_posterior, state_world)
         memory_b = (1 - decay) * draw["B"][0][:, filled[:, t]].sum(-1).T + decay * memory_b
         loss = loss + memory_a * loss + memory_b + draw["drift"][0][:, t] + features[:, t] @ draw["state"][0].T
         np.testing.assert_allclose(trajectory[:, t + 1], loss, rtol=1e-9, atol=1e-12)
-
-
-def estimate_like(posterior: BayesianSimfluence):
-    from bayes_simfluence.bayes.run_state import RunState
-    return RunState.of(posterior.state_direction, posterior.state_recency)
 
 
 def test_state_survives_save_load_slices_and_the_average_example(state_posterior, state_world, tmp_path):

@@ -72,9 +72,9 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
     if method.split("-")[0] != "bayes":
         raise ValueError(f"fitting in blocks of test examples is for the Bayesian methods; '{method}' fits all "
                          "test examples at once in seconds")
-    state_auto = blocks > 1 and state_flag(context.options.get("run_state", "auto")) == "auto"
+    state_choice = state_flag(context.options.get("run_state", "auto"))
     if blocks > 1:
-        if state_flag(context.options.get("run_state", "auto")) is True:
+        if state_choice is True:
             raise InputError("-o run_state=true: the run state is shared by all test examples and estimated from "
                              "all of them; fit without test blocks")
         # auto or false: off, since each block would estimate its own state from its own test examples
@@ -85,7 +85,7 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
     else:
         fitted = _fit_on_ray(method, parts, context, ray)
     merged = concatenate_tests(fitted)
-    if state_auto and merged.method == "grid":
+    if blocks > 1 and state_choice == "auto" and merged.method == "grid":
         merged.info["run_state_off"] = "test blocks: the state is estimated from all test examples at once"
     return merged
 

@@ -59,7 +59,7 @@ from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import MEAN_DRAWS, BayesianSimfluence
-from bayes_simfluence.bayes.run_state import RunState, StateTrajectory
+from bayes_simfluence.bayes.run_state import StateTrajectory
 from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import MeanTrajectory
@@ -244,9 +244,8 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         return _fit_once(method, runs, quiet, seed, warm_start=warm)[0]
 
     config = parse_options(options, method)[0]
-    # the fold's state-only alternative reuses the fold fit's run state (the same estimate from the same runs)
-    blind = {"blind": lambda runs, fitted: StateTrajectory(RunState.of(fitted.state_direction, fitted.state_recency)).fit(runs),
-             "blind_name": "state-only (the mean trajectory plus the run state)"} if config.run_state else {}
+    blind = {"blind": _state_only, "blind_name": "state-only (the mean trajectory plus the run state)"} \
+        if config.run_state else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
         stacking = guard.stack_against_blind(cross_fit, train, folds, workers=workers or 1,
@@ -257,10 +256,15 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
         posterior.run_residuals = stacking.residuals
         if config.run_state:
-            # the full fit's run state (the same estimate from the same runs), not a second estimate
-            alternative = StateTrajectory(RunState.of(posterior.state_direction, posterior.state_recency)).fit(train)
+            alternative = _state_only(train, posterior)
             posterior.blind_state, posterior.blind_center = alternative.coefficients, alternative.center
     return posterior
+
+
+def _state_only(runs: Runs, fitted: BayesianSimfluence) -> StateTrajectory:
+    """The guard's alternative with the run state, on ``runs``: the state-only model with the run state
+    ``fitted`` estimated from the same runs (reused, not estimated a second time)."""
+    return StateTrajectory(fitted.run_state).fit(runs)
 
 
 def _fit_settings(method: str, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -151,6 +151,12 @@ class BayesianSimfluence:
         return f"bayes-{self.method}"
 
     @property
+    def run_state(self) -> RunState | None:
+        """The run state's direction and recency at unit feature scale (the coefficients ``state``
+        act on the raw features), or None without one."""
+        return None if self.state_direction is None else RunState.of(self.state_direction, self.state_recency)
+
+    @property
     def n_chains(self) -> int:
         return int(self.a.shape[0])
 
@@ -314,8 +320,7 @@ class BayesianSimfluence:
         if self.stacking_weight is None:
             return mean
         if self.blind_state is not None:
-            alternative = StateTrajectory(RunState.of(self.state_direction, self.state_recency),
-                                          self.blind_mean, self.blind_state, self.blind_center)
+            alternative = StateTrajectory(self.run_state, self.blind_mean, self.blind_state, self.blind_center)
             blind = alternative.simulate(curricula, initial_losses)
         else:
             blind = initial_losses[:, None, :] + self.blind_offsets(curricula.shape[1])[None]
@@ -382,7 +387,7 @@ class BayesianSimfluence:
         under ``curricula`` (zeros without a run state)."""
         if self.state is None:
             return np.zeros(curricula.shape[:2] + (N_STATE,))
-        return host_features(curricula, RunState.of(self.state_direction, self.state_recency))
+        return host_features(curricula, self.run_state)
 
     def _drift_for(self, params: dict[str, np.ndarray], n_steps: int, keys: Array | None) -> np.ndarray:
         """``[draws, tests, n_steps]`` step component, extended past the training horizon."""
