@@ -32,11 +32,13 @@ import numpy as np
 
 from bayes_simfluence.methods import FitContext, fit_method, options_for
 from bayes_simfluence.runs import Runs
+from retraining_study import window_runs
 
 HERE = Path(__file__).resolve().parent
 RETRAINING_SETS = ("retrain_mlp_sgd", "retrain_minilm")
 REAL_SETS = ("mlp_sgd", "mlp_momentum", "mlp_adam", "minilm_adamw")
-WINDOW_RUNS, WINDOWS, TOTAL_RUNS = 40, 4, 160
+#: the retraining study's fit windows: 40 runs fitted, the other 120 of its 160 held out.
+WINDOW_RUNS, HELDOUT_RUNS, WINDOWS = 40, 120, 4
 LDS_FIT, LDS_HELDOUT = 16, 8
 #: the guard's cross-fits see this fraction of the fit runs (4 folds).
 CROSS_FIT_FRACTION = 0.75
@@ -92,11 +94,10 @@ def main() -> None:
     warnings.simplefilter("ignore")
     start, rows = time.perf_counter(), {}
     for name in RETRAINING_SETS:
-        runs = Runs.load(HERE / "data" / f"{name}.npz").select_runs(np.arange(TOTAL_RUNS))
+        runs = Runs.load(HERE / "data" / f"{name}.npz")
         for window in range(WINDOWS):
-            fitted = np.arange(window * WINDOW_RUNS, (window + 1) * WINDOW_RUNS)
-            rows[f"{name}/{window}"] = check(runs.select_runs(fitted),
-                                             runs.select_runs(np.setdiff1d(np.arange(TOTAL_RUNS), fitted)))
+            fitted, heldout = window_runs(window, WINDOW_RUNS, HELDOUT_RUNS)
+            rows[f"{name}/{window}"] = check(runs.select_runs(fitted), runs.select_runs(heldout))
             print(name, window, rows[f"{name}/{window}"]["q_var"], flush=True)
     for name in REAL_SETS:
         runs = Runs.load(HERE / "data" / f"{name}.npz")

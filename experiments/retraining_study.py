@@ -59,14 +59,17 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bayes_simfluence.collect.collector import CollectConfig
 from bayes_simfluence.metrics import coverage as band_coverage
 from bayes_simfluence.metrics import spearman_runs
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.validation import undefined_as_null
+
+if TYPE_CHECKING:  # collecting needs the collect extra; reading the study's runs does not
+    from bayes_simfluence.collect.collector import CollectConfig
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"

@@ -5,8 +5,6 @@ import numpy as np
 import pytest
 from experiment_module import load_experiment
 
-pytest.importorskip("torch")  # the study collects its runs with the collect extra
-
 study = load_experiment("retraining_study")
 
 
