@@ -100,7 +100,7 @@ def result_key(name: str, n_fit: int, n_heldout: int, method: str = "bayes", opt
                window: int = 0) -> str:
     """Where a result of set ``name`` is kept: other run counts than :data:`DEFAULT_RUNS`, another
     method than ``bayes``, fit options and fit windows after the first get rows of their own (e.g.
-    ``NAME_run_state-true``, ``NAME_fit40_heldout120_window2``)."""
+    ``NAME_run_state-True``, ``NAME_fit40_heldout120_window2``)."""
     key = name if (n_fit, n_heldout) == DEFAULT_RUNS else f"{name}_fit{n_fit}_heldout{n_heldout}"
     if method != "bayes":
         key += f"_{method}"
