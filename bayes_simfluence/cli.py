@@ -12,9 +12,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import os
 import sys
 
-from bayes_simfluence import commands
+from bayes_simfluence import commands, interrupts
 
 USAGE_ERROR = 2
 INTERNAL_ERROR = 1
@@ -43,23 +44,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, hard_exit: bool | None = None) -> int:
     """Run one command; input errors give one line and exit 2, anything unexpected one line and exit 1.
 
-    ``--debug`` (before the command) re-raises instead, for the full traceback.
+    ``--debug`` (before the command) re-raises instead, for the full traceback. Ctrl-C is handled
+    here once (:mod:`bayes_simfluence.interrupts`): exit code 130 and no output written, also where
+    the interrupt was swallowed inside a JAX callback. ``hard_exit`` (default: when run as the
+    command, ``argv`` None) leaves an interrupted process with ``os._exit`` after flushing its
+    streams, so that the interpreter's teardown cannot crash in XLA's threads.
     """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return USAGE_ERROR
+    hard_exit = argv is None if hard_exit is None else hard_exit
+    with interrupts.handling():
+        code = _run(argv)
+        if code == INTERRUPTED and hard_exit:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(INTERRUPTED)
+    return code
+
+
+def _run(argv: list[str] | None) -> int:
+    args = None
     try:
-        return int(args.func(args) or 0)
+        parser = build_parser()  # imports every command (JAX among them): an interrupt may land here
+        args = parser.parse_args(argv)
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return USAGE_ERROR
+        code = int(args.func(args) or 0)
+        interrupts.check()  # an interrupt swallowed in a callback still counts
+        return code
     except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the boundary: one line, traceback on request
-        if args.debug:
+        if isinstance(error, KeyboardInterrupt) or interrupts.requested():
+            interrupts.acknowledge()
+            error = KeyboardInterrupt()
+        if args is not None and args.debug and not isinstance(error, KeyboardInterrupt):
             raise
         message, code = _report(error)
-        print(f"bayes-simfluence {args.command}: {message}", file=sys.stderr)
+        command = getattr(args, "command", None)
+        print(f"bayes-simfluence{' ' + command if command else ''}: {message}", file=sys.stderr)
         return code
 
 
@@ -70,10 +93,12 @@ INPUT_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryE
 def _report(error: BaseException) -> tuple[str, int]:
     """The one line and the exit code for an error that reached the CLI boundary."""
     if isinstance(error, KeyboardInterrupt):
-        return "interrupted; nothing was left half-written", INTERRUPTED
+        return "interrupted; nothing was written", INTERRUPTED
     text = " ".join(str(error).split())[:2000] or type(error).__name__
     if isinstance(error, INPUT_ERRORS):
         return f"error: {text}", USAGE_ERROR
+    if isinstance(error, OSError) and error.filename is not None:  # a file that cannot be read or written
+        return f"error: {error.filename}: {error.strerror or text}", USAGE_ERROR
     return (f"error: unexpected {type(error).__name__}: {text} "
             "(rerun with --debug before the command for the traceback)"), INTERNAL_ERROR
 

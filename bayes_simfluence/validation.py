@@ -99,24 +99,54 @@ def checked_result(array: Any, what: str) -> np.ndarray:
 
 
 def output_path(path: str | os.PathLike, where: str = "--out", suffixes: Sequence[str] | None = None,
-                format_name: str = "") -> Path:
+                format_name: str = "", inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
     """Check that a file can be written at exactly ``path`` (before any work is done).
 
-    Refuses a directory at ``path``, a parent that is a regular file, and (with ``suffixes``) a
-    name whose extension does not fit the format.
+    Refuses a directory at ``path``, a parent that is a regular file, a folder that cannot be
+    written (tried with a temporary file), a looping symbolic link, the same file as one of
+    ``inputs`` (compared after following links: an output never replaces an input) and (with
+    ``suffixes``) a name whose extension does not fit the format. A link at ``path`` is written
+    through (:mod:`bayes_simfluence.atomic`), so the folder checked is its target's.
     """
+    import tempfile
+
+    from bayes_simfluence.atomic import write_target
+
     path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{where} {path}: is a directory; give a file name")
-    for parent in path.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"{where} {path}: {parent} is a file, not a folder")
-            break
+    try:
+        if path.is_dir():
+            raise InputError(f"{where} {path}: is a directory; give a file name")
+        target = write_target(path)
+        for given in inputs:
+            if given is not None and _same_file(target, Path(given)):
+                raise InputError(f"{where} {path}: is the input {given}; writing there would replace it "
+                                 "(give another output path)")
+        folder = next(parent for parent in target.parents if parent.exists() or parent == parent.parent)
+    except OSError as error:
+        raise InputError(f"{where} {path}: {error.strerror or error}") from error
+    if not folder.is_dir():
+        raise InputError(f"{where} {path}: {folder} is a file, not a folder")
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".bayes-simfluence-", suffix=".probe")
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise InputError(f"{where} {path}: the folder {folder} cannot be written ({error.strerror or error})") \
+            from error
     if suffixes is not None and path.suffix not in suffixes:
         raise InputError(f"{where} {path}: {format_name or 'this output'} is written as "
                          f"{' or '.join(suffixes)}; use a file name ending so")
     return path
+
+
+def _same_file(output: Path, given: Path) -> bool:
+    """Whether writing ``output`` would replace the input ``given`` (links and hard links followed)."""
+    try:
+        if output.exists() and given.exists():
+            return os.path.samefile(output, given)
+        return os.path.realpath(output) == os.path.realpath(given)
+    except OSError:
+        return False
 
 
 def available_memory() -> int:

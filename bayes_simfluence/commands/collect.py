@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from bayes_simfluence import validation
-from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
+from bayes_simfluence.commands._arguments import nonnegative_int, output_file, positive_int, require_collect_extra, seed
 from bayes_simfluence.scores import SCORE_METHODS
 
 EXAMPLES = """examples:
@@ -65,9 +65,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "or .json list of runs, each a list of batches")
     runs.add_argument("--eval-every", type=positive_int, default=1,
                       help="log test losses every K optimiser steps; one runs-file step is then K optimiser steps")
-    runs.add_argument("--curriculum-seed", type=nonnegative_int, default=0)
-    runs.add_argument("--init-seed", type=nonnegative_int, default=0, help="seed of a new classification head")
-    runs.add_argument("--noise-seed", type=nonnegative_int, default=0, help="torch seed of every run (dropout)")
+    runs.add_argument("--curriculum-seed", type=seed, default=0)
+    runs.add_argument("--init-seed", type=seed, default=0, help="seed of a new classification head")
+    runs.add_argument("--noise-seed", type=seed, default=0, help="torch seed of every run (dropout)")
     runs.add_argument("--vary-noise", action="store_true", help="give each run its own dropout seed")
     runs.add_argument("--no-dropout", action="store_true", help="switch dropout off")
     training = parser.add_argument_group("training")
@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scores.add_argument("--reference-run", type=nonnegative_int, default=0)
     scores.add_argument("--damping", type=float, help="damping of influence and influence-cg (default 1 / sum of learning rates)")
     output = parser.add_argument_group("output and execution")
-    output.add_argument("--out", required=True, type=Path, help="runs file to write (.npz)")
+    output.add_argument("--out", required=True, type=output_file, help="runs file to write (.npz)")
     output.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     output.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
     output.add_argument("--threads", type=positive_int, help="torch threads per process (default: cores / workers)")
@@ -164,7 +164,7 @@ def config_from_args(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     require_collect_extra("collect")
-    validation.output_path(args.out, "--out", (".npz",), "a runs file")
+    validation.output_path(args.out, "--out", (".npz",), "a runs file", inputs=[args.train, args.test, args.curricula])
     from bayes_simfluence.collect.collector import collect
     from bayes_simfluence.scores import scores_path_for
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bayes_simfluence import counterfactuals, validation
-from bayes_simfluence.commands._arguments import nonnegative_int, parse_indices, positive_int
+from bayes_simfluence.commands._arguments import nonnegative_int, output_file, parse_indices, positive_int, seed
 from bayes_simfluence.compare import DEFAULT_DRAWS, REDUCTIONS, Comparison, as_curricula, compare, pad_width
 from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_comparison, save_figure
@@ -34,14 +34,24 @@ Differences are paired draw by draw and are 'candidate - reference' (negative: l
 """
 
 
+def _split_spec(spec: str) -> tuple[str, str]:
+    """``"FILE:0,2"`` -> ``("FILE", "0,2")``; ``"FILE"`` -> ``("FILE", "")``."""
+    head, _, tail = spec.rpartition(":")
+    return (head, tail) if head and tail.replace(",", "").isdigit() else (spec, "")
+
+
+def spec_path(spec: str) -> Path:
+    """The file of a ``FILE[:RUNS]`` argument."""
+    return Path(_split_spec(spec)[0])
+
+
 def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Curricula named on the command line: ``PATH`` or ``PATH:RUNS`` (runs-format files only).
 
     Returns:
         ``(curricula [runs, steps, batch], initial_losses [tests] or None, label)``.
     """
-    head, _, tail = spec.rpartition(":")
-    path_text, runs_text = (head, tail) if head and tail.replace(",", "").isdigit() else (spec, "")
+    path_text, runs_text = _split_spec(spec)
     path = Path(path_text)
     if not path.exists():
         raise ValueError(f"{path}: no such curricula file")
@@ -112,7 +122,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reduction", choices=REDUCTIONS, default="mean", help="over the test examples (default mean)")
     parser.add_argument("--draws", type=positive_int, default=DEFAULT_DRAWS,
                         help=f"posterior draws (default {DEFAULT_DRAWS})")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the draws (default 0)")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the draws (default 0)")
     parser.add_argument("--level", type=float, default=0.9, help="credibility of the intervals (default 0.9)")
     parser.add_argument("--predictive", choices=PREDICTIVES, default=None,
                         help=f"what the draws stand for; {PREDICTIVE_HELP}")
@@ -127,7 +137,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="with --leave-out: keep every step and empty the removed slots instead of re-packing")
     shortcuts.add_argument("--times", type=positive_int, default=2, help="with --repeat (default 2)")
     shortcuts.add_argument("--at-steps", type=parse_indices, metavar="S,T", help="with --insert: 0-based steps")
-    parser.add_argument("--plot", type=Path, metavar="FILE.png", help="write the comparison figure")
+    parser.add_argument("--plot", type=output_file, metavar="FILE.png", help="write the comparison figure")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
     parser.set_defaults(func=run)
 
@@ -166,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.level < 1:
         raise ValueError(f"--level must be in (0, 1), got {args.level}")
     if args.plot:
-        validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure")
+        validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure",
+                               inputs=[args.simulator, args.initial_losses, *map(spec_path, args.curricula)])
     comparison = _comparison(args)
     if args.json:
         print(validation.strict_json(comparison.to_dict(), indent=2))

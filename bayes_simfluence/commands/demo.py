@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from bayes_simfluence.atomic import atomic_path
-from bayes_simfluence.commands._arguments import nonnegative_int, positive_int, require_collect_extra
+from bayes_simfluence.commands._arguments import positive_int, require_collect_extra, seed
+from bayes_simfluence import validation
 from bayes_simfluence.validation import strict_json, undefined_as_null
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes")
@@ -44,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "ones this installation lacks are skipped)")
     parser.add_argument("--workers", type=positive_int, default=2, help="collection processes (default 2)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per process (default 1)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the curricula and of stochastic fits")
+    parser.add_argument("--seed", type=seed, default=0, help="seed of the curricula and of stochastic fits")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.set_defaults(func=run)
 
@@ -143,6 +144,13 @@ def describe_comparison(name: str, result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bayes_simfluence.methods import available_methods
+
+    unknown = [name for name in args.method or () if name not in available_methods()]
+    if unknown:  # before collecting for minutes (a method that is known but not installed is skipped)
+        raise ValueError(f"-m {unknown[0]}: unknown method; choose from {available_methods()}")
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: is a file; the demo writes several files into a folder: give a folder")
     require_collect_extra("demo")
     from bayes_simfluence.collect.collector import collect
     from bayes_simfluence.collect.embedded import demo_config
@@ -152,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not 1 <= args.heldout_runs < args.runs:
         raise ValueError(f"--heldout-runs must be in [1, {args.runs - 1}], got {args.heldout_runs}")
+    validation.output_path(args.out / "results.json", "--out")
     start = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     runs_path = args.out / "runs.npz"

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from bayes_simfluence import validation
-from bayes_simfluence.commands._arguments import add_method_options, positive_int
+from bayes_simfluence.commands._arguments import add_method_options, options_dict, output_file, positive_int
 from bayes_simfluence.evaluation import DEFAULT_EVAL_DRAWS, evaluate_methods, format_table
 from bayes_simfluence.methods import FitContext, available_methods
 from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_scores, save_figure
@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--intervals", action="store_true",
                         help="print 90%% bootstrap intervals over test examples beside each metric (JSON always has "
                              "them as METRIC_interval)")
-    parser.add_argument("--plot", type=Path, metavar="FILE.png",
+    parser.add_argument("--plot", type=output_file, metavar="FILE.png",
                         help="write a figure of the main metrics per method, with their 90%% intervals as whiskers")
     parser.add_argument("--random-subsets", action="store_true",
                         help="declare that the held-out runs each trained on a random subset of the pool, so that "
@@ -88,9 +88,10 @@ PLOTTED = ("all_steps_mse", "final_step_mse", "lds", "spearman_runs", "spearman_
 
 def run(args: argparse.Namespace) -> int:
     if args.plot is not None:
-        validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure")
+        validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure",
+                               inputs=[args.train, args.heldout, args.runs])
     train, heldout, train_path = load_train_heldout(args)
-    context = FitContext(train_path=train_path, seed=args.seed, options=dict(args.option))
+    context = FitContext(train_path=train_path, seed=args.seed, options=options_dict(args.option))
     results = evaluate_methods(args.method, train, heldout, context, n_draws=args.draws,
                                random_subsets=True if args.random_subsets else None)
     if args.json:

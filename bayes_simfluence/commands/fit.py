@@ -9,7 +9,7 @@ from pathlib import Path
 from bayes_simfluence import validation
 from bayes_simfluence.bayes import guard, run_state
 from bayes_simfluence.bayes.blocks import RayFitOptions, fit_in_blocks
-from bayes_simfluence.commands._arguments import add_method_options, positive_int
+from bayes_simfluence.commands._arguments import add_method_options, options_dict, output_file, positive_int
 from bayes_simfluence.methods import FitContext, available_methods, fit_method
 from bayes_simfluence.runs import Runs
 
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train", type=Path, required=True, help="training runs (.npz, runs format)")
     parser.add_argument("--method", "-m", required=True, metavar="NAME",
                         help=f"one of {', '.join(available_methods())}")
-    parser.add_argument("--out", type=Path, required=True, help="where to save the fitted simulator")
+    parser.add_argument("--out", type=output_file, required=True, help="where to save the fitted simulator")
     add_method_options(parser)
     blocks = parser.add_argument_group(
         "test blocks and Ray (Bayesian methods; test examples are independent in the model)")
@@ -59,10 +59,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     bayesian = args.method.split("-")[0] == "bayes"
-    validation.output_path(args.out, "--out", (".nc",) if bayesian else None, "a Bayesian posterior (NetCDF)")
+    validation.output_path(args.out, "--out", (".nc",) if bayesian else None, "a Bayesian posterior (NetCDF)",
+                           inputs=[args.train])
     train = Runs.load(args.train)
     start = time.perf_counter()
-    context = FitContext(args.train, args.seed, dict(args.option))
+    context = FitContext(args.train, args.seed, options_dict(args.option))
     if args.test_blocks > 1 or args.ray is not None:
         ray = None if args.ray is None else RayFitOptions(
             address=None if args.ray == "local" else args.ray, cpus_per_block=args.cpus_per_block,

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from bayes_simfluence import attributions, validation
-from bayes_simfluence.commands._arguments import nonnegative_int, parse_indices, positive_int
-from bayes_simfluence.commands.compare import read_curricula
+from bayes_simfluence.commands._arguments import output_file, parse_indices, positive_int, seed
+from bayes_simfluence.commands.compare import read_curricula, spec_path
 from bayes_simfluence.compare import DEFAULT_DRAWS, simulate_draws_of
 from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_effects, plot_trajectories, save_figure
@@ -76,8 +76,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for kind in (trajectories, effects):
         kind.add_argument("--simulator", type=Path, required=True, help="file written by 'fit'")
         kind.add_argument("--draws", type=positive_int, default=DEFAULT_DRAWS, help=f"posterior draws (default {DEFAULT_DRAWS})")
-        kind.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the draws (default 0)")
-        kind.add_argument("--plot", type=Path, required=True, metavar="FILE.png", help="where to write the figure")
+        kind.add_argument("--seed", type=seed, default=0, help="seed of the draws (default 0)")
+        kind.add_argument("--plot", type=output_file, required=True, metavar="FILE.png", help="where to write the figure")
         kind.set_defaults(func=run)
     trajectories.add_argument("--predictive", choices=PREDICTIVES, default=None,
                               help=f"what the bands stand for; {PREDICTIVE_HELP}")
@@ -122,7 +122,9 @@ def _attributions(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure")
+    validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure",
+                           inputs=[args.simulator, getattr(args, "runs", None),
+                                   spec_path(args.curricula) if getattr(args, "curricula", None) else None])
     figure = _trajectories(args) if args.kind == "trajectories" else _attributions(args)
     save_figure(figure, args.plot)
     if not getattr(args, "json", False):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from bayes_simfluence import atomic, validation
-from bayes_simfluence.commands._arguments import nonnegative_int
+from bayes_simfluence.commands._arguments import nonnegative_int, output_file, seed
 from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.runs import Runs
 
@@ -31,15 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--simulator", type=Path, required=True, help="file written by 'fit'")
     parser.add_argument("--curricula", type=Path, required=True,
                         help="runs-format file whose curricula and initial losses are simulated")
-    parser.add_argument("--out", type=Path, required=True, help="output runs-format .npz")
+    parser.add_argument("--out", type=output_file, required=True, help="output runs-format .npz")
     parser.add_argument("--draws", type=nonnegative_int, default=0,
                         help="Bayesian simulators: also save this many posterior predictive draws")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed for the draws")
+    parser.add_argument("--seed", type=seed, default=0, help="seed for the draws")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    validation.output_path(args.out, "--out")
+    validation.output_path(args.out, "--out", inputs=[args.simulator, args.curricula])
     simulator = load_simulator(args.simulator)
     if args.draws and not hasattr(simulator, "simulate_draws"):
         raise ValueError(f"--draws needs a Bayesian simulator; {args.simulator} is '{simulator.name}'")

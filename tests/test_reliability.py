@@ -1,0 +1,136 @@
+"""Reliability past the hostile-input table (issue 28): outputs that would replace inputs or go
+through links, memory budgets, overflow, corrupted files, options, messages and interrupts.
+
+In-process CLI calls on tiny synthetic files (as in ``test_hostile_inputs.py``); the interrupt
+test starts a few subprocesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bayes_simfluence.cli import main
+from bayes_simfluence.runs import Runs
+from bayes_simfluence.simulators import SimfluenceLinear
+from bayes_simfluence.synthetic import synthetic_runs
+
+
+def run_cli(argv: list[str]) -> tuple[int, str, str]:
+    """``(exit code, stdout, stderr)`` of one command, argparse's own exits included."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(part) for part in argv])
+        except SystemExit as stop:
+            code = stop.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if not line.startswith(("usage:", " "))]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("reliability")
+    runs, _ = synthetic_runs(n_train=10, n_tests=3, n_runs=10, n_steps=8, batch_size=4, effect_scale=0.03, seed=5)
+    train, held = runs.split(3)
+    paths = {"train": folder / "train.npz", "held": folder / "held.npz", "linear": folder / "linear.npz"}
+    train.save(paths["train"])
+    held.save(paths["held"])
+    SimfluenceLinear(ridge=0.1).fit(train).save(paths["linear"])
+    paths["folder"] = folder
+    return paths
+
+
+def _bytes(path: Path) -> bytes:
+    return Path(path).read_bytes()
+
+
+# ----------------------------------------------------------------------------------------- files
+@pytest.mark.parametrize("argv, flag", [
+    (["fit", "--train", "{train}", "-m", "linear", "--out", "{train}"], "--out"),
+    (["simulate", "--simulator", "{linear}", "--curricula", "{held}", "--out", "{held}"], "--out"),
+    (["simulate", "--simulator", "{linear}", "--curricula", "{held}", "--out", "{linear}"], "--out"),
+    (["compare", "--simulator", "{linear}", "--curricula", "{held}:0", "--curricula", "{held}:1",
+      "--plot", "{link_to_linear}"], "--plot"),
+    (["evaluate", "--train", "{train}", "--heldout", "{held}", "-m", "mean", "--plot", "{hard_link}"], "--plot"),
+], ids=["fit onto its runs", "simulate onto its curricula", "simulate onto its simulator", "plot onto a link",
+        "plot onto a hard link"])
+def test_an_output_never_replaces_an_input(files, tmp_path, argv, flag):
+    link = tmp_path / "link.png"
+    link.symlink_to(files["linear"])
+    hard = tmp_path / "hard.png"
+    os.link(files["train"], hard)
+    names = {**files, "link_to_linear": link, "hard_link": hard}
+    before = {name: _bytes(files[name]) for name in ("train", "held", "linear")}
+    code, _, err = run_cli([part.format(**names) for part in argv])
+    assert code == 2 and f"{flag} " in one_error_line(err) and "would replace it" in err
+    assert before == {name: _bytes(files[name]) for name in ("train", "held", "linear")}
+
+
+def test_a_link_is_written_through_and_new_files_follow_the_umask(files, tmp_path):
+    target = tmp_path / "real.npz"
+    dangling = tmp_path / "dangling.npz"
+    dangling.symlink_to(target.name)
+    previous = os.umask(0o027)
+    try:
+        code, _, err = run_cli(["fit", "--train", files["train"], "-m", "linear", "--out", dangling])
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    assert dangling.is_symlink() and target.is_file() and SimfluenceLinear.load(dangling).batch_size == 4
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640  # not the temporary file's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.npz", "real.npz"]
+    os.chmod(target, 0o604)  # a replaced file keeps its permissions
+    assert run_cli(["fit", "--train", files["train"], "-m", "linear", "--out", dangling])[0] == 0
+    assert stat.S_IMODE(target.stat().st_mode) == 0o604
+
+
+@pytest.mark.parametrize("out, message", [
+    ("{tmp}/newdir/", "names a folder"),
+    ("{tmp}/loop.npz", "loops"),
+    ("/proc/model.npz", "cannot be written"),
+    ("{tmp}/" + "x" * 300 + ".npz", "File name too long"),
+], ids=["trailing slash", "looping link", "unwritable folder", "long name"])
+def test_an_unusable_output_path_is_refused_before_the_work(files, tmp_path, monkeypatch, out, message):
+    (tmp_path / "loop.npz").symlink_to(tmp_path / "loop.npz")
+    from bayes_simfluence import methods
+
+    def never(*args, **kwargs):
+        raise AssertionError("the fit ran before the output path was checked")
+
+    monkeypatch.setattr(methods, "_METHODS", {**methods._METHODS, "linear": never})
+    code, _, err = run_cli(["fit", "--train", files["train"], "-m", "linear", "--out", out.format(tmp=tmp_path)])
+    line = one_error_line(err)
+    assert code == 2 and message in line and ".partial" not in line
+    assert not (tmp_path / "newdir").exists()
+
+
+def test_an_error_while_writing_names_the_users_path(tmp_path, monkeypatch):
+    from bayes_simfluence import atomic
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(tmp_path / ".out.npz.abc.partial"))
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    with pytest.raises(ValueError) as error:
+        atomic.savez(tmp_path / "out.npz", {"x": np.arange(3)})
+    assert str(error.value).startswith(f"{tmp_path / 'out.npz'}: could not be written (No space left")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_checks_its_methods_and_folder_before_collecting(files):
+    code, _, err = run_cli(["demo", "-m", "nosuch"])
+    assert code == 2 and "-m nosuch: unknown method" in one_error_line(err)
+    code, _, err = run_cli(["demo", "--out", files["linear"]])
+    assert code == 2 and "is a file" in one_error_line(err)
