@@ -32,9 +32,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bayes_simfluence import budget, validation
 from bayes_simfluence.curricula import from_batches
 from bayes_simfluence.runs import EMPTY_SLOT, RunsFormatError
-from bayes_simfluence.simulators import Simulator
+from bayes_simfluence.simulators import PREDICTIVES, Simulator
 
 QUANTITIES = ("final", "mean")
 REDUCTIONS = ("mean", "sum")
@@ -87,7 +88,11 @@ def for_tests(simulator: Simulator, initial_losses: np.ndarray, tests: np.ndarra
 def simulate_draws_of(simulator: Simulator, curricula: np.ndarray, initial_losses: np.ndarray,
                       n_draws: int, seed: int, predictive: str | None) -> np.ndarray:
     """``[draws, runs, steps + 1, tests]`` from a probabilistic simulator; a point one gives 1 draw."""
+    n_draws = validation.integer(n_draws, "n_draws", minimum=1)
+    if predictive is not None and predictive not in PREDICTIVES:
+        raise validation.InputError(f"predictive: {predictive!r} is not one of {list(PREDICTIVES)} (or None)")
     if hasattr(simulator, "simulate_draws"):
+        budget.check_simulation(simulator, n_draws, curricula, np.shape(initial_losses)[-1])
         draws = simulator.simulate_draws(curricula, initial_losses, n_draws, seed=seed,
                                          predictive=predictive)
     else:

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bayes_simfluence import budget, validation
 from bayes_simfluence.attributions import effect_draws
 from bayes_simfluence.curricula import compact, insert_at, leave_out
 from bayes_simfluence.compare import Comparison, as_curricula, compare
@@ -52,9 +53,10 @@ def _label(examples: np.ndarray) -> str:
 def repeat_examples(curriculum: np.ndarray, examples: Sequence[int], times: int) -> np.ndarray:
     """Every occurrence of ``examples`` shown ``times`` times in its own batch (the batch widens;
     other batches are padded with ``-1``). ``[..., steps, batch]`` -> ``[..., steps, wider batch]``."""
-    if int(times) < 1:
-        raise ValueError(f"times must be a positive integer, got {times}")
+    times = validation.integer(times, "times", minimum=1)
     array = np.asarray(curriculum, dtype=np.int64)
+    budget.check(budget.product(8 * 3, array.size, times), f"repeating examples {times} times (--times) in a "
+                 f"curriculum of {array.size} slots", "each repeat widens every batch by its width")
     chosen = np.where(np.isin(array, np.asarray(examples, dtype=np.int64)), array, EMPTY_SLOT)
     widened = compact(np.concatenate([array] + [chosen] * (int(times) - 1), axis=-1))
     used = np.flatnonzero((widened != EMPTY_SLOT).reshape(-1, widened.shape[-1]).any(axis=0))

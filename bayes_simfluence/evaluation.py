@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from bayes_simfluence import budget
 from bayes_simfluence.bayes import guard
 from bayes_simfluence.methods import FitContext, check_options, fit_method, options_for
 from bayes_simfluence.metrics import (band_scores, bootstrap_intervals, per_test_scores, point_scores,
@@ -36,6 +37,8 @@ def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_
     follow the random-subset protocol (``random_subsets``; default: as their ``meta`` says).
     """
     what = f"'{simulator.name}' simulating the held-out runs"
+    if hasattr(simulator, "simulate_draws"):
+        budget.check_simulation(simulator, n_draws, heldout.curricula, heldout.n_tests, f"{what} (--draws)")
     predicted = checked_result(simulator.simulate(heldout.curricula, heldout.initial_losses), what)
     scores: dict[str, Any] = point_scores(predicted, heldout.losses)
     draws = None
@@ -83,6 +86,9 @@ def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: Fi
     train.check_compatible(heldout)
     context = context or FitContext()
     check_options(methods, context.options)
+    if any(name.startswith("bayes") for name in methods):  # before any fit: the draws scored at the end
+        budget.check_draws(n_draws, heldout.n_runs, heldout.n_steps, heldout.n_tests, heldout.n_train,
+                           "scoring the held-out runs (--draws)")
     results: dict[str, dict[str, float]] = {}
     for name in methods:
         start = time.perf_counter()

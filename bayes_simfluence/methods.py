@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from bayes_simfluence.runs import Runs
+from bayes_simfluence.runs import Runs, member, open_archive
 from bayes_simfluence.simulators import MeanTrajectory, SimfluenceLinear, Simulator
 from bayes_simfluence.validation import InputError, number
 
@@ -127,7 +127,31 @@ def fit_method(name: str, train: Runs, context: FitContext | None = None) -> Sim
     """
     context = context or FitContext()
     check_options([name], context.options)
+    check_fittable(train)
     return _METHODS[name](train, context)
+
+
+#: a pool this much larger than the part of it the runs use (and above :data:`UNUSED_POOL_MIN`) is
+#: refused by :func:`check_fittable`: its effects would be the prior's, at the cost of fitting them.
+UNUSED_POOL_FACTOR = 1000
+UNUSED_POOL_MIN = 100_000
+
+
+def check_fittable(train: Runs) -> None:
+    """Refuse training runs no method can learn from: every slot empty, every loss the same, or a
+    pool (``n_train``) thousands of times larger than the examples the runs use."""
+    used = train.curricula[train.curricula >= 0]
+    if used.size == 0:
+        raise InputError("the training runs: every slot of 'curricula' is empty (-1): no training example "
+                         "appears in the runs, so no effect can be fitted")
+    if np.ptp(train.losses) == 0:
+        raise InputError(f"the training runs: every loss is {train.losses.flat[0]:g}: the losses never change, "
+                         "so there is nothing to fit")
+    distinct = np.unique(used).size
+    if train.n_train > UNUSED_POOL_MIN and train.n_train > UNUSED_POOL_FACTOR * distinct:
+        raise InputError(f"the training runs use {distinct} distinct training examples (indices up to "
+                         f"{int(used.max())}) of a pool of n_train = {train.n_train}; is 'n_train' right? (the "
+                         "effects of the examples never used would be the prior's)")
 
 
 def options_for(name: str, context: FitContext) -> FitContext:
@@ -160,12 +184,9 @@ def _read_kind(path: Path) -> str:
     with open(path, "rb") as handle:
         is_zip = handle.read(4) == b"PK\x03\x04"
     if is_zip:
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                if "kind" in archive.files:
-                    return str(archive["kind"])
-        except Exception as error:  # noqa: BLE001 - any unreadable file gets the same message
-            raise ValueError(f"{path}: not a readable simulator file ({error})") from error
+        with open_archive(path, "simulator file") as archive:
+            if "kind" in archive.files:
+                return str(member(archive, "kind", str(path)))
         raise ValueError(f"{path}: no 'kind' entry; was it written by a simulator's save()?")
     for module in sorted(set(PROVIDERS.values())):
         _import_provider(module)

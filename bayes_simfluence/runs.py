@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -33,14 +32,24 @@ class RunsFormatError(InputError):
 
 
 def open_archive(path: str | os.PathLike, what: str = "file") -> np.lib.npyio.NpzFile:
-    """An ``.npz`` archive opened without unpickling; a missing or unreadable one is a :class:`RunsFormatError`."""
-    path = Path(path)
-    if not path.exists():
-        raise RunsFormatError(f"{path}: no such {what}")
+    """An ``.npz`` archive opened without unpickling, its headers checked first (no object arrays, the
+    decompressed arrays fit the memory budget); a missing or unreadable one is a :class:`RunsFormatError`."""
+    from bayes_simfluence import budget
+
     try:
-        return np.load(path, allow_pickle=False)
-    except Exception as error:  # noqa: BLE001 - numpy raises several kinds here
-        raise RunsFormatError(f"{path}: not a readable .npz file ({error})") from error
+        return budget.open_npz(path, what)
+    except InputError as error:
+        raise RunsFormatError(str(error)) from error
+
+
+def member(archive: np.lib.npyio.NpzFile, name: str, source: str) -> np.ndarray:
+    """Array ``name`` of an open archive; a truncated or corrupted member names the file and the array."""
+    from bayes_simfluence.budget import _plain
+
+    try:
+        return archive[name]
+    except Exception as error:  # noqa: BLE001 - zlib, EOF and numpy errors alike
+        raise RunsFormatError(f"{source}: '{name}' is not a readable array ({_plain(error)})") from error
 
 
 def _scalar_integer(value: Any, where: str) -> int:
@@ -278,20 +287,20 @@ class Runs:
                 raise RunsFormatError(
                     f"{source}: missing required array(s) {missing}; found {sorted(archive.files)}"
                 )
-            n_train = archive["n_train"] if "n_train" in archive.files else None
-            train_ids = archive["train_ids"] if "train_ids" in archive.files else None
-            test_ids = archive["test_ids"] if "test_ids" in archive.files else None
+            n_train, train_ids, test_ids = (member(archive, name, source) if name in archive.files else None
+                                            for name in ("n_train", "train_ids", "test_ids"))
             meta = {}
             if "meta" in archive.files:
+                text = str(member(archive, "meta", source))
                 try:
-                    meta = json.loads(str(archive["meta"]))
-                except json.JSONDecodeError as error:
+                    meta = json.loads(text)
+                except (ValueError, RecursionError) as error:
                     raise RunsFormatError(f"{source}: 'meta' is not valid JSON ({error})") from error
                 if not isinstance(meta, dict):
                     raise RunsFormatError(f"{source}: 'meta' must be a JSON object ({{...}}), got a "
                                           f"{type(meta).__name__}")
-            return cls.create(archive["curricula"], archive["losses"], n_train, train_ids,
-                              test_ids, meta, source=source)
+            return cls.create(member(archive, "curricula", source), member(archive, "losses", source), n_train,
+                              train_ids, test_ids, meta, source=source)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays of a runs file, by name."""

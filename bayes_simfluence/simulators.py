@@ -15,11 +15,11 @@ from typing import Any, Protocol, runtime_checkable
 import jax.numpy as jnp
 import numpy as np
 
-from bayes_simfluence import atomic
+from bayes_simfluence import atomic, budget
 from bayes_simfluence import ridge as ridge_lib
 from bayes_simfluence.cross_validation import choose_ridge
 from bayes_simfluence.rollout import batch_sums, roll_out
-from bayes_simfluence.runs import Runs, RunsFormatError, _as_int_curricula
+from bayes_simfluence.runs import Runs, RunsFormatError, _as_int_curricula, member, open_archive
 from bayes_simfluence.validation import MAX_ABS_LOSS, InputError
 
 
@@ -80,6 +80,7 @@ def check_simulation_inputs(curricula: np.ndarray, initial_losses: np.ndarray, n
         )
     if not np.all(np.isfinite(initial_losses)) or np.any(np.abs(initial_losses) > MAX_ABS_LOSS):
         raise RunsFormatError(f"initial_losses holds NaN, inf or values beyond +-{MAX_ABS_LOSS:g}")
+    budget.check_draws(1, curricula.shape[0], curricula.shape[1], n_tests, what="the roll-out")
     slots = (curricula >= 0).sum(-1)  # [runs, steps] filled slots
     filled = int(slots.max()) if slots.size else 0
     if batch_size and filled > batch_size:
@@ -138,7 +139,7 @@ class MeanTrajectory:
 
     @classmethod
     def load(cls, path: Path) -> "MeanTrajectory":
-        with np.load(path, allow_pickle=False) as archive:
+        with open_archive(path, "simulator file") as archive:
             mean_losses = saved_array(archive, "mean_losses", path, ndim=2)
         return cls(mean_losses=mean_losses)
 
@@ -241,22 +242,35 @@ class SimfluenceLinear:
 
     @classmethod
     def load(cls, path: Path) -> "SimfluenceLinear":
-        with np.load(path, allow_pickle=False) as archive:
+        with open_archive(path, "simulator file") as archive:
             multiplicative = saved_array(archive, "multiplicative", path, ndim=2)
             additive = saved_array(archive, "additive", path, ndim=2)
             if multiplicative.shape != additive.shape:
                 raise InputError(f"{path}: 'multiplicative' {multiplicative.shape} and 'additive' {additive.shape} "
                                  "must both be [tests, n_train]")
-            batch_size = int(saved_array(archive, "batch_size", path, ndim=0))
-            if batch_size < 1:
-                raise InputError(f"{path}: 'batch_size' must be >= 1, got {batch_size}")
+            batch = saved_array(archive, "batch_size", path, ndim=0)
+            if batch.dtype.kind not in "iu" or int(batch) < 1:
+                raise InputError(f"{path}: 'batch_size' must be an integer >= 1, got {batch.item()!r}")
+            variant = _saved_text(archive, "variant", path)
+            if variant not in ridge_lib.VARIANTS:
+                raise InputError(f"{path}: 'variant' is {variant!r}; expected one of {list(ridge_lib.VARIANTS)}")
+            ridge = member(archive, "ridge", str(path)) if "ridge" in archive.files else np.float64(np.nan)
+            if ridge.ndim != 0 or ridge.dtype.kind != "f" or float(ridge) < 0 or np.isinf(ridge):
+                raise InputError(f"{path}: 'ridge' must be one number >= 0 (NaN: not recorded), got {ridge!r}")
+            cv_text = _saved_text(archive, "cv_report", path) if "cv_report" in archive.files else "{}"
+            try:
+                cv_report = json.loads(cv_text)
+            except (ValueError, RecursionError) as error:
+                raise InputError(f"{path}: 'cv_report' is not valid JSON ({error})") from error
+            if not isinstance(cv_report, dict):
+                raise InputError(f"{path}: 'cv_report' must be a JSON object, got a {type(cv_report).__name__}")
             return cls(
-                variant=str(archive["variant"]),
+                variant=variant,
                 multiplicative=multiplicative,
                 additive=additive,
-                batch_size=batch_size,
-                ridge_selected=float(archive["ridge"]),
-                cv_report=json.loads(str(archive["cv_report"])),
+                batch_size=int(batch),
+                ridge_selected=None if np.isnan(ridge) else float(ridge),
+                cv_report=cv_report,
             )
 
 
@@ -266,11 +280,21 @@ def _fitted(value: np.ndarray | None, name: str) -> np.ndarray:
     return value
 
 
+def _saved_text(archive: Any, name: str, path: Path) -> str:
+    """A text entry (0-d string array) of a saved simulator."""
+    if name not in archive.files:
+        raise InputError(f"{path}: the simulator file lacks '{name}' (it holds {sorted(archive.files)})")
+    value = member(archive, name, str(path))
+    if value.ndim != 0 or value.dtype.kind != "U":
+        raise InputError(f"{path}: '{name}' must be one text value, got dtype {value.dtype} and shape {value.shape}")
+    return str(value)
+
+
 def saved_array(archive: Any, name: str, path: Path, ndim: int) -> np.ndarray:
     """Array ``name`` of a saved simulator: present, numeric, ``ndim`` dims, finite."""
     if name not in archive.files:
         raise InputError(f"{path}: the simulator file lacks '{name}' (it holds {sorted(archive.files)})")
-    value = archive[name]
+    value = member(archive, name, str(path))
     if value.ndim != ndim or not np.issubdtype(value.dtype, np.number):
         raise InputError(f"{path}: '{name}' must be a numeric array with {ndim} dims, got dtype {value.dtype} "
                          f"and shape {value.shape}")

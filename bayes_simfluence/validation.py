@@ -150,30 +150,17 @@ def _same_file(output: Path, given: Path) -> bool:
 
 
 def available_memory() -> int:
-    """Bytes of memory available to a new allocation (``MemAvailable``), or physical memory."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    """Bytes of memory available to a new allocation (:func:`bayes_simfluence.budget.available_memory`)."""
+    from bayes_simfluence import budget
+
+    return budget.available_memory()
 
 
 def check_memory(n_bytes: float, what: str, hint: str = "") -> None:
-    """Refuse work whose arrays would need more than the memory available, saying how much."""
-    have = available_memory()
-    if n_bytes > have:
-        raise InputError(f"{what} would need about {_size(n_bytes)} of memory; {_size(have)} is available"
-                         + (f" ({hint})" if hint else ""))
+    """Refuse work whose arrays would need more than the memory budget (:func:`bayes_simfluence.budget.check`)."""
+    from bayes_simfluence import budget
 
-
-def _size(n_bytes: float) -> str:
-    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
-        if n_bytes >= scale:
-            return f"{n_bytes / scale:.1f} {unit}"
-    return f"{n_bytes:.0f} B"
+    budget.check(n_bytes, what, hint)
 
 
 def undefined_as_null(value: Any) -> Any:

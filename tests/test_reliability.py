@@ -134,3 +134,100 @@ def test_demo_checks_its_methods_and_folder_before_collecting(files):
     assert code == 2 and "-m nosuch: unknown method" in one_error_line(err)
     code, _, err = run_cli(["demo", "--out", files["linear"]])
     assert code == 2 and "is a file" in one_error_line(err)
+
+
+# ---------------------------------------------------------------------------------------- memory
+def _header_only_npz(path: Path, curricula: np.ndarray, losses_shape: tuple[int, ...]) -> None:
+    """A runs file whose 'losses' header declares ``losses_shape`` float64 (and holds no data)."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        data = io.BytesIO()
+        np.save(data, curricula)
+        archive.writestr("curricula.npy", data.getvalue())
+        header = io.BytesIO()
+        np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": losses_shape})
+        archive.writestr("losses.npy", header.getvalue())
+
+
+def test_huge_requests_are_refused_at_once_with_the_estimate_and_the_limit(files, tmp_path, monkeypatch):
+    import time
+
+    from bayes_simfluence.compare import simulate_draws_of
+
+    class Posterior:  # the budget is checked before a single draw is taken
+        name, train_ids = "bayes", np.arange(10).astype(str)
+
+        def simulate_draws(self, *args, **kwargs):
+            raise AssertionError("drew before the memory check")
+
+    held = Runs.load(files["held"])
+    bomb = tmp_path / "bomb.npz"
+    _header_only_npz(bomb, held.curricula, (3 * 10**12,))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"--draws\): 100000000 draws .* would need about .* of memory; .* is"):
+        simulate_draws_of(Posterior(), held.curricula, held.initial_losses, 10**8, 0, None)
+    code, _, err = run_cli(["fit", "--train", bomb, "-m", "linear", "--out", tmp_path / "o.npz"])
+    assert code == 2 and "would need about 21.8 TiB of memory" in one_error_line(err) and "'losses'" in err
+    code, _, err = run_cli(["compare", "--simulator", files["linear"], "--curricula", f"{files['held']}:0",
+                            "--repeat", "1", "--times", "100000000000"])
+    assert code == 2 and "--times" in one_error_line(err) and "would need about" in err
+    assert time.perf_counter() - start < 1.0
+    # decompressed sizes count, not the archive's: 8 MB of zeros compress to a few KB
+    squeezed = tmp_path / "squeezed.npz"
+    np.savez_compressed(squeezed, curricula=held.curricula, losses=np.zeros((1000, 1001, 1)))
+    assert squeezed.stat().st_size < 100_000
+    monkeypatch.setenv("BAYES_SIMFLUENCE_MEMORY_LIMIT", "4M")
+    code, _, err = run_cli(["fit", "--train", squeezed, "-m", "linear", "--out", tmp_path / "o.npz"])
+    assert code == 2 and "would need about 7.6 MiB of memory; 4.0 MiB is the limit" in one_error_line(err)
+
+
+@pytest.mark.parametrize("content, message", [
+    ("object_npz", "holds Python objects"),
+    ("not_zip", "not a zip archive"),
+    ("truncated_npz", "not a readable .npz"),
+    ("object_npy", "holds Python objects"),
+    ("truncated_npy", "not a readable .npy array"),
+], ids=lambda value: value if " " not in value else "")
+def test_unreadable_arrays_are_named_and_never_unpickled(files, tmp_path, content, message):
+    held = Runs.load(files["held"])
+    raw = _bytes(files["held"])
+    path = tmp_path / ("c.npy" if content.endswith("npy") else "r.npz")
+    if content == "object_npz":
+        np.savez(path, curricula=np.array([{"a": 1}], dtype=object), losses=held.losses)
+    elif content == "not_zip":
+        path.write_bytes(b"\x93NUMPY\x01\x00 this is no archive")
+    elif content == "truncated_npz":
+        path.write_bytes(raw[: len(raw) // 2])
+    elif content == "object_npy":
+        np.save(path, np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    else:
+        np.save(path, held.curricula[0])
+        path.write_bytes(path.read_bytes()[:-20])
+    argv = (["compare", "--simulator", files["linear"], "--curricula", f"{files['held']}:0", "--curricula", path]
+            if path.suffix == ".npy" else ["simulate", "--simulator", files["linear"], "--curricula", path,
+                                            "--out", tmp_path / "o.npz"])
+    code, _, err = run_cli(argv)
+    line = one_error_line(err)
+    assert code == 2 and message in line and str(path) in line and "allow_pickle" not in line
+
+
+@pytest.mark.parametrize("change, message", [
+    ("empty", "every slot of 'curricula' is empty"),
+    ("constant", "the losses never change"),
+    ("huge_pool", "distinct training examples"),
+])
+def test_runs_nothing_can_be_learnt_from_are_refused(files, tmp_path, change, message):
+    train = Runs.load(files["train"])
+    curricula, losses, n_train = train.curricula, train.losses, train.n_train
+    if change == "empty":
+        curricula = np.full_like(curricula, -1)
+    elif change == "constant":
+        losses = np.full_like(losses, 0.75)
+    else:
+        n_train = 10**6
+    path = tmp_path / "runs.npz"
+    Runs.create(curricula, losses, n_train).save(path)
+    for method in ("linear", "bayes"):
+        code, _, err = run_cli(["fit", "--train", path, "-m", method, "--out", tmp_path / "o.nc"])
+        assert code == 2 and message in one_error_line(err)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence import validation
+from bayes_simfluence import budget, validation
 from bayes_simfluence.commands._arguments import nonnegative_int, output_file, positive_int, require_collect_extra, seed
 from bayes_simfluence.scores import SCORE_METHODS
 
@@ -119,10 +119,7 @@ def read_curricula(path: Path) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such curricula file")
     if path.suffix == ".npy":
-        try:
-            curricula = np.load(path, allow_pickle=False)
-        except ValueError as error:
-            raise ValueError(f"{path}: not a readable .npy array ({error})") from error
+        curricula = budget.load_npy(path, "curricula")
         if curricula.ndim != 3 or not np.issubdtype(curricula.dtype, np.integer):
             raise ValueError(f"{path}: curricula must be an integer array [runs, steps, batch], "
                              f"got dtype {curricula.dtype} and shape {curricula.shape}")

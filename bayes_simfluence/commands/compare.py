@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence import counterfactuals, validation
+from bayes_simfluence import budget, counterfactuals, validation
 from bayes_simfluence.commands._arguments import nonnegative_int, output_file, parse_indices, positive_int, seed
 from bayes_simfluence.compare import DEFAULT_DRAWS, REDUCTIONS, Comparison, as_curricula, compare, pad_width
 from bayes_simfluence.methods import load_simulator
@@ -80,7 +80,7 @@ def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
         width = max(run.shape[2] for run in runs)
         return np.concatenate([pad_width(run, width) for run in runs]), None, label
     if path.suffix == ".npy":
-        return as_curricula(np.load(path, allow_pickle=False), str(path)), None, label
+        return as_curricula(budget.load_npy(path, "curricula"), str(path)), None, label
     raise ValueError(f"{path}: curricula must be a runs-format .npz, a .json list of batches or a .npy array")
 
 
@@ -93,10 +93,7 @@ def read_initial_losses(path: Path) -> np.ndarray:
     if path.suffix == ".json":
         values = validation.read_json(path)
     elif path.suffix == ".npy":
-        try:
-            values = np.load(path, allow_pickle=False)
-        except ValueError as error:
-            raise ValueError(f"{path}: not a readable .npy array ({error})") from error
+        values = budget.load_npy(path, "initial losses")
     else:
         raise ValueError(f"{path}: initial losses must be a runs-format .npz, a .json list or a .npy array")
     if (not isinstance(values, (list, np.ndarray)) or np.ndim(values) != 1 or len(values) == 0

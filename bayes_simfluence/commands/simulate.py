@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence import atomic, validation
+from bayes_simfluence import atomic, budget, validation
 from bayes_simfluence.commands._arguments import nonnegative_int, output_file, seed
 from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.runs import Runs
@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if args.draws and not hasattr(simulator, "simulate_draws"):
         raise ValueError(f"--draws needs a Bayesian simulator; {args.simulator} is '{simulator.name}'")
     given = Runs.load(args.curricula)
+    if args.draws:
+        budget.check_simulation(simulator, args.draws, given.curricula, given.n_tests, "--draws")
     predicted = simulator.simulate(given.curricula, given.initial_losses)
     output = Runs.create(given.curricula, predicted, given.n_train, given.train_ids, given.test_ids,
                          {**given.meta, "simulated_by": str(args.simulator)})
