@@ -342,10 +342,11 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
     width = max(candidate.shape[2] for candidate in candidates)
     simulator, initial_losses = for_tests(simulator, initial_losses, tests)
     trajectories = []
-    for candidate in candidates:
+    for candidate, label in zip(candidates, labels):
         start = np.broadcast_to(initial_losses, (candidate.shape[0], initial_losses.shape[0]))
-        selected = simulate_draws_of(simulator, pad_width(candidate, width), start, n_draws, seed,
-                                     predictive)  # [draws, runs, steps + 1, tests]
+        selected = validation.checked_result(simulate_draws_of(simulator, pad_width(candidate, width), start, n_draws,
+                                                               seed, predictive),  # [draws, runs, steps + 1, tests]
+                                             f"simulating candidate '{label}'", validation.MAX_ABS_LOSS)
         reduced = selected.mean(-1) if reduction == "mean" else selected.sum(-1)
         trajectories.append(reduced.mean(axis=1))  # [draws, steps + 1]
     if len({trajectory.shape[0] for trajectory in trajectories}) != 1:

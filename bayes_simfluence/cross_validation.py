@@ -17,6 +17,7 @@ project's real sets (``experiments/ridge_selection.py``, results in
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -109,10 +110,11 @@ def _best(errors: dict[float, np.ndarray]) -> float:
 
 def _roll_out_effects(centred_a: np.ndarray, additive: np.ndarray, variant: str, runs: Runs) -> np.ndarray:
     """``[runs, steps + 1, tests]`` roll-out with per-slot centring (``A = 1/batch + a``)."""
-    curricula = jnp.asarray(runs.curricula)
-    beta = batch_sums(jnp.asarray(additive), curricula)
-    if variant == "additive":
-        alpha = jnp.ones_like(beta)
-    else:
-        alpha = batch_sums(jnp.asarray(centred_a + 1.0 / runs.batch_size), curricula)
-    return np.asarray(roll_out(alpha, beta, jnp.asarray(runs.initial_losses, dtype=beta.dtype)))
+    with jax.enable_x64(True):  # as the fitted simulator rolls out (float32 loses tiny and huge losses)
+        curricula = jnp.asarray(runs.curricula)
+        beta = batch_sums(jnp.asarray(additive), curricula)
+        if variant == "additive":
+            alpha = jnp.ones_like(beta)
+        else:
+            alpha = batch_sums(jnp.asarray(centred_a + 1.0 / runs.batch_size), curricula)
+        return np.asarray(roll_out(alpha, beta, jnp.asarray(runs.initial_losses, dtype=beta.dtype)))

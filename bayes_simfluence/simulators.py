@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -221,9 +222,10 @@ class SimfluenceLinear:
         A = _fitted(self.multiplicative, self.name)
         curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, A.shape[1], A.shape[0],
                                                             self.batch_size)
-        alpha, beta = self.step_coefficients(curricula)
-        return np.asarray(roll_out(alpha, beta, jnp.asarray(initial_losses, dtype=alpha.dtype)),
-                          dtype=np.float64)
+        with jax.enable_x64(True):  # losses of 1e-40 or 1e39 are valid inputs; float32 lost or overflowed them
+            alpha, beta = self.step_coefficients(curricula)
+            return np.asarray(roll_out(alpha, beta, jnp.asarray(initial_losses, dtype=alpha.dtype)),
+                              dtype=np.float64)
 
     def select_tests(self, tests: np.ndarray) -> "SimfluenceLinear":
         return dataclasses.replace(self, multiplicative=_fitted(self.multiplicative, self.name)[tests],

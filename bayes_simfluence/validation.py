@@ -88,13 +88,25 @@ def finite_array(array: Any, where: str, max_abs: float = MAX_ABS_LOSS) -> np.nd
     return values
 
 
-def checked_result(array: Any, what: str) -> np.ndarray:
-    """Refuse a computed result holding NaN or inf (e.g. a roll-out whose ``alpha`` exceeds 1 diverged)."""
+def checked_result(array: Any, what: str, max_abs: float | None = None) -> np.ndarray:
+    """Refuse a computed result holding NaN or inf (e.g. a roll-out whose ``alpha`` exceeds 1 diverged),
+    or, with ``max_abs``, values beyond it (a simulated loss the runs format could not hold).
+
+    The message says what overflowed and where; the inputs were checked already, so it does not
+    blame them: a roll-out compounds its per-step factors over every step of the curriculum.
+    """
     values = np.asarray(array, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        share = float(np.mean(~np.isfinite(values)))
-        raise InputError(f"{what}: {share:.0%} of the values are NaN or inf; the inputs drive the computation "
-                         "out of float64 range (check the losses' scale and the curricula against the fitted runs)")
+    bad = ~np.isfinite(values)
+    if max_abs is not None:
+        with np.errstate(invalid="ignore"):
+            bad |= np.abs(values) > max_abs
+    if bad.any():
+        first = np.argwhere(bad)[0].tolist()
+        limit = f" or beyond +-{max_abs:g}" if max_abs is not None else ""
+        raise InputError(f"{what} overflowed: {np.mean(bad):.0%} of the values are NaN, inf{limit} (first "
+                         f"{values[tuple(first)]:g} at index {first}); the simulator's per-step factors compound "
+                         "over the curriculum's steps beyond float64 range (shorter curricula, or ones closer to "
+                         "the fitted runs, stay in range)")
     return values
 
 

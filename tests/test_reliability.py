@@ -231,3 +231,34 @@ def test_runs_nothing_can_be_learnt_from_are_refused(files, tmp_path, change, me
     for method in ("linear", "bayes"):
         code, _, err = run_cli(["fit", "--train", path, "-m", method, "--out", tmp_path / "o.nc"])
         assert code == 2 and message in one_error_line(err)
+
+
+# -------------------------------------------------------------------------------------- numerics
+def test_point_roll_outs_keep_tiny_and_huge_losses_in_float64(files, tmp_path):
+    train, held = Runs.load(files["train"]), Runs.load(files["held"])
+    linear = SimfluenceLinear(variant="multiplicative", ridge=0.1).fit(train)  # beta = 0: scales with L0
+    expected = linear.simulate(held.curricula, held.initial_losses)
+    for scale in (1e-40, 1e39):  # float32 gave 0 everywhere and inf
+        scaled = linear.simulate(held.curricula, held.initial_losses * scale)
+        np.testing.assert_allclose(scaled, expected * scale, rtol=1e-9)
+    tiny = tmp_path / "tiny.npz"
+    Runs.create(train.curricula, train.losses * 1e-40, train.n_train).save(tiny)
+    predicted = SimfluenceLinear().fit(Runs.load(tiny)).simulate(held.curricula, held.initial_losses * 1e-40)
+    assert np.median(np.abs(predicted / (held.losses * 1e-40) - 1)) < 0.1  # float32 predicted 0 here
+
+
+def test_a_result_that_overflows_is_refused_without_blaming_the_inputs(files, tmp_path):
+    doubling = SimfluenceLinear(multiplicative=np.full((3, 10), 0.5), additive=np.zeros((3, 10)), batch_size=4)
+    model = tmp_path / "doubling.npz"
+    doubling.save(model)
+    held = Runs.load(files["held"])
+    long = tmp_path / "long.npz"
+    Runs.create(np.tile(held.curricula, (1, 150, 1)), np.ones((3, 1201, 3)), held.n_train).save(long)
+    out = tmp_path / "out.npz"
+    code, _, err = run_cli(["simulate", "--simulator", model, "--curricula", long, "--out", out])
+    line = one_error_line(err)
+    assert code == 2 and "the simulated trajectories overflowed" in line and "'losses'" not in line
+    assert not out.exists()
+    code, out_text, err = run_cli(["compare", "--simulator", model, "--curricula", f"{long}:0",
+                                   "--curricula", f"{long}:1", "--json"])
+    assert code == 2 and "simulating candidate" in one_error_line(err) and "overflowed" in err and out_text == ""

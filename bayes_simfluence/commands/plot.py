@@ -90,8 +90,9 @@ def _trajectories(args: argparse.Namespace):
                                                                                  "test examples")):
         if max(wanted) >= size:
             raise ValueError(f"{flag} {max(wanted)}: out of range; {args.runs} has {size} {what}")
-    draws = simulate_draws_of(simulator, runs.curricula, runs.initial_losses, args.draws, args.seed,
-                              predictive=args.predictive)
+    draws = validation.checked_result(simulate_draws_of(simulator, runs.curricula, runs.initial_losses, args.draws,
+                                                        args.seed, predictive=args.predictive),
+                                      f"simulating {args.runs}", validation.MAX_ABS_LOSS)
     return plot_trajectories(draws, runs.losses, args.run, args.test, test_ids=runs.test_ids,
                              title=f"{getattr(simulator, 'name', 'simulator')} on {args.runs.name}")
 
@@ -116,6 +117,7 @@ def _attributions(args: argparse.Namespace):
         effects = (attributions.one_step_effects(draws, test, float(initial[test]), reference=args.reference)
                    if args.part == "one-step"
                    else attributions.parameter_effects(draws, test, args.part, reference=args.reference))
+    validation.checked_result(effects.draws, "the attributions' effect draws")
     print(validation.strict_json(effects.to_dict(args.top, args.by), indent=2) if args.json
           else effects.table(args.top, args.by))
     return plot_effects(effects, args.top, args.by)

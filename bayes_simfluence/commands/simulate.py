@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-
 from bayes_simfluence import atomic, budget, validation
 from bayes_simfluence.commands._arguments import nonnegative_int, output_file, seed
 from bayes_simfluence.methods import load_simulator
@@ -46,13 +44,15 @@ def run(args: argparse.Namespace) -> int:
     given = Runs.load(args.curricula)
     if args.draws:
         budget.check_simulation(simulator, args.draws, given.curricula, given.n_tests, "--draws")
-    predicted = simulator.simulate(given.curricula, given.initial_losses)
+    predicted = validation.checked_result(simulator.simulate(given.curricula, given.initial_losses),
+                                          "the simulated trajectories", validation.MAX_ABS_LOSS)
     output = Runs.create(given.curricula, predicted, given.n_train, given.train_ids, given.test_ids,
                          {**given.meta, "simulated_by": str(args.simulator)})
     arrays = output.arrays()
     if args.draws:
-        arrays["draws"] = np.asarray(simulator.simulate_draws(given.curricula, given.initial_losses, args.draws,
-                                                              seed=args.seed))
+        arrays["draws"] = validation.checked_result(
+            simulator.simulate_draws(given.curricula, given.initial_losses, args.draws, seed=args.seed),
+            "the simulated draws", validation.MAX_ABS_LOSS)
     atomic.savez(args.out, arrays)
     print(f"simulated {given.n_runs} curricula x {given.n_tests} test examples; wrote {args.out}")
     return 0
