@@ -36,7 +36,10 @@ def _one_curriculum(curriculum: Any) -> np.ndarray:
 
 
 def _examples(examples: Sequence[int], curriculum: np.ndarray) -> np.ndarray:
-    examples = np.asarray(examples, dtype=np.int64).reshape(-1)
+    if isinstance(examples, (int, np.integer)):
+        examples = [examples]
+    examples = np.asarray([validation.integer(example, "examples", minimum=0) for example in np.ravel(
+        np.asarray(examples, dtype=object))], dtype=np.int64)
     if examples.size == 0:
         raise ValueError("give at least one training example")
     absent = np.setdiff1d(examples, curriculum[curriculum >= 0])
@@ -155,6 +158,8 @@ def compare_insert(simulator: Simulator, curriculum: Any, example: int, steps: S
     base = _one_curriculum(curriculum)
     if not steps:
         raise ValueError("give at least one step to insert the example at")
-    candidates = [base] + [insert_at(base, int(example), int(step)) for step in steps]
+    example = validation.integer(example, "example", minimum=0)
+    steps = [validation.integer(step, "steps", minimum=0) for step in steps]
+    candidates = [base] + [insert_at(base, example, step) for step in steps]
     return compare(simulator, candidates, initial_losses,
                    labels=["as given"] + [f"+{example} at step {step}" for step in steps], **options)

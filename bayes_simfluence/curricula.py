@@ -24,6 +24,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from bayes_simfluence.runs import EMPTY_SLOT
+from bayes_simfluence.validation import integer
 
 PROTOCOLS = ("orderings", "subsets")
 
@@ -99,7 +100,8 @@ def from_batches(batches: Iterable[Sequence[int]], n_train: int | None = None) -
     Returns:
         ``[steps, batch]`` int64, ``batch`` = the longest list; shorter ones are padded with -1.
     """
-    batches = [list(map(int, batch)) for batch in batches]
+    batches = [[integer(index, f"curriculum batch {step}, slot {slot}") for slot, index in enumerate(batch)]
+               for step, batch in enumerate(batches)]  # 1.5, "1" and True are refused, not coerced
     if not batches:
         raise ValueError("a curriculum needs at least one batch")
     width = max(len(batch) for batch in batches)

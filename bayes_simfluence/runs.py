@@ -316,7 +316,16 @@ class Runs:
 def _normalise_index(index: Any, size: int, axis: str) -> Any:
     if isinstance(index, slice):
         return index
+    if isinstance(index, (bool, np.bool_, str, float)):
+        raise InputError(f"{axis} index must be integers, a slice or a boolean mask, got {index!r}")
+    items = list(index) if isinstance(index, (list, tuple)) else []
+    if any(isinstance(item, (bool, np.bool_)) for item in items) and not all(
+            isinstance(item, (bool, np.bool_)) for item in items):
+        raise InputError(f"{axis} index mixes booleans and integers: {items!r}")
     array = np.asarray(index)
+    if array.size and array.dtype != bool and array.dtype.kind not in "iu":
+        raise InputError(f"{axis} index must be integers, a slice or a boolean mask, got {array.dtype} values "
+                         f"{array.reshape(-1)[:5].tolist()!r}")
     if array.dtype == bool:
         if array.shape != (size,):
             raise ValueError(f"boolean mask over {axis} must have shape ({size},), got {array.shape}")

@@ -262,3 +262,111 @@ def test_a_result_that_overflows_is_refused_without_blaming_the_inputs(files, tm
     code, out_text, err = run_cli(["compare", "--simulator", model, "--curricula", f"{long}:0",
                                    "--curricula", f"{long}:1", "--json"])
     assert code == 2 and "simulating candidate" in one_error_line(err) and "overflowed" in err and out_text == ""
+
+
+# ------------------------------------------------------------------------------- saved posteriors
+def _posterior_file(path: Path, runs: Runs, change: str) -> Path:
+    """A small posterior file (no fit) with one field corrupted as ``change`` says."""
+    from bayes_simfluence.bayes import arviz_data, posterior_io
+    from bayes_simfluence.bayes.model import ModelConfig
+
+    draws = (1, 4, runs.n_tests)
+    fields = {"method": "svi", "config": ModelConfig(), "a": np.zeros(draws + (runs.n_train,)),
+              "b": np.zeros(draws + (runs.n_train,)), "drift": None, "sigma": np.ones(draws),
+              "hyper": {"memory_decay": np.full(draws, 0.5)}, "scale": np.ones(runs.n_tests),
+              "train_ids": runs.train_ids, "test_ids": runs.test_ids, "sample_stats": {}, "info": {},
+              "batch_size": runs.batch_size, "run_residuals": np.zeros((2, 3, runs.n_tests))}
+    if change == "residuals_nan":
+        fields["run_residuals"] = np.full((2, 3, runs.n_tests), np.nan)
+    elif change == "noise_inf":
+        fields["sigma"] = np.full(draws, np.inf)
+    elif change == "noise_negative":
+        fields["sigma"] = -np.ones(draws)
+    elif change == "decay":
+        fields["hyper"]["memory_decay"] = np.full(draws, 1.5)
+    elif change == "recency":
+        fields.update(state=np.zeros(draws + (2,)), state_direction=np.ones(runs.n_train), state_recency=50.0)
+    elif change == "state_without_direction":
+        fields.update(state=np.zeros(draws + (2,)), state_direction=np.ones(runs.n_train), state_recency=0.5)
+    elif change == "config_state_without_state":
+        fields["config"] = ModelConfig(run_state=True)
+    groups = posterior_io.posterior_groups(fields)
+    if change == "method":
+        groups["posterior"].attrs["method"] = "bogus"
+    elif change == "state_without_direction":  # as a file written before the run state's direction was saved
+        groups["constant_data"] = groups["constant_data"].drop_vars("state_direction")
+        del groups["posterior"].attrs["state_recency"]
+    elif change == "info":
+        groups["posterior"].attrs["info"] = "[" * 100_000
+    arviz_data.write_netcdf(arviz_data.container(groups), path)
+    return path
+
+
+@pytest.mark.parametrize("change, message", [
+    ("valid", ""),
+    ("residuals_nan", "'run_residuals' holds NaN or inf in 100%"),
+    ("noise_inf", "'noise_scale' holds NaN or inf"),
+    ("noise_negative", "'noise_scale' is a scale and must be > 0"),
+    ("decay", "'memory_decay' must be in [0, 1)"),
+    ("recency", "'state_recency' must be in [0, 1), found 50"),
+    ("state_without_direction", "holds 'run_state' but lacks ['state_direction', 'state_recency']"),
+    ("config_state_without_state", "the file lacks 'run_state'"),
+    ("method", "'method' is 'bogus'"),
+    ("info", "'info' attribute is not valid JSON"),
+])
+def test_a_corrupted_posterior_is_refused_naming_the_field(files, tmp_path, change, message):
+    path = _posterior_file(tmp_path / "posterior.nc", Runs.load(files["train"]), change)
+    out = tmp_path / "out.npz"
+    code, _, err = run_cli(["simulate", "--simulator", path, "--curricula", files["held"], "--out", out])
+    if change == "valid":
+        assert code == 0, err
+        return
+    line = one_error_line(err)
+    assert code == 2 and str(path) in line and message in line
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------------------- options
+@pytest.mark.parametrize("method, option, message", [
+    ("bayes-svi", "learning_rate=-1", "-o learning_rate: expected a number > 0, got -1"),
+    ("bayes-svi", "final_lr_fraction=2", "-o final_lr_fraction: expected a number in (0, 1]"),
+    ("bayes-svi", "guide=nosuch", "-o guide: expected one of"),
+    ("bayes-svi", "precision=16", "-o precision: expected one of ['float32', 'float64']"),
+    ("bayes-nuts", "target_accept=5", "-o target_accept: expected a number in (0, 1), got 5"),
+    ("bayes-nuts", "chain_method=bogus", "-o chain_method: expected one of ['parallel', 'sequential'"),
+    ("bayes-svi", "num_steps=" + "9" * 5000, "-o num_steps: expected an integer"),
+])
+def test_option_values_are_checked_by_type_and_range_before_the_fit(files, tmp_path, method, option, message):
+    out = tmp_path / "p.nc"
+    code, _, err = run_cli(["fit", "--train", files["train"], "-m", method, "-o", option, "--out", out])
+    assert code == 2 and message in one_error_line(err) and not out.exists()
+
+
+def test_a_repeated_option_and_a_huge_seed_are_refused(files, tmp_path):
+    code, _, err = run_cli(["fit", "--train", files["train"], "-m", "linear", "-o", "ridge=1", "-o", "ridge=2",
+                            "--out", tmp_path / "o.npz"])
+    assert code == 2 and "-o ridge: given twice (1 and 2)" in one_error_line(err)
+    code, _, err = run_cli(["compare", "--simulator", files["linear"], "--curricula", f"{files['held']}:0",
+                            "--curricula", f"{files['held']}:1", "--seed", "1" * 30])
+    assert code == 2 and "--seed" in one_error_line(err) and "digits" in err
+
+
+def test_the_python_api_refuses_coercions(files):
+    from bayes_simfluence import compare as comparing
+    from bayes_simfluence import counterfactuals
+
+    held, linear = Runs.load(files["held"]), SimfluenceLinear.load(files["linear"])
+    curriculum, initial = held.curricula[0], held.losses[0, 0]
+    for index in ([1.5], ["1"], [True, 1], 1.5):
+        with pytest.raises(ValueError, match="runs index"):
+            held.select_runs(index)
+    assert held.select_runs([True, False, True]).n_runs == 2 and held.select_runs([2]).n_runs == 1
+    for candidate in ([[0, 1.5]], [[True, 1]], [["1", 2]]):
+        with pytest.raises(ValueError, match="expected an integer"):
+            comparing.compare(linear, [curriculum, candidate], initial)
+    with pytest.raises(ValueError, match="examples: expected an integer, got 1.5"):
+        counterfactuals.compare_leave_out(linear, curriculum, [1.5], initial)
+    with pytest.raises(ValueError, match="n_draws: expected an integer >= 1, got -3"):
+        comparing.compare(linear, [curriculum, curriculum], initial, n_draws=-3)
+    with pytest.raises(ValueError, match="predictive: 'bogus' is not one of"):
+        comparing.compare(linear, [curriculum, curriculum], initial, predictive="bogus")

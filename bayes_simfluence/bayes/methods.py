@@ -100,6 +100,32 @@ def _text(value: Any, key: str) -> str:
     return str(value)
 
 
+def _range(low: float, high: float, low_open: bool = True, high_open: bool = False) -> Callable[[Any, str], float]:
+    """A number in ``(low, high]`` (or with the ends ``low_open`` / ``high_open`` as given)."""
+    def parse(value: Any, key: str) -> float:
+        number = validation.number(value, f"-o {key}")
+        if (number <= low if low_open else number < low) or (number >= high if high_open else number > high):
+            interval = (f"> {low:g}" if high == float("inf") else
+                        f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+            raise validation.InputError(f"-o {key}: expected a number {interval}, got {number:g}")
+        return number
+    return parse
+
+
+def _choice(choices: Any) -> Callable[[Any, str], str]:
+    def parse(value: Any, key: str) -> str:
+        if not isinstance(value, str) or value not in choices:
+            raise validation.InputError(f"-o {key}: expected one of {sorted(choices)}, got {value!r}")
+        return value
+    return parse
+
+
+def _chain_method(value: Any, key: str) -> str:
+    from bayes_simfluence.bayes.hyper_nuts import CHAIN_METHODS
+
+    return _choice(CHAIN_METHODS)(value, key)
+
+
 MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "variant": ("variant", _text), "step": ("step_component", _bool), "likelihood": ("likelihood", _text),
     "nu": ("nu", _float), "noncentred": ("noncentred", _bool),
@@ -111,11 +137,12 @@ MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "run_state": ("run_state", state_flag), "state_prior": ("state_prior", _float),
 }
 CHAIN_OPTIONS = {"num_warmup": _integer(0), "num_samples": _integer(1), "num_chains": _integer(1),
-                 "chain_method": _text}
+                 "chain_method": _chain_method}
 INFERENCE_OPTIONS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
-    "svi": {"guide": _text, "num_steps": _integer(1), "learning_rate": _float,
-            "final_lr_fraction": _float, "num_draws": _integer(1), "rank": _integer(1), "precision": _text},
-    "nuts": {**CHAIN_OPTIONS, "target_accept": _float, "max_tree_depth": _integer(1)},
+    "svi": {"guide": _choice(inference.GUIDES), "num_steps": _integer(1), "learning_rate": _range(0, float("inf")),
+            "final_lr_fraction": _range(0, 1), "num_draws": _integer(1), "rank": _integer(1),
+            "precision": _choice(inference.PRECISIONS)},
+    "nuts": {**CHAIN_OPTIONS, "target_accept": _range(0, 1, high_open=True), "max_tree_depth": _integer(1)},
     "exact": {**CHAIN_OPTIONS, "chunk_size": _integer(1)},
     "grid": {"num_draws": _integer(1)},
 }

@@ -114,10 +114,16 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: posterior file lacks {missing or ['constant_data/loss_scale']}")
     try:
         config = ModelConfig(**json.loads(posterior.attrs["config"]))
-    except (KeyError, TypeError, json.JSONDecodeError) as error:
+    except (KeyError, TypeError, ValueError, RecursionError) as error:
         raise ValueError(f"{path}: the posterior's model config is unreadable ({error})") from error
-    return {
-        "method": str(posterior.attrs["method"]),
+    try:
+        info = json.loads(posterior.attrs.get("info", "{}"))
+    except (TypeError, ValueError, RecursionError) as error:
+        raise ValueError(f"{path}: the posterior's 'info' attribute is not valid JSON ({error})") from error
+    if not isinstance(info, dict):
+        raise ValueError(f"{path}: the posterior's 'info' attribute must be a JSON object, got a {type(info).__name__}")
+    fields = {
+        "method": str(posterior.attrs.get("method", "")),
         "config": config,
         "a": posterior["a"].values, "b": posterior["B"].values,
         "drift": posterior["step_drift"].values if "step_drift" in posterior else None,
@@ -128,17 +134,100 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
         "test_ids": posterior["test_example"].values.astype(str),
         "sample_stats": ({("num_steps" if k == "n_steps" else k): v.values for k, v in stats.data_vars.items()}
                          if stats is not None else {}),
-        "info": json.loads(posterior.attrs["info"]),
-        "batch_size": int(posterior.attrs["batch_size"]) if "batch_size" in posterior.attrs else None,
+        "info": info,
+        "batch_size": _attribute_integer(posterior.attrs, "batch_size", path),
         "stacking_weight": constant["stacking_weight"].values if "stacking_weight" in constant else None,
         "blind_mean": constant["blind_mean"].values if "blind_mean" in constant else None,
         "run_residuals": constant["run_residuals"].values if "run_residuals" in constant else None,
         "state": posterior["run_state"].values if "run_state" in posterior else None,
         "state_direction": constant["state_direction"].values if "state_direction" in constant else None,
-        "state_recency": float(posterior.attrs["state_recency"]) if "state_recency" in posterior.attrs else None,
+        "state_recency": _attribute_number(posterior.attrs, "state_recency", path),
         "blind_state": constant["blind_state"].values if "blind_state" in constant else None,
         "blind_center": constant["blind_center"].values if "blind_center" in constant else None,
     }
+    check_fields(fields, path)
+    return fields
+
+
+#: the inference routines a posterior may come from (its ``method`` attribute).
+METHODS = ("svi", "nuts", "exact", "grid")
+#: variables that come together: a posterior holding the first needs the others.
+_TOGETHER = {"state": ("state_direction", "state_recency"), "blind_state": ("blind_center", "state"),
+             "stacking_weight": ("blind_mean",), "blind_mean": ("stacking_weight",)}
+#: the file's name of each field, for messages
+_FILE_NAMES = {"b": "B", "sigma": "noise_scale", "drift": "step_drift", "scale": "loss_scale", "state": "run_state"}
+
+
+def _attribute_integer(attrs: Mapping[str, Any], name: str, path: str | Path) -> int | None:
+    if name not in attrs:
+        return None
+    value = np.asarray(attrs[name])
+    if value.ndim != 0 or value.dtype.kind not in "iu" or int(value) < 1:
+        raise ValueError(f"{path}: the posterior's '{name}' must be an integer >= 1, got {attrs[name]!r}")
+    return int(value)
+
+
+def _attribute_number(attrs: Mapping[str, Any], name: str, path: str | Path) -> float | None:
+    if name not in attrs:
+        return None
+    value = np.asarray(attrs[name])
+    if value.ndim != 0 or value.dtype.kind not in "iuf" or not np.isfinite(value):
+        raise ValueError(f"{path}: the posterior's '{name}' must be one finite number, got {attrs[name]!r}")
+    return float(value)
+
+
+def check_fields(fields: Mapping[str, Any], path: str | Path) -> None:
+    """Refuse a posterior whose fields cannot be what a fit wrote, naming the field: an unknown method,
+    non-finite draws, a scale that is not positive, a decay, weight or recency outside ``[0, 1]``,
+    shapes that disagree, or a variable without the ones it comes with (the run state without its
+    direction)."""
+    if fields["method"] not in METHODS:
+        raise ValueError(f"{path}: the posterior's 'method' is {fields['method']!r}; expected one of {list(METHODS)}")
+    for name in ("a", "b", "drift", "sigma", "scale", "stacking_weight", "blind_mean", "run_residuals", "state",
+                 "state_direction", "blind_state", "blind_center", *(f"hyper.{k}" for k in fields["hyper"])):
+        value = fields["hyper"][name[6:]] if name.startswith("hyper.") else fields.get(name)
+        label = _FILE_NAMES.get(name, name.removeprefix("hyper."))
+        if value is None:
+            continue
+        value = np.asarray(value)
+        if value.dtype.kind not in "iuf":
+            raise ValueError(f"{path}: the posterior's '{label}' must be numbers, got dtype {value.dtype}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{path}: the posterior's '{label}' holds NaN or inf in {np.mean(~np.isfinite(value)):.0%} "
+                             "of its values; refit")
+    positive = {"noise_scale": fields["sigma"], "loss_scale": fields["scale"],
+                "effect_scale": fields["hyper"].get("effect_scale")}
+    for label, value in positive.items():
+        if value is not None and not np.all(np.asarray(value) > 0):
+            raise ValueError(f"{path}: the posterior's '{label}' is a scale and must be > 0 everywhere, found "
+                             f"{float(np.min(value)):g}")
+    unit = {"memory_decay": (fields["hyper"].get("memory_decay"), False),
+            "stacking_weight": (fields.get("stacking_weight"), True),
+            "state_recency": (fields.get("state_recency"), False)}
+    for label, (value, closed) in unit.items():
+        if value is None:
+            continue
+        value = np.asarray(value)
+        inside = (value >= 0) & ((value <= 1) if closed else (value < 1))
+        if not np.all(inside):
+            raise ValueError(f"{path}: the posterior's '{label}' must be in [0, 1{']' if closed else ')'}, found "
+                             f"{float(value.flat[np.argmin(inside.reshape(-1))]):g}")
+    a, b, sigma = (np.asarray(fields[name]) for name in ("a", "b", "sigma"))
+    n_tests, n_train = len(fields["test_ids"]), len(fields["train_ids"])
+    if a.shape != b.shape or a.ndim != 4 or a.shape[2:] != (n_tests, n_train) or sigma.shape != a.shape[:3]:
+        raise ValueError(f"{path}: the posterior's draws disagree in shape: a {a.shape}, B {b.shape}, noise_scale "
+                         f"{sigma.shape}; expected [chain, draw, {n_tests} tests, {n_train} training examples]")
+    if np.shape(fields["scale"]) != (n_tests,):
+        raise ValueError(f"{path}: the posterior's 'loss_scale' has shape {np.shape(fields['scale'])}; "
+                         f"expected ({n_tests},)")
+    for name, needed in _TOGETHER.items():
+        if fields.get(name) is not None:
+            missing = [other for other in needed if fields.get(other) is None]
+            if missing:
+                raise ValueError(f"{path}: the posterior holds '{_FILE_NAMES.get(name, name)}' but lacks "
+                                 f"{[_FILE_NAMES.get(other, other) for other in missing]}, which come with it")
+    if fields["config"].run_state and fields.get("state") is None:
+        raise ValueError(f"{path}: the posterior's config has the run state, but the file lacks 'run_state'")
 
 
 def _jsonable(value: Any) -> Any:
