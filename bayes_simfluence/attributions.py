@@ -16,10 +16,13 @@ An effect is always relative to a **reference** (:data:`REFERENCES`):
   effects are ``a_i - mean a`` and ``B_i - mean B``. With full batches the runs identify only
   batch sums plus the curriculum-independent step component ``d_t``: adding ``c`` to every
   ``B_j`` and taking ``batch * c`` from ``d_t`` changes no run, so the common level of ``B`` is
-  set by the prior (the model fixes the population location at 0). Against the average example
-  that level cancels exactly: these effects are identified by the data.
+  set by the prior (the model fixes its population location at 0). Against the average example
+  that level cancels exactly. The common level of ``a`` does not cancel (it sets how a change
+  carries to the final loss through the later ``1 + sum a``), and the model learns it
+  (``common_level``, :mod:`bayes_simfluence.bayes.model`): so these effects are identified by the data.
 - ``"leave-out"``: an **empty slot**: the final-loss effect empties every slot of ``i`` (same
-  steps, smaller batches), the parameter effects are the raw ``a_i``, ``B_i``. With full batches
+  steps, smaller batches: not re-packed, unlike :func:`bayes_simfluence.counterfactuals.compare_leave_out`),
+  the parameter effects are the raw ``a_i``, ``B_i``. With full batches
   this reads the common level the data do not identify: on runs where about 90% of the examples
   were harmful, a posterior with the level at 0 called 10-27% of them helpful with P > 0.95
   (``tests/test_attributions.py``). Kept for runs whose slots were genuinely empty, and for

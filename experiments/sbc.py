@@ -48,7 +48,10 @@ size is 1 by construction; drawn from them, runs are not: with ``sigma ~ HalfNor
 ``s ~ HalfNormal(0.1)`` the largest ``|L|`` of a replication reached about 400 (median) and
 ``10^7`` (worst of 200) in 30 steps. The fit and the draws therefore both use tighter scales,
 ``effect_scale_prior = 0.02`` and ``noise_prior = 0.05`` (:data:`PRIOR_OPTIONS`; everything else
-is the default path's): SBC holds for any prior as long as the fit uses the same one. Runs then
+is the default path's): SBC holds for any prior as long as the fit uses the same one. The common
+level of ``a`` is fixed at 0 (``common_level=False``): SBC needs the fit's prior, and the grid
+integrates the level out under a flat one; the learned level is checked against its generating
+process instead (``experiments/common_level.py``, ``tests/test_common_level.py``). Runs then
 stay below ``|L| = 100`` (``max_abs_loss`` in the results). Options ``-o key=value`` are those
 of ``bayes-svi`` (:func:`bayes_simfluence.bayes.methods.parse_options`), applied to both.
 
@@ -93,7 +96,7 @@ from bayes_simfluence.synthetic import random_curricula
 
 HERE = Path(__file__).resolve().parent
 #: hyperprior scales of both the prior draws and the fit (see the module docstring).
-PRIOR_OPTIONS = {"effect_scale_prior": 0.02, "noise_prior": 0.05}
+PRIOR_OPTIONS = {"effect_scale_prior": 0.02, "noise_prior": 0.05, "common_level": False}
 #: posterior draws ranked against the truth: ranks take ``N_DRAWS + 1`` values, 20 per bin.
 N_DRAWS = 199
 BINS = 10

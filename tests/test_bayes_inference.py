@@ -36,7 +36,8 @@ def other():
 @pytest.fixture(scope="module")
 def fixed_hyper(small):
     _, data = small
-    return {"noise_scale": np.full(data.n_tests, 0.01), "effect_scale": np.full(data.n_tests, 0.01)}
+    return {"noise_scale": np.full(data.n_tests, 0.01), "effect_scale": np.full(data.n_tests, 0.01),
+            "a_location": np.zeros(data.n_tests)}  # the oracle's prior mean of (a, B): 0
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +136,7 @@ def test_cross_fits_start_from_the_fitted_hyperparameters_and_the_initial_effect
     start = cross_fit_start(source)
     assert set(start) == set(source.guide_params)
     for name, value in start.items():
-        origin = source.guide_params if name.split("_auto_")[0] in ("noise_scale", "effect_scale") else \
+        origin = source.guide_params if name.split("_auto_")[0] in ("noise_scale", "effect_scale", "a_location") else \
             source.initial_guide_params
         np.testing.assert_array_equal(value, origin[name], err_msg=name)
     assert not np.allclose(source.guide_params["B_rotated_auto_loc"], start["B_rotated_auto_loc"])
@@ -164,7 +165,7 @@ def grid_log_posterior(stats, config, points):
     log_prior = (halfnorm.logpdf(sigma, scale=config.noise_prior) + halfnorm.logpdf(scale, scale=config.effect_scale_prior)
                  + points[:, 0] + points[:, 1])
     if points.shape[1] == 3:
-        mu[:, 1] = points[:, 2]
+        mu[:, 0 if config.has_a_location else 1] = points[:, 2]
         log_prior = log_prior + norm.logpdf(points[:, 2], scale=config.location_prior)
     with jax.enable_x64(True):
         return log_prior + np.concatenate([np.asarray(conjugate.log_evidence(one, sigma[i:i + 100_000], scale[i:i + 100_000],
@@ -180,7 +181,7 @@ def grid(lows, highs, n):
 def quadrature_moments(stats, config):
     """Posterior mean and variance of each hyperparameter (constrained) by quadrature: a coarse
     grid finds where the density is within e^-25 of its maximum, a fine one integrates there."""
-    dims = 3 if config.has_locations else 2
+    dims = 3 if config.has_a_location or config.has_b_location else 2
     points, _ = grid([np.log(1e-4), np.log(1e-5), -0.5][:dims], [np.log(3.0), 0.0, 0.5][:dims], 60)
     log_p = grid_log_posterior(stats, config, points)
     cell = (np.array([np.log(3.0), 0.0, 0.5]) - np.array([np.log(1e-4), np.log(1e-5), -0.5]))[:dims] / 59
@@ -195,7 +196,7 @@ def quadrature_moments(stats, config):
 
 
 @pytest.mark.parametrize("config", [CONFIG, ModelConfig(variant="additive", step_component=False)],
-                         ids=["sigma-s", "sigma-s-location"])
+                         ids=["sigma-s-level", "sigma-s-location"])
 def test_exact_hyperparameter_posterior_matches_quadrature(small, config):
     """One test example: the NUTS marginals of the exact path against a fine grid."""
     _, data = small
@@ -203,7 +204,7 @@ def test_exact_hyperparameter_posterior_matches_quadrature(small, config):
     result = run_exact(one, config, num_warmup=500, num_samples=2000, num_chains=4, seed=4, progress=False)
     assert result.info["divergences"] == 0
     mean, variance = quadrature_moments(conjugate.collapsed_statistics(one, config), config)
-    names = ["noise_scale", "effect_scale", "B_location"][: len(mean)]
+    names = ["noise_scale", "effect_scale", "a_location" if config.has_a_location else "B_location"][: len(mean)]
     for name, grid_mean, grid_variance in zip(names, mean, variance):
         x = result.draws[name][..., 0]  # [chains, draws]
         ess = float(effective_sample_size(x[..., None])[0])

@@ -44,11 +44,14 @@ def test_site_statistics_are_each_examples_information_and_ridge_estimate():
 
 def test_effects_given_hyperparameters_are_prior_times_site():
     """With the hyperparameters fixed, draws of ``(a_i, B_i)`` have the mean and covariance of
-    ``N(m, (S / sigma^2)^-1) x N(0, s^2 I)`` computed densely, for random site parameters."""
+    ``N(m, (S / sigma^2)^-1) x N((mu_a, 0), s^2 I)`` computed densely, for random site parameters
+    and a common level ``mu_a`` of ``a``."""
     config = ModelConfig()
     stats = site_statistics(CURRICULA, PREVIOUS, CHANGE, N_TRAIN, config)
     sigma, scale = np.array([0.3, 0.7]), np.array([0.05, 0.2])
-    guide = ConditionalGuide(config, stats, {}, {"noise_scale": sigma, "effect_scale": scale}, n_steps=3)
+    level = np.array([0.03, -0.02])
+    guide = ConditionalGuide(config, stats, {}, {"noise_scale": sigma, "effect_scale": scale, "a_location": level},
+                             n_steps=3)
     params = {"site_mean": RNG.normal(size=(2, N_TRAIN, 2)), "site_correction": 0.3 * RNG.normal(size=(3, N_TRAIN, 2))}
     n = 40000
     with jax.enable_x64(True):
@@ -62,7 +65,8 @@ def test_effects_given_hyperparameters_are_prior_times_site():
             factor = chol @ correction
             site = factor @ factor.T / sigma[m] ** 2
             covariance = np.linalg.inv(site + np.eye(2) / scale[m] ** 2)
-            mean = covariance @ site @ (config.effect_scale_prior * params["site_mean"][:, i, m])
+            mean = covariance @ (site @ (config.effect_scale_prior * params["site_mean"][:, i, m])
+                                 + np.array([level[m], 0.0]) / scale[m] ** 2)
             drawn = w[:, i, m]
             error = np.sqrt(np.diag(covariance) / n)
             assert np.all(np.abs(drawn.mean(0) - mean) < 5 * error), (i, m, drawn.mean(0), mean)

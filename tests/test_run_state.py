@@ -78,8 +78,9 @@ def test_run_state_predicts_the_generating_mean_loss_where_the_plain_model_canno
 
 
 def _dense_setup(seed: int = 0):
-    """Small runs for the dense oracle: ``(data, config, state, X [n, features], F [n, 2] scaled, y [n])``
-    of test example 0 at memory decay 0.3."""
+    """Small runs for the dense oracle: ``(data, config, state, X [n, features], F [n, 3] scaled, y [n])``
+    of test example 0 at memory decay 0.3; ``F``'s first column is the common level's feature
+    ``L_{t-1} sum_i m_ti`` (unit root mean square), then the two state features."""
     rng = np.random.default_rng(seed)
     effects = rng.normal(0.0, 0.01, (N_TESTS, N_TRAIN))
     curricula = random_curricula(6, STEPS, BATCH, N_TRAIN, rng)
@@ -94,7 +95,9 @@ def _dense_setup(seed: int = 0):
         memory[:, t] = (1 - decay) * counts[:, t] + decay * (memory[:, t - 1] if t else 0.0)
     previous = data.previous[..., 0]
     x = np.concatenate([previous[..., None] * memory, memory], axis=-1).reshape(-1, 2 * N_TRAIN)
-    f = (host_features(curricula, state) / state.feature_scale).reshape(-1, 2)
+    level = (previous * memory.sum(-1)).reshape(-1)
+    f = np.column_stack([level / np.sqrt(np.mean(level**2)),
+                         (host_features(curricula, state) / state.feature_scale).reshape(-1, 2)])
     return data, config, state, decay, x, f, data.change[..., 0].reshape(-1)
 
 
@@ -110,7 +113,7 @@ def test_integrated_state_matches_the_dense_marginal_likelihood():
     data, config, state, decay, x, f, y = _dense_setup()
     stats = grid.pair_statistics(data, config, np.array([0]), np.array([decay]), state=state)
     _, _, logdet_omega = drift_bands(data.n_runs, data.n_steps, config)
-    logdet = logdet_omega + grid.state_logdet(stats, config)
+    logdet = logdet_omega + stats.nuisance_logdet[0]
     n = len(y)
     for sigma, scale in ((0.01, 0.02), (0.05, 0.005)):
         e, p = stats.eigenvalues[0], stats.projected[0]
@@ -118,8 +121,9 @@ def test_integrated_state_matches_the_dense_marginal_likelihood():
         quadratic = stats.target_sq[0] - np.sum(p**2 / (e + 1.0 / tau2))
         from_stats = -0.5 * (n * np.log(2 * np.pi * sigma**2) + logdet + np.sum(np.log1p(tau2 * e))
                              + quadratic / sigma**2)
+        priors = np.array([grid.LEVEL_PRIOR, config.state_prior, config.state_prior])
         covariance = (scale**2 * x @ x.T + sigma**2 * (np.eye(n) + _drift_covariance(config)
-                                                        + config.state_prior**2 * f @ f.T))
+                                                        + (f * priors**2) @ f.T))
         dense = multivariate_normal(np.zeros(n), covariance).logpdf(y)
         assert from_stats == pytest.approx(dense, abs=1e-6 * abs(dense))
 
@@ -130,7 +134,8 @@ def test_state_draws_match_the_exact_joint_posterior():
     n = len(y)
     omega = np.eye(n) + _drift_covariance(config)
     features = np.concatenate([x, f], axis=1)
-    prior_precision = np.concatenate([np.full(x.shape[1], 1 / scale**2), np.full(2, 1 / (sigma * config.state_prior)**2)])
+    prior_precision = np.concatenate([np.full(x.shape[1], 1 / scale**2), [1 / (sigma * grid.LEVEL_PRIOR)**2],
+                                      np.full(2, 1 / (sigma * config.state_prior)**2)])
     solved = np.linalg.solve(omega, features)
     covariance = np.linalg.inv(features.T @ solved / sigma**2 + np.diag(prior_precision))
     mean = covariance @ (solved.T @ y) / sigma**2
@@ -140,10 +145,10 @@ def test_state_draws_match_the_exact_joint_posterior():
     sigmas, scales = np.full(n_draws, sigma), np.full(n_draws, scale)
     import jax
     effects = grid._draw_effects(jax.random.PRNGKey(0), stats, which, sigmas, scales)
-    coefficients = grid.draw_state(np.random.default_rng(0), stats, which, effects, sigmas, config)
+    coefficients = grid.draw_nuisance(np.random.default_rng(0), stats, which, effects, sigmas, config)
     draws = np.concatenate([effects, coefficients], axis=1)
     sd = np.sqrt(np.diag(covariance))
-    for k in (0, N_TRAIN, 2 * N_TRAIN, 2 * N_TRAIN + 1):  # an a, a B, both state coefficients
+    for k in (0, N_TRAIN, 2 * N_TRAIN, 2 * N_TRAIN + 1, 2 * N_TRAIN + 2):  # a', B, the level, both state coefficients
         assert abs(draws[:, k].mean() - mean[k]) < 5 * sd[k] / np.sqrt(n_draws)
         assert draws[:, k].std() == pytest.approx(sd[k], rel=0.1)
     exact_corr = covariance[2 * N_TRAIN, N_TRAIN] / (sd[2 * N_TRAIN] * sd[N_TRAIN])

@@ -44,8 +44,16 @@ value): ``tests x (coarse + refined decays + distinct drawn decays)`` of them. T
 retraining study (45-60 training examples) in seconds; at thousands of training examples it
 does not (``bayes-svi`` is the path there), and :func:`run_grid` says so before it starts.
 Without memory (``memory="none"``) the decay is fixed at 0 and the grid has two dimensions.
-The population locations would add two more, so the grid path needs the step component (which
-fixes them at 0).
+
+Common level. Where the model learns ``mu_a`` (``common_level``, the default; see
+:mod:`bayes_simfluence.bayes.model`), ``a_i = mu_a + a'_i`` with ``a' ~ N(0, s^2 I)``: the level
+is one more nuisance coefficient beside the run state's, on the feature
+``L_{t-1} sum_i M_lambda[r, t, i]`` scaled to unit root mean square, with prior sd
+:data:`LEVEL_PRIOR` ``sigma`` (flat in effect). It is integrated out by the same Schur complement
+(so ``G``, ``p`` and ``yy`` above are of ``a'`` and ``B``, and ``log |Omega|`` gains
+``nuisance_logdet``) and drawn exactly given each draw of the effects; the posterior's ``a`` are
+``a' + mu_a``. Free locations of ``B`` (no step component) would add grid dimensions, so the
+grid path needs the step component (which fixes ``mu_B`` at 0).
 """
 
 from __future__ import annotations
@@ -92,6 +100,11 @@ MAX_REFINEMENTS = 10
 #: the decay of a draw is the centre of one of this many equal parts of its cell (statistics are
 #: then computed once per part, not once per draw)
 DECAY_PARTS = 4
+#: sd, in units of ``sigma``, of the prior of the common level's coefficient on its unit-RMS
+#: feature: so wide that the prior is flat in effect (the other paths' ``Normal(0, location_prior)``
+#: is too: hundreds of posterior sds of ``mu_a``), while it stays proper, so the density is exact
+#: Gaussian algebra (:func:`_pair_statistics`)
+LEVEL_PRIOR = 1e3
 #: refuse the grid path above this many multiply-adds (about ten minutes on two CPU cores: the
 #: statistics ran at about 3.5 GFLOP/s there)
 MAX_FLOPS = 2e12
@@ -100,24 +113,30 @@ MAX_FLOPS = 2e12
 class GridStats(NamedTuple):
     """Whitened statistics of (test example, decay) pairs (the eigenvectors only when asked).
 
-    With the run state its coefficients are integrated out too (their features join the step
-    component's nuisance part); ``state_*`` keep what drawing them needs.
+    The common multiplicative level ``mu_a`` and the run state's coefficients are integrated out
+    too: their ``K`` features ``F`` (the level's first, then the state's; :func:`nuisance_priors`)
+    join the step component's nuisance part, and ``nuisance_*`` keep what drawing them needs.
 
     Attributes:
         eigenvalues: ``[pairs, features]``; vectors: ``[pairs, features, features]`` or None;
         projected: ``[pairs, features]`` ``U^T X^T Omega^{-1} y``; target_sq: ``[pairs]`` ``yy``.
-        state_cross: ``[pairs, S, features]`` ``F^T Omega^{-1} X`` for the ``S`` state features ``F``
-            (``S = 0`` without the run state); state_target: ``[pairs, S]`` ``F^T Omega^{-1} y``;
-            state_gram: ``[pairs, S, S]`` ``F^T Omega^{-1} F`` (the same for every pair).
+        nuisance_cross: ``[pairs, K, features]`` ``F^T Omega^{-1} X``; nuisance_target: ``[pairs, K]``
+            ``F^T Omega^{-1} y``; nuisance_gram: ``[pairs, K, K]`` ``F^T Omega^{-1} F``;
+        nuisance_logdet: ``[pairs]`` ``log |I + P F^T Omega^{-1} F P|`` (``P`` the priors' sds in
+            units of ``sigma``): what integrating them out adds to ``log |Omega|``;
+        level_scale: ``[pairs]`` root mean square of the level's feature (``F``'s first column is it
+            divided by this; 1 without the level).
     """
 
     eigenvalues: np.ndarray
     vectors: np.ndarray | None
     projected: np.ndarray
     target_sq: np.ndarray
-    state_cross: np.ndarray
-    state_target: np.ndarray
-    state_gram: np.ndarray
+    nuisance_cross: np.ndarray
+    nuisance_target: np.ndarray
+    nuisance_gram: np.ndarray
+    nuisance_logdet: np.ndarray
+    level_scale: np.ndarray
 
 
 def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
@@ -130,17 +149,26 @@ def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
 
 
 def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array, diagonal: Array, off: Array,
-                     state: Array, state_prior: float, variant: str, step_component: bool, vectors: bool) -> tuple:
+                     state: Array, priors: Array, variant: str, step_component: bool, level: bool,
+                     vectors: bool) -> tuple:
     """Statistics of one (test example, decay) pair: ``previous``, ``change`` ``[runs, steps]``;
-    ``state`` ``[runs, steps, S]`` the scaled run-state features (``S = 0``: none), whose
-    coefficients ``~ N(0, (state_prior sigma)^2)`` are integrated out: with ``M = F^T Omega^{-1} F
-    + I / state_prior^2`` the whitened statistics lose ``F``'s part by a Schur complement,
-    ``G - X^T Omega^{-1} F M^{-1} F^T Omega^{-1} X`` (and alike for ``b``, ``yy``)."""
+    ``state`` ``[runs, steps, S]`` the scaled run-state features (``S = 0``: none). The nuisance
+    features ``F`` (with ``level``, first the common level's ``previous * sum_i M_lambda[., ., i]``
+    divided by its root mean square, then ``state``) have coefficients ``~ N(0, (priors sigma)^2)``
+    (``priors [K]``), integrated out: with ``M = F^T Omega^{-1} F + diag(priors)^-2`` the whitened
+    statistics lose ``F``'s part by a Schur complement, ``G - X^T Omega^{-1} F M^{-1} F^T Omega^{-1} X``
+    (and alike for ``b``, ``yy``)."""
     smoothed = remembered(counts, jnp.broadcast_to(decay, counts.shape[-1:]))  # [runs, steps, n_train]
     parts = {"linear": [previous[..., None] * smoothed, smoothed], "additive": [smoothed],
              "multiplicative": [previous[..., None] * smoothed]}[variant]
-    n_features, n_state = sum(p.shape[-1] for p in parts), state.shape[-1]
-    x = jnp.concatenate(parts + [state], axis=-1)  # [runs, steps, features + S]
+    level_scale = jnp.ones((), previous.dtype)
+    if level:
+        level_feature = previous * smoothed.sum(-1)  # [runs, steps]
+        level_scale = jnp.sqrt(jnp.mean(level_feature**2))
+        level_scale = jnp.where(level_scale > 0, level_scale, 1.0)
+        state = jnp.concatenate([(level_feature / level_scale)[..., None], state], axis=-1)
+    n_features, n_nuisance = sum(p.shape[-1] for p in parts), state.shape[-1]
+    x = jnp.concatenate(parts + [state], axis=-1)  # [runs, steps, features + K]
     gram = jnp.einsum("rtf,rtg->fg", x, x)
     target = jnp.einsum("rtf,rt->f", x, change)
     target_sq = jnp.sum(change**2)
@@ -151,26 +179,30 @@ def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array
                                               sums)
         correction = sums.T @ solved
         gram, target, target_sq = gram - correction[:-1, :-1], target - correction[:-1, -1], target_sq - correction[-1, -1]
-    cross, state_target, state_gram = gram[n_features:, :n_features], target[n_features:], gram[n_features:, n_features:]
+    cross, nuisance_target = gram[n_features:, :n_features], target[n_features:]
+    nuisance_gram = gram[n_features:, n_features:]
     gram, target = gram[:n_features, :n_features], target[:n_features]
-    if n_state:
-        precision = state_gram + jnp.eye(n_state, dtype=x.dtype) / state_prior**2
-        solved = jnp.linalg.solve(precision, jnp.concatenate([cross, state_target[:, None]], axis=1))
+    logdet = jnp.zeros((), x.dtype)
+    if n_nuisance:
+        precision = nuisance_gram + jnp.diag(1.0 / priors**2)
+        solved = jnp.linalg.solve(precision, jnp.concatenate([cross, nuisance_target[:, None]], axis=1))
         gram = gram - cross.T @ solved[:, :-1]
-        target, target_sq = target - cross.T @ solved[:, -1], target_sq - state_target @ solved[:, -1]
+        target, target_sq = target - cross.T @ solved[:, -1], target_sq - nuisance_target @ solved[:, -1]
+        logdet = jnp.linalg.slogdet(jnp.eye(n_nuisance, dtype=x.dtype)
+                                    + priors[:, None] * nuisance_gram * priors[None, :])[1]
     eigenvalues, u = jnp.linalg.eigh(gram)
-    return (jnp.maximum(eigenvalues, 0.0), (u if vectors else None), u.T @ target, target_sq, cross, state_target,
-            state_gram)
+    return (jnp.maximum(eigenvalues, 0.0), (u if vectors else None), u.T @ target, target_sq, cross, nuisance_target,
+            nuisance_gram, logdet, level_scale)
 
 
-@functools.partial(jax.jit, static_argnames=("variant", "step_component", "vectors"))
+@functools.partial(jax.jit, static_argnames=("variant", "step_component", "level", "vectors"))
 def _statistics_chunk(counts: Array, previous: Array, change: Array, tests: Array, decays: Array, diagonal: Array,
-                      off: Array, state: Array, state_prior: Array, *, variant: str, step_component: bool,
+                      off: Array, state: Array, priors: Array, *, variant: str, step_component: bool, level: bool,
                       vectors: bool) -> tuple:
     """:func:`_pair_statistics` for a chunk of pairs ``tests [chunk]``, ``decays [chunk]``."""
     def one(test: Array, decay: Array) -> tuple:
         return _pair_statistics(counts, previous[..., test], change[..., test], decay, diagonal, off, state,
-                                state_prior, variant, step_component, vectors)
+                                priors, variant, step_component, level, vectors)
 
     return jax.vmap(one)(tests, decays)
 
@@ -182,14 +214,23 @@ def scaled_state_features(data: ModelData, state: RunState | None) -> np.ndarray
     return host_features(data.curricula, state) / state.feature_scale
 
 
+def nuisance_priors(config: ModelConfig, n_state: int) -> np.ndarray:
+    """``[K]`` sds, in units of ``sigma``, of the nuisance coefficients on their unit-scale
+    features: :data:`LEVEL_PRIOR` for the common level (first, where the model learns it), then
+    ``state_prior`` for each of the ``n_state`` run-state features."""
+    return np.array([LEVEL_PRIOR] * config.has_a_location + [config.state_prior] * n_state)
+
+
 def pair_statistics(data: ModelData, config: ModelConfig, tests: np.ndarray, decays: np.ndarray,
                     vectors: bool = False, progress: bool = False, desc: str = "grid: statistics",
                     state: RunState | None = None) -> GridStats:
     """Whitened statistics for every pair ``(tests[k], decays[k])``, in chunks of one compiled shape
-    (with the run state ``state`` integrated out, see :func:`_pair_statistics`)."""
+    (with the common level, where the model learns it, and the run state ``state`` integrated
+    out, see :func:`_pair_statistics`)."""
     counts = dense_counts(data.curricula, data.n_train)
     features = scaled_state_features(data, state)
-    n_features, n_state = _n_features(data.n_train, config), features.shape[-1]
+    priors = nuisance_priors(config, features.shape[-1])
+    n_features, n_state = _n_features(data.n_train, config), len(priors)
     per_pair = 8 * (counts.size * 3 + (n_features + n_state) * data.n_runs * data.n_steps
                     + 4 * (n_features + n_state)**2)
     chunk = int(max(1, min(64, 2**28 // per_pair)))
@@ -197,26 +238,20 @@ def pair_statistics(data: ModelData, config: ModelConfig, tests: np.ndarray, dec
     n_pairs = len(tests)
     out = GridStats(np.empty((n_pairs, n_features)), np.empty((n_pairs, n_features, n_features)) if vectors else None,
                     np.empty((n_pairs, n_features)), np.empty(n_pairs), np.empty((n_pairs, n_state, n_features)),
-                    np.empty((n_pairs, n_state)), np.empty((n_pairs, n_state, n_state)))
+                    np.empty((n_pairs, n_state)), np.empty((n_pairs, n_state, n_state)), np.empty(n_pairs),
+                    np.empty(n_pairs))
     with jax.enable_x64(True):
         for start in tqdm(range(0, n_pairs, chunk), desc=desc, unit="chunk", disable=not progress):
             stop = min(start + chunk, n_pairs)
             index = np.minimum(np.arange(start, start + chunk), n_pairs - 1)  # pad with the last pair
             pieces = _statistics_chunk(counts, data.previous, data.change, tests[index], decays[index], diagonal,
-                                       off, features, config.state_prior, variant=config.variant,
-                                       step_component=config.step_component, vectors=vectors)
+                                       off, features, priors, variant=config.variant,
+                                       step_component=config.step_component, level=config.has_a_location,
+                                       vectors=vectors)
             for field, piece in zip(out, pieces):
                 if field is not None:
                     field[start:stop] = np.asarray(piece)[: stop - start]
     return out
-
-
-def state_logdet(stats: GridStats, config: ModelConfig) -> float:
-    """``log |I + state_prior^2 F^T Omega^{-1} F|``: what integrating the run state out adds to
-    ``log |Omega|`` (the same for every pair; 0 without the run state)."""
-    if stats.state_gram.shape[-1] == 0:
-        return 0.0
-    return float(np.linalg.slogdet(np.eye(stats.state_gram.shape[-1]) + config.state_prior**2 * stats.state_gram[0])[1])
 
 
 def _n_features(n_train: int, config: ModelConfig) -> int:
@@ -225,12 +260,13 @@ def _n_features(n_train: int, config: ModelConfig) -> int:
 
 @functools.partial(jax.jit, static_argnames=("has_memory",))
 def _log_density(eigenvalues: Array, projected: Array, target_sq: Array, decay: Array, log_tau: Array, delta: Array,
-                 n_obs: int, logdet_omega: float, priors: Array, has_memory: bool) -> tuple[Array, Array]:
+                 n_obs: int, logdet_omega: Array, priors: Array, has_memory: bool) -> tuple[Array, Array]:
     """Log posterior density on a grid, and ``log sigma_hat``.
 
     Args:
         eigenvalues, projected: ``[tests, decays, features]``; target_sq: ``[tests, decays]``;
         decay: ``[tests, decays]``; log_tau: ``[tests, taus]``; delta: ``[tests, deltas]``;
+        logdet_omega: ``[tests, decays]`` ``log |Omega|`` plus the nuisance part (``nuisance_logdet``);
         priors: ``(noise prior, effect scale prior, memory prior)``.
 
     Returns:
@@ -244,7 +280,7 @@ def _log_density(eigenvalues: Array, projected: Array, target_sq: Array, decay: 
     log_sigma_hat = 0.5 * jnp.log(q / n_obs)
     u = log_sigma_hat[..., None] + delta[:, None, None, :]  # log sigma
     log_s = u + log_tau[:, None, :, None]
-    log_lik = -0.5 * (n_obs * (jnp.log(2.0 * jnp.pi) + 2.0 * u) + logdet_omega + logdet[..., None]
+    log_lik = -0.5 * (n_obs * (jnp.log(2.0 * jnp.pi) + 2.0 * u) + logdet_omega[:, :, None, None] + logdet[..., None]
                       + q[..., None] * jnp.exp(-2.0 * u))
     log_prior = (dist.HalfNormal(priors[0]).log_prob(jnp.exp(u)) + u
                  + dist.HalfNormal(priors[1]).log_prob(jnp.exp(log_s)) + log_s)
@@ -279,7 +315,7 @@ def _evaluate(data: ModelData, config: ModelConfig, grid: _Grid, progress: bool,
         log_density, log_sigma_hat = _log_density(*shaped, grid.decay, grid.log_tau, grid.delta,
                                                   data.n_runs * data.n_steps,
                                                   (logdet_omega if config.step_component else 0.0)
-                                                  + state_logdet(stats, config),
+                                                  + stats.nuisance_logdet.reshape(n_tests, n_decays),
                                                   priors, has_memory=config.has_memory)
     return np.asarray(log_density), np.asarray(log_sigma_hat), shaped
 
@@ -417,8 +453,8 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     if config.likelihood != "normal":
         raise InputError("-o likelihood: bayes-grid needs the Normal likelihood (it integrates the effects out)")
     if not config.step_component:
-        raise InputError("-o step=false: bayes-grid needs the step component (free population "
-                         "locations would add two grid dimensions); use bayes-svi or bayes-exact")
+        raise InputError("-o step=false: bayes-grid needs the step component (a free location of B "
+                         "would add grid dimensions); use bayes-svi or bayes-exact")
     if config.run_state != (state is not None):
         raise ValueError("run_grid: pass the run state exactly when config.run_state is set")
     cost = data.n_tests * grid_cost(data.n_train, data.n_runs * data.n_steps, config, num_draws)
@@ -480,10 +516,14 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     weights_w = _draw_effects(effects_key, stats, which.reshape(-1), sigma, scale)
     draws = split_weights(weights_w.reshape(num_draws, n_tests, n_features), data.n_train, config)
     system = conjugate.drift_system(data.n_runs, data.n_steps, config)
+    nuisance = draw_nuisance(rng, stats, which.reshape(-1), weights_w, sigma, config).reshape(num_draws, n_tests, -1)
+    if config.has_a_location:  # a_i = mu_a + (a_i - mu_a): the level joins every example's effect
+        level = nuisance[..., 0] / stats.level_scale[which].reshape(num_draws, n_tests)
+        draws["a_location"], draws["a"] = level, draws["a"] + level[..., None]
+        nuisance = nuisance[..., 1:]
     fitted = fitted_step_sums(draws["a"], draws["B"], data, decay=decay if config.has_memory else None)
     if state is not None:
-        coefficients = draw_state(rng, stats, which.reshape(-1), weights_w, sigma, config)
-        draws["state"] = coefficients.reshape(num_draws, n_tests, -1)
+        draws["state"] = nuisance
         fitted = fitted + np.einsum("ts,dms->dmt", scaled_state_features(data, state).sum(0), draws["state"])
     sigma, scale = sigma.reshape(num_draws, n_tests), scale.reshape(num_draws, n_tests)
     draws.update(noise_scale=sigma, effect_scale=scale)
@@ -501,15 +541,19 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     return FitResult(draws, {}, info)
 
 
-def draw_state(rng: np.random.Generator, stats: GridStats, which: np.ndarray, effects: np.ndarray,
-               sigma: np.ndarray, config: ModelConfig) -> np.ndarray:
-    """``[n, S]`` exact draws of the run state's coefficients ``g | w, theta, y`` (the step
-    component integrated out): ``N(M^{-1} F^T Omega^{-1} (y - X w), sigma^2 M^{-1})`` with
-    ``M = F^T Omega^{-1} F + I / state_prior^2``, for draws ``effects [n, features]``, ``sigma [n]``
+def draw_nuisance(rng: np.random.Generator, stats: GridStats, which: np.ndarray, effects: np.ndarray,
+                  sigma: np.ndarray, config: ModelConfig) -> np.ndarray:
+    """``[n, K]`` exact draws of the nuisance coefficients ``g | w, theta, y`` (the common level's,
+    then the run state's, on their unit-scale features; the step component integrated out):
+    ``N(M^{-1} F^T Omega^{-1} (y - X w), sigma^2 M^{-1})`` with ``M = F^T Omega^{-1} F +
+    diag(priors)^-2`` (:func:`nuisance_priors`), for draws ``effects [n, features]``, ``sigma [n]``
     whose statistics are row ``which [n]`` of ``stats``."""
-    gram, n_state = stats.state_gram[which], stats.state_gram.shape[-1]
-    precision = gram + np.eye(n_state) / config.state_prior**2
-    residual = stats.state_target[which] - np.einsum("nsf,nf->ns", stats.state_cross[which], effects)
+    gram, n_nuisance = stats.nuisance_gram[which], stats.nuisance_gram.shape[-1]
+    if n_nuisance == 0:
+        return np.zeros((len(which), 0))
+    priors = nuisance_priors(config, n_nuisance - config.has_a_location)
+    precision = gram + np.diag(1.0 / priors**2)
+    residual = stats.nuisance_target[which] - np.einsum("nsf,nf->ns", stats.nuisance_cross[which], effects)
     mean = np.linalg.solve(precision, residual[..., None])[..., 0]
     lower = np.linalg.cholesky(np.linalg.inv(precision))
-    return mean + sigma[:, None] * np.einsum("nst,nt->ns", lower, rng.standard_normal((len(which), n_state)))
+    return mean + sigma[:, None] * np.einsum("nst,nt->ns", lower, rng.standard_normal((len(which), n_nuisance)))

@@ -74,9 +74,9 @@ JITTER = 1e-6
 def hyper_sites(config: ModelConfig) -> list[str]:
     """The model's hyperparameter sites, in the order the guide chains them."""
     names = ["noise_scale", "effect_scale"]
-    if config.has_locations and config.has_multiplicative:
+    if config.has_a_location:
         names.append("a_location")
-    if config.has_locations and config.has_additive:
+    if config.has_b_location:
         names.append("B_location")
     if config.has_memory:
         names.append("memory_decay")

@@ -62,8 +62,8 @@ class HyperDraws(NamedTuple):
 
 def sites(config: ModelConfig) -> tuple[str, ...]:
     """The free hyperparameters, in the order of the unconstrained vector."""
-    locations = [name for name, free in (("a_location", config.has_multiplicative), ("B_location", config.has_additive))
-                 if free and config.has_locations]
+    locations = [name for name, free in (("a_location", config.has_a_location), ("B_location", config.has_b_location))
+                 if free]
     return ("noise_scale", "effect_scale", *locations)
 
 

@@ -24,7 +24,8 @@ Options (``--option key=value``; values may arrive as strings, numbers or boolea
   ``memory_prior``, ``collapse_drift`` (default true: the step component integrated out of the
   Normal likelihood and drawn exactly afterwards), ``run_state`` (true | false | auto; bayes-grid
   only: the shared run state of :mod:`bayes_simfluence.bayes.run_state`; default auto, on wherever
-  bayes-grid runs with its guard, :func:`resolve_run_state`) and ``state_prior``
+  bayes-grid runs with its guard and the guard's held-out runs favour it, :func:`resolve_run_state`,
+  :func:`state_check`) and ``state_prior``
   (default 0.3, the best of 0.1-10 by the guard's cross-fitted roll-out error on both real sets of the
   retraining study, `experiments/state_prior.py`); ``progress`` (progress bars, default true); ``guard`` (default true: stack
   with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
@@ -129,7 +130,7 @@ def _chain_method(value: Any, key: str) -> str:
 MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
     "variant": ("variant", _text), "step": ("step_component", _bool), "likelihood": ("likelihood", _text),
     "nu": ("nu", _float), "noncentred": ("noncentred", _bool),
-    "location_prior": ("location_prior", _float),
+    "location_prior": ("location_prior", _float), "common_level": ("common_level", _bool),
     "effect_scale_prior": ("effect_scale_prior", _float),
     "noise_prior": ("noise_prior", _float), "drift_initial": ("drift_initial", _float),
     "drift_smoothness": ("drift_smoothness", _float), "memory": ("memory", _text),
@@ -150,6 +151,9 @@ RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": infere
 
 
 GUARD_OPTIONS = ("guard", "guard_folds")
+#: ``-o run_state=auto`` keeps the run state where the guard's held-out runs favour it by more than
+#: this many standard errors (:func:`state_check`)
+STATE_CHECK_SDS = 2.0
 #: ``-m bayes`` runs bayes-grid up to this many multiply-adds per test example (about 3 s on two
 #: CPU cores; the retraining study's sets take 2e9), bayes-svi above
 AUTO_GRID_FLOPS_PER_TEST = 1e10
@@ -210,7 +214,8 @@ def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, fol
     model against the state-only one, and over four disjoint fit windows of both real sets of the
     retraining study the state met every calibration target on average, where the model without it
     missed the MLP's Brier score and ordering (README, calibration against real retraining).
-    Elsewhere (bayes-svi, -nuts, -exact, no guard, too few runs) it is off, and the reason is returned.
+    :func:`fit_bayes` then keeps it only where the guard's held-out runs favour it
+    (:func:`state_check`). Elsewhere (bayes-svi, -nuts, -exact, no guard, too few runs) it is off, and the reason is returned.
     """
     value = state_flag(value, "run_state")
     if value != "auto":
@@ -248,12 +253,61 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
             raise validation.InputError(f"-o {key}: only bayes-svi reads it (got bayes-{method})")
     guard_steps = None if guard_steps is None else _integer(1)(guard_steps, "guard_steps")
     workers = None if workers is None else _integer(1)(workers, "guard_workers")
+    automatic = state_flag(options.get("run_state", "auto")) == "auto"
     options["run_state"], state_off = resolve_run_state(method, train, options.get("run_state", "auto"), use_guard, folds)
     posterior, result = _fit_once(method, train, options, seed)
+    if not use_guard:
+        if state_off is not None:
+            posterior.info["run_state_off"] = state_off
+        return posterior
+    stacking = _guard(method, train, options, seed, result, folds, guard_steps, workers)
+    if automatic and options["run_state"] and "skipped" not in stacking.report:  # kept where held-out runs favour it
+        plain_options = {**options, "run_state": False}
+        plain = _guard(method, train, plain_options, seed, result, folds, guard_steps, workers)
+        check = state_check(stacking, plain)
+        if not check["kept"]:
+            options, stacking, state_off = plain_options, plain, check["reason"]
+            posterior = _fit_once(method, train, options, seed)[0]
+        posterior.info["run_state_check"] = check
     if state_off is not None:
         posterior.info["run_state_off"] = state_off
-    if not use_guard:
-        return posterior
+    posterior.info["guard"] = stacking.report
+    if "skipped" not in stacking.report:
+        posterior.stacking_weight = stacking.weight
+        posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
+        posterior.run_residuals = stacking.residuals
+        if options["run_state"]:
+            alternative = _state_only(train, posterior)
+            posterior.blind_state, posterior.blind_center = alternative.coefficients, alternative.center
+    return posterior
+
+
+def state_check(with_state: guard.Stacking, without: guard.Stacking, sds: float = STATE_CHECK_SDS) -> dict[str, Any]:
+    """Whether the run state earns its place: the guard's stacked held-out predictions with and
+    without it, compared run by run (``residuals [runs, steps, tests]`` of both stackings). Kept
+    where the mean over held-out runs of (all-steps MSE without - with) exceeds ``sds`` standard
+    errors of that mean: the state is a plug-in feature built from the same runs (its direction
+    from their ridge effects), so where it brings nothing measurable it can still move
+    attributions (on runs without a shared state it pulled per-example effects along its
+    direction, ``experiments/results/common_level.md``)."""
+    per_run = [(stacking.residuals**2).mean(axis=(1, 2)) for stacking in (with_state, without)]
+    gain = per_run[1] - per_run[0]
+    error = float(gain.std(ddof=1) / np.sqrt(len(gain)))
+    kept = bool(gain.mean() > sds * error)
+    check = {"heldout_mse_with_state": float(per_run[0].mean()), "heldout_mse_without": float(per_run[1].mean()),
+             "gain": float(gain.mean()), "gain_se": error, "runs": len(gain), "kept": kept}
+    if not kept:
+        check["reason"] = (f"auto: the guard's held-out runs do not say it helps (stacked all-steps MSE "
+                           f"{check['heldout_mse_with_state']:.4g} with it, {check['heldout_mse_without']:.4g} without; "
+                           f"gain {check['gain']:.2g} +- {error:.2g} over {len(gain)} runs, under {sds:g} standard errors)")
+    return check
+
+
+def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result: inference.FitResult, folds: int,
+           guard_steps: int | None, workers: int | None) -> guard.Stacking:
+    """The guard's cross-fits of ``method`` with ``options`` over ``folds`` folds of ``train``, and
+    the stacking weights against the curriculum-blind model (the state-only one with the run
+    state); ``result``: the full fit, where bayes-svi's cross-fits start."""
     quiet, warm = {**options, "progress": False}, None
     if method == "svi":  # the cross-fits are only rolled out by their posterior mean
         settings = _fit_settings(method, parse_options(options, method)[1])
@@ -275,17 +329,8 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
         if config.run_state else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
-        stacking = guard.stack_against_blind(cross_fit, train, folds, workers=workers or 1,
-                                             progress=_bool(options.get("progress", True), "progress"), **blind)
-    posterior.info["guard"] = stacking.report
-    if "skipped" not in stacking.report:
-        posterior.stacking_weight = stacking.weight
-        posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
-        posterior.run_residuals = stacking.residuals
-        if config.run_state:
-            alternative = _state_only(train, posterior)
-            posterior.blind_state, posterior.blind_center = alternative.coefficients, alternative.center
-    return posterior
+        return guard.stack_against_blind(cross_fit, train, folds, workers=workers or 1,
+                                         progress=_bool(options.get("progress", True), "progress"), **blind)
 
 
 def _state_only(runs: Runs, fitted: BayesianSimfluence) -> StateTrajectory:

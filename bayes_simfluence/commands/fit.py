@@ -82,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
     state_report = getattr(simulator, "info", {}).get("run_state")
     if state_report is not None:
         print(run_state.describe(state_report))
+    check = getattr(simulator, "info", {}).get("run_state_check", {})
+    if check.get("kept"):
+        print(f"run state: kept (the guard's held-out runs favour it: stacked all-steps MSE "
+              f"{check['heldout_mse_with_state']:.4g} with it, {check['heldout_mse_without']:.4g} without, "
+              f"over {check['runs']} runs)")
     state_off = getattr(simulator, "info", {}).get("run_state_off")
     if state_off is not None:
         print(f"run state: off ({state_off})")
