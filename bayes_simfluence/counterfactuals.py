@@ -151,15 +151,44 @@ def compare_orderings(simulator: Simulator, curriculum: Any, initial_losses: np.
                    labels=[f"random (mean of {n_random})", "easy-to-hard", "hard-to-easy"], **options)
 
 
+def insert_or_replace(curriculum: np.ndarray, example: int, step: int, width: int) -> tuple[np.ndarray, int | None]:
+    """``example`` put into the batch of ``step``: into a free slot where the batch fills fewer than
+    ``width`` slots (the batch width the simulator was fitted on), else in place of the example in
+    the batch's last filled slot, which is returned (None when nothing was replaced).
+
+    A full batch cannot take one more example: the simulator never saw wider batches (and
+    refuses them). Replacing compares ``example`` with the replaced one at that step, which runs
+    with full batches identify (effects are identified up to a common level that cancels here).
+    """
+    array = np.asarray(curriculum, dtype=np.int64)
+    if not 0 <= step < array.shape[0]:
+        raise ValueError(f"step {step} is out of range for a curriculum of {array.shape[0]} steps")
+    filled = np.flatnonzero(array[step] != EMPTY_SLOT)
+    if filled.size < width:
+        return insert_at(array, example, step), None
+    replaced = array.copy()
+    slot = filled[-1]
+    replaced[step, slot] = example
+    return replaced, int(array[step, slot])
+
+
 def compare_insert(simulator: Simulator, curriculum: Any, example: int, steps: Sequence[int],
                    initial_losses: np.ndarray, **options: Any) -> Comparison:
-    """The curriculum as given vs with ``example`` added to the batch of each step in ``steps``
-    (one candidate per step; 0-based)."""
+    """The curriculum as given vs with ``example`` put into the batch of each step in ``steps``
+    (one candidate per step; 0-based): into a free slot where the batch has one (fewer filled slots
+    than the simulator's fitted batch width), else replacing the example in its last filled slot
+    (:func:`insert_or_replace`; the label says which, e.g. ``+17 for 5 at step 0``). A simulator
+    without a fitted width (no ``batch_size``) gets the example added to the batch, widening it."""
     base = _one_curriculum(curriculum)
     if not steps:
         raise ValueError("give at least one step to insert the example at")
     example = validation.integer(example, "example", minimum=0)
     steps = [validation.integer(step, "steps", minimum=0) for step in steps]
-    candidates = [base] + [insert_at(base, example, step) for step in steps]
-    return compare(simulator, candidates, initial_losses,
-                   labels=["as given"] + [f"+{example} at step {step}" for step in steps], **options)
+    width = getattr(simulator, "batch_size", None)  # None: no fitted width, a full batch widens
+    candidates, labels = [base], ["as given"]
+    for step in steps:
+        candidate, replaced = (insert_or_replace(base, example, step, int(width)) if width
+                               else (insert_at(base, example, step), None))
+        candidates.append(candidate)
+        labels.append(f"+{example} at step {step}" if replaced is None else f"+{example} for {replaced} at step {step}")
+    return compare(simulator, candidates, initial_losses, labels=labels, **options)

@@ -222,6 +222,13 @@ class SimfluenceLinear:
         A = _fitted(self.multiplicative, self.name)
         curricula, initial_losses = check_simulation_inputs(curricula, initial_losses, A.shape[1], A.shape[0],
                                                             self.batch_size)
+        empty = (curricula < 0).all(-1)  # [runs, steps]
+        if self.variant != "additive" and empty.any():
+            raise RunsFormatError(
+                f"curricula to simulate have a step whose slots are all empty, at [run, step] = "
+                f"{np.argwhere(empty)[0].tolist()}: '{self.name}' follows the paper (alpha = the sum of A_i over the "
+                "filled slots), so such a step would send the loss to beta = 0; drop the step, or use a Bayesian "
+                "method, in which an empty slot has no effect")
         with jax.enable_x64(True):  # losses of 1e-40 or 1e39 are valid inputs; float32 lost or overflowed them
             alpha, beta = self.step_coefficients(curricula)
             return np.asarray(roll_out(alpha, beta, jnp.asarray(initial_losses, dtype=alpha.dtype)),

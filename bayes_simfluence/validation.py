@@ -50,7 +50,9 @@ def read_json(path: Path) -> Any:
     """The JSON value in the file ``path``; invalid JSON is an :class:`InputError` naming the file."""
     try:
         return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except RecursionError as error:
+        raise InputError(f"{path}: not usable JSON (nested too deeply)") from error
+    except (ValueError, UnicodeDecodeError) as error:  # invalid JSON, or an integer of over 4300 digits
         raise InputError(f"{path}: not valid JSON ({error})") from error
 
 

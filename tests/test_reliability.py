@@ -370,3 +370,49 @@ def test_the_python_api_refuses_coercions(files):
         comparing.compare(linear, [curriculum, curriculum], initial, n_draws=-3)
     with pytest.raises(ValueError, match="predictive: 'bogus' is not one of"):
         comparing.compare(linear, [curriculum, curriculum], initial, predictive="bogus")
+
+
+# ------------------------------------------------------------------------------ semantics, messages
+def test_linear_refuses_a_step_without_examples_and_keeps_the_papers_partial_batches(files, tmp_path):
+    train, held = Runs.load(files["train"]), Runs.load(files["held"])
+    linear = SimfluenceLinear(ridge=0.1).fit(train)
+    curriculum = held.curricula[:1].copy()
+    curriculum[0, 3, 2:] = -1  # half a batch: the paper's alpha = sum of A_i over the filled slots (README)
+    half = linear.simulate(curriculum, held.initial_losses[:1])[0]
+    kept = curriculum[0, 3, :2]
+    np.testing.assert_allclose(half[4], linear.multiplicative[:, kept].sum(1) * half[3]
+                               + linear.additive[:, kept].sum(1), rtol=1e-9)
+    curriculum[0, 3] = -1  # no example at all: alpha = beta = 0 would predict a loss of 0
+    with pytest.raises(ValueError, match=r"a step whose slots are all empty, at \[run, step\] = \[0, 3\]"):
+        linear.simulate(curriculum, held.initial_losses[:1])
+    path = tmp_path / "empty_step.npz"
+    Runs.create(curriculum, held.losses[:1], held.n_train).save(path)
+    code, _, err = run_cli(["simulate", "--simulator", files["linear"], "--curricula", path,
+                            "--out", tmp_path / "o.npz"])
+    assert code == 2 and "slots are all empty" in one_error_line(err)
+
+
+def test_insert_into_a_full_batch_replaces_its_last_example(files):
+    held = Runs.load(files["held"])
+    code, out, err = run_cli(["compare", "--simulator", files["linear"], "--curricula", f"{files['held']}:0",
+                              "--insert", "3", "--at-steps", "0", "--json"])
+    assert code == 0, err
+    import json
+
+    labels = [candidate["label"] for candidate in json.loads(out)["candidates"]]
+    assert labels == ["as given", f"+3 for {held.curricula[0, 0, -1]} at step 0"]
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ("[[0, " + "9" * 5000 + "]]", "not valid JSON (Exceeds the limit"),
+    ("[[[[0, 1]]], [[[2, 3]]]]", "found items nested [3] deep"),
+    ("[[0, 1], [[2, 3]]]", "found items nested [1, 2] deep"),
+], ids=["deep", "5000 digits", "four deep", "mixed depth"])
+def test_odd_json_is_refused_naming_the_file(files, tmp_path, content, message):
+    path = tmp_path / "odd.json"
+    path.write_text(content)
+    code, _, err = run_cli(["compare", "--simulator", files["linear"], "--curricula", f"{files['held']}:0",
+                            "--curricula", path])
+    line = one_error_line(err)
+    assert code == 2 and str(path) in line and message in line

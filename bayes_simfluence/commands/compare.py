@@ -71,7 +71,11 @@ def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
         if not isinstance(batches, list) or not batches or not all(isinstance(b, list) and b for b in batches):
             raise ValueError(f"{path}: expected a JSON list of batches (non-empty lists of training-example "
                              "indices), or a list of such lists (several runs)")
-        nested = all(isinstance(batch, list) and batch and isinstance(batch[0], list) for batch in batches)
+        depths = {_depth(batch) for batch in batches}
+        if len(depths) > 1 or depths - {1, 2}:
+            raise ValueError(f"{path}: expected a list of batches (lists of indices), or a list of runs (lists of "
+                             f"batches); found items nested {sorted(depths)} deep")
+        nested = depths == {2}
         if not nested:
             return as_curricula(batches, str(path)), None, label
         runs = [as_curricula(curriculum, str(path)) for curriculum in batches]
@@ -82,6 +86,17 @@ def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
     if path.suffix == ".npy":
         return as_curricula(budget.load_npy(path, "curricula"), str(path)), None, label
     raise ValueError(f"{path}: curricula must be a runs-format .npz, a .json list of batches or a .npy array")
+
+
+def _depth(value: object, limit: int = 4) -> int:
+    """How deeply lists nest in ``value`` (checked by :func:`validation.integer_lists`: lists and ints only),
+    counted up to ``limit``; -1 where items of one list differ in depth."""
+    if not isinstance(value, list):
+        return 0
+    if limit == 0:
+        return 1
+    depths = {_depth(item, limit - 1) for item in value} or {0}
+    return 1 + depths.pop() if len(depths) == 1 and -1 not in depths else -1
 
 
 def read_initial_losses(path: Path) -> np.ndarray:
@@ -128,7 +143,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     edits.add_argument("--leave-out", type=parse_indices, metavar="I,J",
                        help="leave these training examples out (the rest re-packed into full batches)")
     edits.add_argument("--repeat", type=parse_indices, metavar="I,J", help="show these examples --times times")
-    edits.add_argument("--insert", type=nonnegative_int, metavar="I", help="add this example at each of --at-steps")
+    edits.add_argument("--insert", type=nonnegative_int, metavar="I",
+                       help="put this example into the batch of each of --at-steps: a free slot, or (a full batch) "
+                            "in place of its last example, named in the label ('+17 for 5 at step 0')")
     edits.add_argument("--reorder", action="store_true", help="random vs easy-to-hard vs hard-to-easy orderings")
     shortcuts.add_argument("--keep-steps", action="store_true",
                            help="with --leave-out: keep every step and empty the removed slots instead of re-packing")
