@@ -32,6 +32,18 @@ def _band(axis: Axes, steps: np.ndarray, draws: np.ndarray, colour: str, label: 
     axis.plot(steps, np.median(draws, axis=0), color=colour, linewidth=1.6, label=label)
 
 
+#: the most panels (runs x test examples) :func:`plot_trajectories` draws: thousands took minutes and
+#: gave a figure nobody can read.
+MAX_PANELS = 100
+
+
+def check_panels(n_runs: int, n_tests: int) -> None:
+    """Refuse a trajectory figure of more than :data:`MAX_PANELS` panels (before anything is simulated)."""
+    if n_runs * n_tests > MAX_PANELS:
+        raise ValueError(f"--run and --test ask for {n_runs} x {n_tests} = {n_runs * n_tests} panels; a figure holds "
+                         f"at most {MAX_PANELS}: pick fewer runs or test examples")
+
+
 def plot_trajectories(draws: np.ndarray, observed: np.ndarray | None = None, runs: Sequence[int] = (0,),
                       tests: Sequence[int] = (0,), point: np.ndarray | None = None,
                       test_ids: Sequence[str] | None = None, title: str | None = None) -> Figure:
@@ -48,6 +60,7 @@ def plot_trajectories(draws: np.ndarray, observed: np.ndarray | None = None, run
     if draws.ndim != 4:
         raise ValueError(f"draws must be [draws, runs, steps + 1, tests], got shape {draws.shape}")
     runs, tests = list(runs), list(tests)
+    check_panels(len(runs), len(tests))
     for name, chosen, size in (("runs", runs, draws.shape[1]), ("tests", tests, draws.shape[3])):
         if not chosen or min(chosen) < 0 or max(chosen) >= size:
             raise ValueError(f"{name} {chosen} out of range for {size} {name}")

@@ -164,6 +164,9 @@ def test_huge_requests_are_refused_at_once_with_the_estimate_and_the_limit(files
     held = Runs.load(files["held"])
     bomb = tmp_path / "bomb.npz"
     _header_only_npz(bomb, held.curricula, (3 * 10**12,))
+    from bayes_simfluence.cli import build_parser
+
+    build_parser()  # imports every command: not part of the time measured
     start = time.perf_counter()
     with pytest.raises(ValueError, match=r"--draws\): 100000000 draws .* would need about .* of memory; .* is"):
         simulate_draws_of(Posterior(), held.curricula, held.initial_losses, 10**8, 0, None)
@@ -416,3 +419,17 @@ def test_odd_json_is_refused_naming_the_file(files, tmp_path, content, message):
                             "--curricula", path])
     line = one_error_line(err)
     assert code == 2 and str(path) in line and message in line
+
+
+def test_a_figure_of_thousands_of_panels_is_refused_at_once(files, tmp_path):
+    import time
+
+    from bayes_simfluence.cli import build_parser
+
+    build_parser()  # imports every command: not part of the time measured
+    start = time.perf_counter()
+    figure = tmp_path / "t.png"
+    code, _, err = run_cli(["plot", "trajectories", "--simulator", files["linear"], "--runs", files["held"],
+                            "--run", ",".join(["0"] * 3000), "--plot", figure])
+    assert code == 2 and "3000 x 1 = 3000 panels" in one_error_line(err) and not figure.exists()
+    assert time.perf_counter() - start < 1.0

@@ -10,7 +10,7 @@ from bayes_simfluence.commands._arguments import output_file, parse_indices, pos
 from bayes_simfluence.commands.compare import read_curricula, spec_path
 from bayes_simfluence.compare import DEFAULT_DRAWS, simulate_draws_of
 from bayes_simfluence.methods import load_simulator
-from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_effects, plot_trajectories, save_figure
+from bayes_simfluence.plots import FIGURE_SUFFIXES, check_panels, plot_effects, plot_trajectories, save_figure
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import PREDICTIVE_HELP, PREDICTIVES
 
@@ -84,6 +84,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _trajectories(args: argparse.Namespace):
+    check_panels(len(args.run), len(args.test))
     simulator = load_simulator(args.simulator)
     runs = Runs.load(args.runs)
     for flag, wanted, size, what in (("--run", args.run, runs.n_runs, "runs"), ("--test", args.test, runs.n_tests,
