@@ -149,24 +149,26 @@ def npz_members(path: str | os.PathLike) -> dict[str, tuple[tuple[int, ...], np.
     return members
 
 
-def check_npz(path: str | os.PathLike, what: str = "file") -> None:
+def check_npz(path: str | os.PathLike, what: str = "file", copies: int = 1) -> None:
     """Refuse an ``.npz`` file that is no zip of arrays, holds object arrays, or whose arrays would not
-    fit in memory once decompressed (sizes from the headers, before anything is decompressed)."""
+    fit in memory once decompressed, ``copies`` times over (sizes from the headers, before anything is
+    decompressed)."""
     members = npz_members(path)
     total = sum(product(dtype.itemsize, *shape) for shape, dtype in members.values())
     if members:
         largest = max(members, key=lambda name: product(members[name][1].itemsize, *members[name][0]))
         shape, dtype = members[largest]
-        check(total, f"{path}: its arrays decompressed (largest '{largest}' {dtype} {list(shape)})",
-              f"is this the right {what}?")
+        held = f", held {copies} times over while loaded" if copies > 1 else ""
+        check(copies * total, f"{path}: its arrays decompressed ({size(total)}, the largest '{largest}' {dtype} "
+              f"{list(shape)}{held})", f"is this the right {what}?")
 
 
-def open_npz(path: str | os.PathLike, what: str = "file") -> np.lib.npyio.NpzFile:
+def open_npz(path: str | os.PathLike, what: str = "file", copies: int = 1) -> np.lib.npyio.NpzFile:
     """An ``.npz`` archive checked by :func:`check_npz`, opened without unpickling."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such {what}")
-    check_npz(path, what)
+    check_npz(path, what, copies)
     try:
         return np.load(path, allow_pickle=False)
     except Exception as error:  # noqa: BLE001 - numpy raises several kinds here

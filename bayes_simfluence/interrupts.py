@@ -8,9 +8,10 @@ So the handler installed by :func:`handling` also records the request, and
 - :func:`check` raises ``KeyboardInterrupt`` again wherever it is called: the atomic writer
   (:mod:`bayes_simfluence.atomic`) calls it before it renames a finished file into place, so no
   output appears after an interrupt, and the CLI calls it after the command returns;
-- until the CLI acknowledges the interrupt, a watchdog thread re-sends SIGINT every
-  :data:`RESEND_SECONDS`, so an interrupt swallowed in a callback is raised again at the next
-  safe point instead of letting a long fit run to its end.
+- the handler does not raise inside a garbage-collection callback or a ``__del__`` (it would
+  only print "Exception ignored"), and until the CLI acknowledges the interrupt a watchdog thread
+  re-sends SIGINT every :data:`RESEND_SECONDS`, so the interrupt is raised at the next point where
+  it propagates instead of letting a long fit run to its end.
 
 The CLI then exits with 130, through ``os._exit`` after flushing its streams when run as a
 command: tearing the interpreter down while XLA's threads are mid-computation crashed (rc -11).
@@ -18,11 +19,12 @@ command: tearing the interpreter down while XLA's threads are mid-computation cr
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 #: seconds between re-sent SIGINTs while an interrupt has not reached the CLI boundary.
 RESEND_SECONDS = 0.5
@@ -55,12 +57,24 @@ def _resend() -> None:
             return
 
 
-def _handler(signum: int, frame: object) -> None:
+def _swallowing(frame: Any) -> bool:
+    """Whether an exception raised at ``frame`` would be printed and dropped ("Exception ignored in"):
+    inside a garbage-collection callback (JAX registers one) or a ``__del__``."""
+    callbacks = {getattr(callback, "__code__", None) for callback in gc.callbacks}
+    while frame is not None:
+        if frame.f_code in callbacks or frame.f_code.co_name == "__del__":
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _handler(signum: int, frame: Any) -> None:
     first = not _requested.is_set()
     _requested.set()
     if first:
         threading.Thread(target=_resend, name="bayes-simfluence-interrupt", daemon=True).start()
-    raise KeyboardInterrupt
+    if not _swallowing(frame):  # else the watchdog sends it again, to land at a point that raises
+        raise KeyboardInterrupt
 
 
 @contextmanager

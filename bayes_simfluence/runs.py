@@ -31,13 +31,18 @@ class RunsFormatError(InputError):
     """A runs file or array does not follow the runs format; the message says what and where."""
 
 
+#: copies of its arrays that loading and checking a runs file holds at once (the array read, its
+#: float64 copy, the finiteness and range checks): what the memory budget counts per decompressed byte.
+LOAD_COPIES = 4
+
+
 def open_archive(path: str | os.PathLike, what: str = "file") -> np.lib.npyio.NpzFile:
     """An ``.npz`` archive opened without unpickling, its headers checked first (no object arrays, the
     decompressed arrays fit the memory budget); a missing or unreadable one is a :class:`RunsFormatError`."""
     from bayes_simfluence import budget
 
     try:
-        return budget.open_npz(path, what)
+        return budget.open_npz(path, what, copies=LOAD_COPIES)
     except InputError as error:
         raise RunsFormatError(str(error)) from error
 
@@ -198,7 +203,7 @@ class Runs:
             )
         n_tests = losses.shape[2]
         if train_ids is None:
-            check_memory(64 * n_train, f"{source}: a pool of n_train = {n_train} training examples (its ids alone)",
+            check_memory(128 * n_train, f"{source}: a pool of n_train = {n_train} training examples (its ids alone)",
                          f"the curricula use indices up to {max_index}: is 'n_train' right?")
             train_ids = np.array([f"train_{i}" for i in range(n_train)])
         if test_ids is None:
