@@ -486,3 +486,20 @@ def test_ctrl_c_exits_130_writes_nothing_and_never_crashes(files, tmp_path):
 @pytest.mark.slow
 def test_ctrl_c_at_twenty_random_times(files, tmp_path):
     _check_interrupts(_interrupt_at_random_times(files, tmp_path, tries=20, seed=11))
+
+
+def test_an_interrupt_swallowed_on_its_way_still_stops_the_command(files, tmp_path, monkeypatch):
+    from bayes_simfluence import interrupts
+    from bayes_simfluence.commands import simulate
+
+    real = simulate.run
+
+    def swallowed(args):  # as when the KeyboardInterrupt of SIGINT was dropped inside a JAX callback
+        interrupts._requested.set()
+        return real(args)
+
+    monkeypatch.setattr(simulate, "run", swallowed)
+    out = tmp_path / "o.npz"
+    code, stdout, err = run_cli(["simulate", "--simulator", files["linear"], "--curricula", files["held"], "--out", out])
+    assert code == 130 and "interrupted; nothing was written" in one_error_line(err)
+    assert not out.exists() and list(tmp_path.iterdir()) == [] and "wrote" not in stdout

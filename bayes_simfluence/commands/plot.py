@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bayes_simfluence import attributions, validation
+from bayes_simfluence import attributions, budget, validation
 from bayes_simfluence.commands._arguments import output_file, parse_indices, positive_int, seed
 from bayes_simfluence.commands.compare import read_curricula, spec_path
 from bayes_simfluence.compare import DEFAULT_DRAWS, simulate_draws_of
@@ -105,6 +105,7 @@ def _attributions(args: argparse.Namespace):
         raise ValueError("attributions take one curriculum: pick a run with FILE.npz:K")
     if initial is None:
         raise ValueError("attributions need the initial losses: give the curriculum as a runs-format .npz")
+    budget.check_simulation(simulator, args.draws, curricula, initial.shape[-1])
     if args.part == "final-loss":
         effects = attributions.final_loss_effects(simulator, curricula[0], initial, tests=args.test,
                                                   n_draws=args.draws, seed=args.seed, reference=args.reference)
