@@ -12,7 +12,7 @@ from bayes_simfluence.metrics import (band_scores, bootstrap_intervals, per_test
                                       run_bootstrap_interval)
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import ProbabilisticSimulator, Simulator
-from bayes_simfluence.validation import checked_result
+from bayes_simfluence.validation import checked_result, integer
 
 #: predictive draws used for coverage and CRPS of probabilistic simulators.
 DEFAULT_EVAL_DRAWS = 200
@@ -37,6 +37,7 @@ def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_
     follow the random-subset protocol (``random_subsets``; default: as their ``meta`` says).
     """
     what = f"'{simulator.name}' simulating the held-out runs"
+    n_draws = integer(n_draws, "n_draws", minimum=1)
     if hasattr(simulator, "simulate_draws"):
         budget.check_simulation(simulator, n_draws, heldout.curricula, heldout.n_tests, f"{what} (--draws)")
     predicted = checked_result(simulator.simulate(heldout.curricula, heldout.initial_losses), what)
@@ -86,6 +87,7 @@ def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: Fi
     train.check_compatible(heldout)
     context = context or FitContext()
     check_options(methods, context.options)
+    n_draws = integer(n_draws, "n_draws", minimum=1)
     if any(name.startswith("bayes") for name in methods):  # before any fit: the draws scored at the end
         budget.check_draws(n_draws, heldout.n_runs, heldout.n_steps, heldout.n_tests, heldout.n_train,
                            "scoring the held-out runs (--draws)")

@@ -38,10 +38,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     validation.output_path(args.out, "--out", inputs=[args.simulator, args.curricula])
+    given = Runs.load(args.curricula)
+    if args.draws:  # the trajectories alone, before reading the simulator (a posterior takes seconds)
+        budget.check_draws(args.draws, given.n_runs, given.n_steps, given.n_tests, what="--draws")
     simulator = load_simulator(args.simulator)
     if args.draws and not hasattr(simulator, "simulate_draws"):
         raise ValueError(f"--draws needs a Bayesian simulator; {args.simulator} is '{simulator.name}'")
-    given = Runs.load(args.curricula)
     if args.draws:
         budget.check_simulation(simulator, args.draws, given.curricula, given.n_tests, "--draws")
     predicted = validation.checked_result(simulator.simulate(given.curricula, given.initial_losses),
