@@ -84,7 +84,10 @@ def handling() -> Iterator[None]:
     _requested.clear()
     _acknowledged.clear()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        try:
+            yield
+        finally:
+            _requested.clear()
         return
     previous = signal.signal(signal.SIGINT, _handler)
     try:
@@ -92,3 +95,4 @@ def handling() -> Iterator[None]:
     finally:
         _acknowledged.set()  # stops the watchdog, if any
         signal.signal(signal.SIGINT, previous)
+        _requested.clear()  # the command is over: later writes of this process are not interrupted

@@ -31,6 +31,9 @@ class RunsFormatError(InputError):
     """A runs file or array does not follow the runs format; the message says what and where."""
 
 
+#: a pool larger than this with no ``train_ids``, used only by indices 1000 times smaller, is refused
+#: (its generated ids alone took minutes at ``n_train = 1e8``).
+MAX_UNNAMED_POOL = 10**6
 #: copies of its arrays that loading and checking a runs file holds at once (the array read, its
 #: float64 copy, the finiteness and range checks): what the memory budget counts per decompressed byte.
 LOAD_COPIES = 4
@@ -205,6 +208,11 @@ class Runs:
         if train_ids is None:
             check_memory(128 * n_train, f"{source}: a pool of n_train = {n_train} training examples (its ids alone)",
                          f"the curricula use indices up to {max_index}: is 'n_train' right?")
+            if n_train > MAX_UNNAMED_POOL and n_train > 1000 * (max_index + 1):
+                raise RunsFormatError(
+                    f"{source}: 'n_train' = {n_train}, but the curricula use indices up to {max_index} and no "
+                    "'train_ids' name the pool: is 'n_train' right? (naming every example would take minutes; "
+                    "give 'train_ids' for a pool this large)")
             train_ids = np.array([f"train_{i}" for i in range(n_train)])
         if test_ids is None:
             test_ids = np.array([f"test_{m}" for m in range(n_tests)])

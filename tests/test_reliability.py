@@ -503,3 +503,16 @@ def test_an_interrupt_swallowed_on_its_way_still_stops_the_command(files, tmp_pa
     code, stdout, err = run_cli(["simulate", "--simulator", files["linear"], "--curricula", files["held"], "--out", out])
     assert code == 130 and "interrupted; nothing was written" in one_error_line(err)
     assert not out.exists() and list(tmp_path.iterdir()) == [] and "wrote" not in stdout
+
+
+def test_a_huge_unnamed_pool_is_refused_at_once(files, tmp_path):
+    import time
+
+    held = Runs.load(files["held"])
+    path = tmp_path / "pool.npz"
+    with open(path, "wb") as handle:
+        np.savez(handle, curricula=held.curricula, losses=held.losses, n_train=np.int64(10**8))
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match="'n_train' = 100000000, but the curricula use indices up to 9"):
+        Runs.load(path)
+    assert time.perf_counter() - start < 1.0
