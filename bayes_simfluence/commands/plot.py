@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     kinds = parser.add_subparsers(dest="kind", metavar="KIND", required=True)
     trajectories = kinds.add_parser("trajectories", help="observed vs simulated trajectories with bands")
     trajectories.add_argument("--runs", type=Path, required=True, help="runs-format file (e.g. held-out runs)")
-    trajectories.add_argument("--run", type=parse_indices, default=[0], help="runs to show (default 0)")
+    trajectories.add_argument("--run", type=parse_indices, default=[0],
+                              help="runs to show (default 0); at most 100 panels, runs x test examples")
     trajectories.add_argument("--test", type=parse_indices, default=[0], help="test examples to show (default 0)")
     effects = kinds.add_parser("attributions", help="top helpful / harmful training examples with intervals",
                                description="Rank training examples by their effect on the test loss, with "
