@@ -81,6 +81,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             interrupts.check()
             os.chmod(temporary, new_file_mode(target))
             os.replace(temporary, target)
+            interrupts.written(path)
         except OSError as error:
             raise InputError(f"{path}: could not be written ({_reason(error)})") from error
     finally:

@@ -54,8 +54,11 @@ def main(argv: list[str] | None = None, hard_exit: bool | None = None) -> int:
     streams, so that the interpreter's teardown cannot crash in XLA's threads.
     """
     hard_exit = argv is None if hard_exit is None else hard_exit
-    with interrupts.handling():
-        code = _run(argv)
+    with interrupts.handling(keep=hard_exit):
+        code, command = _run(argv)
+        if interrupts.late():
+            print(f"bayes-simfluence{command}: Ctrl-C came after the command had finished; its output is complete",
+                  file=sys.stderr)
         if code == INTERRUPTED and hard_exit:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -63,17 +66,19 @@ def main(argv: list[str] | None = None, hard_exit: bool | None = None) -> int:
     return code
 
 
-def _run(argv: list[str] | None) -> int:
+def _run(argv: list[str] | None) -> tuple[int, str]:
+    """``(exit code, " COMMAND" or "")`` of one command."""
     args = None
     try:
         parser = build_parser()  # imports every command (JAX among them): an interrupt may land here
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
-            return USAGE_ERROR
+            return USAGE_ERROR, ""
         code = int(args.func(args) or 0)
-        interrupts.check()  # an interrupt swallowed in a callback still counts
-        return code
+        interrupts.finish()  # the outputs are complete: a SIGINT from now on is late
+        interrupts.check()  # one before, swallowed in a callback on its way, still counts
+        return code, f" {args.command}"
     except (Exception, KeyboardInterrupt) as error:  # noqa: BLE001 - the boundary: one line, traceback on request
         if isinstance(error, KeyboardInterrupt) or interrupts.requested():
             interrupts.acknowledge()
@@ -81,9 +86,9 @@ def _run(argv: list[str] | None) -> int:
         if args is not None and args.debug and not isinstance(error, KeyboardInterrupt):
             raise
         message, code = _report(error)
-        command = getattr(args, "command", None)
-        print(f"bayes-simfluence{' ' + command if command else ''}: {message}", file=sys.stderr)
-        return code
+        command = f" {args.command}" if getattr(args, "command", None) else ""
+        print(f"bayes-simfluence{command}: {message}", file=sys.stderr)
+        return code, command
 
 
 #: errors that mean the input was wrong (the message says how), as opposed to a fault of ours.
@@ -93,6 +98,10 @@ INPUT_ERRORS = (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryE
 def _report(error: BaseException) -> tuple[str, int]:
     """The one line and the exit code for an error that reached the CLI boundary."""
     if isinstance(error, KeyboardInterrupt):
+        done = interrupts.written_files()
+        if done:  # the interrupt came after these were complete (nothing half-written is ever left)
+            return (f"interrupted after writing {len(done)} file(s) (the last: {done[-1]}); nothing else was "
+                    "written"), INTERRUPTED
         return "interrupted; nothing was written", INTERRUPTED
     text = " ".join(str(error).split())[:2000] or type(error).__name__
     if isinstance(error, INPUT_ERRORS):

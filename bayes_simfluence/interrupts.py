@@ -9,12 +9,16 @@ So the handler installed by :func:`handling` also records the request, and
   (:mod:`bayes_simfluence.atomic`) calls it before it renames a finished file into place, so no
   output appears after an interrupt, and the CLI calls it after the command returns;
 - the handler does not raise inside a garbage-collection callback or a ``__del__`` (it would
-  only print "Exception ignored"), and until the CLI acknowledges the interrupt a watchdog thread
-  re-sends SIGINT every :data:`RESEND_SECONDS`, so the interrupt is raised at the next point where
-  it propagates instead of letting a long fit run to its end.
+  only print "Exception ignored"), and an interrupt raised where Python swallows it anyway (a
+  weakref callback, ...) reaches ``sys.unraisablehook``, which drops it silently; either way a
+  watchdog thread then re-sends SIGINT every :data:`RESEND_SECONDS` until it is raised where it
+  propagates, so a long fit stops instead of running to its end. Once raised it is not sent again
+  (that could break the clean-up it runs through, e.g. of collection workers).
 
 The CLI then exits with 130, through ``os._exit`` after flushing its streams when run as a
 command: tearing the interpreter down while XLA's threads are mid-computation crashed (rc -11).
+Once the command has returned (:func:`finish`), its outputs are complete: a later SIGINT is only
+noted (:func:`late`), and the command's own process blocks it during the interpreter's teardown.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import gc
 import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -30,7 +35,11 @@ from typing import Any, Iterator
 RESEND_SECONDS = 0.5
 
 _requested = threading.Event()
+_raised = threading.Event()
 _acknowledged = threading.Event()
+_finished = threading.Event()
+_late = threading.Event()
+_written: list[str] = []
 
 
 def requested() -> bool:
@@ -44,17 +53,60 @@ def check() -> None:
         raise KeyboardInterrupt
 
 
+def finish() -> None:
+    """The command returned: its outputs are complete, and a SIGINT from now on is late."""
+    _finished.set()
+
+
+def late() -> bool:
+    """Whether SIGINT arrived after :func:`finish` (and was ignored)."""
+    return _late.is_set()
+
+
+def written(path: Any) -> None:
+    """Record a file the command finished writing (the atomic writer calls this after its rename)."""
+    _written.append(str(path))
+
+
+def written_files() -> list[str]:
+    """The files this command finished writing, in order."""
+    return list(_written)
+
+
 def acknowledge() -> None:
     """The interrupt reached the CLI boundary: stop re-sending it."""
     _acknowledged.set()
 
 
 def _resend() -> None:
-    while not _acknowledged.wait(RESEND_SECONDS):
+    while not _acknowledged.wait(RESEND_SECONDS) and not _raised.is_set():
         try:
             os.kill(os.getpid(), signal.SIGINT)
         except OSError:  # pragma: no cover - the process is going away
             return
+
+
+_watchdog: list[threading.Thread] = []
+
+
+def _send_again() -> None:
+    """Start the watchdog that re-sends SIGINT, unless it runs already."""
+    if not (_watchdog and _watchdog[-1].is_alive()):
+        _watchdog[:] = [threading.Thread(target=_resend, name="bayes-simfluence-interrupt", daemon=True)]
+        _watchdog[0].start()
+
+
+def _unraisable(hook_args: Any) -> None:
+    """``sys.unraisablehook``: a KeyboardInterrupt that Python swallowed is dropped quietly and sent
+    again; anything else goes to the previous hook."""
+    if hook_args.exc_type is not None and issubclass(hook_args.exc_type, KeyboardInterrupt) and _requested.is_set():
+        _raised.clear()
+        _send_again()
+        return
+    _previous_hook[0](hook_args)
+
+
+_previous_hook: list[Any] = [sys.unraisablehook]
 
 
 def _swallowing(frame: Any) -> bool:
@@ -69,30 +121,47 @@ def _swallowing(frame: Any) -> bool:
 
 
 def _handler(signum: int, frame: Any) -> None:
-    first = not _requested.is_set()
+    if _finished.is_set():
+        _late.set()
+        return
     _requested.set()
-    if first:
-        threading.Thread(target=_resend, name="bayes-simfluence-interrupt", daemon=True).start()
-    if not _swallowing(frame):  # else the watchdog sends it again, to land at a point that raises
+    if not _swallowing(frame):
+        _raised.set()
         raise KeyboardInterrupt
+    _send_again()  # until it lands where it can be raised
+
+
+def _reset() -> None:
+    for event in (_requested, _raised, _acknowledged, _finished, _late):
+        event.clear()
+    _written.clear()
 
 
 @contextmanager
-def handling() -> Iterator[None]:
+def handling(keep: bool = False) -> Iterator[None]:
     """Install the SIGINT handler for the duration of one command (main thread only; elsewhere
-    a no-op), with a fresh state; the previous handler is restored afterwards."""
-    _requested.clear()
-    _acknowledged.clear()
+    a no-op), with a fresh state. Afterwards the previous handler is restored and the state
+    cleared, so later writes of the same process are not interrupted; with ``keep`` (a process
+    that ends with the command) the handler stays, ignoring late signals, and SIGINT is blocked
+    for the interpreter's teardown."""
+    _reset()
     if threading.current_thread() is not threading.main_thread():
         try:
             yield
         finally:
-            _requested.clear()
+            _reset()
         return
     previous = signal.signal(signal.SIGINT, _handler)
+    _previous_hook[0] = sys.unraisablehook
+    sys.unraisablehook = _unraisable
     try:
         yield
     finally:
         _acknowledged.set()  # stops the watchdog, if any
-        signal.signal(signal.SIGINT, previous)
-        _requested.clear()  # the command is over: later writes of this process are not interrupted
+        if keep:
+            _finished.set()
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        else:
+            signal.signal(signal.SIGINT, previous)
+            sys.unraisablehook = _previous_hook[0]
+            _reset()

@@ -459,7 +459,7 @@ def _interrupt_at_random_times(files, tmp_path, tries: int, seed: int) -> list[t
         process = subprocess.Popen([sys.executable, "-m", "bayes_simfluence.cli", *map(str, argv)],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(delay)
-        finished_first = process.poll() is not None
+        finished_first = process.poll() is not None or out.exists()  # done: nothing left to interrupt
         if not finished_first:
             process.send_signal(signal.SIGINT)
         _, err = process.communicate(timeout=120)
@@ -469,13 +469,17 @@ def _interrupt_at_random_times(files, tmp_path, tries: int, seed: int) -> list[t
 
 def _check_interrupts(outcomes: list[tuple]) -> None:
     for command, delay, code, wrote, finished_first, err in outcomes:
-        assert code >= 0, (command, delay, code, err[-2000:])  # never a segfault (-11) or a bare SIGINT death
+        context = (command, delay, code, wrote, err[-2000:])
+        assert code >= 0 and "Traceback" not in err, context  # never a segfault (-11) or a bare SIGINT death
         if finished_first:
-            assert code == 0 and wrote, (command, delay, code, err[-2000:])
+            assert code == 0 and wrote, context
             continue
-        assert code == 130 and not wrote, (command, delay, code, err[-2000:])  # never exit 0 with an output
-        assert err.rstrip().splitlines()[-1].endswith("interrupted; nothing was written"), err[-2000:]
-        assert "Traceback" not in err, err[-2000:]
+        last = err.rstrip().splitlines()[-1]
+        if code == 130:  # the usual case: nothing written; or the signal came just after the output was complete
+            assert (not wrote and last.endswith("interrupted; nothing was written")) or (
+                wrote and "interrupted after writing 1 file(s)" in last), context
+        else:  # never exit 0 with an output unless the signal came after the command had finished
+            assert code == 0 and wrote and "Ctrl-C came after the command had finished" in last, context
     assert sum(not outcome[4] for outcome in outcomes) >= len(outcomes) // 2  # most tries were interrupted
 
 
@@ -516,3 +520,35 @@ def test_a_huge_unnamed_pool_is_refused_at_once(files, tmp_path):
     with pytest.raises(ValueError, match="'n_train' = 100000000, but the curricula use indices up to 9"):
         Runs.load(path)
     assert time.perf_counter() - start < 1.0
+
+
+SWALLOWED = """
+import contextlib, gc, io, sys, time, weakref
+from bayes_simfluence import interrupts
+
+class Thing:
+    pass
+
+def callback(reference):  # Python prints and drops an exception raised here ("Exception ignored in")
+    interrupts._handler(2, sys._getframe())
+
+with interrupts.handling():
+    thing = Thing()
+    reference = weakref.ref(thing, callback)
+    try:
+        del thing
+        gc.collect()
+        time.sleep(5)
+        print("ran on")
+    except KeyboardInterrupt:
+        print("raised again")
+"""
+
+
+def test_an_interrupt_python_swallows_is_raised_again_quietly():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "raised again", (done.stdout, done.stderr)
+    assert "Exception ignored" not in done.stderr and "Traceback" not in done.stderr, done.stderr
