@@ -79,7 +79,11 @@ def acknowledge() -> None:
 
 
 def _resend() -> None:
-    while not _acknowledged.wait(RESEND_SECONDS) and not _raised.is_set():
+    """Until the CLI acknowledges the interrupt: send SIGINT again whenever it is not propagating
+    (not raised yet, or swallowed since)."""
+    while not _acknowledged.wait(RESEND_SECONDS):
+        if _raised.is_set():
+            continue
         try:
             os.kill(os.getpid(), signal.SIGINT)
         except OSError:  # pragma: no cover - the process is going away
