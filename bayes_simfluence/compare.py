@@ -285,7 +285,10 @@ def _predictive_words(simulator: Simulator, predictive: str | None) -> tuple[str
 def _check_tests(tests: Sequence[int] | None, n_tests: int) -> np.ndarray:
     if tests is None:
         return np.arange(n_tests)
-    tests = np.asarray(tests, dtype=np.int64).reshape(-1)
+    if isinstance(tests, (int, np.integer)):
+        tests = [tests]
+    tests = np.asarray([validation.integer(test, "tests") for test in np.ravel(np.asarray(tests, dtype=object))],
+                       dtype=np.int64)
     if tests.size == 0:
         raise ValueError("tests: give at least one test example index (or None for all)")
     if tests.min() < 0 or tests.max() >= n_tests:
@@ -331,6 +334,7 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
                                                             for k in range(len(curricula_list)))
     if len(labels) != len(curricula_list):
         raise ValueError(f"{len(labels)} labels for {len(curricula_list)} candidates")
+    reference = validation.integer(reference, "reference", minimum=0)
     if not 0 <= reference < len(curricula_list):
         raise ValueError(f"reference must be in [0, {len(curricula_list)}), got {reference}")
     initial_losses = np.asarray(initial_losses, dtype=np.float64)

@@ -373,6 +373,9 @@ def test_the_python_api_refuses_coercions(files):
         comparing.compare(linear, [curriculum, curriculum], initial, n_draws=-3)
     with pytest.raises(ValueError, match="predictive: 'bogus' is not one of"):
         comparing.compare(linear, [curriculum, curriculum], initial, predictive="bogus")
+    for tests in ([1.5], ["1"], [True]):
+        with pytest.raises(ValueError, match="tests: expected an integer"):
+            comparing.compare(linear, [curriculum, curriculum], initial, tests=tests)
 
 
 # ------------------------------------------------------------------------------ semantics, messages
