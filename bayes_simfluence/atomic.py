@@ -24,19 +24,7 @@ from typing import Iterator, Mapping
 import numpy as np
 
 from bayes_simfluence import interrupts
-from bayes_simfluence.validation import InputError
-
-
-def write_target(path: str | os.PathLike) -> Path:
-    """The file a write to ``path`` replaces: ``path``, or the file its chain of links points to."""
-    path = Path(path)
-    if not path.is_symlink():
-        return path
-    try:
-        return path.resolve(strict=False)
-    except (RuntimeError, OSError) as error:  # a loop of links (RuntimeError before Python 3.13)
-        raise InputError(f"{path}: is a symbolic link that loops ({error}); remove it or give another path") \
-            from error
+from bayes_simfluence.validation import InputError, write_target
 
 
 def _umask() -> int:

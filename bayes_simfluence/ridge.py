@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sparse
 
-from bayes_simfluence.validation import check_memory
+from bayes_simfluence.budget import check as check_memory
 
 Variant = Literal["linear", "additive", "multiplicative"]
 VARIANTS: tuple[str, ...] = ("linear", "additive", "multiplicative")

@@ -22,7 +22,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from bayes_simfluence import atomic
-from bayes_simfluence.validation import MAX_ABS_LOSS, InputError, check_memory
+from bayes_simfluence.budget import check as check_memory
+from bayes_simfluence.validation import MAX_ABS_LOSS, InputError
 
 EMPTY_SLOT = -1
 

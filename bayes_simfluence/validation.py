@@ -112,6 +112,18 @@ def checked_result(array: Any, what: str, max_abs: float | None = None) -> np.nd
     return values
 
 
+def write_target(path: str | os.PathLike) -> Path:
+    """The file a write to ``path`` replaces: ``path``, or the file its chain of links points to."""
+    path = Path(path)
+    if not path.is_symlink():
+        return path
+    try:
+        return path.resolve(strict=False)
+    except (RuntimeError, OSError) as error:  # a loop of links (RuntimeError before Python 3.13)
+        raise InputError(f"{path}: is a symbolic link that loops ({error}); remove it or give another path") \
+            from error
+
+
 def output_path(path: str | os.PathLike, where: str = "--out", suffixes: Sequence[str] | None = None,
                 format_name: str = "", inputs: Sequence[str | os.PathLike | None] = ()) -> Path:
     """Check that a file can be written at exactly ``path`` (before any work is done).
@@ -123,8 +135,6 @@ def output_path(path: str | os.PathLike, where: str = "--out", suffixes: Sequenc
     through (:mod:`bayes_simfluence.atomic`), so the folder checked is its target's.
     """
     import tempfile
-
-    from bayes_simfluence.atomic import write_target
 
     path = Path(path)
     try:
@@ -161,20 +171,6 @@ def _same_file(output: Path, given: Path) -> bool:
         return os.path.realpath(output) == os.path.realpath(given)
     except OSError:
         return False
-
-
-def available_memory() -> int:
-    """Bytes of memory available to a new allocation (:func:`bayes_simfluence.budget.available_memory`)."""
-    from bayes_simfluence import budget
-
-    return budget.available_memory()
-
-
-def check_memory(n_bytes: float, what: str, hint: str = "") -> None:
-    """Refuse work whose arrays would need more than the memory budget (:func:`bayes_simfluence.budget.check`)."""
-    from bayes_simfluence import budget
-
-    budget.check(n_bytes, what, hint)
 
 
 def undefined_as_null(value: Any) -> Any:

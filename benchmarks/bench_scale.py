@@ -141,7 +141,7 @@ def step_worker(data: Path, draws: int) -> dict:
 
 def bench_cell(n_train: int, n_tests: int, workdir: Path) -> dict:
     from bayes_simfluence.bayes.synthetic import decaying_runs
-    from bayes_simfluence.validation import available_memory
+    from bayes_simfluence.budget import available_memory
 
     data = workdir / f"runs_{n_train}_{n_tests}.npz"
     decaying_runs(n_train=n_train, n_steps=N_STEPS, n_runs=N_RUNS, batch_size=BATCH, n_tests=n_tests, seed=0)[0].save(data)

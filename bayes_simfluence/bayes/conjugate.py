@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
-from bayes_simfluence.validation import check_memory
+from bayes_simfluence.budget import check as check_memory
 
 
 class DriftSystem(NamedTuple):

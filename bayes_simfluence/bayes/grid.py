@@ -77,7 +77,8 @@ from bayes_simfluence.bayes.inference import FitResult, fitted_step_sums, split_
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.bayes.run_state import RunState, host_features
 from bayes_simfluence.rollout import remembered
-from bayes_simfluence.validation import InputError, check_memory
+from bayes_simfluence.budget import check as check_memory
+from bayes_simfluence.validation import InputError
 
 #: coarse grid points of (decay, log tau, delta)
 COARSE = (25, 71, 11)

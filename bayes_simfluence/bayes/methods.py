@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bayes_simfluence import validation
+from bayes_simfluence import budget, validation
 from bayes_simfluence.bayes import grid, guard, inference, run_state
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
@@ -317,7 +317,7 @@ def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result:
         quiet["num_steps"] = guard_steps or max(1, steps)
         if workers is None:
             fold_bytes = _fit_bytes(train, quiet["num_draws"])
-            workers = GUARD_WORKERS if GUARD_WORKERS * fold_bytes <= 0.5 * validation.available_memory() else 1
+            workers = GUARD_WORKERS if GUARD_WORKERS * fold_bytes <= 0.5 * budget.available_memory() else 1
     elif method == "grid":
         quiet["num_draws"] = min(_fit_settings(method, parse_options(options, method)[1])["num_draws"], MEAN_DRAWS)
 
@@ -357,7 +357,7 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
     config, kwargs = parse_options(options, method)
     settings = _fit_settings(method, kwargs)
     stored = settings["num_draws"] if method in ("svi", "grid") else settings["num_samples"] * settings["num_chains"]
-    validation.check_memory(_fit_bytes(train, stored),
+    budget.check(_fit_bytes(train, stored),
                             f"bayes-{method} on {train.n_tests} test x {train.n_train} training examples "
                             f"({stored} stored draws)", "n_train is the size of the pool the indices refer to")
     data = model_data(train)
