@@ -144,6 +144,11 @@ def test_bad_inputs_give_clear_errors(problem):
     bad[0, 0, 0] = 99
     with pytest.raises(RunsFormatError, match="training examples"):
         posterior.simulate_draws(bad, held.initial_losses, 3)
+    for n_draws, wanted in ((-3, "expected an integer >= 1, got -3"), (1.5, "expected an integer, got 1.5")):
+        with pytest.raises(ValueError, match=f"n_draws: {wanted}"):
+            posterior.simulate_draws(held.curricula, held.initial_losses, n_draws)
+    with pytest.raises(ValueError, match="predictive must be one of"):
+        posterior.simulate_draws(held.curricula, held.initial_losses, 3, predictive="bogus")
     with pytest.raises(ValueError, match="levels"):
         posterior.bands(held.curricula, held.initial_losses, levels=(0.9, 1.5))
     with pytest.raises(ValueError, match="variant"):

@@ -47,7 +47,7 @@ from bayes_simfluence.bayes.sharding import placed, device_mesh
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import PREDICTIVES, check_simulation_inputs
-from bayes_simfluence.validation import InputError
+from bayes_simfluence.validation import InputError, integer
 
 #: bytes of intermediate arrays one chunk of draws may use (the output itself is extra).
 CHUNK_BYTES = 256 * 2**20
@@ -182,8 +182,7 @@ class BayesianSimfluence:
         """
         if n_draws is None:
             return np.arange(self.n_draws)
-        if n_draws <= 0:
-            raise ValueError(f"n_draws must be positive, got {n_draws}")
+        n_draws = integer(n_draws, "n_draws", minimum=1)
         rng = np.random.default_rng(seed)
         return rng.choice(self.n_draws, size=n_draws, replace=n_draws > self.n_draws)
 
