@@ -287,6 +287,8 @@ def _posterior_file(path: Path, runs: Runs, change: str) -> Path:
         fields["sigma"] = -np.ones(draws)
     elif change == "decay":
         fields["hyper"]["memory_decay"] = np.full(draws, 1.5)
+    elif change == "effects_huge":  # effects of 0.01 times 1e6
+        fields["a"] = np.full(draws + (runs.n_train,), 0.01 * 1e6)
     elif change == "recency":
         fields.update(state=np.zeros(draws + (2,)), state_direction=np.ones(runs.n_train), state_recency=50.0)
     elif change == "state_without_direction":
@@ -311,6 +313,7 @@ def _posterior_file(path: Path, runs: Runs, change: str) -> Path:
     ("noise_inf", "'noise_scale' holds NaN or inf"),
     ("noise_negative", "'noise_scale' is a scale and must be > 0"),
     ("decay", "'memory_decay' must be in [0, 1)"),
+    ("effects_huge", "'a' reaches 1e+04 of the loss's typical size per appearance"),
     ("recency", "'state_recency' must be in [0, 1), found 50"),
     ("state_without_direction", "holds 'run_state' but lacks ['state_direction', 'state_recency']"),
     ("config_state_without_state", "the file lacks 'run_state'"),

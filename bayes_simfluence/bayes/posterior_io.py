@@ -176,6 +176,10 @@ def _attribute_number(attrs: Mapping[str, Any], name: str, path: str | Path) -> 
     return float(value)
 
 
+#: largest ``|a|`` and ``|B| / loss_scale`` a saved posterior may hold (:func:`check_fields`)
+MAX_EFFECT = 1.0
+
+
 def check_fields(fields: Mapping[str, Any], path: str | Path) -> None:
     """Refuse a posterior whose fields cannot be what a fit wrote, naming the field: an unknown method,
     non-finite draws, a scale that is not positive, a decay, weight or recency outside ``[0, 1]``,
@@ -220,6 +224,14 @@ def check_fields(fields: Mapping[str, Any], path: str | Path) -> None:
     if np.shape(fields["scale"]) != (n_tests,):
         raise ValueError(f"{path}: the posterior's 'loss_scale' has shape {np.shape(fields['scale'])}; "
                          f"expected ({n_tests},)")
+    # one appearance of one example moving the loss by its whole typical size: 10 sds of the
+    # effects' hyperprior (HalfNormal(0.1) on the standardised scale), never a fit's result
+    relative = {"a": np.abs(a).max(initial=0.0),
+                "B": float(np.max(np.abs(b) / np.asarray(fields["scale"])[:, None], initial=0.0))}
+    for label, largest in relative.items():
+        if largest >= MAX_EFFECT:
+            raise ValueError(f"{path}: the posterior's '{label}' reaches {largest:.3g} of the loss's typical size "
+                             f"per appearance (at most {MAX_EFFECT:g} expected); refit")
     for name, needed in _TOGETHER.items():
         if fields.get(name) is not None:
             missing = [other for other in needed if fields.get(other) is None]
