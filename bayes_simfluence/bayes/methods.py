@@ -203,7 +203,12 @@ def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, di
     if model_kwargs.get("run_state") and method != "grid":
         raise validation.InputError(f"-o run_state=true: only bayes-grid (and bayes where it runs bayes-grid) "
                                     f"has the run state, not bayes-{method}")
-    return ModelConfig(**model_kwargs), run_kwargs
+    try:
+        return ModelConfig(**model_kwargs), run_kwargs
+    except ValueError as error:  # ModelConfig names its field; users wrote the option's key
+        field = str(error).split(" ", 1)[0]
+        key = next((k for k, (name, _) in MODEL_OPTIONS.items() if name == field), field)
+        raise validation.InputError(f"-o {key}: {error}") from error
 
 
 def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, folds: int) -> tuple[bool, str | None]:
