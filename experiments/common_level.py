@@ -19,6 +19,7 @@ MSE of the full model.
 
     python experiments/common_level.py               # 3 seeds, with and without the guard, both models
     python experiments/common_level.py --seeds 1 --quick
+    python experiments/common_level.py --seeds $(seq 4 23) --quick --out experiments/results/common_level_seeds.md
 
 Writes ``experiments/results/common_level.md`` (and ``.json``).
 """
@@ -160,6 +161,19 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['seed']} | {r['model']} | {r['coverage_90']:.2f} | "
                      f"{min(r['coverage_by_test']):.2f}-{max(r['coverage_by_test']):.2f} | {r['slope']:.2f} | "
                      f"{r['spearman']:.3f} | {r['brier']:.3f} | {level} |")
+    lines += ["", "Per model over every (seed, test example) cell: how often the pool mean of `a`'s 90% interval holds "
+              "the truth, and the spread of the per-test coverage of the effects (the 40 effects of a test example "
+              "share its level, so a cell's coverage moves with whether its level's interval holds the truth).", "",
+              "| model | cells | level covered | per-test effect coverage: 10% / median / 90% quantile | mean |",
+              "|---|---|---|---|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        chosen = [r for r in rows if r["model"] == model]
+        level = [lo <= t <= hi for r in chosen for t, lo, hi in
+                 zip(r["pool_mean_a"]["true"], r["pool_mean_a"]["lower"], r["pool_mean_a"]["upper"])]
+        cells = np.concatenate([r["coverage_by_test"] for r in chosen])
+        q10, q50, q90 = np.quantile(cells, [0.1, 0.5, 0.9])
+        lines.append(f"| {model} | {len(cells)} | {np.mean(level):.2f} | {q10:.2f} / {q50:.2f} / {q90:.2f} | "
+                     f"{cells.mean():.3f} |")
     args.out.write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
 
