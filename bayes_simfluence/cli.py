@@ -10,6 +10,7 @@ and turns errors into one line on stderr: exit code 2 for bad input, 1 for anyth
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import pkgutil
 import os
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None, hard_exit: bool | None = None) -> int:
     """
     hard_exit = argv is None if hard_exit is None else hard_exit
     with interrupts.handling(keep=hard_exit):
-        code, command = _run(argv)
+        code, command = _run(argv, hard_exit)
         if interrupts.late():
             print(f"bayes-simfluence{command}: Ctrl-C came after the command had finished; its output is complete",
                   file=sys.stderr)
@@ -66,11 +67,13 @@ def main(argv: list[str] | None = None, hard_exit: bool | None = None) -> int:
     return code
 
 
-def _run(argv: list[str] | None) -> tuple[int, str]:
-    """``(exit code, " COMMAND" or "")`` of one command."""
+def _run(argv: list[str] | None, hard_exit: bool = False) -> tuple[int, str]:
+    """``(exit code, " COMMAND" or "")`` of one command (``hard_exit``: a SIGINT while the commands
+    are imported ends the process at once, :func:`~bayes_simfluence.interrupts.exiting_at_once`)."""
     args = None
     try:
-        parser = build_parser()  # imports every command (JAX among them): an interrupt may land here
+        with interrupts.exiting_at_once() if hard_exit else contextlib.nullcontext():
+            parser = build_parser()  # imports every command (JAX among them): an interrupt may land here
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()

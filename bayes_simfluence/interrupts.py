@@ -39,7 +39,10 @@ _raised = threading.Event()
 _acknowledged = threading.Event()
 _finished = threading.Event()
 _late = threading.Event()
+_importing = threading.Event()
 _written: list[str] = []
+#: what the command's process prints when SIGINT lands while it imports its commands
+IMPORT_MESSAGE = b"bayes-simfluence: interrupted; nothing was written\n"
 
 
 def requested() -> bool:
@@ -51,6 +54,18 @@ def check() -> None:
     """Raise ``KeyboardInterrupt`` if SIGINT arrived (also when it was swallowed on its way)."""
     if _requested.is_set():
         raise KeyboardInterrupt
+
+
+@contextmanager
+def exiting_at_once() -> Iterator[None]:
+    """While the command's process imports its modules (nothing is written yet), a SIGINT ends it
+    at once with exit code 130 (``os._exit``): a ``KeyboardInterrupt`` raised inside the import of a
+    native extension (JAX's) aborted the process (rc -6) on its way out."""
+    _importing.set()
+    try:
+        yield
+    finally:
+        _importing.clear()
 
 
 def finish() -> None:
@@ -125,6 +140,9 @@ def _swallowing(frame: Any) -> bool:
 
 
 def _handler(signum: int, frame: Any) -> None:
+    if _importing.is_set():
+        os.write(2, IMPORT_MESSAGE)
+        os._exit(130)
     if _finished.is_set():
         _late.set()
         return
@@ -136,7 +154,7 @@ def _handler(signum: int, frame: Any) -> None:
 
 
 def _reset() -> None:
-    for event in (_requested, _raised, _acknowledged, _finished, _late):
+    for event in (_requested, _raised, _acknowledged, _finished, _late, _importing):
         event.clear()
     _written.clear()
 

@@ -207,13 +207,13 @@ class Runs:
             )
         n_tests = losses.shape[2]
         if train_ids is None:
-            check_memory(128 * n_train, f"{source}: a pool of n_train = {n_train} training examples (its ids alone)",
-                         f"the curricula use indices up to {max_index}: is 'n_train' right?")
-            if n_train > MAX_UNNAMED_POOL and n_train > 1000 * (max_index + 1):
+            if n_train > MAX_UNNAMED_POOL and n_train > 1000 * (max_index + 1):  # first: whatever memory is free
                 raise RunsFormatError(
                     f"{source}: 'n_train' = {n_train}, but the curricula use indices up to {max_index} and no "
                     "'train_ids' name the pool: is 'n_train' right? (naming every example would take minutes; "
                     "give 'train_ids' for a pool this large)")
+            check_memory(128 * n_train, f"{source}: a pool of n_train = {n_train} training examples (its ids alone)",
+                         f"the curricula use indices up to {max_index}: is 'n_train' right?")
             train_ids = np.array([f"train_{i}" for i in range(n_train)])
         if test_ids is None:
             test_ids = np.array([f"test_{m}" for m in range(n_tests)])
