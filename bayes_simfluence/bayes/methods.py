@@ -258,24 +258,26 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
             raise validation.InputError(f"-o {key}: only bayes-svi reads it (got bayes-{method})")
     guard_steps = None if guard_steps is None else _integer(1)(guard_steps, "guard_steps")
     workers = None if workers is None else _integer(1)(workers, "guard_workers")
-    automatic = state_flag(options.get("run_state", "auto")) == "auto"
-    options["run_state"], state_off = resolve_run_state(method, train, options.get("run_state", "auto"), use_guard, folds)
-    posterior, result = _fit_once(method, train, options, seed)
-    if not use_guard:
-        if state_off is not None:
-            posterior.info["run_state_off"] = state_off
-        return posterior
-    stacking = _guard(method, train, options, seed, result, folds, guard_steps, workers)
-    if automatic and options["run_state"] and "skipped" not in stacking.report:  # kept where held-out runs favour it
-        plain_options = {**options, "run_state": False}
-        plain = _guard(method, train, plain_options, seed, result, folds, guard_steps, workers)
+    requested = state_flag(options.get("run_state", "auto"))
+    options["run_state"], state_off = resolve_run_state(method, train, requested, use_guard, folds)
+    check = None
+    if requested == "auto" and options["run_state"]:  # bayes-grid with its guard: kept where held-out runs favour it
+        plain_options = {**options, "run_state": False}  # (grid cross-fits start afresh: no full fit needed first)
+        stacking = _guard(method, train, options, seed, None, folds, guard_steps, workers)
+        plain = _guard(method, train, plain_options, seed, None, folds, guard_steps, workers)
         check = state_check(stacking, plain)
         if not check["kept"]:
             options, stacking, state_off = plain_options, plain, check["reason"]
-            posterior = _fit_once(method, train, options, seed)[0]
+        posterior, result = _fit_once(method, train, options, seed)
+    else:
+        posterior, result = _fit_once(method, train, options, seed)
+        stacking = _guard(method, train, options, seed, result, folds, guard_steps, workers) if use_guard else None
+    if check is not None:
         posterior.info["run_state_check"] = check
     if state_off is not None:
         posterior.info["run_state_off"] = state_off
+    if stacking is None:
+        return posterior
     posterior.info["guard"] = stacking.report
     if "skipped" not in stacking.report:
         posterior.stacking_weight = stacking.weight
@@ -308,11 +310,12 @@ def state_check(with_state: guard.Stacking, without: guard.Stacking, sds: float 
     return check
 
 
-def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result: inference.FitResult, folds: int,
-           guard_steps: int | None, workers: int | None) -> guard.Stacking:
+def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result: inference.FitResult | None,
+           folds: int, guard_steps: int | None, workers: int | None) -> guard.Stacking:
     """The guard's cross-fits of ``method`` with ``options`` over ``folds`` folds of ``train``, and
     the stacking weights against the curriculum-blind model (the state-only one with the run
-    state); ``result``: the full fit, where bayes-svi's cross-fits start."""
+    state); ``result``: the full fit, where bayes-svi's cross-fits start (the other methods' start
+    afresh: None)."""
     quiet, warm = {**options, "progress": False}, None
     if method == "svi":  # the cross-fits are only rolled out by their posterior mean
         settings = _fit_settings(method, parse_options(options, method)[1])
