@@ -17,7 +17,8 @@ import numpy as np
 
 from bayes_simfluence.runs import Runs, member, open_archive
 from bayes_simfluence.simulators import MeanTrajectory, SimfluenceLinear, Simulator
-from bayes_simfluence.validation import InputError, number
+from bayes_simfluence import settings
+from bayes_simfluence.validation import InputError
 
 
 @dataclass
@@ -213,13 +214,13 @@ def _point_factory(variant: str) -> MethodFactory:
     def factory(train: Runs, context: FitContext) -> Simulator:
         ridge = context.options.get("ridge")
         if ridge is not None:
-            ridge = number(ridge, "-o ridge", minimum=0.0)
+            ridge = settings.parse("ridge", ridge)
         return SimfluenceLinear(variant=variant, ridge=ridge).fit(train)
 
     return factory
 
 
 for _variant in ("linear", "additive", "multiplicative"):
-    register_method(_variant, options=("ridge",))(_point_factory(_variant))
+    register_method(_variant, options=settings.option_names(_variant))(_point_factory(_variant))
 register_loader("mean-trajectory", MeanTrajectory.load)
 register_loader("simfluence-point", SimfluenceLinear.load)

@@ -41,12 +41,11 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 
-from bayes_simfluence import atomic
+from bayes_simfluence import atomic, settings
 from bayes_simfluence.methods import FitContext, register_loader, register_method
 from bayes_simfluence.rollout import batch_sums, roll_out, slot_counts
 from bayes_simfluence.runs import Runs, RunsFormatError, open_archive
 from bayes_simfluence.simulators import Simulator, check_simulation_inputs, saved_array
-from bayes_simfluence.validation import InputError
 
 SCORES_SUFFIX = ".scores.npz"
 _FIELDS = ("scores", "checkpoint_steps", "learning_rates", "updates_per_step", "train_ids", "test_ids", "meta")
@@ -231,9 +230,7 @@ def score_factory(method: str):
             if not Path(path).exists():
                 raise ValueError(f"method '{method}' needs precomputed scores: no {path} beside the runs "
                                  f"file; collect with '--scores {method}' or pass -o scores=FILE")
-        scale = context.options.get("scale", "fitted")
-        if scale not in ("fitted", "raw"):
-            raise InputError(f"-o scale={scale}: expected 'fitted' (least squares on the training runs) or 'raw'")
+        scale = settings.parse("scale", context.options.get("scale", "fitted"))
         simulator = AdditiveScoreSimulator(load_scores(path, method).aligned(train.train_ids, train.test_ids))
         return simulator.fitted_to(train) if scale == "fitted" else simulator
 
@@ -246,5 +243,5 @@ def score_factory(method: str):
 SCORE_METHODS: tuple[str, ...] = ("tracin", "influence", "influence-cg", "trak")
 
 for _method in SCORE_METHODS:
-    register_method(_method, options=("scores", "scale"))(score_factory(_method))
+    register_method(_method, options=settings.option_names(_method))(score_factory(_method))
     register_loader(_method, AdditiveScoreSimulator.load)

@@ -45,7 +45,7 @@ def main() -> None:
             for step in (True, False):
                 label = "step" if step else "plain"
                 post = fit_bayes("exact", train, {"step": step, "progress": False}, seed=seed)
-                models[label] = diagnostics.to_inference_data(post, train, log_likelihood=True)
+                models[label] = post.to_arviz(train, log_likelihood=True)
                 draws = post.simulate_draws(held.curricula, held.initial_losses, 200, seed=seed)
                 elpd = diagnostics.loo(models[label])
                 row[label] = {

@@ -95,7 +95,7 @@ def test_nuts_on_the_reference_problem_converges_without_divergences(small):
     runs, data = small
     result = run_nuts(data, CONFIG, num_warmup=500, num_samples=500, num_chains=4, seed=3, progress=False)
     posterior = BayesianSimfluence.from_fit(result, data, runs, CONFIG)
-    idata = diagnostics.to_inference_data(posterior)
+    idata = posterior.to_arviz()
     assert diagnostics.count_divergences(idata) == 0
     table = diagnostics.summary(idata, var_names=["a", "B", "noise_scale", "effect_scale", "step_drift"])
     assert table["r_hat"].max() < 1.01

@@ -90,7 +90,7 @@ def test_trajectories_mean_bands_and_pairing(problem):
 
 def test_arviz_conversion_has_named_dims_and_ids(problem):
     train, _, _, posterior = problem
-    idata = diagnostics.to_inference_data(posterior, train, log_likelihood=True, n_draws=50)
+    idata = posterior.to_arviz(train, log_likelihood=True, n_draws=50)
     group = idata.posterior
     assert group["a"].dims == ("chain", "draw", "test_example", "train_example")
     assert group["step_drift"].dims == ("chain", "draw", "test_example", "step")
@@ -157,7 +157,7 @@ def test_bad_inputs_give_clear_errors(problem):
         parse_options({"step": "maybe"}, "exact")
     with pytest.raises(ValueError, match="integer"):
         parse_options({"num_samples": 2.5}, "nuts")
-    with pytest.raises(ValueError, match="-o ridge: bayes-svi does not read this option"):
+    with pytest.raises(ValueError, match="-o ridge: method 'bayes-svi' does not read this option"):
         parse_options({"ridge": 0.1}, "svi")
     with pytest.raises(ValueError, match="likelihood='normal'"):
         fit_bayes("exact", held, {"likelihood": "student_t", "progress": False})

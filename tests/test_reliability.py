@@ -334,8 +334,8 @@ def test_a_corrupted_posterior_is_refused_naming_the_field(files, tmp_path, chan
     ("bayes-nuts", "target_accept=5", "-o target_accept: expected a number in (0, 1), got 5"),
     ("bayes-nuts", "chain_method=bogus", "-o chain_method: expected one of ['parallel', 'sequential'"),
     ("bayes-svi", "num_steps=" + "9" * 5000, "-o num_steps: expected an integer"),
-    ("bayes-svi", "nu=-1", "-o nu: nu must be positive, got -1.0"),
-    ("bayes-grid", "memory=sometimes", "-o memory: memory must be one of"),
+    ("bayes-svi", "nu=-1", "-o nu: expected a number > 0, got -1"),
+    ("bayes-grid", "memory=sometimes", "-o memory: expected one of ['none', 'geometric'], got 'sometimes'"),
 ])
 def test_option_values_are_checked_by_type_and_range_before_the_fit(files, tmp_path, method, option, message):
     out = tmp_path / "p.nc"

@@ -51,5 +51,5 @@ def test_fitted_scale_recovers_the_generating_scale(scored_runs, tmp_path):
 
 def test_unknown_scale_is_an_input_error(scored_runs):
     runs, path = scored_runs
-    with pytest.raises(InputError, match="scale=units"):
+    with pytest.raises(InputError, match=r"-o scale: expected one of \['fitted', 'raw'\], got 'units'"):
         fit_method("trak", runs, FitContext(train_path=path, options={"scale": "units"}))

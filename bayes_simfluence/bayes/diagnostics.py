@@ -1,62 +1,41 @@
-"""Diagnostics of a fitted posterior through ArviZ: conversion, summary, divergences, PPC, LOO.
+"""Diagnostics of a fitted posterior through ArviZ: summary, divergences, PPC, LOO, model comparison.
 
-Reads posteriors, never writes them (files are :mod:`bayes_simfluence.bayes.posterior_io`'s job).
-Data carry named dims (``chain``, ``draw``, ``test_example``, ``train_example``, ``run``,
-``step``) and the runs' ids as coords. ArviZ 0.x (Python 3.11) and 1.x (Python >= 3.12) are both
-supported; version-specific lines are marked ``ARVIZ 1.x``, the containers live in
-:mod:`bayes_simfluence.bayes.arviz_data`.
+Each takes the ``xarray.DataTree`` of ``posterior.to_arviz(...)``
+(:mod:`bayes_simfluence.bayes.conversion`) and hands it to the installed ArviZ: 1.x (Python >= 3.12)
+takes DataTrees; for 0.x (Python 3.11) it is converted to ``InferenceData``
+(:func:`~bayes_simfluence.bayes.arviz_data.for_arviz`). Version-specific lines are marked ``ARVIZ 1.x``.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import xarray as xr
 
 from bayes_simfluence.bayes import arviz_data
 from bayes_simfluence.bayes.arviz_data import ARVIZ_1
-from bayes_simfluence.bayes.posterior import BayesianSimfluence
-from bayes_simfluence.bayes.posterior_io import posterior_groups
 from bayes_simfluence.metrics import band_scores
 from bayes_simfluence.runs import Runs
 
+if TYPE_CHECKING:
+    from bayes_simfluence.bayes.posterior import BayesianSimfluence
 if ARVIZ_1:  # ARVIZ 1.x
     import arviz_stats
 else:
     import arviz as az
 
 
-def to_inference_data(posterior: BayesianSimfluence, runs: Runs | None = None,
-                      log_likelihood: bool = False, n_draws: int | None = None) -> Any:
-    """The posterior as ArviZ data with named dims and the runs' ids as coords.
-
-    Groups: ``posterior`` (effects in loss units, hyperparameters standardised), ``sample_stats``
-    (NUTS: ``diverging``, ``n_steps``, ...), ``constant_data`` (``loss_scale``) and, with ``runs``
-    and ``log_likelihood=True``, ``log_likelihood`` (``y`` ``[chain, draw, run, step, test_example]``,
-    teacher-forced, for LOO) and ``observed_data``.
-    """
-    groups = posterior_groups(posterior.fields())
-    if runs is not None and log_likelihood:
-        values = posterior.log_likelihood(runs, n_draws=n_draws)
-        run_coords = {"run": np.arange(runs.n_runs), "step": np.arange(1, runs.n_steps + 1),
-                      "test_example": runs.test_ids}
-        groups["log_likelihood"] = arviz_data.draws_dataset({"y": values}, {"y": ["run", "step", "test_example"]},
-                                                            run_coords)
-        groups["observed_data"] = xr.Dataset({"y": (["run", "step", "test_example"], np.diff(runs.losses, axis=1))},
-                                             coords=run_coords)
-    return arviz_data.container(groups)
-
-
-def summary(data: Any, var_names: list[str] | None = None) -> Any:
+def summary(data: xr.DataTree, var_names: list[str] | None = None) -> Any:
     """``pandas.DataFrame`` with ``r_hat``, ``ess_bulk``, ``ess_tail`` (and MCSE) per parameter, unrounded."""
+    data = arviz_data.for_arviz(data)
     if ARVIZ_1:  # ARVIZ 1.x
         return arviz_stats.summary(data, var_names=var_names, kind="diagnostics", round_to=None)
     return az.summary(data, var_names=var_names, kind="diagnostics", round_to="none")
 
 
-def count_divergences(data: Any, warn: bool = True) -> int:
+def count_divergences(data: xr.DataTree, warn: bool = True) -> int:
     """Divergent transitions in ``sample_stats`` (0 when there are none or no NUTS stats)."""
     stats = arviz_data.group(data, "sample_stats")
     if stats is None or "diverging" not in stats:
@@ -87,12 +66,13 @@ class Elpd(NamedTuple):
     pointwise: np.ndarray
 
 
-def loo(data: Any) -> Elpd:
+def loo(data: xr.DataTree) -> Elpd:
     """PSIS-LOO over the teacher-forced (run, step, test example) observations.
 
     Needs data built with ``log_likelihood=True``. Leaving one step out is a one-step-ahead
     check; whole held-out runs are the stronger test (:func:`bayes_simfluence.evaluation`).
     """
+    data = arviz_data.for_arviz(data)
     if ARVIZ_1:  # ARVIZ 1.x
         result = arviz_stats.loo(data, pointwise=True)
         return Elpd(float(result.elpd), float(result.se), float(result.p), int(result.n_data_points),
@@ -102,13 +82,14 @@ def loo(data: Any) -> Elpd:
                 float(np.max(result.pareto_k.values)), np.ravel(result.loo_i.values))
 
 
-def compare(models: dict[str, Any]) -> Any:
+def compare(models: dict[str, xr.DataTree]) -> Any:
     """ArviZ model comparison (ELPD-LOO) of fitted variants on the same runs.
 
     Returns a ``pandas.DataFrame`` indexed by model, best first, with at least the columns
     ``elpd``, ``p``, ``elpd_diff``, ``se``, ``dse`` and ``weight`` (ArviZ 0.x's ``elpd_loo`` and
     ``p_loo`` are renamed to ArviZ 1.x's names).
     """
+    models = {name: arviz_data.for_arviz(data) for name, data in models.items()}
     if ARVIZ_1:  # ARVIZ 1.x
         return arviz_stats.compare(models)
     return az.compare(models).rename(columns={"elpd_loo": "elpd", "p_loo": "p"})

@@ -38,10 +38,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from numpyro.infer.hmc import HMCState, hmc
 from tqdm.auto import tqdm
 
+from bayes_simfluence import settings
 from bayes_simfluence.bayes.conjugate import TEST_FIELDS, CollapsedStats, log_evidence
 from bayes_simfluence.bayes.model import ModelConfig
 
-CHAIN_METHODS = ("parallel", "sequential", "vectorized")
+CHAIN_METHODS = settings.choices("chain_method")
 #: the statistics the likelihood reads (per test example; not the eigenvectors)
 _LIKELIHOOD_FIELDS = tuple(name for name in TEST_FIELDS if name != "eigenvectors")
 

@@ -39,16 +39,17 @@ from numpyro.optim import ClippedAdam
 from jax import Array
 from tqdm.auto import tqdm
 
+from bayes_simfluence import settings
 from bayes_simfluence.bayes import conjugate, hyper_nuts
 from bayes_simfluence.bayes.guide import ConditionalGuide, site_statistics
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, effects_model, rotation_of, simfluence_model, step_mean
 from bayes_simfluence.bayes.sharding import device_mesh, placed
 
-GUIDES = ("conditional", "normal", "lowrank", "mvn")
+GUIDES = settings.choices("guide")
 #: default SVI learning rate of each guide (:func:`run_svi`).
 LEARNING_RATES = {"conditional": 0.03, "normal": 0.01, "lowrank": 0.01, "mvn": 0.01}
-PRECISIONS = {"float32": np.float32, "float64": np.float64}
+PRECISIONS = {name: np.dtype(name).type for name in settings.choices("precision")}
 HYPER_SITES = ("noise_scale", "effect_scale", "a_location", "B_location", "memory_decay")
 
 

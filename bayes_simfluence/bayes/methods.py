@@ -14,36 +14,11 @@ examples; with the guard it is one fit plus ``guard_folds`` cross-fits on 3/4 of
 per test example, NUTS on the hyperparameters); ``bayes-nuts`` samples the full model and is for
 small problems and checks.
 
-Options (``--option key=value``; values may arrive as strings, numbers or booleans):
-
-- model, every method: ``variant`` (linear | additive | multiplicative), ``step`` (step
-  component, default true), ``likelihood`` (normal | student_t; not for bayes-exact), ``nu``,
-  ``noncentred``, ``location_prior``, ``effect_scale_prior``, ``noise_prior``,
-  ``drift_initial``, ``drift_smoothness``, ``memory`` (none | geometric: optimiser memory; default
-  geometric for bayes, bayes-grid, bayes-svi and bayes-nuts, none and the only choice for bayes-exact),
-  ``memory_prior``, ``collapse_drift`` (default true: the step component integrated out of the
-  Normal likelihood and drawn exactly afterwards), ``run_state`` (true | false | auto; bayes-grid
-  only: the shared run state of :mod:`bayes_simfluence.bayes.run_state`; default auto, on wherever
-  bayes-grid runs with its guard and the guard's held-out runs favour it, :func:`resolve_run_state`,
-  :func:`state_check`) and ``state_prior``
-  (default 0.3, the best of 0.1-10 by the guard's cross-fitted roll-out error on both real sets of the
-  retraining study, `experiments/state_prior.py`); ``progress`` (progress bars, default true); ``guard`` (default true: stack
-  with the curriculum-blind model by held-out-run roll-out error, :mod:`bayes_simfluence.bayes.guard`;
-  costs ``guard_folds`` extra fits on 3/4 of the runs) and ``guard_folds`` (default 4); with
-  bayes-svi, ``guard_steps`` (SVI steps of each cross-fit; default ``num_steps / 4``, as they start
-  from the full fit's hyperparameters, :data:`GUARD_STEP_FRACTION`) and ``guard_workers``
-  (cross-fits at once; default 2 where memory allows, :data:`GUARD_WORKERS`).
-- bayes-svi: ``guide`` (normal | lowrank | mvn | conditional; default normal; conditional draws
-  each test example's effects given its hyperparameters, :mod:`bayes_simfluence.bayes.guide`),
-  ``num_steps``, ``learning_rate`` (default 0.01; 0.03 for conditional),
-  ``final_lr_fraction``, ``num_draws``, ``rank``, ``precision`` (float32 | float64, default
-  float32: as accurate here, half the time; NUTS and the exact path always use float64).
-- bayes-nuts: ``num_warmup``, ``num_samples``, ``num_chains``, ``chain_method``,
-  ``target_accept``, ``max_tree_depth``.
-- bayes-exact: ``num_warmup``, ``num_samples``, ``num_chains``, ``chain_method``, ``chunk_size``.
-- bayes-grid and bayes: ``num_draws`` (default 200); the model options (``memory`` default
-  geometric; bayes-grid needs the Normal likelihood and the step component, and ``bayes`` runs
-  bayes-svi without them), ``progress``, ``guard``, ``guard_folds``.
+Options (``-o key=value`` on the CLI, keywords of :func:`bayes_simfluence.fit` in Python) are
+defined, typed and documented once, in :class:`bayes_simfluence.settings.Settings`;
+:func:`options_markdown` writes their reference with the defaults in force. ``bayes`` reads the
+settings of both paths it may take and lists those the chosen one does not read
+(``info["unused_options"]``).
 """
 
 from __future__ import annotations
@@ -54,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bayes_simfluence import budget, validation
+from bayes_simfluence import budget, settings, validation
 from bayes_simfluence.bayes import grid, guard, inference, run_state
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
@@ -65,92 +40,16 @@ from bayes_simfluence.methods import FitContext, register_loader, register_metho
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import MeanTrajectory
 
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
-
-
-def _bool(value: Any, key: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in _TRUE:
-        return True
-    if text in _FALSE:
-        return False
-    raise ValueError(f"option {key}: expected true or false, got {value!r}")
-
-
 def state_flag(value: Any, key: str = "run_state") -> bool | str:
     """``-o run_state``: a boolean, or ``"auto"`` (:func:`resolve_run_state`)."""
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    try:
-        return _bool(value, key)
-    except ValueError:
-        raise validation.InputError(f"-o {key}: expected true, false or auto, got {value!r}") from None
+    return settings.parse(key, value)
 
 
-def _integer(minimum: int) -> Callable[[Any, str], int]:
-    return lambda value, key: validation.integer(value, f"-o {key}", minimum=minimum)
-
-
-def _float(value: Any, key: str) -> float:
-    return validation.number(value, f"-o {key}")
-
-
-def _text(value: Any, key: str) -> str:
-    return str(value)
-
-
-def _range(low: float, high: float, low_open: bool = True, high_open: bool = False) -> Callable[[Any, str], float]:
-    """A number in ``(low, high]`` (or with the ends ``low_open`` / ``high_open`` as given)."""
-    def parse(value: Any, key: str) -> float:
-        number = validation.number(value, f"-o {key}")
-        if (number <= low if low_open else number < low) or (number >= high if high_open else number > high):
-            interval = (f"> {low:g}" if high == float("inf") else
-                        f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
-            raise validation.InputError(f"-o {key}: expected a number {interval}, got {number:g}")
-        return number
-    return parse
-
-
-def _choice(choices: Any) -> Callable[[Any, str], str]:
-    def parse(value: Any, key: str) -> str:
-        if not isinstance(value, str) or value not in choices:
-            raise validation.InputError(f"-o {key}: expected one of {sorted(choices)}, got {value!r}")
-        return value
-    return parse
-
-
-def _chain_method(value: Any, key: str) -> str:
-    from bayes_simfluence.bayes.hyper_nuts import CHAIN_METHODS
-
-    return _choice(CHAIN_METHODS)(value, key)
-
-
-MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any, str], Any]]] = {
-    "variant": ("variant", _text), "step": ("step_component", _bool), "likelihood": ("likelihood", _text),
-    "nu": ("nu", _float), "noncentred": ("noncentred", _bool),
-    "location_prior": ("location_prior", _float), "common_level": ("common_level", _bool),
-    "effect_scale_prior": ("effect_scale_prior", _float),
-    "noise_prior": ("noise_prior", _float), "drift_initial": ("drift_initial", _float),
-    "drift_smoothness": ("drift_smoothness", _float), "memory": ("memory", _text),
-    "memory_prior": ("memory_prior", _float), "collapse_drift": ("collapse_drift", _bool),
-    "run_state": ("run_state", state_flag), "state_prior": ("state_prior", _float),
-}
-CHAIN_OPTIONS = {"num_warmup": _integer(0), "num_samples": _integer(1), "num_chains": _integer(1),
-                 "chain_method": _chain_method}
-INFERENCE_OPTIONS: dict[str, dict[str, Callable[[Any, str], Any]]] = {
-    "svi": {"guide": _choice(inference.GUIDES), "num_steps": _integer(1), "learning_rate": _range(0, float("inf")),
-            "final_lr_fraction": _range(0, 1), "num_draws": _integer(1), "rank": _integer(1),
-            "precision": _choice(inference.PRECISIONS)},
-    "nuts": {**CHAIN_OPTIONS, "target_accept": _range(0, 1, high_open=True), "max_tree_depth": _integer(1)},
-    "exact": {**CHAIN_OPTIONS, "chunk_size": _integer(1)},
-    "grid": {"num_draws": _integer(1)},
-}
 RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": inference.run_exact, "grid": grid.run_grid}
 
 
-GUARD_OPTIONS = ("guard", "guard_folds")
+#: the settings the fitting procedure around the inference reads (guard and progress)
+FIT_OPTIONS = frozenset(k for k in settings.option_names("bayes") if settings.setting(k).group == "fit")
 #: ``-o run_state=auto`` keeps the run state where the guard's held-out runs favour it by more than
 #: this many standard errors (:func:`state_check`)
 STATE_CHECK_SDS = 2.0
@@ -174,30 +73,18 @@ METHOD_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"svi": {"memory": "geometric
                                                      "grid": {"memory": "geometric"}}
 
 
-def option_names(method: str) -> frozenset[str]:
-    """Every ``-o`` key ``bayes-<method>`` reads."""
-    guard_options = {*GUARD_OPTIONS, "guard_steps", "guard_workers"} if method == "svi" else set(GUARD_OPTIONS)
-    return frozenset(MODEL_OPTIONS) | frozenset(INFERENCE_OPTIONS[method]) | {"progress", *guard_options}
-
-
 def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, dict[str, Any]]:
-    """``(model config, keyword arguments of the inference routine)`` from user options.
-
-    Unknown keys are refused (:class:`~bayes_simfluence.validation.InputError`).
-    """
+    """``(model config, keyword arguments of the inference routine)`` from user options, which are
+    checked against :class:`~bayes_simfluence.settings.Settings` (keys ``bayes-<method>`` does not
+    read are refused; the fitting procedure's own, :data:`FIT_OPTIONS`, are ignored here)."""
     model_kwargs, run_kwargs = dict(METHOD_MODEL_DEFAULTS[method]), {"progress": True}
-    known = INFERENCE_OPTIONS[method]
-    for key, value in options.items():
-        if key in MODEL_OPTIONS:
-            field, parse = MODEL_OPTIONS[key]
-            model_kwargs[field] = parse(value, key)
-        elif key in known:
-            run_kwargs[key] = known[key](value, key)
-        elif key == "progress":
-            run_kwargs["progress"] = _bool(value, key)
-        else:
-            raise validation.InputError(f"-o {key}: bayes-{method} does not read this option; it reads "
-                                        f"{sorted(option_names(method))}")
+    parsed = settings.parse_all(f"bayes-{method}", options)
+    for key, value in parsed.items():
+        meta = settings.setting(key)
+        if meta.group == "model":
+            model_kwargs[meta.field or key] = value
+        elif meta.group == "inference" or key == "progress":
+            run_kwargs[key] = value
     if model_kwargs.get("run_state") == "auto":  # resolved by fit_bayes, which sees the runs
         del model_kwargs["run_state"]
     if model_kwargs.get("run_state") and method != "grid":
@@ -207,7 +94,7 @@ def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, di
         return ModelConfig(**model_kwargs), run_kwargs
     except ValueError as error:  # ModelConfig names its field; users wrote the option's key
         field = str(error).split(" ", 1)[0]
-        key = next((k for k, (name, _) in MODEL_OPTIONS.items() if name == field), field)
+        key = next((k for k in parsed if settings.setting(k).field == field), field)
         raise validation.InputError(f"-o {key}: {error}") from error
 
 
@@ -249,16 +136,10 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     ``guard_steps`` steps (default a quarter of ``num_steps``, :data:`GUARD_STEP_FRACTION`; all of
     them for the other guides, which cannot start part-way).
     """
-    options = dict(options)
-    use_guard = _bool(options.pop("guard", True), "guard")
-    folds = _integer(2)(options.pop("guard_folds", guard.FOLDS), "guard_folds")
+    options = settings.parse_all(f"bayes-{method}", options)
+    use_guard, folds = options.pop("guard", True), options.pop("guard_folds", guard.FOLDS)
     guard_steps, workers = options.pop("guard_steps", None), options.pop("guard_workers", None)
-    for key, value in (("guard_steps", guard_steps), ("guard_workers", workers)):
-        if value is not None and method != "svi":
-            raise validation.InputError(f"-o {key}: only bayes-svi reads it (got bayes-{method})")
-    guard_steps = None if guard_steps is None else _integer(1)(guard_steps, "guard_steps")
-    workers = None if workers is None else _integer(1)(workers, "guard_workers")
-    requested = state_flag(options.get("run_state", "auto"))
+    requested = options.get("run_state", "auto")
     options["run_state"], state_off = resolve_run_state(method, train, requested, use_guard, folds)
     check = None
     if requested == "auto" and options["run_state"]:  # bayes-grid with its guard: kept where held-out runs favour it
@@ -338,7 +219,7 @@ def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
         return guard.stack_against_blind(cross_fit, train, folds, workers=workers or 1,
-                                         progress=_bool(options.get("progress", True), "progress"), **blind)
+                                         progress=options.get("progress", True), **blind)
 
 
 def _state_only(runs: Runs, fitted: BayesianSimfluence) -> StateTrajectory:
@@ -383,7 +264,8 @@ def default_path(train: Runs, options: dict[str, Any]) -> tuple[str, str]:
     calibration) where the model allows it (Normal likelihood, step component) and it costs at
     most :data:`AUTO_GRID_FLOPS_PER_TEST` per test example, else ``"svi"``. The choice depends on
     the runs' shape, not on the number of test examples, so blocks of test examples choose alike."""
-    config, kwargs = parse_options({k: v for k, v in options.items() if k not in GUARD_OPTIONS}, "grid")
+    grid_options = settings.option_names("bayes-grid")
+    config, kwargs = parse_options({k: v for k, v in options.items() if k in grid_options}, "grid")
     cost = grid.grid_cost(train.n_train, train.n_runs * train.n_steps, config,
                           kwargs.get("num_draws", _fit_settings("grid", {})["num_draws"]))
     if config.likelihood != "normal":
@@ -400,10 +282,55 @@ def default_path(train: Runs, options: dict[str, Any]) -> tuple[str, str]:
     return "svi", reason
 
 
+def setting_defaults() -> dict[str, str]:
+    """The default of every setting, as text: the record's, else ``ModelConfig``'s or the inference
+    routine's (imports the Bayesian stack)."""
+    config = ModelConfig()
+    texts = {}
+    for key in settings.Settings.__annotations__:
+        meta = settings.setting(key)
+        if meta.default is not None:
+            texts[key] = meta.default
+        elif meta.group == "model":
+            value = getattr(config, meta.field or key)
+            texts[key] = "the backend's" if value is None else str(value).lower()
+        else:
+            found = [inspect.signature(r).parameters[key].default for r in RUNNERS.values()
+                     if key in inspect.signature(r).parameters]
+            texts[key] = " / ".join(dict.fromkeys(str(v) for v in found)) if found else ""
+    return texts
+
+
+def options_markdown() -> str:
+    """The options reference: a Markdown table per group (the docs' options page)."""
+    titles = {"model": "The model (every Bayesian method)", "inference": "Inference", "fit": "The fitting procedure",
+              "point": "Point and score methods"}
+    default_text = setting_defaults()
+    lines = []
+    for group, title in titles.items():
+        lines += [f"## {title}", "", "| key | type | default | read by | what |", "|---|---|---|---|---|"]
+        for key in settings.Settings.__annotations__:
+            meta = settings.setting(key)
+            if meta.group != group:
+                continue
+            readers = "every Bayesian method" if meta.methods == settings.BAYES else ", ".join(meta.methods)
+            lines.append(f"| `{key}` | {settings.type_text(key)} | {default_text[key]} | {readers} | {meta.help} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
 def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:
+    """``-m bayes``: the backend :func:`default_path` chooses, with the options it reads; the
+    others (bayes-svi's where it runs bayes-grid) are listed in ``info["unused_options"]``."""
+    settings.parse_all("bayes", context.options)  # checked whichever backend runs
     method, reason = default_path(train, context.options)
-    posterior = fit_bayes(method, train, context.options, seed=context.seed)
+    reads = settings.option_names(f"bayes-{method}")
+    options = {k: v for k, v in context.options.items() if k in reads}
+    posterior = fit_bayes(method, train, options, seed=context.seed)
     posterior.info["chosen_by"] = f"bayes: {reason}"
+    unused = sorted(set(context.options) - reads)
+    if unused:
+        posterior.info["unused_options"] = f"{', '.join(unused)}: bayes ran bayes-{method}, which does not read them"
     return posterior
 
 
@@ -415,7 +342,7 @@ def _factory(method: str) -> Callable[[Runs, FitContext], BayesianSimfluence]:
 
 
 for _method in RUNNERS:
-    register_method(f"bayes-{_method}", options=option_names(_method))(_factory(_method))
-register_method("bayes", options=option_names("grid"))(_fit_default)
+    register_method(f"bayes-{_method}", options=settings.option_names(f"bayes-{_method}"))(_factory(_method))
+register_method("bayes", options=settings.option_names("bayes"))(_fit_default)
 register_loader(KIND, BayesianSimfluence.load)
 register_sniffer(KIND, is_posterior_file)

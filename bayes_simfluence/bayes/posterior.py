@@ -37,6 +37,7 @@ import numpy as np
 from jax import Array
 
 from bayes_simfluence.bayes import posterior_io
+from bayes_simfluence.bayes.conversion import to_datatree
 from bayes_simfluence.bayes.discrepancy import curriculum_ids, draw_discrepancy, residuals_for_steps
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult
@@ -46,6 +47,7 @@ from bayes_simfluence.bayes.run_state import RunState, StateTrajectory, host_fea
 from bayes_simfluence.bayes.sharding import placed, device_mesh
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.decisions import Decisions
 from bayes_simfluence.simulators import PREDICTIVES, check_simulation_inputs
 from bayes_simfluence.validation import InputError, integer
 
@@ -71,7 +73,7 @@ class TrajectoryBands(NamedTuple):
 
 
 @dataclass
-class BayesianSimfluence:
+class BayesianSimfluence(Decisions):
     """Posterior draws of hierarchical Simfluence-Linear, as a probabilistic simulator.
 
     Attributes:
@@ -464,6 +466,13 @@ class BayesianSimfluence:
     @classmethod
     def load(cls, path: str | Path) -> "BayesianSimfluence":
         return cls(**posterior_io.read_posterior(path))
+
+    def to_arviz(self, runs: Runs | None = None, predictions: Runs | None = None, n_draws: int = 200,
+                 seed: int = 0, log_likelihood: bool = False) -> Any:
+        """This posterior as an ArviZ ``xarray.DataTree`` with named dims (on ArviZ 0.x and 1.x alike):
+        :func:`bayes_simfluence.bayes.conversion.to_datatree` (with ``runs``: ``observed_data`` and
+        ``posterior_predictive``; with ``predictions``: ``predictions`` for those curricula)."""
+        return to_datatree(self, runs, predictions, n_draws=n_draws, seed=seed, log_likelihood=log_likelihood)
 
 
 def _flat(x: np.ndarray) -> np.ndarray:

@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
     reason = getattr(simulator, "info", {}).get("chosen_by", "").removeprefix("bayes: ")
     path_note = f" (as {path}: {reason})" if path != args.method else ""
     print(f"fitted '{args.method}'{path_note} on {train} in {seconds:.1f} s{ridge_note}; saved to {args.out}")
+    unused = getattr(simulator, "info", {}).get("unused_options")
+    if unused is not None:
+        print(f"options not used: {unused}")
     state_report = getattr(simulator, "info", {}).get("run_state")
     if state_report is not None:
         print(run_state.describe(state_report))
