@@ -105,3 +105,41 @@ def test_to_arviz_is_a_datatree_with_observed_predictive_and_predictions(runs):
     lower, upper = np.quantile(predictive.values[0], [0.05, 0.95], axis=0)
     inside = (train.losses >= lower) & (train.losses <= upper)
     assert inside[:, 1:].mean() > 0.7
+
+
+@pytest.mark.parametrize("method, option, message", [
+    ("bayes-grid", "likelihood=student_t", "-o likelihood: bayes-grid fits the likelihoods ['normal'], not student_t"),
+    ("bayes-grid", "step=false", "-o step: bayes-grid needs the step component"),
+    ("bayes-exact", "memory=geometric", "-o memory: bayes-exact fits the optimiser memories ['none'], not geometric"),
+    ("bayes-svi", "run_state=true", "-o run_state: bayes-svi has no run state (only bayes-grid has)"),
+    ("bayes-nuts", "run_state=true", "-o run_state: bayes-nuts has no run state"),
+])
+def test_each_backend_refuses_what_it_does_not_declare_with_one_line(runs, tmp_path, method, option, message):
+    """The declarations of :mod:`bayes_simfluence.bayes.backends` are what the fits enforce: the CLI
+    refuses the undeclared configuration before fitting, naming the option."""
+    from bayes_simfluence.bayes.backends import BACKENDS
+
+    train, _ = runs
+    train.save(tmp_path / "train.npz")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["fit", "--train", str(tmp_path / "train.npz"), "-m", method, "-o", option, "-o", "guard=false",
+                     "--out", str(tmp_path / "p.nc")])
+    assert code == 2 and message in err.getvalue() and not (tmp_path / "p.nc").exists()
+    key, value = option.split("=")
+    spec = BACKENDS[method.removeprefix("bayes-")]
+    declared = {"likelihood": value in spec.likelihoods, "memory": value in spec.memories,
+                "step": not spec.needs_step_component, "run_state": spec.run_state}[key]
+    assert not declared
+
+
+def test_bayes_chooses_a_backend_that_declares_the_configuration(runs):
+    from bayes_simfluence.bayes.methods import default_path
+
+    train, _ = runs
+    assert default_path(train, {})[0] == "grid"
+    assert default_path(train, {"likelihood": "student_t"}) == (
+        "svi", "bayes-grid fits the likelihoods ['normal'], not student_t")
+    with pytest.raises(InputError, match=r"-o run_state: bayes would run bayes-svi here \(bayes-grid needs the step "
+                                         r"component\), and bayes-svi has no run state"):
+        default_path(train, {"step": False, "run_state": True})

@@ -124,7 +124,7 @@ def test_draws_given_the_hyperparameters_follow_the_dense_posterior_of_the_effec
 def test_grid_path_needs_the_step_component_and_the_normal_likelihood(data):
     with pytest.raises(InputError, match="step component"):
         grid.run_grid(data, ModelConfig(memory="geometric", step_component=False), num_draws=5, progress=False)
-    with pytest.raises(InputError, match="Normal likelihood"):
+    with pytest.raises(InputError, match=r"likelihoods \[.normal.\], not student_t"):
         grid.run_grid(data, ModelConfig(memory="geometric", likelihood="student_t"), num_draws=5, progress=False)
 
 
@@ -169,5 +169,5 @@ def test_the_default_bayesian_method_runs_the_grid_where_it_is_cheap_and_svi_els
     assert default_path(small, {})[0] == "grid" and default_path(large, {})[0] == "svi"
     assert "per test example, over 1e+10" in default_path(large, {})[1]
     assert default_path(small, {"likelihood": "student_t", "guard": False}) == \
-        ("svi", "bayes-grid needs the Normal likelihood, not student_t")
+        ("svi", "bayes-grid fits the likelihoods ['normal'], not student_t")
     assert default_path(small, {"step": False})[0] == "svi"

@@ -39,6 +39,7 @@ import numpy as np
 from jax import Array, lax
 from tqdm.auto import tqdm
 
+from bayes_simfluence.bayes.backends import check_supported
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.budget import check as check_memory
@@ -226,11 +227,7 @@ def collapsed_statistics(data: ModelData, config: ModelConfig, chunk_size: int =
     Memory: ``tests * features^2`` floats for the eigenvectors (on the host) plus a chunk of Gram
     matrices (on the device).
     """
-    if config.likelihood != "normal":
-        raise ValueError("the exact (conjugate) path needs likelihood='normal'; use SVI or NUTS for 'student_t'")
-    if config.has_memory:
-        raise ValueError("the exact (conjugate) path has no optimiser memory (its features would be dense); "
-                         "use bayes-svi or bayes-nuts for memory='geometric'")
+    check_supported(config, "exact")
     indicators = block_indicators(data.n_train, config)
     size, chunks = _chunks(data.n_tests, chunk_size)
     n_features = indicators.shape[1]

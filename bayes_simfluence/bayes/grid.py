@@ -73,6 +73,7 @@ from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes import conjugate
 from bayes_simfluence.bayes.data import ModelData
+from bayes_simfluence.bayes.backends import check_supported
 from bayes_simfluence.bayes.inference import FitResult, fitted_step_sums, split_weights
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.bayes.run_state import RunState, host_features
@@ -451,11 +452,7 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
         :class:`~bayes_simfluence.bayes.inference.FitResult` with draws ``[1, num_draws, tests, ...]``;
         ``info["edge_mass"]``: the largest :func:`edge_mass` of any test example.
     """
-    if config.likelihood != "normal":
-        raise InputError("-o likelihood: bayes-grid needs the Normal likelihood (it integrates the effects out)")
-    if not config.step_component:
-        raise InputError("-o step=false: bayes-grid needs the step component (a free location of B "
-                         "would add grid dimensions); use bayes-svi or bayes-exact")
+    check_supported(config, "grid")
     if config.run_state != (state is not None):
         raise ValueError("run_grid: pass the run state exactly when config.run_state is set")
     cost = data.n_tests * grid_cost(data.n_train, data.n_runs * data.n_steps, config, num_draws)

@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 
 from bayes_simfluence import settings
 from bayes_simfluence.bayes import conjugate, hyper_nuts
+from bayes_simfluence.bayes.backends import check_supported
 from bayes_simfluence.bayes.guide import ConditionalGuide, site_statistics
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, effects_model, rotation_of, simfluence_model, step_mean
@@ -142,6 +143,7 @@ def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_sa
         fixed: optional hyperparameter values ``{site: [tests]}`` to condition on (e.g. to
             compare with :func:`bayes_simfluence.bayes.conjugate.posterior_given`).
     """
+    check_supported(config, "nuts")
     chain_method = chain_method or default_chain_method(num_chains)
     config = config.parameterised(noncentred=False)
     start = time.perf_counter()
@@ -289,6 +291,7 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
     moments) and no initialisation program is compiled. The guard's cross-fits start this way
     (:func:`bayes_simfluence.bayes.methods.fit_bayes`).
     """
+    check_supported(config, "svi")
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {GUIDES}, got {guide!r}")
     if precision not in PRECISIONS:
@@ -395,6 +398,7 @@ def run_exact(data: ModelData, config: ModelConfig, num_warmup: int = 300, num_s
         transitions summed over test examples) and ``num_steps`` (the most leapfrog steps of any
         test example) ``[chains, draws]``.
     """
+    check_supported(config, "exact")
     chain_method = chain_method or default_chain_method(num_chains, one_device="vectorized")
     start = time.perf_counter()
     stats = conjugate.collapsed_statistics(data, config, chunk_size=chunk_size, progress=progress)

@@ -30,7 +30,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bayes_simfluence import budget, settings, validation
-from bayes_simfluence.bayes import grid, guard, inference, run_state
+from bayes_simfluence.bayes import backends, grid, guard, inference, run_state
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
@@ -87,9 +87,6 @@ def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, di
             run_kwargs[key] = value
     if model_kwargs.get("run_state") == "auto":  # resolved by fit_bayes, which sees the runs
         del model_kwargs["run_state"]
-    if model_kwargs.get("run_state") and method != "grid":
-        raise validation.InputError(f"-o run_state=true: only bayes-grid (and bayes where it runs bayes-grid) "
-                                    f"has the run state, not bayes-{method}")
     try:
         return ModelConfig(**model_kwargs), run_kwargs
     except ValueError as error:  # ModelConfig names its field; users wrote the option's key
@@ -199,10 +196,10 @@ def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result:
     afresh: None)."""
     quiet, warm = {**options, "progress": False}, None
     if method == "svi":  # the cross-fits are only rolled out by their posterior mean
-        settings = _fit_settings(method, parse_options(options, method)[1])
-        quiet["num_draws"] = min(settings["num_draws"], MEAN_DRAWS)
+        routine = _fit_settings(method, parse_options(options, method)[1])
+        quiet["num_draws"] = min(routine["num_draws"], MEAN_DRAWS)
         warm = inference.cross_fit_start(result)
-        steps = round(GUARD_STEP_FRACTION * settings["num_steps"]) if warm else settings["num_steps"]
+        steps = round(GUARD_STEP_FRACTION * routine["num_steps"]) if warm else routine["num_steps"]
         quiet["num_steps"] = guard_steps or max(1, steps)
         if workers is None:
             fold_bytes = _fit_bytes(train, quiet["num_draws"])
@@ -244,8 +241,9 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
               ) -> tuple[BayesianSimfluence, inference.FitResult]:
     """One fit: ``(posterior, the inference routine's result)``; ``warm_start``: SVI only."""
     config, kwargs = parse_options(options, method)
-    settings = _fit_settings(method, kwargs)
-    stored = settings["num_draws"] if method in ("svi", "grid") else settings["num_samples"] * settings["num_chains"]
+    backends.check_supported(config, method)
+    routine = _fit_settings(method, kwargs)
+    stored = routine["num_draws"] if method in ("svi", "grid") else routine["num_samples"] * routine["num_chains"]
     budget.check(_fit_bytes(train, stored),
                             f"bayes-{method} on {train.n_tests} test x {train.n_train} training examples "
                             f"({stored} stored draws)", "n_train is the size of the pool the indices refer to")
@@ -261,24 +259,23 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
 
 def default_path(train: Runs, options: dict[str, Any]) -> tuple[str, str]:
     """The inference ``-m bayes`` runs, and why: ``"grid"`` (calibrated in simulation-based
-    calibration) where the model allows it (Normal likelihood, step component) and it costs at
+    calibration) where it fits the model (:func:`~bayes_simfluence.bayes.backends.unsupported`) and costs at
     most :data:`AUTO_GRID_FLOPS_PER_TEST` per test example, else ``"svi"``. The choice depends on
     the runs' shape, not on the number of test examples, so blocks of test examples choose alike."""
     grid_options = settings.option_names("bayes-grid")
     config, kwargs = parse_options({k: v for k, v in options.items() if k in grid_options}, "grid")
     cost = grid.grid_cost(train.n_train, train.n_runs * train.n_steps, config,
                           kwargs.get("num_draws", _fit_settings("grid", {})["num_draws"]))
-    if config.likelihood != "normal":
-        reason = f"bayes-grid needs the Normal likelihood, not {config.likelihood}"
-    elif not config.step_component:
-        reason = "bayes-grid needs the step component"
+    problem = backends.unsupported(config, "grid")
+    if problem is not None:
+        reason = problem[1]
     elif cost > AUTO_GRID_FLOPS_PER_TEST:
         reason = f"bayes-grid would cost {cost:.1e} multiply-adds per test example, over {AUTO_GRID_FLOPS_PER_TEST:.0e}"
     else:
         return "grid", f"{cost:.1e} multiply-adds per test example, at most {AUTO_GRID_FLOPS_PER_TEST:.0e}"
-    if config.run_state:
-        raise validation.InputError(f"-o run_state=true: the run state needs bayes-grid, and bayes would run "
-                                    f"bayes-svi here ({reason})")
+    problem = backends.unsupported(config, "svi")
+    if problem is not None:
+        raise validation.InputError(f"-o {problem[0]}: bayes would run bayes-svi here ({reason}), and {problem[1]}")
     return "svi", reason
 
 

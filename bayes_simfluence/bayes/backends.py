@@ -1,0 +1,90 @@
+"""What each inference backend of the one model supports, declared once.
+
+The model (:class:`~bayes_simfluence.bayes.model.ModelConfig`: likelihood, step component,
+optimiser memory, run state, common level) is defined once; each backend fits some of its
+configurations. :data:`BACKENDS` declares which, :func:`unsupported` says why a configuration is
+not fitted by a backend (``-m bayes`` reads it to choose), and :func:`check_supported` refuses it
+with one line naming the option. The backends call :func:`check_supported` on entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from bayes_simfluence.validation import InputError
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One inference backend and the configurations of the model it fits.
+
+    Attributes:
+        name: the method's name (``bayes-grid``).
+        inference: how it infers, in a few words.
+        likelihoods: the likelihoods it fits.
+        memories: the optimiser memories it fits.
+        needs_step_component: it fits only the model with the step component.
+        run_state: it fits the shared run state.
+        calibrated: what simulation-based calibration showed (``experiments/results/``).
+        cost: its cost, in words.
+    """
+
+    name: str
+    inference: str
+    likelihoods: tuple[str, ...]
+    memories: tuple[str, ...]
+    needs_step_component: bool
+    run_state: bool
+    calibrated: str
+    cost: str
+
+
+BACKENDS: dict[str, Backend] = {
+    "grid": Backend("bayes-grid", "hyperparameters on a grid, everything else exact", ("normal",),
+                    ("none", "geometric"), True, True, "every quantity passes SBC",
+                    "runs x steps x (2 n_train)^2 per test example and grid point"),
+    "svi": Backend("bayes-svi", "variational (autoguides, or exact conditionals given the hyperparameters)",
+                   ("normal", "student_t"), ("none", "geometric"), False, False,
+                   "effects close to exact with the conditional guide; hyperparameters fail SBC",
+                   "runs x steps x batch x tests per optimisation step"),
+    "nuts": Backend("bayes-nuts", "NUTS on the full model", ("normal", "student_t"), ("none", "geometric"),
+                    False, False, "exact in the limit; for small problems and checks",
+                    "gradient evaluations of the full model per draw"),
+    "exact": Backend("bayes-exact", "NUTS on the hyperparameters, exact draws of the effects", ("normal",),
+                     ("none",), False, False, "exact up to NUTS on a few hyperparameters",
+                     "one (2 n_train)^2 eigendecomposition per test example"),
+}
+
+
+def unsupported(config: Any, backend: str) -> tuple[str, str] | None:
+    """``(option, why)`` where ``backend`` does not fit ``config``
+    (a :class:`~bayes_simfluence.bayes.model.ModelConfig`), else None."""
+    spec = BACKENDS[backend]
+    if config.likelihood not in spec.likelihoods:
+        return "likelihood", f"{spec.name} fits the likelihoods {list(spec.likelihoods)}, not {config.likelihood}"
+    if config.memory not in spec.memories:
+        return "memory", f"{spec.name} fits the optimiser memories {list(spec.memories)}, not {config.memory}"
+    if spec.needs_step_component and not config.step_component:
+        return "step", f"{spec.name} needs the step component"
+    if config.run_state and not spec.run_state:
+        return "run_state", f"{spec.name} has no run state (only bayes-grid has)"
+    return None
+
+
+def check_supported(config: Any, backend: str) -> None:
+    """Refuse ``config`` where ``backend`` does not fit it: ``-o option: why``."""
+    problem = unsupported(config, backend)
+    if problem is not None:
+        raise InputError(f"-o {problem[0]}: {problem[1]}")
+
+
+def backends_markdown() -> str:
+    """The table of backends and what each supports (the docs' methods page)."""
+    lines = ["| method | inference | likelihoods | optimiser memory | without the step component | run state "
+             "| calibration | cost |", "|---|---|---|---|---|---|---|---|"]
+    for spec in BACKENDS.values():
+        lines.append(f"| `{spec.name}` | {spec.inference} | {', '.join(spec.likelihoods)} | "
+                     f"{', '.join(spec.memories)} | {'no' if spec.needs_step_component else 'yes'} | "
+                     f"{'yes' if spec.run_state else 'no'} | {spec.calibrated} | {spec.cost} |")
+    return "\n".join(lines)
