@@ -159,7 +159,7 @@ def test_bad_inputs_give_clear_errors(problem):
         parse_options({"num_samples": 2.5}, "nuts")
     with pytest.raises(ValueError, match="-o ridge: method 'bayes-svi' does not read this option"):
         parse_options({"ridge": 0.1}, "svi")
-    with pytest.raises(ValueError, match="likelihood='normal'"):
+    with pytest.raises(ValueError, match=r"-o likelihood: bayes-exact fits the likelihoods \['normal'\], not student_t"):
         fit_bayes("exact", held, {"likelihood": "student_t", "progress": False})
 
 
