@@ -35,7 +35,6 @@ uncertainty: by default the conservative end of the credible interval (the upper
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
@@ -44,13 +43,11 @@ import numpy as np
 from bayes_simfluence.curricula import compact
 from bayes_simfluence.compare import DEFAULT_DRAWS, as_curricula, for_tests, simulate_draws_of
 from bayes_simfluence.runs import EMPTY_SLOT
-from bayes_simfluence.simulators import Simulator
+from bayes_simfluence.simulators import EffectSimulator, Simulator
 
 RANKINGS = ("bound", "probability", "mean")
 #: what an effect is measured against (module docstring); the first is the default.
 REFERENCES = ("average", "leave-out")
-#: name of the virtual average example appended by :func:`with_average_example`.
-AVERAGE_ID = "average example"
 #: bytes of simulated trajectories held at once by :func:`final_loss_effects`.
 MEMORY_BUDGET = 256 * 2**20
 
@@ -68,25 +65,14 @@ class EffectDraws(NamedTuple):
 
 
 def effect_draws(simulator: Simulator, n_draws: int = DEFAULT_DRAWS, seed: int = 0) -> EffectDraws:
-    """The effects of a fitted simulator in the centred form ``alpha = 1 + sum a``.
-
-    Bayesian simulators give ``n_draws`` posterior draws through ``parameter_draws(n_draws,
-    seed)`` (the draws ``simulate_draws`` uses with the same arguments); Simfluence point
-    simulators give one draw, with the paper's ``A`` centred as ``a = A - 1 / batch`` (so a full
-    batch of ``a = 0`` keeps the loss) and ``a = 0`` for the additive variant.
-    """
-    if hasattr(simulator, "parameter_draws"):
-        draws = simulator.parameter_draws(n_draws, seed)
-        return EffectDraws(np.asarray(draws["a"], dtype=np.float64), np.asarray(draws["B"], dtype=np.float64))
-    if getattr(simulator, "additive", None) is not None and getattr(simulator, "multiplicative", None) is not None:
-        A = np.asarray(simulator.multiplicative, dtype=np.float64)
-        if getattr(simulator, "variant", "linear") == "additive":
-            centred = np.zeros_like(A)
-        else:
-            centred = A - 1.0 / simulator.batch_size
-        return EffectDraws(centred[None], np.asarray(simulator.additive, dtype=np.float64)[None])
-    raise ValueError(f"simulator '{getattr(simulator, 'name', type(simulator).__name__)}' has no per-example "
-                     "effects (attributions need a Simfluence or Bayesian simulator)")
+    """The effects of a fitted simulator (an :class:`~bayes_simfluence.simulators.EffectSimulator`) in
+    the centred form ``alpha = 1 + sum a``: ``n_draws`` posterior draws of a Bayesian simulator, one
+    draw of a point simulator (the paper's ``A`` centred as ``a = A - 1 / batch``)."""
+    if not isinstance(simulator, EffectSimulator):
+        raise ValueError(f"simulator '{getattr(simulator, 'name', type(simulator).__name__)}' has no per-example "
+                         "effects (attributions need a Simfluence or Bayesian simulator)")
+    draws = simulator.effect_draws(n_draws, seed)
+    return EffectDraws(draws["a"], draws["B"])
 
 
 def _check_reference(reference: str) -> str:
@@ -95,54 +81,20 @@ def _check_reference(reference: str) -> str:
     return reference
 
 
-def _with_mean_column(values: np.ndarray) -> np.ndarray:
-    """``values [..., n_train]`` with one more column, the mean over the last axis."""
-    values = np.asarray(values)
-    return np.concatenate([values, values.mean(axis=-1, keepdims=True)], axis=-1)
-
-
 def with_average_example(simulator: Simulator) -> Simulator:
     """The simulator with one more, virtual training example at index ``n_train``: the **average
-    example**, whose effects are the pool means of every parameter draw and test example.
-
-    Takes a Bayesian posterior (``a``, ``b`` ``[chains, draws, tests, n_train]``: every stored draw
-    gains the column, so the same ``(n_draws, seed)`` picks the same draws), a Simfluence point
-    simulator (``multiplicative``, ``additive`` ``[tests, n_train]``), a score simulator
-    (``score_set.scores`` ``[checkpoints, tests, n_train]``: the mean score at every checkpoint), or
-    anything with ``n_train`` and its own ``with_average_example()``. Other simulators (the
-    curriculum-blind mean) have no per-example effects to average.
-    """
+    example**, whose effects are the pool means of every parameter draw and test example (each
+    simulator with per-example effects or scores implements it; the curriculum-blind mean has none)."""
     return _average_example(simulator)[0]
 
 
 def _average_example(simulator: Simulator) -> tuple[Simulator, int]:
     """``(simulator with the average example, its index)``: see :func:`with_average_example`."""
-    if hasattr(simulator, "with_average_example"):
-        return simulator.with_average_example(), int(simulator.n_train)
-    name = getattr(simulator, "name", type(simulator).__name__)
-    if dataclasses.is_dataclass(simulator) and np.ndim(getattr(simulator, "a", None)) == 4 \
-            and np.ndim(getattr(simulator, "b", None)) == 4:
-        train_ids = getattr(simulator, "train_ids", None)
-        direction = getattr(simulator, "state_direction", None)  # the run state's push (a Bayesian posterior's)
-        extra = {} if direction is None else {"state_direction": _with_mean_column(direction)}
-        return dataclasses.replace(
-            simulator, a=_with_mean_column(simulator.a), b=_with_mean_column(simulator.b),
-            train_ids=None if train_ids is None else np.append(np.asarray(train_ids).astype(str), AVERAGE_ID),
-            **extra), int(np.shape(simulator.a)[-1])
-    if dataclasses.is_dataclass(simulator) and getattr(simulator, "multiplicative", None) is not None \
-            and getattr(simulator, "additive", None) is not None:
-        return dataclasses.replace(simulator, multiplicative=_with_mean_column(simulator.multiplicative),
-                                   additive=_with_mean_column(simulator.additive)), \
-            int(np.shape(simulator.multiplicative)[-1])
-    scores = getattr(simulator, "score_set", None)
-    if dataclasses.is_dataclass(simulator) and dataclasses.is_dataclass(scores) \
-            and np.ndim(getattr(scores, "scores", None)) == 3:
-        return dataclasses.replace(simulator, score_set=dataclasses.replace(
-            scores, scores=_with_mean_column(scores.scores), train_ids=np.append(scores.train_ids, AVERAGE_ID),
-        )), int(np.shape(scores.scores)[-1])
-    raise ValueError(f"simulator '{name}' has no per-example effects to average; the average-example reference "
-                     "needs a Simfluence, score or Bayesian simulator (reference 'leave-out' simulates any "
-                     "simulator)")
+    if not (hasattr(simulator, "with_average_example") and hasattr(simulator, "n_train")):
+        raise ValueError(f"simulator '{getattr(simulator, 'name', type(simulator).__name__)}' has no per-example "
+                         "effects to average; the average-example reference needs a Simfluence, score or Bayesian "
+                         "simulator (reference 'leave-out' simulates any simulator)")
+    return simulator.with_average_example(), int(simulator.n_train)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ keeps ``s = 1``: TracIn's first-order prediction of one SGD step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from bayes_simfluence import atomic, settings
 from bayes_simfluence.methods import FitContext, register_loader, register_method
 from bayes_simfluence.rollout import batch_sums, roll_out, slot_counts
 from bayes_simfluence.runs import Runs, RunsFormatError, open_archive
-from bayes_simfluence.simulators import Simulator, check_simulation_inputs, saved_array
+from bayes_simfluence.simulators import AVERAGE_ID, Simulator, check_simulation_inputs, saved_array, with_mean_column
 
 SCORES_SUFFIX = ".scores.npz"
 _FIELDS = ("scores", "checkpoint_steps", "learning_rates", "updates_per_step", "train_ids", "test_ids", "meta")
@@ -182,6 +183,16 @@ class AdditiveScoreSimulator:
         beta = jnp.asarray(self.step_coefficients(curricula), dtype=jnp.float32)
         trajectory = roll_out(jnp.ones_like(beta), beta, jnp.asarray(initial_losses, dtype=jnp.float32))
         return np.asarray(trajectory, dtype=np.float64)
+
+    @property
+    def n_train(self) -> int:
+        return int(self.score_set.scores.shape[-1])
+
+    def with_average_example(self) -> "AdditiveScoreSimulator":
+        """With the average example: the mean score at every checkpoint, id :data:`AVERAGE_ID`."""
+        scores = self.score_set
+        return dataclasses.replace(self, score_set=dataclasses.replace(
+            scores, scores=with_mean_column(scores.scores), train_ids=np.append(scores.train_ids, AVERAGE_ID)))
 
     def select_tests(self, tests: np.ndarray) -> "AdditiveScoreSimulator":
         scores = self.score_set

@@ -64,6 +64,35 @@ class ProbabilisticSimulator(Simulator, Protocol):
         """What draws of ``predictive`` stand for, in words for summaries."""
 
 
+#: name of the virtual average example that ``with_average_example`` appends (index ``n_train``)
+AVERAGE_ID = "average example"
+
+
+@runtime_checkable
+class EffectSimulator(Protocol):
+    """A simulator with per-example effects in the centred form ``alpha(c_t) = 1 + sum a_i``,
+    ``beta(c_t) = sum B_i``: what attributions and leave-out comparisons read."""
+
+    @property
+    def n_train(self) -> int:
+        """Training examples the effects are indexed by."""
+
+    def effect_draws(self, n_draws: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """``{"a", "B"}``, each ``[draws, tests, n_train]``: draws of the effects (one for a point
+        simulator); for a probabilistic simulator the draws ``simulate_draws`` uses with the same
+        ``n_draws`` and ``seed``."""
+
+    def with_average_example(self) -> "EffectSimulator":
+        """The same simulator with one more, virtual training example at index ``n_train``, the
+        **average example**: in every draw and test example its effects are the pool's means."""
+
+
+def with_mean_column(values: np.ndarray) -> np.ndarray:
+    """``values [..., n_train]`` with one more column, the mean over the last axis."""
+    values = np.asarray(values)
+    return np.concatenate([values, values.mean(axis=-1, keepdims=True)], axis=-1)
+
+
 def check_simulation_inputs(curricula: np.ndarray, initial_losses: np.ndarray, n_train: int,
                             n_tests: int, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validate what a fitted simulator is asked to simulate; return int curricula and float losses.
@@ -199,6 +228,22 @@ class SimfluenceLinear:
                              "the losses' scale or the design is degenerate")
         self.set_effects(centred_a, additive, runs.batch_size)
         return self
+
+    @property
+    def n_train(self) -> int:
+        return int(np.shape(_fitted(self.additive, self.name))[-1])
+
+    def effect_draws(self, n_draws: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
+        """One draw of the effects, centred: ``a = A - 1 / batch`` (a full batch of ``a = 0``
+        keeps the loss; ``a = 0`` for the additive variant), ``B``; ``[1, tests, n_train]`` each."""
+        A = np.asarray(_fitted(self.multiplicative, self.name), dtype=np.float64)
+        centred = np.zeros_like(A) if self.variant == "additive" else A - 1.0 / self.batch_size
+        return {"a": centred[None], "B": np.asarray(self.additive, dtype=np.float64)[None]}
+
+    def with_average_example(self) -> "SimfluenceLinear":
+        """With the average example (:class:`EffectSimulator`): the mean of ``A`` and of ``B``."""
+        return dataclasses.replace(self, multiplicative=with_mean_column(_fitted(self.multiplicative, self.name)),
+                                   additive=with_mean_column(self.additive))
 
     def set_effects(self, centred_a: np.ndarray, additive: np.ndarray, batch_size: int) -> None:
         """Store effects given as deviations ``a = A - 1/batch`` (``[tests, n_train]`` each)."""

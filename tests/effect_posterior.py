@@ -50,6 +50,10 @@ class GaussianEffects:
         a, b = self._extended(self.a_mean), self._extended(self.b_mean)
         return (a, b) if self.tests is None else (a[self.tests], b[self.tests])
 
+    def effect_draws(self, n_draws: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """The effect draws of :meth:`parameter_draws` (the :class:`EffectSimulator` protocol)."""
+        return self.parameter_draws(n_draws, seed)
+
     def parameter_draws(self, n_draws: int, seed: int = 0) -> dict[str, np.ndarray]:
         """``{"a", "B"}``, each ``[draws, tests, n_train]``, as the Bayesian simulator's accessor."""
         rng = np.random.default_rng(seed)

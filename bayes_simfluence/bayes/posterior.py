@@ -48,7 +48,7 @@ from bayes_simfluence.bayes.sharding import placed, device_mesh
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.decisions import Decisions
-from bayes_simfluence.simulators import PREDICTIVES, check_simulation_inputs
+from bayes_simfluence.simulators import AVERAGE_ID, PREDICTIVES, check_simulation_inputs, with_mean_column
 from bayes_simfluence.validation import InputError, integer
 
 #: bytes of intermediate arrays one chunk of draws may use (the output itself is extra).
@@ -202,6 +202,18 @@ class BayesianSimfluence(Decisions):
         if self.state is not None:
             out["state"] = _flat(self.state)[index]
         return out
+
+    def effect_draws(self, n_draws: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        """``{"a", "B"}`` ``[draws, tests, n_train]`` of :meth:`parameter_draws` (float64)."""
+        draws = self.parameter_draws(n_draws, seed)
+        return {"a": np.asarray(draws["a"], dtype=np.float64), "B": np.asarray(draws["B"], dtype=np.float64)}
+
+    def with_average_example(self) -> "BayesianSimfluence":
+        """With the average example: every stored draw gains the column of the pool means of ``a``
+        and ``B`` (and of the run state's direction), so the same ``(n_draws, seed)`` picks the same draws."""
+        extra = {} if self.state_direction is None else {"state_direction": with_mean_column(self.state_direction)}
+        return dataclasses.replace(self, a=with_mean_column(self.a), b=with_mean_column(self.b),
+                                   train_ids=np.append(np.asarray(self.train_ids).astype(str), AVERAGE_ID), **extra)
 
     def multiplicative_effects(self, n_draws: int | None = None, seed: int = 0) -> np.ndarray:
         """``[draws, tests, n_train]`` draws of ``a`` (``alpha = 1 + sum a``)."""
