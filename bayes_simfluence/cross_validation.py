@@ -17,10 +17,14 @@ project's real sets (``experiments/ridge_selection.py``, results in
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayes_simfluence import design
 from bayes_simfluence import ridge as ridge_lib
 from bayes_simfluence.rollout import batch_sums, roll_out
 from bayes_simfluence.runs import Runs
@@ -56,10 +60,7 @@ def choose_ridge(
     tests = np.unique(np.linspace(0, runs.n_tests - 1, min(max_tests, runs.n_tests)).round().astype(int))
     subset = runs.select_tests(tests)
     folds = [subset.select_runs(fold) for fold in np.array_split(np.arange(runs.n_runs), n_folds)]
-    total = ridge_lib.normal_equations(subset.curricula, subset.losses, runs.n_train, variant)
-    fold_equations = [total - ridge_lib.normal_equations(held.curricula, held.losses, runs.n_train, variant)
-                      for held in folds]
-    scale = max(float(np.mean(np.diagonal(total.gram, axis1=1, axis2=2))), 1e-12)
+    solvers, scale = _fold_solvers(subset, np.array_split(np.arange(runs.n_runs), n_folds), variant)
 
     errors: dict[float, np.ndarray] = {}  # strength -> [tests] CV MSE
 
@@ -67,12 +68,12 @@ def choose_ridge(
         if strength in errors:
             return
         per_test = np.zeros(len(tests))
-        for held, equations in zip(folds, fold_equations):
-            centred_a, additive = ridge_lib.split_effects(ridge_lib.solve_ridge(equations, strength), variant,
-                                                          runs.n_train)
+        for held, solve in zip(folds, solvers):
+            weights, solved = solve(strength)
+            centred_a, additive = ridge_lib.split_effects(weights, variant, runs.n_train)
             predicted = _roll_out_effects(centred_a, additive, variant, held)
             squared = np.mean((predicted[:, 1:] - held.losses[:, 1:]) ** 2, axis=(0, 1)) * held.n_runs
-            per_test += np.where(np.isfinite(squared), squared, np.inf)
+            per_test += np.where(np.isfinite(squared) & solved, squared, np.inf)
         errors[strength] = per_test / runs.n_runs
 
     for relative in relative_grid:
@@ -92,6 +93,44 @@ def choose_ridge(
         "criterion": "mean over test examples of log(CV MSE / its best), rolled-out trajectories",
     }
     return best, report
+
+
+def _fold_solvers(runs: Runs, folds: list[np.ndarray], variant: str
+                  ) -> tuple[list[Callable[[float], tuple[np.ndarray, np.ndarray]]], float]:
+    """``(solvers, scale)``: for each fold, ``strength -> (weights [tests, features], solved [tests])``
+    fitted on the other folds' runs, and the mean diagonal of ``X^T X`` on all of them. Dense normal
+    equations (one build, each fold's by subtracting its own) up to
+    :data:`~bayes_simfluence.ridge.DENSE_MAX_FEATURES`; above, conjugate gradients on each fold's
+    design, each solve starting from that fold's last solution (the grid is walked in order); a
+    strength at which they do not converge (a near-singular system) counts as an infinite error."""
+    if ridge_lib.is_dense(variant, runs.n_train):
+        total = ridge_lib.normal_equations(runs.curricula, runs.losses, runs.n_train, variant)
+        held = [runs.select_runs(fold) for fold in folds]
+        equations = [total - ridge_lib.normal_equations(h.curricula, h.losses, runs.n_train, variant) for h in held]
+        scale = float(np.mean(np.diagonal(total.gram, axis1=1, axis2=2)))
+        return [partial(_dense_solve, e) for e in equations], max(scale, 1e-12)
+    baseline = lambda r: ridge_lib.step_baseline(r.curricula, variant, "per_slot")  # noqa: E731
+    scale = design.mean_diagonal(design.design(runs.curricula, runs.losses, baseline(runs)), runs.n_train, variant)
+    solvers = []
+    for fold in folds:
+        kept = runs.select_runs(np.setdiff1d(np.arange(runs.n_runs), fold))
+        solvers.append(_WarmSolver(design.design(kept.curricula, kept.losses, baseline(kept)), runs.n_train, variant))
+    return solvers, max(scale, 1e-12)
+
+
+class _WarmSolver:
+    """Conjugate-gradient ridge solves on one design, each starting from the previous solution."""
+
+    def __init__(self, problem: design.Design, n_train: int, variant: str) -> None:
+        self.problem, self.n_train, self.variant, self.last = problem, n_train, variant, None
+
+    def __call__(self, strength: float) -> tuple[np.ndarray, np.ndarray]:
+        self.last, solved = design.ridge_cg(self.problem, self.n_train, self.variant, strength, start=self.last)
+        return self.last, solved
+
+
+def _dense_solve(equations: ridge_lib.NormalEquations, strength: float) -> tuple[np.ndarray, np.ndarray]:
+    return ridge_lib.solve_ridge(equations, strength), np.ones(equations.gram.shape[0], bool)
 
 
 def _scores(errors: dict[float, np.ndarray], grid: list[float]) -> np.ndarray:

@@ -9,7 +9,9 @@ is linear in the effects ``w = (a, B)``: ``y = X w`` with target
 ``n_rt [n_train]`` counts how often each training example fills a slot of batch ``c_t``.
 Everything here is per test example and additive over runs, so sufficient statistics
 (``X^T X``, ``X^T y``) are built once from a sparse count matrix and reused for every ridge
-strength, every cross-validation fold and the Bayesian conjugate posterior.
+strength, every cross-validation fold and the Bayesian conjugate posterior. Above
+:data:`DENSE_MAX_FEATURES` features those ``tests * features^2`` statistics no longer fit, and
+the systems are solved matrix-free by conjugate gradients (:mod:`bayes_simfluence.design`).
 """
 
 from __future__ import annotations
@@ -20,10 +22,24 @@ from typing import Literal
 import numpy as np
 import scipy.sparse as sparse
 
+from bayes_simfluence import design
 from bayes_simfluence.budget import check as check_memory
 
 Variant = Literal["linear", "additive", "multiplicative"]
 VARIANTS: tuple[str, ...] = ("linear", "additive", "multiplicative")
+#: up to this many features per test example the normal equations are formed and solved densely;
+#: above, conjugate gradients on the design (memory ``rows * tests`` instead of ``tests * features^2``)
+DENSE_MAX_FEATURES = 4096
+
+
+def n_features_of(variant: Variant, n_train: int) -> int:
+    """Features per test example: ``[a, B]`` for the linear variant, one block otherwise."""
+    return 2 * n_train if variant == "linear" else n_train
+
+
+def is_dense(variant: Variant, n_train: int) -> bool:
+    """Whether the ridge fit forms the normal equations (else: conjugate gradients)."""
+    return n_features_of(variant, n_train) <= DENSE_MAX_FEATURES
 
 
 def count_matrix(curricula: np.ndarray, n_train: int) -> sparse.csr_matrix:
@@ -103,7 +119,7 @@ def normal_equations(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    n_features = 2 * n_train if variant == "linear" else n_train
+    n_features = n_features_of(variant, n_train)
     check_memory(3 * 8 * losses.shape[2] * n_features**2,
                  f"the ridge fit's normal equations ({losses.shape[2]} x {n_features}^2 for n_train = {n_train})",
                  "n_train is the size of the pool the indices refer to: is it right?")
@@ -172,13 +188,20 @@ def fit_ridge(
     centring: str = "per_slot",
     max_bytes: int = 2**29,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ridge solution for every test example, built and solved in memory-bounded chunks of tests.
+    """Ridge solution for every test example: the normal equations built and solved in
+    memory-bounded chunks of tests, or (above :data:`DENSE_MAX_FEATURES` features) conjugate
+    gradients on the design, all test examples at once.
 
     Returns:
         ``(a, B)`` each ``[tests, n_train]``: deviations of the multiplicative effects from their
         centre (see :func:`step_baseline`) and the additive effects.
     """
-    n_features = 2 * n_train if variant == "linear" else n_train
+    n_features = n_features_of(variant, n_train)
+    if not is_dense(variant, n_train):
+        check_memory(8 * losses.shape[2] * (3 * curricula.shape[0] * curricula.shape[1] + 8 * n_features),
+                     f"the ridge fit by conjugate gradients ({losses.shape[2]} test examples x {n_features} features)")
+        problem = design.design(curricula, losses, step_baseline(curricula, variant, centring))
+        return split_effects(design.solve_ridge_cg(problem, n_train, variant, ridge), variant, n_train)
     chunk = tests_per_chunk(n_features, max_bytes)
     parts = []
     for start in range(0, losses.shape[2], chunk):

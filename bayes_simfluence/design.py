@@ -1,0 +1,158 @@
+"""Matrix-free products with the teacher-forced design of Simfluence-Linear, and ridge solves by
+conjugate gradients: the path for pools whose normal equations do not fit in memory.
+
+Row ``(r, t)`` of the design (see :mod:`bayes_simfluence.ridge`) is ``[L_{t-1} n_rt, n_rt]`` for
+the linear variant, ``n_rt`` (additive) or ``L_{t-1} n_rt`` (multiplicative), ``n_rt [n_train]``
+counting each example's slots in batch ``c_t``. A step touches only its batch, so ``X w`` and
+``X^T r`` cost ``runs * steps * batch`` per test example (a gather and a scatter-add over the
+slots), and the normal operator ``X^T X + ridge I`` is applied without forming it: memory is
+``runs * steps * tests`` for the losses plus ``tests * features`` for the effects, against
+``tests * features^2`` for the dense normal equations. The systems of the test examples are
+independent and solved together (``vmap``), by conjugate gradients with a Jacobi preconditioner
+(the exact diagonal of ``X^T X``), in float64.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array
+
+#: conjugate gradients stop at this relative residual ``||b - A x|| / ||b||``
+CG_TOLERANCE = 1e-10
+#: and after at most this many iterations
+CG_MAX_ITERATIONS = 2000
+
+
+class Design(NamedTuple):
+    """The teacher-forced regression of every test example, as arrays (rows: ``runs * steps``).
+
+    Attributes:
+        slots: ``[rows, batch]`` training-example indices, ``-1`` for empty slots.
+        previous: ``[tests, rows]`` ``L_{t-1}``.
+        target: ``[tests, rows]`` ``y = L_t - baseline_t L_{t-1}``.
+    """
+
+    slots: np.ndarray
+    previous: np.ndarray
+    target: np.ndarray
+
+
+def design(curricula: np.ndarray, losses: np.ndarray, baseline: np.ndarray) -> Design:
+    """The :class:`Design` of ``curricula [runs, steps, batch]``, ``losses [runs, steps + 1, tests]``
+    with the multiplicative baseline ``[runs, steps]`` (:func:`bayes_simfluence.ridge.step_baseline`)."""
+    n_tests = losses.shape[2]
+    previous = losses[:, :-1, :].reshape(-1, n_tests)
+    target = losses[:, 1:, :].reshape(-1, n_tests) - baseline.reshape(-1, 1) * previous
+    return Design(curricula.reshape(-1, curricula.shape[2]), np.ascontiguousarray(previous.T),
+                  np.ascontiguousarray(target.T))
+
+
+def _parts(variant: str) -> tuple[bool, bool]:
+    """Which blocks of features a variant has: ``(multiplicative, additive)``."""
+    return variant != "additive", variant != "multiplicative"
+
+
+def _forward(w: Array, slots: Array, previous: Array, n_train: int, variant: str) -> Array:
+    """``X w`` ``[rows]`` for one test example (``w [features]``)."""
+    has_a, has_b = _parts(variant)
+    filled = slots >= 0
+    index = jnp.where(filled, slots, 0)
+    out = jnp.zeros(slots.shape[0], w.dtype)
+    if has_a:
+        out = out + previous * jnp.where(filled, w[:n_train][index], 0.0).sum(-1)
+    if has_b:
+        out = out + jnp.where(filled, w[-n_train:][index], 0.0).sum(-1)
+    return out
+
+
+def _transpose(r: Array, slots: Array, previous: Array, n_train: int, variant: str) -> Array:
+    """``X^T r`` ``[features]`` for one test example (``r [rows]``)."""
+    has_a, has_b = _parts(variant)
+    filled = slots >= 0
+    index = jnp.where(filled, slots, 0).reshape(-1)
+    weights = jnp.where(filled, r[:, None], 0.0)  # [rows, batch]
+    blocks = []
+    if has_a:
+        blocks.append(jnp.zeros(n_train, r.dtype).at[index].add((weights * previous[:, None]).reshape(-1)))
+    if has_b:
+        blocks.append(jnp.zeros(n_train, r.dtype).at[index].add(weights.reshape(-1)))
+    return jnp.concatenate(blocks)
+
+
+def _diagonal(slots: Array, previous: Array, n_train: int, variant: str) -> Array:
+    """The exact diagonal of ``X^T X`` ``[features]``: ``sum_rows n_{row,i}^2 (L_{t-1}^2 or 1)``; each of
+    the ``n`` slots an example fills in a row adds ``n`` times its square."""
+    has_a, has_b = _parts(variant)
+    filled = slots >= 0
+    repeats = (slots[:, :, None] == slots[:, None, :]).sum(-1)  # [rows, batch] slots holding the same example
+    weights = jnp.where(filled, repeats, 0).astype(previous.dtype)
+    index = jnp.where(filled, slots, 0).reshape(-1)
+    blocks = []
+    if has_a:
+        blocks.append(jnp.zeros(n_train, previous.dtype).at[index].add((weights * previous[:, None] ** 2).reshape(-1)))
+    if has_b:
+        blocks.append(jnp.zeros(n_train, previous.dtype).at[index].add(weights.reshape(-1)))
+    return jnp.concatenate(blocks)
+
+
+@partial(jax.jit, static_argnames=("n_train", "variant"))
+def _solve(slots: Array, previous: Array, target: Array, ridge: Array, start: Array, n_train: int,
+           variant: str) -> tuple[Array, Array]:
+    """``(w [tests, features], relative residual [tests])`` of ``(X^T X + ridge I) w = X^T y`` per test."""
+
+    def one(previous_m: Array, target_m: Array, start_m: Array) -> tuple[Array, Array]:
+        def normal(w: Array) -> Array:
+            return _transpose(_forward(w, slots, previous_m, n_train, variant), slots, previous_m, n_train,
+                              variant) + ridge * w
+
+        rhs = _transpose(target_m, slots, previous_m, n_train, variant)
+        inverse_diagonal = 1.0 / (_diagonal(slots, previous_m, n_train, variant) + ridge)
+        w, _ = jax.scipy.sparse.linalg.cg(normal, rhs, x0=start_m, tol=CG_TOLERANCE, maxiter=CG_MAX_ITERATIONS,
+                                          M=lambda v: inverse_diagonal * v)
+        residual = jnp.linalg.norm(rhs - normal(w)) / jnp.maximum(jnp.linalg.norm(rhs), 1e-300)
+        return w, residual
+
+    return jax.vmap(one)(previous, target, start)
+
+
+def ridge_cg(problem: Design, n_train: int, variant: str, ridge: float,
+             start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(w [tests, features], converged [tests])``: the minimiser of ``||y - X w||^2 + ridge ||w||^2``
+    per test example by preconditioned conjugate gradients, and whether each reached
+    :data:`CG_TOLERANCE` (within 1000x). ``start``: a first guess, e.g. the solution at a nearby
+    ridge. Features are ``[a (n_train), B (n_train)]`` for the linear variant, else ``n_train``."""
+    n_features = 2 * n_train if variant == "linear" else n_train
+    n_tests = problem.target.shape[0]
+    start = np.zeros((n_tests, n_features)) if start is None else start
+    with jax.enable_x64(True):
+        w, residual = _solve(jnp.asarray(problem.slots, jnp.int32), jnp.asarray(problem.previous, jnp.float64),
+                             jnp.asarray(problem.target, jnp.float64), jnp.float64(ridge),
+                             jnp.asarray(start, jnp.float64), n_train, variant)
+        return np.asarray(w), np.asarray(residual) <= 1e3 * CG_TOLERANCE
+
+
+def solve_ridge_cg(problem: Design, n_train: int, variant: str, ridge: float) -> np.ndarray:
+    """:func:`ridge_cg`'s solution, refused where it did not converge.
+
+    Raises:
+        RuntimeError: conjugate gradients stopped short (a near-singular system: a tiny ridge with
+            examples never seen).
+    """
+    w, converged = ridge_cg(problem, n_train, variant, ridge)
+    if not converged.all():
+        raise RuntimeError(f"the ridge solve by conjugate gradients did not converge for {int((~converged).sum())} "
+                           f"test example(s) at ridge {ridge:g}; is the ridge tiny with examples never seen?")
+    return w
+
+
+def mean_diagonal(problem: Design, n_train: int, variant: str) -> float:
+    """The mean diagonal of ``X^T X`` over features and test examples (the scale of ridge strengths)."""
+    with jax.enable_x64(True):
+        diagonal = jax.vmap(lambda p: _diagonal(jnp.asarray(problem.slots), p, n_train, variant))(
+            jnp.asarray(problem.previous, jnp.float64))
+        return float(jnp.mean(diagonal))
