@@ -403,6 +403,10 @@ def _collect(config: CollectConfig, out: Path, partial: Path, curricula: np.ndar
         with context.Pool(workers, initializer=_init_worker, initargs=(config, curricula, threads)) as pool:
             for _ in pool.imap_unordered(_work, [(run, str(partial), progress) for run in todo]):
                 bar.update()
+            # let the workers exit by themselves: leaving the block terminates them, and a terminated worker
+            # leaves its semaphores (tqdm's lock) behind ("resource_tracker: ... leaked semaphore objects")
+            pool.close()
+            pool.join()
     bar.close()
     executor = executor or RunExecutor(config, curricula)
     runs = _assemble(executor, partial, out)

@@ -72,6 +72,17 @@ def test_workers_and_scores_do_not_change_the_runs(tiny, tmp_path):
     np.testing.assert_array_equal(one.curricula, two.curricula)
 
 
+def test_worker_processes_end_without_leaking_semaphores(tiny, tmp_path):
+    """Each worker holds semaphores (tqdm's lock); a worker terminated instead of left to exit leaves
+    them to the resource tracker, which warns at shutdown ('There appear to be 2 leaked semaphore objects')."""
+    out = tmp_path / "runs.npz"
+    done = subprocess.run([sys.executable, "-m", "bayes_simfluence.cli", "collect", "--model", str(tiny["model"]),
+                           "--train", str(tiny["train"]), "--test", str(tiny["test"]), "--runs", "2", "--workers", "2",
+                           "--threads", "1", "--quiet", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and Runs.load(out).n_runs == 2, done.stderr[-2000:]
+    assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr[-2000:]
+
+
 def test_eval_every_groups_optimiser_steps(tiny, tmp_path):
     every = collect(_config(tiny, eval_every=2), tmp_path / "every.npz", progress=False)
     full = collect(_config(tiny), tmp_path / "full.npz", progress=False)
