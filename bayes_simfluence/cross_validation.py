@@ -12,7 +12,9 @@ project's real sets (``experiments/ridge_selection.py``, results in
   them: per-test-example strengths were no better on held-out runs (fewer runs per choice).
 - **A grid wide enough to reach "no effects"** (relative strengths ``1e-6 .. 1e4`` times the
   mean diagonal of ``X^T X``: at the top, ``A`` is at its ``1/batch`` centre and ``B`` at 0), in
-  decades, then refined by half decades around the best decade.
+  decades, then refined by half decades around the best decade. On the matrix-free path (large
+  pools) the decades are walked from the top down and left after :data:`STOP_AFTER_WORSE` in a
+  row scored worse than the best so far.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ from bayes_simfluence.runs import Runs
 
 RELATIVE_GRID: tuple[float, ...] = tuple(10.0 ** np.arange(-6, 5))
 MAX_TESTS = 16
+#: on the matrix-free path the grid is walked from the strongest ridge down and left once this many
+#: strengths in a row score worse than the best so far (the weak end costs the most iterations)
+STOP_AFTER_WORSE = 2
 
 
 def choose_ridge(
@@ -76,8 +81,16 @@ def choose_ridge(
             per_test += np.where(np.isfinite(squared) & solved, squared, np.inf)
         errors[strength] = per_test / runs.n_runs
 
-    for relative in relative_grid:
-        evaluate(relative * scale)
+    if ridge_lib.is_dense(variant, runs.n_train):
+        for relative in relative_grid:
+            evaluate(relative * scale)
+    else:  # each solve costs more as the strength falls: walk down, stop once two in a row did worse
+        worse = 0
+        for relative in sorted(relative_grid, reverse=True):
+            evaluate(relative * scale)
+            worse = worse + 1 if _best(errors) != relative * scale else 0
+            if worse == STOP_AFTER_WORSE:
+                break
     best = _best(errors)
     for factor in (10 ** -0.5, 10 ** 0.5):
         evaluate(best * factor)
