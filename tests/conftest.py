@@ -1,9 +1,10 @@
 """Shared test settings: everything offline, figures without a screen, JAX's persistent
-compilation cache; a local Ray instance."""
+compilation cache; a local Ray instance; quiet ends of pytest-xdist workers."""
 
 import importlib.util
 import logging
 import os
+import signal
 from importlib import metadata
 from pathlib import Path
 
@@ -35,3 +36,18 @@ def local_ray():
              logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
+
+
+def pytest_sessionfinish(session):
+    """A pytest-xdist worker that has run its tests ignores SIGINT from here on.
+
+    When the session ends, execnet gives each worker 5 s to finish and then sends it SIGINT. A
+    worker still tearing down then (pytest's closing ``gc.collect()`` runs JAX's garbage-collection
+    callback, which can take seconds in a process that compiled many programs) got the
+    ``KeyboardInterrupt`` inside that callback, where Python can only print it: "Exception ignored
+    in: <function _xla_gc_callback>" with a traceback, after a run whose tests all passed. Every
+    result has been reported by now (this runs before the worker says it has finished), so the
+    worker finishes its teardown instead.
+    """
+    if hasattr(session.config, "workerinput"):  # pytest-xdist's mark of a worker
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
