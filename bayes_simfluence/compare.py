@@ -128,6 +128,9 @@ class Comparison:
         trajectories: one ``[draws, steps_k + 1]`` reduced loss trajectory per candidate
             (averaged over the candidate's runs).
         steps: ``[candidates]`` number of steps of each candidate.
+        identical: ``[candidates]`` whether each candidate's curricula are the reference's (the
+            reference itself included): simulated with the same paired draws, such a candidate
+            differs from the reference by exactly 0 in every draw and is never better.
         reference: index of the candidate differences are taken against.
         level: credibility of the reported intervals.
         predictive: which predictive the draws come from (``"new-run"``, ``"noise"`` or
@@ -146,6 +149,7 @@ class Comparison:
     reduction: str
     trajectories: tuple[np.ndarray, ...]
     steps: np.ndarray
+    identical: tuple[bool, ...]
     reference: int = 0
     level: float = 0.9
     predictive: str = ""
@@ -191,10 +195,21 @@ class Comparison:
 
     def prob_better(self, quantity: str = "final") -> np.ndarray:
         """``[candidates]`` ``P(loss_k < loss_reference)`` from the paired draws, ties counting one
-        half (as in :meth:`prob_best`): a draw in which two curricula give the same loss (the
-        guard's curriculum-blind draws, or identical curricula) favours neither."""
+        half (as in :meth:`prob_best`): a draw in which two different curricula give the same loss
+        (the guard's curriculum-blind draws) favours neither. A candidate whose curricula are the
+        reference's (:attr:`identical`, the reference itself too) is never better: 0."""
         differences = self.differences(quantity)
-        return (differences < 0).mean(axis=0) + 0.5 * (differences == 0).mean(axis=0)
+        chance = (differences < 0).mean(axis=0) + 0.5 * (differences == 0).mean(axis=0)
+        return np.where(self.identical, 0.0, chance)
+
+    @property
+    def identical_note(self) -> str:
+        """Which candidates are the reference's curricula (empty when none but the reference is)."""
+        same = [label for k, label in enumerate(self.labels) if self.identical[k] and k != self.reference]
+        if not same:
+            return ""
+        return (f"{', '.join(same)}: the same curricula as the reference {self.labels[self.reference]} "
+                "(identical: difference 0 in every draw, never better, P(better) 0)")
 
     def to_dict(self) -> dict:
         """JSON-ready summary: per candidate, for ``final`` and ``mean`` loss, the posterior mean,
@@ -209,7 +224,8 @@ class Comparison:
             stats[quantity] = (losses.mean(0), loss_low, loss_high, differences.mean(0), diff_low, diff_high,
                                self.prob_better(quantity), self.prob_best(quantity))
         for k, label in enumerate(self.labels):
-            entry: dict[str, Any] = {"label": label, "steps": int(self.steps[k])}
+            entry: dict[str, Any] = {"label": label, "steps": int(self.steps[k]),
+                                     "identical_to_reference": bool(self.identical[k])}
             for quantity, values in stats.items():
                 mean, low, high, diff, diff_low, diff_high, better, best = (float(v[k]) for v in values)
                 entry[quantity] = {
@@ -223,7 +239,7 @@ class Comparison:
             "reference": self.labels[self.reference], "level": self.level, "reduction": self.reduction,
             "tests": self.tests.tolist(), "draws": self.n_draws, "predictive": self.predictive or None,
             "uncertainty": self.uncertainty, "stacking_weight": self.stacking_weight,
-            "lengths": self.length_note or None, "candidates": candidates,
+            "lengths": self.length_note or None, "identical": self.identical_note or None, "candidates": candidates,
         }
 
     @property
@@ -254,9 +270,9 @@ class Comparison:
             f"{self.reduction} loss over {len(self.tests)} test example(s); {self.n_draws} paired draw(s); "
             f"uncertainty: {self.uncertainty}; reference: {self.labels[self.reference]}",
         ]
-        note = self.length_note
-        if note:
-            lines.append(f"note: {note}")
+        for note in (self.identical_note, self.length_note):
+            if note:
+                lines.append(f"note: {note}")
         lines += [header, "-" * len(header)]
         data = self.to_dict()
         for entry in data["candidates"]:
@@ -344,11 +360,14 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
     tests = _check_tests(tests, initial_losses.shape[0])
     candidates = [as_curricula(candidate, label) for candidate, label in zip(curricula_list, labels)]
     width = max(candidate.shape[2] for candidate in candidates)
+    padded = [pad_width(candidate, width) for candidate in candidates]
+    identical = tuple(candidate.shape == padded[reference].shape and bool(np.array_equal(candidate, padded[reference]))
+                      for candidate in padded)
     simulator, initial_losses = for_tests(simulator, initial_losses, tests)
     trajectories = []
-    for candidate, label in zip(candidates, labels):
+    for candidate, label in zip(padded, labels):
         start = np.broadcast_to(initial_losses, (candidate.shape[0], initial_losses.shape[0]))
-        selected = validation.checked_result(simulate_draws_of(simulator, pad_width(candidate, width), start, n_draws,
+        selected = validation.checked_result(simulate_draws_of(simulator, candidate, start, n_draws,
                                                                seed, predictive),  # [draws, runs, steps + 1, tests]
                                              f"simulating candidate '{label}'", validation.MAX_ABS_LOSS)
         reduced = selected.mean(-1) if reduction == "mean" else selected.sum(-1)
@@ -357,7 +376,7 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
         raise ValueError("the simulator returned different numbers of draws for different candidates")
     weight = getattr(simulator, "stacking_weight", None)
     return Comparison(labels, tests, reduction, tuple(trajectories),
-                      np.array([candidate.shape[1] for candidate in candidates]), reference, level,
+                      np.array([candidate.shape[1] for candidate in candidates]), identical, reference, level,
                       *_predictive_words(simulator, predictive),
                       None if weight is None else float(np.mean(weight)),
                       getattr(simulator, "blind_state", None) is not None)

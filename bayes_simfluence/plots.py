@@ -107,6 +107,8 @@ def plot_comparison(comparison: Comparison, title: str | None = None) -> Figure:
             continue
         shared = min(trajectory.shape[1], reference.shape[1])
         chance = f": P(lower final loss) = {better[k]:.2f}" if comparison.has_uncertainty else ""
+        if comparison.identical[k]:
+            chance = ": the same curricula (difference 0)"
         _band(bottom, np.arange(shared), trajectory[:, :shared] - reference[:, :shared], colour,
               f"{label} - {comparison.labels[comparison.reference]}{chance}")
     bottom.axhline(0.0, color="black", linewidth=0.8)

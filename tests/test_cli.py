@@ -158,3 +158,17 @@ def test_unexpected_errors_are_one_line_with_a_debug_hint(runs_files, monkeypatc
     assert "--debug" in err and "Traceback" not in err
     with pytest.raises(RuntimeError, match="something internal"):
         main(["--debug", *argv])
+
+
+def test_compare_says_when_a_candidate_is_the_reference_curriculum(runs_files, tmp_path, capsys):
+    model = tmp_path / "linear.npz"
+    assert main(["fit", "--train", str(runs_files["train"]), "-m", "linear", "--out", str(model)]) == 0
+    held = str(runs_files["held"])
+    assert main(["compare", "--simulator", str(model), "--curricula", f"{held}:0", "--curricula", f"{held}:0",
+                 "--curricula", f"{held}:1", "--label", "first", "--label", "again", "--label", "second"]) == 0
+    out = capsys.readouterr().out
+    assert "note: again: the same curricula as the reference first (identical" in out and "second:" not in out
+    assert main(["compare", "--simulator", str(model), "--curricula", f"{held}:0", "--curricula", f"{held}:0",
+                 "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)["candidates"][1]
+    assert again["identical_to_reference"] and again["final"]["difference"] == 0.0

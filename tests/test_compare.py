@@ -163,3 +163,26 @@ def test_counterfactual_shortcuts_answer_the_obvious_cases(known):
     assert inserted.labels == ("as given", "+0 at step 0", "+0 at step 5") and inserted.prob_better("final")[1] > 0.9
     orderings = cf.compare_orderings(known, curriculum, initial, n_random=4, n_draws=100)
     assert list(orderings.steps) == [6, 6, 6]
+
+
+def test_a_candidate_identical_to_the_reference_is_said_to_be_and_is_never_better(known):
+    curriculum = np.arange(N_TRAIN).reshape(6, 2)
+    other = curriculum[::-1].copy()
+    result = compare(known, [curriculum, curriculum.copy(), other], np.full(N_TESTS, 1.5), n_draws=200, seed=3,
+                     labels=["given", "again", "reversed"])
+    assert result.identical == (True, True, False)
+    np.testing.assert_array_equal(result.differences("final")[:, 1], 0.0)
+    for quantity in ("final", "mean"):
+        better, difference = result.prob_better(quantity), result.differences(quantity)[:, 2]
+        assert better[0] == 0.0 and better[1] == 0.0  # 0.5 before: every draw a tie, counted half
+        assert better[2] == (difference < 0).mean() + 0.5 * (difference == 0).mean()
+    entry = result.to_dict()["candidates"][1]
+    assert entry["identical_to_reference"] and entry["final"]["prob_better"] == 0.0 and entry["final"]["difference"] == 0
+    assert not result.to_dict()["candidates"][2]["identical_to_reference"]
+    note = next(line for line in result.summary().splitlines() if line.startswith("note:"))
+    assert "again: the same curricula as the reference given" in note and "P(better) 0" in note
+    # a padded copy (an extra empty slot in every batch) is the same curriculum
+    padded = np.pad(curriculum, ((0, 0), (0, 1)), constant_values=-1)
+    assert compare(known, [curriculum, padded], np.full(N_TESTS, 1.5), n_draws=20).identical == (True, True)
+    # different curricula are never called identical, even where every draw ties
+    assert "identical" not in compare(known, [curriculum, other], np.full(N_TESTS, 1.5), n_draws=20).summary()
