@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from bayes_simfluence.atomic import atomic_path
 from bayes_simfluence.attributions import ExampleEffects
@@ -22,6 +23,13 @@ from bayes_simfluence.compare import Comparison
 BAND_LEVELS = (0.9, 0.5)
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 HELPFUL, HARMFUL = "#2ca02c", "#d62728"
+
+
+def step_axis(axis: Axes) -> None:
+    """Label ``axis``'s x axis as training steps, with ticks at whole steps only (a step is a count:
+    a tick at step 2.5 names nothing)."""
+    axis.set_xlabel("step")
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _band(axis: Axes, steps: np.ndarray, draws: np.ndarray, colour: str, label: str | None) -> None:
@@ -84,7 +92,7 @@ def plot_trajectories(draws: np.ndarray, observed: np.ndarray | None = None, run
             if column == 0:
                 axis.set_ylabel("loss")
             if row == len(tests) - 1:
-                axis.set_xlabel("step")
+                step_axis(axis)
             axis.grid(alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8, frameon=False)
@@ -114,7 +122,7 @@ def plot_comparison(comparison: Comparison, title: str | None = None) -> Figure:
     bottom.axhline(0.0, color="black", linewidth=0.8)
     top.set_ylabel(f"{comparison.reduction} test loss")
     bottom.set_ylabel("difference")
-    bottom.set_xlabel("step")
+    step_axis(bottom)
     for axis in (top, bottom):
         axis.grid(alpha=0.3)
         axis.legend(fontsize=8, frameon=False)

@@ -107,3 +107,28 @@ def test_evaluate_plot_writes_the_figure(saved, capsys):
     assert main(["evaluate", "--runs", str(saved / "runs.npz"), "--heldout-runs", "4", "-m", "mean",
                  "--plot", str(saved / "evaluate.txt")]) == 2
     assert "--plot" in capsys.readouterr().err
+
+
+def _integer_steps_and_legend_off_the_data(figure: Figure) -> None:
+    figure.draw_without_rendering()
+    steps = [axis for axis in figure.axes if axis.get_xlabel() == "step"]
+    assert steps
+    for axis in steps:
+        ticks = [tick for tick in axis.get_xticks() if axis.get_xlim()[0] <= tick <= axis.get_xlim()[1]]
+        assert ticks and all(float(tick).is_integer() for tick in ticks), ticks
+    legend = figure.legends[0].get_window_extent()
+    assert not any(legend.overlaps(axis.get_window_extent()) for axis in figure.axes)
+
+
+def test_the_demo_figure_ticks_whole_steps_and_keeps_its_legend_off_the_data():
+    from bayes_simfluence.commands import demo
+
+    runs, _ = synthetic_runs(n_train=10, n_tests=4, n_runs=10, n_steps=18, batch_size=2, effect_scale=0.05, seed=3)
+    train, heldout = runs.split(2)  # 18 steps: the default ticks were 0, 2.5, 5, ...
+    _integer_steps_and_legend_off_the_data(demo.trajectories_figure(heldout, {"linear": SimfluenceLinear().fit(train)}))
+
+
+def test_trajectory_bands_tick_whole_steps(posterior):
+    curricula = np.tile(np.arange(8).reshape(4, 2), (1, 5, 1))[:, :18]  # [1 run, 18 steps, 2]
+    draws = posterior.simulate_draws(curricula, np.full((1, 3), 2.0), 50)
+    _integer_steps_and_legend_off_the_data(plot_trajectories(draws, draws[0], runs=[0], tests=[0, 1]))

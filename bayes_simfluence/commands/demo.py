@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,6 +14,9 @@ from bayes_simfluence.atomic import atomic_path
 from bayes_simfluence.commands._arguments import positive_int, require_collect_extra, seed
 from bayes_simfluence import validation
 from bayes_simfluence.validation import strict_json, undefined_as_null
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes")
 
@@ -73,24 +77,30 @@ def evaluate_available(methods: list[str], train, heldout, context) -> tuple[dic
 
 
 def plot_trajectories(path: Path, heldout, simulators: dict, n_tests: int = 4, seed: int = 0) -> None:
-    """Observed vs simulated losses of the first held-out run for ``n_tests`` test examples; a
-    Bayesian simulator also shows its 50% and 90% bands for a new run (its default predictive)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Write :func:`trajectories_figure` at ``path``."""
     from bayes_simfluence.plots import save_figure
+
+    save_figure(trajectories_figure(heldout, simulators, n_tests, seed), path, dpi=110)
+
+
+def trajectories_figure(heldout, simulators: dict, n_tests: int = 4, seed: int = 0) -> Figure:
+    """Observed vs simulated losses of the first held-out run for ``n_tests`` test examples; a
+    Bayesian simulator also shows its 50% and 90% bands for a new run (its default predictive).
+    Steps are ticked at whole steps, and the legend sits below the panels, off the data."""
+    from matplotlib.figure import Figure
+
+    from bayes_simfluence.plots import step_axis
 
     run = heldout.select_runs([0])
     observed = run.losses[0]  # [steps + 1, tests]
     spread = run.losses[0].max(0) - run.losses[0].min(0)
     tests = np.argsort(-spread)[:n_tests]
-    figure, axes = plt.subplots(1, len(tests), figsize=(4 * len(tests), 3.4), sharex=True)
+    figure = Figure(figsize=(4 * len(tests), 3.8), layout="constrained")
+    axes = figure.subplots(1, len(tests), squeeze=False, sharex=True)[0]
     steps = np.arange(observed.shape[0])
     bands = {name: simulator.simulate_draws(run.curricula, run.initial_losses, 400, seed=seed)[:, 0]
              for name, simulator in simulators.items() if hasattr(simulator, "simulate_draws")}
-    for axis, test in zip(np.atleast_1d(axes), tests):
+    for axis, test in zip(axes, tests):
         for name, draws in bands.items():
             for level, alpha in ((0.9, 0.15), (0.5, 0.3)):
                 low, high = np.quantile(draws[:, :, test], [(1 - level) / 2, (1 + level) / 2], axis=0)
@@ -101,14 +111,13 @@ def plot_trajectories(path: Path, heldout, simulators: dict, n_tests: int = 4, s
             predicted = simulator.simulate(run.curricula, run.initial_losses)[0, :, test]
             axis.plot(steps, predicted, linewidth=1.2, label=name)
         axis.set_title(str(heldout.test_ids[test]), fontsize=9)
-        axis.set_xlabel("step")
-    np.atleast_1d(axes)[0].set_ylabel("test loss")
-    np.atleast_1d(axes)[-1].legend(fontsize=7, loc="best")
+        step_axis(axis)
+    axes[0].set_ylabel("test loss")
+    handles, labels = axes[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     figure.suptitle("held-out run: observed vs simulated test-loss trajectories (Bayesian: mean line, "
                     "bands for a new run)", fontsize=10)
-    figure.tight_layout()
-    save_figure(figure, path, dpi=110)
-    plt.close(figure)
+    return figure
 
 
 def compare_with_retraining(simulator, heldout, reference: int = 1, candidate: int = 2) -> dict:
