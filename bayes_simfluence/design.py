@@ -26,6 +26,8 @@ from jax import Array
 CG_TOLERANCE = 1e-10
 #: and after at most this many iterations
 CG_MAX_ITERATIONS = 2000
+#: :func:`solve_ridge_cg` starts its continuation at this many times the mean diagonal of ``X^T X``
+CONTINUATION_START = 1.0
 
 
 class Design(NamedTuple):
@@ -137,17 +139,23 @@ def ridge_cg(problem: Design, n_train: int, variant: str, ridge: float,
 
 
 def solve_ridge_cg(problem: Design, n_train: int, variant: str, ridge: float) -> np.ndarray:
-    """:func:`ridge_cg`'s solution, refused where it did not converge.
+    """:func:`ridge_cg`'s solution, reached by continuation where the ridge is weak: solved first at
+    strengths a decade apart from :data:`CONTINUATION_START` times the mean diagonal of ``X^T X``
+    down to ``ridge``, each solve starting from the last (a weak ridge on an underdetermined design,
+    more effects than observed steps, needs thousands of iterations from zero).
 
     Raises:
-        RuntimeError: conjugate gradients stopped short (a near-singular system: a tiny ridge with
-            examples never seen).
+        RuntimeError: conjugate gradients stopped short at ``ridge`` itself.
     """
-    w, converged = ridge_cg(problem, n_train, variant, ridge)
+    top = CONTINUATION_START * mean_diagonal(problem, n_train, variant)
+    decades = int(np.ceil(np.log10(top / ridge))) if ridge > 0 else 0
+    solution = None
+    for k in range(max(decades, 0), -1, -1):
+        solution, converged = ridge_cg(problem, n_train, variant, ridge * 10.0**k, start=solution)
     if not converged.all():
         raise RuntimeError(f"the ridge solve by conjugate gradients did not converge for {int((~converged).sum())} "
                            f"test example(s) at ridge {ridge:g}; is the ridge tiny with examples never seen?")
-    return w
+    return solution
 
 
 def mean_diagonal(problem: Design, n_train: int, variant: str) -> float:
