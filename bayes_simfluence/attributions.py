@@ -41,13 +41,11 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from bayes_simfluence.curricula import compact
-from bayes_simfluence.compare import DEFAULT_DRAWS, as_curricula, for_tests, simulate_draws_of
+from bayes_simfluence.choices import DEFAULT_DRAWS, RANKINGS, REFERENCES
+from bayes_simfluence.compare import as_curricula, for_tests, simulate_draws_of
 from bayes_simfluence.runs import EMPTY_SLOT
 from bayes_simfluence.simulators import EffectSimulator, Simulator
 
-RANKINGS = ("bound", "probability", "mean")
-#: what an effect is measured against (module docstring); the first is the default.
-REFERENCES = ("average", "leave-out")
 #: bytes of simulated trajectories held at once by :func:`final_loss_effects`.
 MEMORY_BUDGET = 256 * 2**20
 

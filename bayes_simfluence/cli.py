@@ -1,10 +1,15 @@
 """Command-line entry point: ``bayes-simfluence <command> ...``.
 
 Each sub-command lives in its own module in :mod:`bayes_simfluence.commands`, defining
-``register(subparsers)`` (adds its parser and ``set_defaults(func=run)``) and ``run(args) -> int``.
-Modules whose name starts with ``_`` are helpers, not commands. This module only discovers them
-and turns errors into one line on stderr: exit code 2 for bad input, 1 for anything unexpected
-(``--debug`` shows the traceback), 130 on an interrupt.
+``register(subparsers)`` (adds its parser and ``set_defaults(func=run, imports=IMPORTS)``) and
+``run(args) -> int``. Modules whose name starts with ``_`` are helpers, not commands. This module
+only discovers them and turns errors into one line on stderr: exit code 2 for bad input, 1 for
+anything unexpected (``--debug`` shows the traceback), 130 on an interrupt.
+
+Building the parser imports the command modules only, and they import nothing heavy at their top
+(:mod:`bayes_simfluence.choices` holds what their help shows), so ``--help`` and ``COMMAND --help``
+answer without loading JAX, NumPyro, ArviZ or matplotlib. The modules a command's ``run`` needs
+(its ``IMPORTS``) are loaded just before it runs.
 """
 
 from __future__ import annotations
@@ -68,16 +73,20 @@ def main(argv: list[str] | None = None, hard_exit: bool | None = None) -> int:
 
 
 def _run(argv: list[str] | None, hard_exit: bool = False) -> tuple[int, str]:
-    """``(exit code, " COMMAND" or "")`` of one command (``hard_exit``: a SIGINT while the commands
-    are imported ends the process at once, :func:`~bayes_simfluence.interrupts.exiting_at_once`)."""
+    """``(exit code, " COMMAND" or "")`` of one command (``hard_exit``: a SIGINT while the parser is
+    built or the command's modules are imported ends the process at once,
+    :func:`~bayes_simfluence.interrupts.exiting_at_once`)."""
     args = None
     try:
         with interrupts.exiting_at_once() if hard_exit else contextlib.nullcontext():
-            parser = build_parser()  # imports every command (JAX among them): an interrupt may land here
+            parser = build_parser()
         args = parser.parse_args(argv)
         if not getattr(args, "func", None):
             parser.print_help()
             return USAGE_ERROR, ""
+        with interrupts.exiting_at_once() if hard_exit else contextlib.nullcontext():
+            for module in getattr(args, "imports", ()):
+                importlib.import_module(module)  # JAX among them: an interrupt may land inside its import
         code = int(args.func(args) or 0)
         interrupts.finish()  # the outputs are complete: a SIGINT from now on is late
         interrupts.check()  # one before, swallowed in a callback on its way, still counts

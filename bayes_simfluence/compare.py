@@ -33,14 +33,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from bayes_simfluence import budget, validation
+from bayes_simfluence.choices import DEFAULT_DRAWS, PREDICTIVES, REDUCTIONS
 from bayes_simfluence.curricula import from_batches
 from bayes_simfluence.runs import EMPTY_SLOT, RunsFormatError
-from bayes_simfluence.simulators import PREDICTIVES, Simulator
+from bayes_simfluence.simulators import Simulator
 
 QUANTITIES = ("final", "mean")
-REDUCTIONS = ("mean", "sum")
-#: posterior predictive draws used when the caller does not say.
-DEFAULT_DRAWS = 400
 
 
 def as_curricula(candidate: Any, label: str = "candidate") -> np.ndarray:
@@ -134,7 +132,7 @@ class Comparison:
         reference: index of the candidate differences are taken against.
         level: credibility of the reported intervals.
         predictive: which predictive the draws come from (``"new-run"``, ``"noise"`` or
-            ``"parameters"``, see :data:`bayes_simfluence.simulators.PREDICTIVES`; empty for
+            ``"parameters"``, see :data:`bayes_simfluence.choices.PREDICTIVES`; empty for
             a point simulator).
         uncertainty_source: the simulator's words for that predictive.
         stacking_weight: mean weight of the full model over ``tests`` where the simulator is a

@@ -7,15 +7,13 @@ from typing import Any
 
 from bayes_simfluence import budget
 from bayes_simfluence.bayes import guard
+from bayes_simfluence.choices import DEFAULT_EVAL_DRAWS
 from bayes_simfluence.methods import FitContext, check_options, fit_method, options_for
 from bayes_simfluence.metrics import (band_scores, bootstrap_intervals, per_test_scores, point_scores,
                                       run_bootstrap_interval)
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import ProbabilisticSimulator, Simulator
 from bayes_simfluence.validation import checked_result, integer
-
-#: predictive draws used for coverage and CRPS of probabilistic simulators.
-DEFAULT_EVAL_DRAWS = 200
 
 
 def is_random_subsets(runs: Runs) -> bool:

@@ -44,15 +44,8 @@ _METHODS: dict[str, MethodFactory] = {}
 _LOADERS: dict[str, Loader] = {}
 
 #: where methods defined outside this module live; imported on first use.
-PROVIDERS: dict[str, str] = {
-    "tracin": "bayes_simfluence.scores",
-    "influence": "bayes_simfluence.scores",
-    "bayes-svi": "bayes_simfluence.bayes.methods",
-    "bayes-nuts": "bayes_simfluence.bayes.methods",
-    "bayes-exact": "bayes_simfluence.bayes.methods",
-    "bayes-grid": "bayes_simfluence.bayes.methods",
-    "bayes": "bayes_simfluence.bayes.methods",
-}
+PROVIDERS: dict[str, str] = {**{name: "bayes_simfluence.scores" for name in settings.SCORES},
+                              **{name: "bayes_simfluence.bayes.methods" for name in settings.BAYES}}
 
 
 _OPTIONS: dict[str, frozenset[str]] = {}

@@ -201,10 +201,6 @@ def plot_scores(results: dict[str, dict[str, float]], metrics: Sequence[str], ti
     return figure
 
 
-#: figure formats the commands write, by file extension.
-FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
-
-
 def save_figure(figure: Figure, path: str | Path, dpi: int = 150) -> None:
     """Write ``figure`` at exactly ``path`` (format from its extension), atomically."""
     path = Path(path)

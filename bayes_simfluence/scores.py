@@ -251,7 +251,7 @@ def score_factory(method: str):
 #: methods whose simulator is a roll-out of precomputed scores (computed by ``collect --scores``):
 #: ``influence`` is this package's exact damped Gauss-Newton solve; ``tracin``, ``influence-cg``
 #: and ``trak`` are computed with dattri.
-SCORE_METHODS: tuple[str, ...] = ("tracin", "influence", "influence-cg", "trak")
+SCORE_METHODS: tuple[str, ...] = settings.SCORES
 
 for _method in SCORE_METHODS:
     register_method(_method, options=settings.option_names(_method))(score_factory(_method))

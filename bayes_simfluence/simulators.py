@@ -41,15 +41,6 @@ class Simulator(Protocol):
         so decisions about a few of them simulate only those."""
 
 
-#: predictive distributions of a Bayesian simulator (:mod:`bayes_simfluence.bayes.posterior`):
-#: a new real run (parameters plus the run-to-run misfit of held-out runs), parameters plus
-#: per-step noise, parameters only.
-PREDICTIVES = ("new-run", "noise", "parameters")
-PREDICTIVE_HELP = ("new-run: parameters plus the run-to-run misfit of the guard's held-out runs (what retraining "
-                   "gives; the default where the guard ran); noise: parameters plus per-step noise (the default "
-                   "otherwise); parameters: parameter uncertainty only (the curricula's expected effects)")
-
-
 @runtime_checkable
 class ProbabilisticSimulator(Simulator, Protocol):
     """A simulator with a predictive distribution over trajectories."""
@@ -58,7 +49,7 @@ class ProbabilisticSimulator(Simulator, Protocol):
                        seed: int = 0, predictive: str | None = None) -> np.ndarray:
         """``[draws, runs, steps + 1, tests]`` trajectories drawn from the (posterior) predictive
         ``predictive`` (None: the simulator's default; see
-        :data:`PREDICTIVES`)."""
+        :data:`~bayes_simfluence.choices.PREDICTIVES`)."""
 
     def describe_predictive(self, predictive: str | None = None) -> str:
         """What draws of ``predictive`` stand for, in words for summaries."""

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,3 +173,99 @@ def test_compare_says_when_a_candidate_is_the_reference_curriculum(runs_files, t
                  "--json"]) == 0
     again = json.loads(capsys.readouterr().out)["candidates"][1]
     assert again["identical_to_reference"] and again["final"]["difference"] == 0.0
+
+
+# Runs in a fresh interpreter: builds the parser and asks every command (and plot's kinds) for its
+# help, then lists the heavy packages that were imported on the way.
+HELP_ONLY = """
+import contextlib, io, json, sys
+from bayes_simfluence.cli import build_parser, main
+
+parser = build_parser()
+commands = parser._subparsers._group_actions[0].choices
+asked = [["--help"]] + [[name, "--help"] for name in commands] + [["plot", kind, "--help"] for kind in
+                                                               ("trajectories", "attributions")]
+codes = []
+for argv in asked:
+    with contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+        except SystemExit as done:
+            codes.append(done.code)
+heavy = sorted({name.split(".")[0] for name in sys.modules} & {"jax", "numpyro", "arviz", "matplotlib", "torch",
+                                                              "scipy", "xarray", "transformers"})
+print(json.dumps({"commands": sorted(commands), "codes": codes, "heavy": heavy}))
+"""
+
+
+def test_help_imports_nothing_heavy():
+    """``--help`` and ``COMMAND --help`` build the parser from light modules only: it took seconds
+    when every command module imported JAX, NumPyro, ArviZ and matplotlib at its top."""
+    done = subprocess.run([sys.executable, "-c", HELP_ONLY], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert {"fit", "evaluate", "simulate", "compare", "plot", "collect", "demo"} <= set(report["commands"])
+    assert report["codes"] == [0] * (len(report["commands"]) + 3)
+    assert report["heavy"] == [], report["heavy"]
+
+
+def _module_of(package: str, name: str) -> str:
+    """``package.name`` where that is a module (``from bayes_simfluence.bayes import guard``), else ``package``."""
+    import importlib.util
+
+    try:
+        return package + "." + name if importlib.util.find_spec(f"{package}.{name}") is not None else package
+    except ModuleNotFoundError:  # package is a module, not a package: name is one of its attributes
+        return package
+
+
+def _imported_inside_functions(path: Path) -> set[str]:
+    """Package modules a command module imports inside its functions (the collect layer excepted)."""
+    import ast
+
+    found = set()
+    for function in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(function, ast.FunctionDef):
+            continue
+        for node in ast.walk(function):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [_module_of(node.module, alias.name) for alias in node.names]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            found |= {name for name in names if name.startswith("bayes_simfluence.")
+                      and not name.startswith(("bayes_simfluence.collect", "bayes_simfluence.commands"))}
+    return found
+
+
+def test_every_module_a_command_imports_when_it_runs_is_loaded_before_it_runs():
+    """What a command imports when it runs is in its IMPORTS, which the CLI loads first, where a
+    Ctrl-C ends the process at once (a KeyboardInterrupt inside JAX's import aborted it)."""
+    import importlib
+    import pkgutil
+
+    from bayes_simfluence import commands
+
+    for info in pkgutil.iter_modules(commands.__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"bayes_simfluence.commands.{info.name}")
+        declared = set(getattr(module, "IMPORTS", ()))
+        assert _imported_inside_functions(Path(module.__file__)) <= declared, info.name
+        for name in declared:
+            importlib.import_module(name)  # each names a real module
+
+
+def test_the_methods_the_help_lists_are_the_registry_s():
+    """choices.METHODS (the help's list, read without JAX) names every method the registry can fit,
+    in a fresh process where no provider has been imported yet (trak and influence-cg were found
+    only once bayes_simfluence.scores happened to be imported)."""
+    script = ("import json; from bayes_simfluence import choices, methods; "
+              "print(json.dumps([list(choices.METHODS), methods.available_methods(), "
+              "sorted(methods.method_options('trak'))]))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    listed, registry, trak_options = json.loads(done.stdout)
+    assert sorted(listed) == sorted(registry) and {"trak", "influence-cg", "mean", "bayes"} <= set(listed)
+    assert "scores" in trak_options

@@ -12,7 +12,7 @@ Draws are paired: for a given ``seed`` and ``n_draws``, :meth:`BayesianSimfluenc
 uses the same parameter draws (and, per run index, the same noise and run discrepancy) whatever
 the curricula, so differences between two curricula's draws are draws of the difference.
 
-Three predictive distributions (:data:`bayes_simfluence.simulators.PREDICTIVES`), named in every summary that uses them:
+Three predictive distributions (:data:`bayes_simfluence.choices.PREDICTIVES`), named in every summary that uses them:
 
 - ``"new-run"`` (the default where the guard ran): parameter draws plus the run discrepancy of a
   new real run, estimated from the guard's held-out runs
@@ -48,7 +48,8 @@ from bayes_simfluence.bayes.sharding import placed, device_mesh
 from bayes_simfluence.rollout import roll_out
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.decisions import Decisions
-from bayes_simfluence.simulators import AVERAGE_ID, PREDICTIVES, check_simulation_inputs, with_mean_column
+from bayes_simfluence.choices import PREDICTIVES
+from bayes_simfluence.simulators import AVERAGE_ID, check_simulation_inputs, with_mean_column
 from bayes_simfluence.validation import InputError, integer
 
 #: bytes of intermediate arrays one chunk of draws may use (the output itself is extra).

@@ -8,9 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from bayes_simfluence import budget, validation
+from bayes_simfluence import budget, settings, validation
+from bayes_simfluence.curricula import from_batches
 from bayes_simfluence.commands._arguments import nonnegative_int, output_file, positive_int, require_collect_extra, seed
-from bayes_simfluence.scores import SCORE_METHODS
+
+#: the package modules :func:`run` imports (JAX and the like): the CLI loads them before it runs the command,
+#: never to build the parser, so that ``--help`` stays quick
+#: (the collect layer, torch's, only after the check that the collect extra is installed)
+IMPORTS = ("bayes_simfluence.scores",)
 
 EXAMPLES = """examples:
   # sentiment classifier, 32 runs on random orderings of the pool, 2 epochs of batch 8
@@ -84,7 +89,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "attribution scores",
         "tracin, influence-cg and trak are computed with dattri; influence is this package's exact "
         "damped Gauss-Newton solve. Fitted as simulators they roll the scores out with a fitted scale.")
-    scores.add_argument("--scores", action="append", choices=SCORE_METHODS, default=[],
+    scores.add_argument("--scores", action="append", choices=settings.SCORES, default=[],
                         help="compute these scores on the reference run's checkpoints (repeatable)")
     scores.add_argument("--score-params", default="last:1",
                         help="parameters whose gradients the scores use (default last:1 = last block + head)")
@@ -109,13 +114,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cluster.add_argument("--gpus-per-run", type=float, default=0.0, help="GPUs of each Ray actor, e.g. 0.25 (default 0)")
     cluster.add_argument("--max-retries", type=nonnegative_int, default=3,
                          help="restarts of a dead actor and retries of its run (default 3)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, imports=IMPORTS)
 
 
 def read_curricula(path: Path) -> np.ndarray:
     """``[runs, steps, batch]`` curricula from ``.npy`` or ``.json`` (ragged batches padded with -1)."""
-    from bayes_simfluence.curricula import from_batches
-
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such curricula file")
     if path.suffix == ".npy":

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from bayes_simfluence import budget, counterfactuals, validation
+from bayes_simfluence import budget, validation
+from bayes_simfluence.choices import DEFAULT_DRAWS, FIGURE_SUFFIXES, PREDICTIVE_HELP, PREDICTIVES, REDUCTIONS
 from bayes_simfluence.commands._arguments import nonnegative_int, output_file, parse_indices, positive_int, seed
-from bayes_simfluence.compare import DEFAULT_DRAWS, REDUCTIONS, Comparison, as_curricula, compare, pad_width
-from bayes_simfluence.methods import load_simulator
-from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_comparison, save_figure
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.simulators import PREDICTIVE_HELP, PREDICTIVES
+
+if TYPE_CHECKING:
+    from bayes_simfluence.compare import Comparison
+
+#: the package modules :func:`run` imports (JAX and the like): the CLI loads them before it runs the command,
+#: never to build the parser, so that ``--help`` stays quick
+IMPORTS = ("bayes_simfluence.compare", "bayes_simfluence.counterfactuals", "bayes_simfluence.methods",
+           "bayes_simfluence.plots")
 
 EXAMPLES = """examples:
   # two curricula (runs-format files; FILE:K picks run K, FILE alone averages over its runs)
@@ -51,6 +57,8 @@ def read_curricula(spec: str) -> tuple[np.ndarray, np.ndarray | None, str]:
     Returns:
         ``(curricula [runs, steps, batch], initial_losses [tests] or None, label)``.
     """
+    from bayes_simfluence.compare import as_curricula, pad_width
+
     path_text, runs_text = _split_spec(spec)
     path = Path(path_text)
     if not path.exists():
@@ -153,10 +161,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     shortcuts.add_argument("--at-steps", type=parse_indices, metavar="S,T", help="with --insert: 0-based steps")
     parser.add_argument("--plot", type=output_file, metavar="FILE.png", help="write the comparison figure")
     parser.add_argument("--json", action="store_true", help="print the comparison as JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, imports=IMPORTS)
 
 
 def _comparison(args: argparse.Namespace) -> Comparison:
+    from bayes_simfluence import counterfactuals
+    from bayes_simfluence.compare import compare
+    from bayes_simfluence.methods import load_simulator
+
     simulator = load_simulator(args.simulator)
     read = [read_curricula(spec) for spec in args.curricula]
     initial = read_initial_losses(args.initial_losses) if args.initial_losses else next(
@@ -187,6 +199,8 @@ def _comparison(args: argparse.Namespace) -> Comparison:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bayes_simfluence.plots import plot_comparison, save_figure
+
     if not 0 < args.level < 1:
         raise ValueError(f"--level must be in (0, 1), got {args.level}")
     if args.plot:

@@ -13,10 +13,17 @@ import numpy as np
 from bayes_simfluence.atomic import atomic_path
 from bayes_simfluence.commands._arguments import positive_int, require_collect_extra, seed
 from bayes_simfluence import validation
+from bayes_simfluence.choices import METHODS
 from bayes_simfluence.validation import strict_json, undefined_as_null
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+#: the package modules :func:`run` imports (JAX and the like): the CLI loads them before it runs the command,
+#: never to build the parser, so that ``--help`` stays quick
+#: (the collect layer, torch's, only after the check that the collect extra is installed)
+IMPORTS = ("bayes_simfluence.compare", "bayes_simfluence.evaluation", "bayes_simfluence.methods",
+           "bayes_simfluence.plots", "bayes_simfluence.scores")
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes")
 
@@ -51,7 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per process (default 1)")
     parser.add_argument("--seed", type=seed, default=0, help="seed of the curricula and of stochastic fits")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, imports=IMPORTS)
 
 
 def evaluate_available(methods: list[str], train, heldout, context) -> tuple[dict, dict, dict]:
@@ -153,11 +160,9 @@ def describe_comparison(name: str, result: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bayes_simfluence.methods import available_methods
-
-    unknown = [name for name in args.method or () if name not in available_methods()]
+    unknown = [name for name in args.method or () if name not in METHODS]
     if unknown:  # before collecting for minutes (a method that is known but not installed is skipped)
-        raise ValueError(f"-m {unknown[0]}: unknown method; choose from {available_methods()}")
+        raise ValueError(f"-m {unknown[0]}: unknown method; choose from {list(METHODS)}")
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: is a file; the demo writes several files into a folder: give a folder")
     require_collect_extra("demo")

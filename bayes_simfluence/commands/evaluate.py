@@ -6,12 +6,14 @@ import argparse
 from pathlib import Path
 
 from bayes_simfluence import validation
+from bayes_simfluence.choices import DEFAULT_EVAL_DRAWS, FIGURE_SUFFIXES, METHODS
 from bayes_simfluence.commands._arguments import add_method_options, options_dict, output_file, positive_int
-from bayes_simfluence.evaluation import DEFAULT_EVAL_DRAWS, evaluate_methods, format_table
-from bayes_simfluence.methods import FitContext, available_methods
-from bayes_simfluence.plots import FIGURE_SUFFIXES, plot_scores, save_figure
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.validation import strict_json, undefined_as_null
+
+#: the package modules :func:`run` imports (JAX and the like): the CLI loads them before it runs the command,
+#: never to build the parser, so that ``--help`` stays quick
+IMPORTS = ("bayes_simfluence.evaluation", "bayes_simfluence.methods", "bayes_simfluence.plots")
 
 EXAMPLES = """examples:
   # two files: fit on train.npz, score on heldout.npz
@@ -52,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--runs", type=Path, help="one runs file to split instead of --train/--heldout")
     parser.add_argument("--heldout-runs", type=positive_int, metavar="K", help="with --runs: hold out the last K runs")
     parser.add_argument("--method", "-m", action="append", required=True, metavar="NAME",
-                        help=f"method to evaluate, repeatable; one of {', '.join(available_methods())}")
+                        help=f"method to evaluate, repeatable; one of {', '.join(METHODS)}")
     parser.add_argument("--draws", type=positive_int, default=DEFAULT_EVAL_DRAWS,
                         help=f"predictive draws for coverage/CRPS of Bayesian methods (default {DEFAULT_EVAL_DRAWS})")
     parser.add_argument("--json", action="store_true", help="print one JSON object {method: {metric: value}}")
@@ -65,7 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="declare that the held-out runs each trained on a random subset of the pool, so that "
                              "Spearman across runs is reported as LDS (collected runs record this themselves)")
     add_method_options(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, imports=IMPORTS)
 
 
 def load_train_heldout(args: argparse.Namespace) -> tuple[Runs, Runs, Path | None]:
@@ -87,6 +89,10 @@ PLOTTED = ("all_steps_mse", "final_step_mse", "lds", "spearman_runs", "spearman_
 
 
 def run(args: argparse.Namespace) -> int:
+    from bayes_simfluence.evaluation import evaluate_methods, format_table
+    from bayes_simfluence.methods import FitContext
+    from bayes_simfluence.plots import plot_scores, save_figure
+
     if args.plot is not None:
         validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure",
                                inputs=[args.train, args.heldout, args.runs])

@@ -7,11 +7,14 @@ import time
 from pathlib import Path
 
 from bayes_simfluence import validation
-from bayes_simfluence.bayes import guard, run_state
-from bayes_simfluence.bayes.blocks import RayFitOptions, fit_in_blocks
+from bayes_simfluence.choices import METHODS
 from bayes_simfluence.commands._arguments import add_method_options, options_dict, output_file, positive_int
-from bayes_simfluence.methods import FitContext, available_methods, fit_method
 from bayes_simfluence.runs import Runs
+
+#: the package modules :func:`run` imports (JAX and the like): the CLI loads them before it runs the command,
+#: never to build the parser, so that ``--help`` stays quick
+IMPORTS = ("bayes_simfluence.bayes.blocks", "bayes_simfluence.bayes.guard", "bayes_simfluence.bayes.run_state",
+           "bayes_simfluence.methods")
 
 EXAMPLES = """examples:
   bayes-simfluence fit --train runs.npz --method linear --out linear.npz
@@ -38,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--train", type=Path, required=True, help="training runs (.npz, runs format)")
     parser.add_argument("--method", "-m", required=True, metavar="NAME",
-                        help=f"one of {', '.join(available_methods())}")
+                        help=f"one of {', '.join(METHODS)}")
     parser.add_argument("--out", type=output_file, required=True, help="where to save the fitted simulator")
     add_method_options(parser)
     blocks = parser.add_argument_group(
@@ -54,10 +57,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="GPUs of each Ray task, fractions allowed (default 0)")
     blocks.add_argument("--max-retries", type=int, default=3, metavar="N",
                         help="retries of a Ray task whose worker died (default 3)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, imports=IMPORTS)
 
 
 def run(args: argparse.Namespace) -> int:
+    from bayes_simfluence.bayes import guard, run_state
+    from bayes_simfluence.bayes.blocks import RayFitOptions, fit_in_blocks
+    from bayes_simfluence.methods import FitContext, fit_method
+
     bayesian = args.method.split("-")[0] == "bayes"
     validation.output_path(args.out, "--out", (".nc",) if bayesian else None, "a Bayesian posterior (NetCDF)",
                            inputs=[args.train])

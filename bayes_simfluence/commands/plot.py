@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bayes_simfluence import attributions, budget, validation
+from bayes_simfluence import budget, validation
+from bayes_simfluence.choices import (DEFAULT_DRAWS, FIGURE_SUFFIXES, PREDICTIVE_HELP, PREDICTIVES, RANKINGS,
+                                      REFERENCES)
 from bayes_simfluence.commands._arguments import output_file, parse_indices, positive_int, seed
 from bayes_simfluence.commands.compare import read_curricula, spec_path
-from bayes_simfluence.compare import DEFAULT_DRAWS, simulate_draws_of
-from bayes_simfluence.methods import load_simulator
-from bayes_simfluence.plots import FIGURE_SUFFIXES, check_panels, plot_effects, plot_trajectories, save_figure
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.simulators import PREDICTIVE_HELP, PREDICTIVES
+
+#: the package modules :func:`run` imports (JAX and the like): the CLI loads them before it runs the command,
+#: never to build the parser, so that ``--help`` stays quick
+IMPORTS = ("bayes_simfluence.attributions", "bayes_simfluence.compare", "bayes_simfluence.methods",
+           "bayes_simfluence.plots")
 
 EXAMPLES = """examples:
   # observed vs simulated (median, 50% and 90% predictive bands) for 2 runs x 3 test examples
@@ -67,8 +70,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     effects.add_argument("--part", choices=PARTS, default="final-loss",
                          help="final-loss effect under the curriculum (default), one-step effect a*L0+B, or a or B")
     effects.add_argument("--top", type=positive_int, default=10, help="how many helpful and harmful examples (default 10)")
-    effects.add_argument("--by", choices=attributions.RANKINGS, default="bound", help="ranking (default bound)")
-    effects.add_argument("--reference", choices=attributions.REFERENCES, default=attributions.REFERENCES[0],
+    effects.add_argument("--by", choices=RANKINGS, default="bound", help="ranking (default bound)")
+    effects.add_argument("--reference", choices=REFERENCES, default=REFERENCES[0],
                          help="what each effect is measured against: 'average' (default), the average example "
                               "(the pool's mean effects in the example's slots; identified by full-batch runs), or "
                               "'leave-out' (slots emptied; with full batches it reads the unidentified level of B; "
@@ -79,12 +82,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         kind.add_argument("--draws", type=positive_int, default=DEFAULT_DRAWS, help=f"posterior draws (default {DEFAULT_DRAWS})")
         kind.add_argument("--seed", type=seed, default=0, help="seed of the draws (default 0)")
         kind.add_argument("--plot", type=output_file, required=True, metavar="FILE.png", help="where to write the figure")
-        kind.set_defaults(func=run)
+        kind.set_defaults(func=run, imports=IMPORTS)
     trajectories.add_argument("--predictive", choices=PREDICTIVES, default=None,
                               help=f"what the bands stand for; {PREDICTIVE_HELP}")
 
 
 def _trajectories(args: argparse.Namespace):
+    from bayes_simfluence.compare import simulate_draws_of
+    from bayes_simfluence.methods import load_simulator
+    from bayes_simfluence.plots import check_panels, plot_trajectories
+
     check_panels(len(args.run), len(args.test))
     simulator = load_simulator(args.simulator)
     runs = Runs.load(args.runs)
@@ -100,6 +107,10 @@ def _trajectories(args: argparse.Namespace):
 
 
 def _attributions(args: argparse.Namespace):
+    from bayes_simfluence import attributions
+    from bayes_simfluence.methods import load_simulator
+    from bayes_simfluence.plots import plot_effects
+
     simulator = load_simulator(args.simulator)
     curricula, initial, _ = read_curricula(args.curricula)
     if curricula.shape[0] != 1:
@@ -127,6 +138,8 @@ def _attributions(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    from bayes_simfluence.plots import save_figure
+
     validation.output_path(args.plot, "--plot", FIGURE_SUFFIXES, "a figure",
                            inputs=[args.simulator, getattr(args, "runs", None),
                                    spec_path(args.curricula) if getattr(args, "curricula", None) else None])

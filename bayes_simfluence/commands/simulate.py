@@ -7,8 +7,11 @@ from pathlib import Path
 
 from bayes_simfluence import atomic, budget, validation
 from bayes_simfluence.commands._arguments import nonnegative_int, output_file, seed
-from bayes_simfluence.methods import load_simulator
 from bayes_simfluence.runs import Runs
+
+#: the package modules :func:`run` imports (JAX and the like): the CLI loads them before it runs the command,
+#: never to build the parser, so that ``--help`` stays quick
+IMPORTS = ("bayes_simfluence.methods",)
 
 EXAMPLES = """examples:
   bayes-simfluence simulate --simulator linear.npz --curricula new.npz --out predicted.npz
@@ -33,10 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--draws", type=nonnegative_int, default=0,
                         help="Bayesian simulators: also save this many posterior predictive draws")
     parser.add_argument("--seed", type=seed, default=0, help="seed for the draws")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, imports=IMPORTS)
 
 
 def run(args: argparse.Namespace) -> int:
+    from bayes_simfluence.methods import load_simulator
+
     validation.output_path(args.out, "--out", inputs=[args.simulator, args.curricula])
     given = Runs.load(args.curricula)
     if args.draws:  # the trajectories alone, before reading the simulator (a posterior takes seconds)
