@@ -142,7 +142,7 @@ def output_path(path: str | os.PathLike, where: str = "--out", suffixes: Sequenc
             raise InputError(f"{where} {path}: is a directory; give a file name")
         target = write_target(path)
         for given in inputs:
-            if given is not None and _same_file(target, Path(given)):
+            if given is not None and same_file(target, Path(given)):
                 raise InputError(f"{where} {path}: is the input {given}; writing there would replace it "
                                  "(give another output path)")
         folder = next(parent for parent in target.parents if parent.exists() or parent == parent.parent)
@@ -163,7 +163,7 @@ def output_path(path: str | os.PathLike, where: str = "--out", suffixes: Sequenc
     return path
 
 
-def _same_file(output: Path, given: Path) -> bool:
+def same_file(output: Path, given: Path) -> bool:
     """Whether writing ``output`` would replace the input ``given`` (links and hard links followed)."""
     try:
         if output.exists() and given.exists():
