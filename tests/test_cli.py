@@ -269,3 +269,27 @@ def test_the_methods_the_help_lists_are_the_registry_s():
     listed, registry, trak_options = json.loads(done.stdout)
     assert sorted(listed) == sorted(registry) and {"trak", "influence-cg", "mean", "bayes"} <= set(listed)
     assert "scores" in trak_options
+
+
+def test_every_output_gets_the_permissions_the_umask_gives_a_new_file(runs_files, tmp_path):
+    """Outputs are written to a temporary file (mode 0600) and renamed: the rename must not keep that
+    mode. (Posteriors, .nc, and the demo's files: tests/collect/test_demo.py.)"""
+    import os
+    import stat
+
+    held = str(runs_files["held"])
+    commands = [["fit", "--train", str(runs_files["train"]), "-m", "linear", "--out", str(tmp_path / "linear.npz")],
+                ["simulate", "--simulator", str(tmp_path / "linear.npz"), "--curricula", held,
+                 "--out", str(tmp_path / "predicted.npz")],
+                ["compare", "--simulator", str(tmp_path / "linear.npz"), "--curricula", f"{held}:0", "--curricula",
+                 f"{held}:1", "--plot", str(tmp_path / "compare.svg")],
+                ["evaluate", "--train", str(runs_files["train"]), "--heldout", held, "-m", "mean",
+                 "--plot", str(tmp_path / "scores.pdf")]]
+    previous = os.umask(0o027)
+    try:
+        for argv in commands:
+            assert main(argv) == 0, argv
+    finally:
+        os.umask(previous)
+    for name in ("linear.npz", "predicted.npz", "compare.svg", "scores.pdf"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
