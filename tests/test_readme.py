@@ -74,7 +74,7 @@ def runnable(command: str) -> str | None:
     for step in re.split(r"\s*&&\s*", command.strip()):
         if re.search(r"-m venv|pip install", step):
             continue
-        steps.append(step.replace(".venv/bin/", f"{BIN}/").replace(".venv-core/bin/", f"{BIN}/"))
+        steps.append(re.sub(r"\.venv(-core)?/bin/", f"{BIN}/", step))
     return " && ".join(steps)
 
 
