@@ -64,8 +64,9 @@ def choose_ridge(
     n_folds = min(n_folds, runs.n_runs)
     tests = np.unique(np.linspace(0, runs.n_tests - 1, min(max_tests, runs.n_tests)).round().astype(int))
     subset = runs.select_tests(tests)
-    folds = [subset.select_runs(fold) for fold in np.array_split(np.arange(runs.n_runs), n_folds)]
-    solvers, scale = _fold_solvers(subset, np.array_split(np.arange(runs.n_runs), n_folds), variant)
+    fold_runs = np.array_split(np.arange(runs.n_runs), n_folds)
+    folds = [subset.select_runs(fold) for fold in fold_runs]
+    solvers, scale = _fold_solvers(subset, fold_runs, folds, variant)
 
     errors: dict[float, np.ndarray] = {}  # strength -> [tests] CV MSE
 
@@ -108,24 +109,23 @@ def choose_ridge(
     return best, report
 
 
-def _fold_solvers(runs: Runs, folds: list[np.ndarray], variant: str
+def _fold_solvers(runs: Runs, fold_runs: list[np.ndarray], folds: list[Runs], variant: str
                   ) -> tuple[list[Callable[[float], tuple[np.ndarray, np.ndarray]]], float]:
-    """``(solvers, scale)``: for each fold, ``strength -> (weights [tests, features], solved [tests])``
-    fitted on the other folds' runs, and the mean diagonal of ``X^T X`` on all of them. Dense normal
+    """``(solvers, scale)``: for each fold (``fold_runs``: its run indices; ``folds``: its runs),
+    ``strength -> (weights [tests, features], solved [tests])`` fitted on the other folds' runs, and the mean diagonal of ``X^T X`` on all of them. Dense normal
     equations (one build, each fold's by subtracting its own) up to
     :data:`~bayes_simfluence.ridge.DENSE_MAX_FEATURES`; above, conjugate gradients on each fold's
     design, each solve starting from that fold's last solution (the grid is walked in order); a
     strength at which they do not converge (a near-singular system) counts as an infinite error."""
     if ridge_lib.is_dense(variant, runs.n_train):
         total = ridge_lib.normal_equations(runs.curricula, runs.losses, runs.n_train, variant)
-        held = [runs.select_runs(fold) for fold in folds]
-        equations = [total - ridge_lib.normal_equations(h.curricula, h.losses, runs.n_train, variant) for h in held]
+        equations = [total - ridge_lib.normal_equations(h.curricula, h.losses, runs.n_train, variant) for h in folds]
         scale = float(np.mean(np.diagonal(total.gram, axis1=1, axis2=2)))
         return [partial(_dense_solve, e) for e in equations], max(scale, 1e-12)
     baseline = lambda r: ridge_lib.step_baseline(r.curricula, variant, "per_slot")  # noqa: E731
     scale = design.mean_diagonal(design.design(runs.curricula, runs.losses, baseline(runs)), runs.n_train, variant)
     solvers = []
-    for fold in folds:
+    for fold in fold_runs:
         kept = runs.select_runs(np.setdiff1d(np.arange(runs.n_runs), fold))
         solvers.append(_WarmSolver(design.design(kept.curricula, kept.losses, baseline(kept)), runs.n_train, variant))
     return solvers, max(scale, 1e-12)

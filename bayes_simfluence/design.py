@@ -54,6 +54,11 @@ def design(curricula: np.ndarray, losses: np.ndarray, baseline: np.ndarray) -> D
                   np.ascontiguousarray(target.T))
 
 
+def n_features_of(variant: str, n_train: int) -> int:
+    """Features per test example: ``[a (n_train), B (n_train)]`` for the linear variant, one block otherwise."""
+    return 2 * n_train if variant == "linear" else n_train
+
+
 def _parts(variant: str) -> tuple[bool, bool]:
     """Which blocks of features a variant has: ``(multiplicative, additive)``."""
     return variant != "additive", variant != "multiplicative"
@@ -128,9 +133,7 @@ def ridge_cg(problem: Design, n_train: int, variant: str, ridge: float,
     per test example by preconditioned conjugate gradients, and whether each reached
     :data:`CG_TOLERANCE` (within 1000x). ``start``: a first guess, e.g. the solution at a nearby
     ridge. Features are ``[a (n_train), B (n_train)]`` for the linear variant, else ``n_train``."""
-    n_features = 2 * n_train if variant == "linear" else n_train
-    n_tests = problem.target.shape[0]
-    start = np.zeros((n_tests, n_features)) if start is None else start
+    start = np.zeros((problem.target.shape[0], n_features_of(variant, n_train))) if start is None else start
     with jax.enable_x64(True):
         w, residual = _solve(jnp.asarray(problem.slots, jnp.int32), jnp.asarray(problem.previous, jnp.float64),
                              jnp.asarray(problem.target, jnp.float64), jnp.float64(ridge),

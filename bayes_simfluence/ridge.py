@@ -32,14 +32,9 @@ VARIANTS: tuple[str, ...] = ("linear", "additive", "multiplicative")
 DENSE_MAX_FEATURES = 4096
 
 
-def n_features_of(variant: Variant, n_train: int) -> int:
-    """Features per test example: ``[a, B]`` for the linear variant, one block otherwise."""
-    return 2 * n_train if variant == "linear" else n_train
-
-
 def is_dense(variant: Variant, n_train: int) -> bool:
     """Whether the ridge fit forms the normal equations (else: conjugate gradients)."""
-    return n_features_of(variant, n_train) <= DENSE_MAX_FEATURES
+    return design.n_features_of(variant, n_train) <= DENSE_MAX_FEATURES
 
 
 def count_matrix(curricula: np.ndarray, n_train: int) -> sparse.csr_matrix:
@@ -119,7 +114,7 @@ def normal_equations(
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    n_features = n_features_of(variant, n_train)
+    n_features = design.n_features_of(variant, n_train)
     check_memory(3 * 8 * losses.shape[2] * n_features**2,
                  f"the ridge fit's normal equations ({losses.shape[2]} x {n_features}^2 for n_train = {n_train})",
                  "n_train is the size of the pool the indices refer to: is it right?")
@@ -196,7 +191,7 @@ def fit_ridge(
         ``(a, B)`` each ``[tests, n_train]``: deviations of the multiplicative effects from their
         centre (see :func:`step_baseline`) and the additive effects.
     """
-    n_features = n_features_of(variant, n_train)
+    n_features = design.n_features_of(variant, n_train)
     if not is_dense(variant, n_train):
         check_memory(8 * losses.shape[2] * (3 * curricula.shape[0] * curricula.shape[1] + 8 * n_features),
                      f"the ridge fit by conjugate gradients ({losses.shape[2]} test examples x {n_features} features)")

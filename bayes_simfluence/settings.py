@@ -207,8 +207,7 @@ def parse_all(method: str, options: dict[str, Any]) -> dict[str, Any]:
     known = option_names(method)
     for key in options:
         if key not in known:
-            setting(key)  # an unknown key: says which exist
-            readers = ", ".join(setting(key).methods)
+            readers = ", ".join(setting(key).methods)  # an unknown key raises there, saying which exist
             raise validation.InputError(f"-o {key}: method '{method}' does not read this option (read by "
                                         f"{readers}); '{method}' reads {sorted(known)}")
     return {key: parse(key, value) for key, value in options.items()}

@@ -48,8 +48,6 @@ def state_flag(value: Any, key: str = "run_state") -> bool | str:
 RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": inference.run_exact, "grid": grid.run_grid}
 
 
-#: the settings the fitting procedure around the inference reads (guard and progress)
-FIT_OPTIONS = frozenset(k for k in settings.option_names("bayes") if settings.setting(k).group == "fit")
 #: ``-o run_state=auto`` keeps the run state where the guard's held-out runs favour it by more than
 #: this many standard errors (:func:`state_check`)
 STATE_CHECK_SDS = 2.0
@@ -76,7 +74,8 @@ METHOD_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"svi": {"memory": "geometric
 def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, dict[str, Any]]:
     """``(model config, keyword arguments of the inference routine)`` from user options, which are
     checked against :class:`~bayes_simfluence.settings.Settings` (keys ``bayes-<method>`` does not
-    read are refused; the fitting procedure's own, :data:`FIT_OPTIONS`, are ignored here)."""
+    read are refused). The fitting procedure's own (group ``"fit"``, the guard's) are left to
+    :func:`fit_bayes`, except ``progress``, which the inference routine reads too."""
     model_kwargs, run_kwargs = dict(METHOD_MODEL_DEFAULTS[method]), {"progress": True}
     parsed = settings.parse_all(f"bayes-{method}", options)
     for key, value in parsed.items():
