@@ -359,8 +359,7 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
     candidates = [as_curricula(candidate, label) for candidate, label in zip(curricula_list, labels)]
     width = max(candidate.shape[2] for candidate in candidates)
     padded = [pad_width(candidate, width) for candidate in candidates]
-    identical = tuple(candidate.shape == padded[reference].shape and bool(np.array_equal(candidate, padded[reference]))
-                      for candidate in padded)
+    identical = tuple(bool(np.array_equal(candidate, padded[reference])) for candidate in padded)  # shapes too
     simulator, initial_losses = for_tests(simulator, initial_losses, tests)
     trajectories = []
     for candidate, label in zip(padded, labels):
