@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, TypedDict, get_args, get_origin
 
 from bayes_simfluence import validation
 
-BAYES_BACKENDS = ("bayes-grid", "bayes-svi", "bayes-nuts", "bayes-exact")
+BAYES_BACKENDS = ("bayes-grid", "bayes-cg", "bayes-svi", "bayes-nuts", "bayes-exact")
 BAYES = ("bayes", *BAYES_BACKENDS)
 POINT = ("linear", "additive", "multiplicative")
 SCORES = ("tracin", "influence", "influence-cg", "trak")
@@ -88,7 +88,7 @@ class Settings(TypedDict, total=False):
         default="auto")]
     state_prior: Annotated[float, _positive("sd of the prior of the run state's coefficients, in units of `sigma`")]
     # inference
-    num_draws: Annotated[int, Setting("inference", ("bayes", "bayes-grid", "bayes-svi"),
+    num_draws: Annotated[int, Setting("inference", ("bayes", "bayes-grid", "bayes-cg", "bayes-svi"),
                                       "posterior draws kept", minimum=1)]
     guide: Annotated[Literal["normal", "conditional", "lowrank", "mvn"], Setting(
         "inference", ("bayes", "bayes-svi"), "the SVI guide; `conditional` draws each test example's effects "

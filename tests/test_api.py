@@ -111,7 +111,7 @@ def test_to_arviz_is_a_datatree_with_observed_predictive_and_predictions(runs):
     ("bayes-grid", "likelihood=student_t", "-o likelihood: bayes-grid fits the likelihoods ['normal'], not student_t"),
     ("bayes-grid", "step=false", "-o step: bayes-grid needs the step component"),
     ("bayes-exact", "memory=geometric", "-o memory: bayes-exact fits the optimiser memories ['none'], not geometric"),
-    ("bayes-svi", "run_state=true", "-o run_state: bayes-svi has no run state (only bayes-grid has)"),
+    ("bayes-svi", "run_state=true", "-o run_state: bayes-svi has no run state (bayes-grid and bayes-cg have)"),
     ("bayes-nuts", "run_state=true", "-o run_state: bayes-nuts has no run state"),
 ])
 def test_each_backend_refuses_what_it_does_not_declare_with_one_line(runs, tmp_path, method, option, message):

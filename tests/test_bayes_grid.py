@@ -52,18 +52,23 @@ def step_covariance(data, config):
     return np.eye(data.n_runs * data.n_steps) + z @ walk @ z.T
 
 
-def grid_log_density(data, config, m, decay, sigma, scale):
-    """The grid's log density at one point ``(decay, sigma, scale)`` of test example ``m``."""
-    stats_ = grid.pair_statistics(data, config, np.array([m]), np.array([decay]))
-    shaped = [x[:, None] for x in (stats_.eigenvalues, stats_.projected, stats_.target_sq)]
+def dense_evidence(data, config, m, decay):
+    return grid.dense_evidence(grid.pair_statistics(data, config, np.array([m]), np.array([decay])))
+
+
+def grid_log_density(data, config, m, decay, sigma, scale, evidence_of=dense_evidence):
+    """The grid's log density at one point ``(decay, sigma, scale)`` of test example ``m``, over the
+    evidence of ``evidence_of(data, config, m, decay)`` (the dense path's by default)."""
+    evidence = evidence_of(data, config, m, decay)
+    shaped = grid.Evidence(*(x[:, None] for x in evidence))
     _, _, logdet_omega = grid.drift_bands(data.n_runs, data.n_steps, config)
-    logdet_omega = np.array([[logdet_omega + stats_.nuisance_logdet[0]]])
+    logdet_omega = np.array([[logdet_omega + evidence.nuisance_logdet[0]]])
     priors = np.array([config.noise_prior, config.effect_scale_prior, config.memory_prior])
     log_tau = np.array([[np.log(scale / sigma)]])
 
     def at(delta):
         with jax.enable_x64(True):
-            return grid._log_density(*shaped, np.array([[decay]]), log_tau, np.array([[delta]]),
+            return grid._log_density(shaped, np.array([[decay]]), log_tau, np.array([[delta]]),
                                      data.n_runs * data.n_steps, logdet_omega, priors, has_memory=config.has_memory)
 
     _, log_sigma_hat = at(0.0)
@@ -94,24 +99,29 @@ def test_grid_density_is_the_prior_times_the_dense_marginal_likelihood(data, dec
     assert grid_log_density(data, without, 0, decay, sigma, scale) == pytest.approx(log_lik + log_prior, abs=1e-6)
 
 
+def dense_posterior(data, config, m, decay, sigma, scale):
+    """``(mean, cov)`` of the effects ``(a', B)`` and, where the model learns it, the common level's
+    coefficient on its unit-RMS feature (last), given the hyperparameters, written out densely."""
+    x = dense_features(data, m, decay, config.variant)
+    prior_precision = np.full(x.shape[1], 1 / scale**2)
+    if config.has_a_location:
+        x = np.column_stack([x, level_feature(data, m, decay)])
+        prior_precision = np.append(prior_precision, 1 / (grid.LEVEL_PRIOR * sigma) ** 2)
+    omega_inv = np.linalg.inv(step_covariance(data, config))
+    y = data.change[:, :, m].reshape(-1)
+    cov = np.linalg.inv(x.T @ omega_inv @ x / sigma**2 + np.diag(prior_precision))
+    return cov @ x.T @ omega_inv @ y / sigma**2, cov
+
+
 @pytest.mark.parametrize("variant", ["linear", "additive"])
 def test_draws_given_the_hyperparameters_follow_the_dense_posterior_of_the_effects(data, variant):
     """``a' = a - mu_a`` and ``B`` with the level integrated out (the linear variant has one): the
     marginal of the dense joint posterior of ``(a', B, mu_a)``."""
     config = ModelConfig(memory="geometric", variant=variant)
     m, decay, sigma, scale, n = 1, 0.6, 0.04, 0.03, 40000
-    x = dense_features(data, m, decay, variant)
-    n_features = x.shape[1]
-    prior_precision = np.full(n_features, 1 / scale**2)
-    if config.has_a_location:
-        x = np.column_stack([x, level_feature(data, m, decay)])
-        prior_precision = np.append(prior_precision, 1 / (grid.LEVEL_PRIOR * sigma) ** 2)
-    omega_inv = np.linalg.inv(step_covariance(data, config))
-    y = data.change[:, :, m].reshape(-1)
-    precision = x.T @ omega_inv @ x / sigma**2 + np.diag(prior_precision)
-    cov = np.linalg.inv(precision)
-    mean = (cov @ x.T @ omega_inv @ y / sigma**2)[:n_features]
-    cov = cov[:n_features, :n_features]
+    mean, cov = dense_posterior(data, config, m, decay, sigma, scale)
+    n_features = dense_features(data, m, decay, variant).shape[1]
+    mean, cov = mean[:n_features], cov[:n_features, :n_features]
     stats_ = grid.pair_statistics(data, config, np.full(n, m), np.full(n, decay), vectors=True)
     with jax.enable_x64(True):
         draws = np.asarray(grid._effect_draws(jax.random.PRNGKey(0), stats_.eigenvalues, stats_.vectors,

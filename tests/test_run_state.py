@@ -195,7 +195,7 @@ def test_state_survives_save_load_slices_and_the_average_example(state_posterior
 
 def test_run_state_is_refused_where_it_does_not_exist(state_world):
     train = state_world[0]
-    with pytest.raises(InputError, match="only bayes-grid"):
+    with pytest.raises(InputError, match="bayes-svi has no run state"):
         fit_bayes("svi", train, {"run_state": True, "progress": False})
     with pytest.raises(InputError, match="without test blocks"):
         fit_in_blocks("bayes-grid", train, FitContext(options={"run_state": "true"}), blocks=2)

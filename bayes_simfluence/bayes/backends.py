@@ -44,6 +44,11 @@ BACKENDS: dict[str, Backend] = {
     "grid": Backend("bayes-grid", "hyperparameters on a grid, everything else exact", ("normal",),
                     ("none", "geometric"), True, True, "every quantity passes SBC",
                     "runs x steps x (2 n_train)^2 per test example and grid point"),
+    "cg": Backend("bayes-cg", "bayes-grid's model and grid, matrix-free: Lanczos evidence, perturb-and-MAP draws",
+                  ("normal",), ("none", "geometric"), True, True,
+                  "bayes-grid's up to its quadratures (tests compare them with the dense path)",
+                  "runs x steps x batch per product; (probes + 1) x Lanczos steps products per decay value, "
+                  "CG iterations per draw"),
     "svi": Backend("bayes-svi", "variational (autoguides, or exact conditionals given the hyperparameters)",
                    ("normal", "student_t"), ("none", "geometric"), False, False,
                    "effects close to exact with the conditional guide; hyperparameters fail SBC",
@@ -68,7 +73,7 @@ def unsupported(config: Any, backend: str) -> tuple[str, str] | None:
     if spec.needs_step_component and not config.step_component:
         return "step", f"{spec.name} needs the step component"
     if config.run_state and not spec.run_state:
-        return "run_state", f"{spec.name} has no run state (only bayes-grid has)"
+        return "run_state", f"{spec.name} has no run state (bayes-grid and bayes-cg have)"
     return None
 
 

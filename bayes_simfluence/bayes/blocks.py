@@ -85,7 +85,7 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
     else:
         fitted = _fit_on_ray(method, parts, context, ray)
     merged = concatenate_tests(fitted)
-    if blocks > 1 and state_choice == "auto" and merged.method == "grid":
+    if blocks > 1 and state_choice == "auto" and merged.method in ("grid", "cg"):
         merged.info["run_state_off"] = "test blocks: the state is estimated from all test examples at once"
     return merged
 

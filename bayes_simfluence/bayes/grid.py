@@ -28,12 +28,12 @@ The density on the grid is the prior of :func:`~bayes_simfluence.bayes.model.eff
 (``HalfNormal`` scales, ``Beta(1, b)`` decay) with the Jacobian ``sigma s`` of the log scales,
 times the evidence.
 
-Stages per test example: a coarse grid over the whole range (:data:`COARSE`) finds the box
-holding every cell within :data:`DROP` log units of the best; a finer grid (:data:`FINE`) over
+Stages per test example: a coarse grid over the whole range (the schedule's, :data:`DENSE` for bayes-grid) finds the box
+holding every cell within :data:`DROP` log units of the best; a finer grid over
 that box, widened by a cell, is refined the same way until every axis has :data:`MIN_POINTS`
-points within the box (at most :data:`MAX_REFINEMENTS` times). The last grid's cell
+points within the box (at most the schedule's refinements). The last grid's cell
 probabilities are the posterior: a draw picks a cell by its probability and a point uniformly
-inside it (the decay at the centre of one of :data:`DECAY_PARTS` parts of its cell, so that the
+inside it (the decay at the centre of one of the schedule's parts of its cell, so that the
 statistics are computed once per part rather than once per draw). :func:`run_grid` reports the
 mass of the outer cells where the grid ends inside a parameter's range (``edge_mass``): large
 values mean the box cut the posterior off.
@@ -62,7 +62,7 @@ import functools
 import math
 import time
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -81,10 +81,6 @@ from bayes_simfluence.rollout import remembered
 from bayes_simfluence.budget import check as check_memory
 from bayes_simfluence.validation import InputError
 
-#: coarse grid points of (decay, log tau, delta)
-COARSE = (25, 71, 11)
-#: fine grid points of (decay, log tau, delta)
-FINE = (24, 40, 20)
 #: range of ``v = log(s / sigma)`` on the coarse grid
 LOG_TAU_RANGE = (-16.0, 12.0)
 #: half-width of the coarse ``delta`` range in sds of ``log sigma`` (``1 / sqrt(2 n)``)
@@ -97,11 +93,22 @@ DROP = 20.0
 MIN_POINTS = 12
 #: ... and the outer cells hold at most this much probability ...
 EDGE_TOLERANCE = 1e-4
-#: ... at most this many times after the coarse grid
-MAX_REFINEMENTS = 10
-#: the decay of a draw is the centre of one of this many equal parts of its cell (statistics are
-#: then computed once per part, not once per draw)
-DECAY_PARTS = 4
+
+
+class Schedule(NamedTuple):
+    """How a backend walks the grid: its points per axis ``(decay, log tau, delta)`` on the coarse
+    and the fine grids, its refinements after the coarse grid at most, and the parts of a decay cell
+    whose centres a draw's decay takes (statistics are computed once per part, not per draw).
+    Only the decay axis costs statistics; the other two are free given them."""
+
+    coarse: tuple[int, int, int]
+    fine: tuple[int, int, int]
+    max_refinements: int
+    decay_parts: int
+
+
+#: ``bayes-grid``'s schedule
+DENSE = Schedule(coarse=(25, 71, 11), fine=(24, 40, 20), max_refinements=10, decay_parts=4)
 #: sd, in units of ``sigma``, of the prior of the common level's coefficient on its unit-RMS
 #: feature: so wide that the prior is flat in effect (the other paths' ``Normal(0, location_prior)``
 #: is too: hundreds of posterior sds of ``mu_a``), while it stays proper, so the density is exact
@@ -261,12 +268,12 @@ def _n_features(n_train: int, config: ModelConfig) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("has_memory",))
-def _log_density(eigenvalues: Array, projected: Array, target_sq: Array, decay: Array, log_tau: Array, delta: Array,
-                 n_obs: int, logdet_omega: Array, priors: Array, has_memory: bool) -> tuple[Array, Array]:
+def _log_density(evidence: "Evidence", decay: Array, log_tau: Array, delta: Array, n_obs: int, logdet_omega: Array,
+                 priors: Array, has_memory: bool) -> tuple[Array, Array]:
     """Log posterior density on a grid, and ``log sigma_hat``.
 
     Args:
-        eigenvalues, projected: ``[tests, decays, features]``; target_sq: ``[tests, decays]``;
+        evidence: :class:`Evidence` shaped ``[tests, decays, ...]``;
         decay: ``[tests, decays]``; log_tau: ``[tests, taus]``; delta: ``[tests, deltas]``;
         logdet_omega: ``[tests, decays]`` ``log |Omega|`` plus the nuisance part (``nuisance_logdet``);
         priors: ``(noise prior, effect scale prior, memory prior)``.
@@ -275,10 +282,10 @@ def _log_density(eigenvalues: Array, projected: Array, target_sq: Array, decay: 
         ``([tests, decays, taus, deltas] log density, [tests, decays, taus] log sigma_hat)``.
     """
     inverse_tau2 = jnp.exp(-2.0 * log_tau)[:, None, :, None]  # [tests, 1, taus, 1]
-    e, p = eigenvalues[:, :, None, :], projected[:, :, None, :]
-    q = target_sq[:, :, None] - jnp.sum(p**2 / (e + inverse_tau2), axis=-1)  # [tests, decays, taus]
-    q = jnp.maximum(q, 1e-300)
-    logdet = jnp.sum(jnp.log1p(e / inverse_tau2), axis=-1)
+    q = _quadratic(evidence.quad_nodes[:, :, None, :], evidence.quad_weights[:, :, None, :],
+                   evidence.target_sq[:, :, None], inverse_tau2)  # [tests, decays, taus]
+    logdet = jnp.sum(evidence.logdet_weights[:, :, None, :]
+                     * jnp.log1p(evidence.logdet_nodes[:, :, None, :] / inverse_tau2), axis=-1)
     log_sigma_hat = 0.5 * jnp.log(q / n_obs)
     u = log_sigma_hat[..., None] + delta[:, None, None, :]  # log sigma
     log_s = u + log_tau[:, None, :, None]
@@ -289,6 +296,11 @@ def _log_density(eigenvalues: Array, projected: Array, target_sq: Array, decay: 
     if has_memory:
         log_prior = log_prior + dist.Beta(1.0, priors[2]).log_prob(jnp.clip(decay, 0.0, DECAY_MAX))[:, :, None, None]
     return log_lik + log_prior, log_sigma_hat
+
+
+def _quadratic(nodes: Array, weights: Array, target_sq: Array, inverse_tau2: Array) -> Array:
+    """``Q = y^T P y - b^T (G + tau^-2 I)^{-1} b`` from its quadrature (``[..., nodes]``), floored above 0."""
+    return jnp.maximum(target_sq - jnp.sum(weights / (nodes + inverse_tau2), axis=-1), 1e-300)
 
 
 class _Grid(NamedTuple):
@@ -303,30 +315,60 @@ def _spacing(points: np.ndarray) -> np.ndarray:
     return points[:, 1] - points[:, 0] if points.shape[1] > 1 else np.zeros(points.shape[0])
 
 
-def _evaluate(data: ModelData, config: ModelConfig, grid: _Grid, progress: bool, desc: str,
-              state: RunState | None = None) -> tuple:
-    """``(log density [tests, decays, taus, deltas], log sigma_hat, stats reshaped [tests, decays, ...])``."""
+class Evidence(NamedTuple):
+    """What the evidence needs of (test example, decay) pairs, as two quadratures in ``tau``:
+    ``log |I + tau^2 G| = sum logdet_weights log1p(tau^2 logdet_nodes)`` and
+    ``b^T (G + tau^-2 I)^{-1} b = sum quad_weights / (quad_nodes + tau^-2)``. The dense path's are
+    exact (the eigenvalues, with weights 1 and ``(U^T b)^2``); :mod:`bayes_simfluence.bayes.krylov`'s
+    are Lanczos rules.
+
+    Attributes:
+        logdet_nodes, logdet_weights: ``[pairs, n]``; quad_nodes, quad_weights: ``[pairs, m]``;
+        target_sq: ``[pairs]`` ``y^T P y``; nuisance_logdet: ``[pairs]``.
+    """
+
+    logdet_nodes: np.ndarray
+    logdet_weights: np.ndarray
+    quad_nodes: np.ndarray
+    quad_weights: np.ndarray
+    target_sq: np.ndarray
+    nuisance_logdet: np.ndarray
+
+    def take(self, index: np.ndarray) -> "Evidence":
+        return Evidence(*(x[index] for x in self))
+
+
+def dense_evidence(stats: GridStats) -> Evidence:
+    """The exact :class:`Evidence` of dense statistics."""
+    return Evidence(stats.eigenvalues, np.ones_like(stats.eigenvalues), stats.eigenvalues, stats.projected**2,
+                    stats.target_sq, stats.nuisance_logdet)
+
+
+#: ``(tests [pairs], decays [pairs], description) -> Evidence``: a backend's statistics
+EvidenceOf = Callable[[np.ndarray, np.ndarray, str], Evidence]
+
+
+def _evaluate(data: ModelData, config: ModelConfig, grid: _Grid, evidence_of: EvidenceOf,
+              desc: str) -> tuple[np.ndarray, Evidence]:
+    """``(log density [tests, decays, taus, deltas], evidence [tests * decays])``."""
     n_tests, n_decays = grid.decay.shape
-    tests = np.repeat(np.arange(n_tests), n_decays)
-    stats = pair_statistics(data, config, tests, grid.decay.reshape(-1), progress=progress, desc=desc, state=state)
-    shaped = [x.reshape((n_tests, n_decays) + x.shape[1:]) for x in (stats.eigenvalues, stats.projected,
-                                                                     stats.target_sq)]
+    evidence = evidence_of(np.repeat(np.arange(n_tests), n_decays), grid.decay.reshape(-1), desc)
+    shaped = Evidence(*(x.reshape((n_tests, n_decays) + x.shape[1:]) for x in evidence))
     _, _, logdet_omega = drift_bands(data.n_runs, data.n_steps, config)
     priors = np.array([config.noise_prior, config.effect_scale_prior, config.memory_prior])
     with jax.enable_x64(True):
-        log_density, log_sigma_hat = _log_density(*shaped, grid.decay, grid.log_tau, grid.delta,
-                                                  data.n_runs * data.n_steps,
-                                                  (logdet_omega if config.step_component else 0.0)
-                                                  + stats.nuisance_logdet.reshape(n_tests, n_decays),
-                                                  priors, has_memory=config.has_memory)
-    return np.asarray(log_density), np.asarray(log_sigma_hat), shaped
+        log_density, _ = _log_density(shaped, grid.decay, grid.log_tau, grid.delta, data.n_runs * data.n_steps,
+                                      (logdet_omega if config.step_component else 0.0) + shaped.nuisance_logdet,
+                                      priors, has_memory=config.has_memory)
+    return np.asarray(log_density), evidence
 
 
-def _coarse_grid(n_tests: int, n_obs: int, config: ModelConfig) -> _Grid:
-    decays = np.linspace(0.0, DECAY_MAX, COARSE[0]) if config.has_memory else np.zeros(1)
+def _coarse_grid(n_tests: int, n_obs: int, config: ModelConfig, schedule: Schedule) -> _Grid:
+    coarse = schedule.coarse
+    decays = np.linspace(0.0, DECAY_MAX, coarse[0]) if config.has_memory else np.zeros(1)
     half = DELTA_SDS / math.sqrt(2 * n_obs)
-    return _Grid(np.tile(decays, (n_tests, 1)), np.tile(np.linspace(*LOG_TAU_RANGE, COARSE[1]), (n_tests, 1)),
-                 np.tile(np.linspace(-half, half, COARSE[2]), (n_tests, 1)))
+    return _Grid(np.tile(decays, (n_tests, 1)), np.tile(np.linspace(*LOG_TAU_RANGE, coarse[1]), (n_tests, 1)),
+                 np.tile(np.linspace(-half, half, coarse[2]), (n_tests, 1)))
 
 
 def _box(points: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -348,11 +390,11 @@ def _kept(log_density: np.ndarray, axis: int) -> np.ndarray:
     return log_density.max(axis=others) > log_density.max(axis=(1, 2, 3))[:, None] - DROP
 
 
-def _refined(grid: _Grid, log_density: np.ndarray) -> _Grid:
-    """Per test example, :data:`FINE` points over the box of cells within :data:`DROP` of the best,
+def _refined(grid: _Grid, log_density: np.ndarray, fine: tuple[int, int, int]) -> _Grid:
+    """Per test example, ``fine`` points over the box of cells within :data:`DROP` of the best,
     widened by a cell (the decay kept in ``[0, DECAY_MAX]``)."""
     axes = []
-    for axis, (points, n_fine) in enumerate(zip(grid, FINE)):
+    for axis, (points, n_fine) in enumerate(zip(grid, fine)):
         if points.shape[1] == 1:
             axes.append(points.copy())
             continue
@@ -393,11 +435,11 @@ def edge_mass(grid: _Grid, weights: np.ndarray) -> np.ndarray:
     return mass
 
 
-def _log_sigma_hat(eigenvalues: np.ndarray, projected: np.ndarray, target_sq: np.ndarray, log_tau: np.ndarray,
-                   n_obs: int) -> np.ndarray:
-    """``log sigma_hat`` at one decay per draw (``[draws, features]``, ``[draws]``, ``[draws]``)."""
-    q = target_sq - np.sum(projected**2 / (eigenvalues + np.exp(-2.0 * log_tau)[:, None]), axis=-1)
-    return 0.5 * np.log(np.maximum(q, 1e-300) / n_obs)
+def _log_sigma_hat(evidence: Evidence, log_tau: np.ndarray, n_obs: int) -> np.ndarray:
+    """``log sigma_hat`` ``[draws]`` at one pair's evidence per draw (``evidence`` ``[draws, ...]``)."""
+    with jax.enable_x64(True):
+        q = _quadratic(evidence.quad_nodes, evidence.quad_weights, evidence.target_sq, np.exp(-2.0 * log_tau)[:, None])
+        return 0.5 * np.log(np.asarray(q) / n_obs)
 
 
 @jax.jit
@@ -430,11 +472,109 @@ def _draw_effects(key: Array, stats: GridStats, which: np.ndarray, sigma: np.nda
 def grid_cost(n_train: int, n_obs: int, config: ModelConfig, num_draws: int = 200) -> float:
     """Multiply-adds of one test example's statistics in a fit (the dominant cost), at most:
     ``n_obs = runs * steps`` rows of ``2 n_train`` features (``n_train`` for one-part variants),
-    one refinement, and a distinct decay for every draw up to :data:`DECAY_PARTS` per fine cell."""
+    one refinement, and a distinct decay for every draw up to :data:`DENSE`'s decay parts per fine cell."""
     n_features = n_train * (2 if config.variant == "linear" else 1)
     n_decays = 2 + min(num_draws, 2) if not config.has_memory else \
-        COARSE[0] + FINE[0] + min(num_draws, FINE[0] * DECAY_PARTS)
+        DENSE.coarse[0] + DENSE.fine[0] + min(num_draws, DENSE.fine[0] * DENSE.decay_parts)
     return float(n_decays * (n_obs * n_features**2 + 4 * n_features**3))
+
+
+class Hyperparameters(NamedTuple):
+    """Draws of each test example's hyperparameters (``[draws, tests]`` each) and how they were found.
+
+    Attributes:
+        decay, sigma, scale: the memory decay (0 without memory), noise and effect scales;
+        pair: ``[draws * tests]`` index of each draw's ``(test, decay)`` in ``pairs``;
+        pairs: ``[pairs, 2]`` the distinct ``(test, decay)`` of the draws (where the dense path
+            computes its statistics for the exact draws);
+        info: grid facts for the fit's ``info``.
+    """
+
+    decay: np.ndarray
+    sigma: np.ndarray
+    scale: np.ndarray
+    pair: np.ndarray
+    pairs: np.ndarray
+    info: dict
+
+
+def integrate(data: ModelData, config: ModelConfig, evidence_of: EvidenceOf, schedule: Schedule, num_draws: int,
+              rng: np.random.Generator, name: str) -> Hyperparameters:
+    """Integrate each test example's hyperparameters on a grid refined in stages (module docstring)
+    over a backend's evidence, and draw them: a cell by its probability, a point uniformly inside it
+    (the decay at the centre of one of ``schedule.decay_parts`` parts of its cell)."""
+    n_tests, n_obs = data.n_tests, data.n_runs * data.n_steps
+    fine = _coarse_grid(n_tests, n_obs, config, schedule)
+    log_density, _ = _evaluate(data, config, fine, evidence_of, f"{name}: stage 1 statistics")
+    fine = _refined(fine, log_density, schedule.fine)
+    refinement = 0
+    for refinement in range(1, schedule.max_refinements + 1):
+        log_density, evidence = _evaluate(data, config, fine, evidence_of, f"{name}: stage {refinement + 1} statistics")
+        done = _resolved(fine, log_density)
+        if done.all() or refinement == schedule.max_refinements:
+            break
+        refined = _refined(fine, log_density, schedule.fine)  # only the test examples not yet resolved move
+        fine = _Grid(*(np.where(done[:, None], old, new) for old, new in zip(fine, refined)))
+    flat = log_density.reshape(n_tests, -1)
+    weights = np.exp(flat - flat.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    shape = log_density.shape[1:]
+    cut = edge_mass(fine, weights.reshape((n_tests,) + shape))
+    if not done.all():
+        warnings.warn(f"{name}: after {schedule.max_refinements} refinements the grid of test examples "
+                      f"{np.flatnonzero(~done).tolist()} still has fewer than {MIN_POINTS} points across the "
+                      f"posterior on some axis, or {cut.max():.1g} of it in its outer cells (a very narrow, "
+                      "tilted posterior: nearly noise-free losses?); their draws are coarser", stacklevel=3)
+
+    cells = np.stack([rng.choice(flat.shape[1], num_draws, p=w) for w in weights], axis=1)  # [draws, tests]
+    i_decay, i_tau, i_delta = np.unravel_index(cells, shape)
+    tests = np.arange(n_tests)[None, :]
+    part = rng.integers(0, schedule.decay_parts, cells.shape)
+    jitter = rng.uniform(-0.5, 0.5, (2,) + cells.shape)
+    decay = fine.decay[tests, i_decay] + ((part + 0.5) / schedule.decay_parts - 0.5) * _spacing(fine.decay)[None, :]
+    decay = np.clip(decay, 0.0, DECAY_MAX) if config.has_memory else np.zeros_like(decay)
+    log_tau = fine.log_tau[tests, i_tau] + jitter[0] * _spacing(fine.log_tau)[None, :]
+    delta = fine.delta[tests, i_delta] + jitter[1] * _spacing(fine.delta)[None, :]
+    flat_tests = np.broadcast_to(tests, cells.shape).reshape(-1)
+    log_sigma = _log_sigma_hat(evidence.take(flat_tests * fine.decay.shape[1] + i_decay.reshape(-1)),
+                               log_tau.reshape(-1), n_obs) + delta.reshape(-1)
+    sigma, scale = np.exp(log_sigma), np.exp(log_sigma + log_tau.reshape(-1))
+    pairs, pair = np.unique(np.stack([flat_tests, decay.reshape(-1)], axis=1), axis=0, return_inverse=True)
+    info = {"coarse": list(schedule.coarse), "fine": list(schedule.fine), "refinements": refinement,
+            "edge_mass": float(cut.max()), "unresolved_tests": np.flatnonzero(~done).tolist(),
+            "decay_box": [[float(b[0]), float(b[-1])] for b in fine.decay]}
+    return Hyperparameters(decay, sigma.reshape(num_draws, n_tests), scale.reshape(num_draws, n_tests),
+                           pair.reshape(-1), pairs, info)
+
+
+def assemble(data: ModelData, config: ModelConfig, hyper: Hyperparameters, weights_w: np.ndarray,
+             nuisance: np.ndarray, level_scale: np.ndarray, state: RunState | None, key: Array) -> dict[str, np.ndarray]:
+    """The fit's draws ``[1, draws, tests, ...]`` from exact draws of the effects ``weights_w [draws * tests,
+    features]``, the nuisance coefficients ``[draws * tests, K]`` (the common level's first, on its
+    feature of root mean square ``level_scale [draws * tests]``, then the run state's) and the
+    hyperparameters; the step component is drawn here, given them (JAX random ``key``)."""
+    num_draws, n_tests = hyper.sigma.shape
+    draws = split_weights(weights_w.reshape(num_draws, n_tests, -1), data.n_train, config)
+    nuisance = nuisance.reshape(num_draws, n_tests, -1)
+    if config.has_a_location:  # a_i = mu_a + (a_i - mu_a): the level joins every example's effect
+        level = nuisance[..., 0] / level_scale.reshape(num_draws, n_tests)
+        draws["a_location"], draws["a"] = level, draws["a"] + level[..., None]
+        nuisance = nuisance[..., 1:]
+    fitted = fitted_step_sums(draws["a"], draws["B"], data, decay=hyper.decay if config.has_memory else None)
+    if state is not None:
+        draws["state"] = nuisance
+        fitted = fitted + np.einsum("ts,dms->dmt", scaled_state_features(data, state).sum(0), draws["state"])
+    draws.update(noise_scale=hyper.sigma, effect_scale=hyper.scale)
+    if config.has_memory:
+        draws["memory_decay"] = hyper.decay
+    system = conjugate.drift_system(data.n_runs, data.n_steps, config)
+    draws["drift"] = conjugate.draw_drift(system, data.change.sum(0).T, fitted, hyper.sigma, key)
+    return {k: v[None] for k, v in draws.items()}
+
+
+def check_state(config: ModelConfig, state: RunState | None, name: str) -> None:
+    if config.run_state != (state is not None):
+        raise ValueError(f"{name}: pass the run state exactly when config.run_state is set")
 
 
 def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: int = 0,
@@ -453,87 +593,32 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
         ``info["edge_mass"]``: the largest :func:`edge_mass` of any test example.
     """
     check_supported(config, "grid")
-    if config.run_state != (state is not None):
-        raise ValueError("run_grid: pass the run state exactly when config.run_state is set")
+    check_state(config, state, "run_grid")
     cost = data.n_tests * grid_cost(data.n_train, data.n_runs * data.n_steps, config, num_draws)
     if cost > MAX_FLOPS:
         raise InputError(f"bayes-grid on {data.n_tests} test x {data.n_train} training examples x "
                          f"{data.n_runs * data.n_steps} run-steps would take about {cost:.1e} multiply-adds "
-                         f"(the limit is {MAX_FLOPS:.0e}, about ten minutes on two CPU cores); use bayes-svi "
+                         f"(the limit is {MAX_FLOPS:.0e}, about ten minutes on two CPU cores); use bayes-cg "
                          "at this size")
     n_features = _n_features(data.n_train, config)
     check_memory(8 * num_draws * data.n_tests * n_features * 4,
                  f"bayes-grid's {num_draws} draws of {data.n_tests} x {n_features} effects")
     start = time.perf_counter()
-    n_tests, n_obs = data.n_tests, data.n_runs * data.n_steps
-    fine = _coarse_grid(n_tests, n_obs, config)
-    log_density, _, (eigenvalues, projected, target_sq) = _evaluate(data, config, fine, progress,
-                                                                    "grid: stage 1 statistics", state)
-    fine = _refined(fine, log_density)
-    for refinement in range(1, MAX_REFINEMENTS + 1):
-        log_density, _, (eigenvalues, projected, target_sq) = _evaluate(
-            data, config, fine, progress, f"grid: stage {refinement + 1} statistics", state)
-        done = _resolved(fine, log_density)
-        if done.all() or refinement == MAX_REFINEMENTS:
-            break
-        refined = _refined(fine, log_density)  # only the test examples not yet resolved move
-        fine = _Grid(*(np.where(done[:, None], old, new) for old, new in zip(fine, refined)))
-    flat = log_density.reshape(n_tests, -1)
-    weights = np.exp(flat - flat.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    shape = log_density.shape[1:]
-    cut = edge_mass(fine, weights.reshape((n_tests,) + shape))
-    if not done.all():
-        warnings.warn(f"bayes-grid: after {MAX_REFINEMENTS} refinements the grid of test examples "
-                      f"{np.flatnonzero(~done).tolist()} still has fewer than {MIN_POINTS} points across the "
-                      f"posterior on some axis, or {cut.max():.1g} of it in its outer cells (a very narrow, "
-                      "tilted posterior: nearly noise-free losses?); their draws are coarser", stacklevel=2)
 
-    # draws: a cell by its probability, a point uniformly inside it (the decay: one of DECAY_PARTS)
+    def evidence_of(tests: np.ndarray, decays: np.ndarray, desc: str) -> Evidence:
+        return dense_evidence(pair_statistics(data, config, tests, decays, progress=progress, desc=desc, state=state))
+
     rng = np.random.default_rng(seed)
-    cells = np.stack([rng.choice(flat.shape[1], num_draws, p=w) for w in weights], axis=1)  # [draws, tests]
-    i_decay, i_tau, i_delta = np.unravel_index(cells, shape)
-    tests = np.arange(n_tests)[None, :]
-    part = rng.integers(0, DECAY_PARTS, cells.shape)
-    jitter = rng.uniform(-0.5, 0.5, (2,) + cells.shape)
-    decay = fine.decay[tests, i_decay] + ((part + 0.5) / DECAY_PARTS - 0.5) * _spacing(fine.decay)[None, :]
-    decay = np.clip(decay, 0.0, DECAY_MAX) if config.has_memory else np.zeros_like(decay)
-    log_tau = fine.log_tau[tests, i_tau] + jitter[0] * _spacing(fine.log_tau)[None, :]
-    delta = fine.delta[tests, i_delta] + jitter[1] * _spacing(fine.delta)[None, :]
-    flat_tests = np.broadcast_to(tests, cells.shape).reshape(-1)
-    flat_decay = i_decay.reshape(-1)
-    log_sigma = _log_sigma_hat(eigenvalues[flat_tests, flat_decay], projected[flat_tests, flat_decay],
-                               target_sq[flat_tests, flat_decay], log_tau.reshape(-1), n_obs) + delta.reshape(-1)
-    sigma, scale = np.exp(log_sigma), np.exp(log_sigma + log_tau.reshape(-1))
-
-    # exact effects at each drawn decay, then the step component given them
+    hyper = integrate(data, config, evidence_of, DENSE, num_draws, rng, "bayes-grid")
+    stats = pair_statistics(data, config, hyper.pairs[:, 0].astype(int), hyper.pairs[:, 1], vectors=True,
+                            progress=progress, desc="grid: exact draws", state=state)
+    sigma, scale = hyper.sigma.reshape(-1), hyper.scale.reshape(-1)
     effects_key, drift_key = jax.random.split(jax.random.PRNGKey(seed), 2)
-    pairs, which = np.unique(np.stack([flat_tests, decay.reshape(-1)], axis=1), axis=0, return_inverse=True)
-    stats = pair_statistics(data, config, pairs[:, 0].astype(int), pairs[:, 1], vectors=True, progress=progress,
-                            desc="grid: exact draws", state=state)
-    weights_w = _draw_effects(effects_key, stats, which.reshape(-1), sigma, scale)
-    draws = split_weights(weights_w.reshape(num_draws, n_tests, n_features), data.n_train, config)
-    system = conjugate.drift_system(data.n_runs, data.n_steps, config)
-    nuisance = draw_nuisance(rng, stats, which.reshape(-1), weights_w, sigma, config).reshape(num_draws, n_tests, -1)
-    if config.has_a_location:  # a_i = mu_a + (a_i - mu_a): the level joins every example's effect
-        level = nuisance[..., 0] / stats.level_scale[which].reshape(num_draws, n_tests)
-        draws["a_location"], draws["a"] = level, draws["a"] + level[..., None]
-        nuisance = nuisance[..., 1:]
-    fitted = fitted_step_sums(draws["a"], draws["B"], data, decay=decay if config.has_memory else None)
-    if state is not None:
-        draws["state"] = nuisance
-        fitted = fitted + np.einsum("ts,dms->dmt", scaled_state_features(data, state).sum(0), draws["state"])
-    sigma, scale = sigma.reshape(num_draws, n_tests), scale.reshape(num_draws, n_tests)
-    draws.update(noise_scale=sigma, effect_scale=scale)
-    if config.has_memory:
-        draws["memory_decay"] = decay
-    draws["drift"] = conjugate.draw_drift(system, data.change.sum(0).T, fitted, sigma, drift_key)
-    draws = {k: v[None] for k, v in draws.items()}
+    weights_w = _draw_effects(effects_key, stats, hyper.pair, sigma, scale)
+    nuisance = draw_nuisance(rng, stats, hyper.pair, weights_w, sigma, config)
+    draws = assemble(data, config, hyper, weights_w, nuisance, stats.level_scale[hyper.pair], state, drift_key)
     info = {"method": "grid", "num_draws": num_draws, "seconds": time.perf_counter() - start, "seed": seed,
-            "coarse": list(COARSE), "fine": list(FINE), "refinements": refinement, "edge_mass": float(cut.max()),
-            "unresolved_tests": np.flatnonzero(~done).tolist(),
-            "exact_draw_pairs": len(pairs),
-            "decay_box": [[float(b[0]), float(b[-1])] for b in fine.decay]}
+            **hyper.info, "exact_draw_pairs": len(hyper.pairs)}
     if state is not None:
         info["run_state"] = state.describe()
     return FitResult(draws, {}, info)

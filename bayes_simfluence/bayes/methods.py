@@ -1,5 +1,5 @@
-"""Registration of the Bayesian methods (``bayes``, ``bayes-grid``, ``bayes-svi``, ``bayes-nuts``,
-``bayes-exact``) and their options.
+"""Registration of the Bayesian methods (``bayes``, ``bayes-grid``, ``bayes-cg``, ``bayes-svi``,
+``bayes-nuts``, ``bayes-exact``) and their options.
 
 ``bayes`` is the default Bayesian method: it runs ``bayes-grid`` where that costs at most
 :data:`AUTO_GRID_FLOPS_PER_TEST` per test example (:func:`default_path`; a few hundred features
@@ -10,7 +10,11 @@ at ``runs * steps * (2 n_train)^2`` operations per (test example, decay value). 
 cost grows with ``runs * steps * batch * tests`` per SVI step: the path for thousands of training
 examples; with the guard it is one fit plus ``guard_folds`` cross-fits on 3/4 of the runs
 (``benchmarks/results/bench_scale.md`` has the times at ``N=1000, T=1000, R=16, M=64``).
-``bayes-exact`` is exact without optimiser memory (one ``2 n_train``-square eigendecomposition
+``bayes-cg`` fits ``bayes-grid``'s model over the same grid matrix-free
+(:mod:`bayes_simfluence.bayes.krylov`: Lanczos evidence, perturb-and-MAP draws), at
+``runs * steps * batch`` per product with the design instead of dense Gram matrices; on CPU it is
+not yet fast enough to be ``bayes``'s choice at thousands of examples (``benchmarks/results/``),
+so it is opt-in. ``bayes-exact`` is exact without optimiser memory (one ``2 n_train``-square eigendecomposition
 per test example, NUTS on the hyperparameters); ``bayes-nuts`` samples the full model and is for
 small problems and checks.
 
@@ -30,7 +34,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bayes_simfluence import budget, settings, validation
-from bayes_simfluence.bayes import backends, grid, guard, inference, run_state
+from bayes_simfluence.bayes import backends, grid, guard, inference, krylov, run_state
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
@@ -45,9 +49,13 @@ def state_flag(value: Any, key: str = "run_state") -> bool | str:
     return settings.parse(key, value)
 
 
-RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": inference.run_exact, "grid": grid.run_grid}
+RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": inference.run_exact, "grid": grid.run_grid,
+           "cg": krylov.run_cg}
 
 
+#: the backends that integrate the hyperparameters on a grid (the run state is theirs; the guard's
+#: cross-fits are full fits, rolled out by their posterior mean)
+GRID_METHODS = ("grid", "cg")
 #: ``-o run_state=auto`` keeps the run state where the guard's held-out runs favour it by more than
 #: this many standard errors (:func:`state_check`)
 STATE_CHECK_SDS = 2.0
@@ -68,7 +76,7 @@ GUARD_WORKERS = 2
 #: the exact path (its features would be dense).
 METHOD_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"svi": {"memory": "geometric"},
                                                      "nuts": {"memory": "geometric"}, "exact": {},
-                                                     "grid": {"memory": "geometric"}}
+                                                     "grid": {"memory": "geometric"}, "cg": {"memory": "geometric"}}
 
 
 def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, dict[str, Any]]:
@@ -108,7 +116,7 @@ def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, fol
     value = state_flag(value, "run_state")
     if value != "auto":
         return value, None
-    if method != "grid":
+    if method not in GRID_METHODS:
         return False, f"bayes-{method} has no run state"
     if not use_guard:
         return False, "no guard: -o guard=false"
@@ -118,7 +126,7 @@ def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, fol
 
 
 def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) -> BayesianSimfluence:
-    """Fit the Bayesian model on ``train`` with ``method`` in ``{"svi", "nuts", "exact", "grid"}``.
+    """Fit the Bayesian model on ``train`` with ``method`` in ``{"svi", "nuts", "exact", "grid", "cg"}``.
 
     With the guard (option ``guard``, default on) the same fit is first cross-fitted on
     ``guard_folds`` folds of the runs, and the posterior is stacked with the curriculum-blind
@@ -203,7 +211,7 @@ def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result:
         if workers is None:
             fold_bytes = _fit_bytes(train, quiet["num_draws"])
             workers = GUARD_WORKERS if GUARD_WORKERS * fold_bytes <= 0.5 * budget.available_memory() else 1
-    elif method == "grid":
+    elif method in GRID_METHODS:
         quiet["num_draws"] = min(_fit_settings(method, parse_options(options, method)[1])["num_draws"], MEAN_DRAWS)
 
     def cross_fit(runs: Runs) -> BayesianSimfluence:
@@ -242,7 +250,7 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
     config, kwargs = parse_options(options, method)
     backends.check_supported(config, method)
     routine = _fit_settings(method, kwargs)
-    stored = routine["num_draws"] if method in ("svi", "grid") else routine["num_samples"] * routine["num_chains"]
+    stored = routine["num_draws"] if method in ("svi", *GRID_METHODS) else routine["num_samples"] * routine["num_chains"]
     budget.check(_fit_bytes(train, stored),
                             f"bayes-{method} on {train.n_tests} test x {train.n_train} training examples "
                             f"({stored} stored draws)", "n_train is the size of the pool the indices refer to")

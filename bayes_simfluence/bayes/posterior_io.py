@@ -150,7 +150,7 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
 
 
 #: the inference routines a posterior may come from (its ``method`` attribute).
-METHODS = ("svi", "nuts", "exact", "grid")
+METHODS = ("svi", "nuts", "exact", "grid", "cg")
 #: variables that come together: a posterior holding the first needs the others.
 _TOGETHER = {"state": ("state_direction", "state_recency"), "blind_state": ("blind_center", "state"),
              "stacking_weight": ("blind_mean",), "blind_mean": ("stacking_weight",)}
