@@ -6,13 +6,13 @@ import time
 from typing import Any
 
 from bayes_simfluence import budget
-from bayes_simfluence.bayes import guard
 from bayes_simfluence.choices import DEFAULT_EVAL_DRAWS
 from bayes_simfluence.methods import FitContext, check_options, fit_method, options_for
 from bayes_simfluence.metrics import (band_scores, bootstrap_intervals, per_test_scores, point_scores,
                                       run_bootstrap_interval)
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import ProbabilisticSimulator, Simulator
+from bayes_simfluence.stacking import describe as describe_stacking
 from bayes_simfluence.validation import checked_result, integer
 
 
@@ -128,7 +128,7 @@ def format_table(results: dict[str, dict[str, Any]], intervals: bool = False) ->
         lines.append(name.ljust(width) + "".join(cells))
     for name, scores in results.items():
         if "guard" in scores:
-            lines.append(f"{name} {guard.describe(scores['guard'])}")
+            lines.append(f"{name} {describe_stacking(scores['guard'])}")
         if "predictive" in scores:
             lines.append(f"{name} coverage and crps: {scores['predictive']}")
     return "\n".join(lines)

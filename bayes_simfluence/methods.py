@@ -17,6 +17,8 @@ import numpy as np
 
 from bayes_simfluence.runs import Runs, member, open_archive
 from bayes_simfluence.simulators import MeanTrajectory, SimfluenceLinear, Simulator
+from bayes_simfluence.stacking import KIND as STACKED_KIND
+from bayes_simfluence.stacking import StackedSimulator
 from bayes_simfluence import settings
 from bayes_simfluence.validation import InputError
 
@@ -217,3 +219,4 @@ for _variant in ("linear", "additive", "multiplicative"):
     register_method(_variant, options=settings.option_names(_variant))(_point_factory(_variant))
 register_loader("mean-trajectory", MeanTrajectory.load)
 register_loader("simfluence-point", SimfluenceLinear.load)
+register_loader(STACKED_KIND, lambda path: StackedSimulator.load(path, load_simulator))

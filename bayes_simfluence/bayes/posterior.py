@@ -50,6 +50,7 @@ from bayes_simfluence.runs import Runs
 from bayes_simfluence.decisions import Decisions
 from bayes_simfluence.choices import PREDICTIVES
 from bayes_simfluence.simulators import AVERAGE_ID, check_simulation_inputs, with_mean_column
+from bayes_simfluence.stacking import stacked_mean
 from bayes_simfluence.validation import InputError, integer
 
 #: bytes of intermediate arrays one chunk of draws may use (the output itself is extra).
@@ -338,7 +339,7 @@ class BayesianSimfluence(Decisions):
             blind = alternative.simulate(curricula, initial_losses)
         else:
             blind = initial_losses[:, None, :] + self.blind_offsets(curricula.shape[1])[None]
-        return self.stacking_weight * mean + (1.0 - self.stacking_weight) * blind
+        return stacked_mean(self.stacking_weight, mean, blind)
 
     def bands(self, curricula: np.ndarray, initial_losses: np.ndarray, levels: tuple[float, ...] = (0.5, 0.9),
               n_draws: int = 500, seed: int = 0, predictive: str | None = None,

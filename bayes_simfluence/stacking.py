@@ -1,0 +1,290 @@
+"""Stacking: a simulator composed of two simulators, weighted by held-out roll-outs.
+
+Any two simulators can be stacked: a *full* one (what a method fits) and an *alternative* (by
+default the curriculum-blind mean trajectory, :class:`~bayes_simfluence.simulators.MeanTrajectory`).
+The weights are chosen where users consume simulations, on whole held-out trajectories:
+
+1. split the training runs into ``folds`` contiguous folds (default :data:`FOLDS`); for each, fit
+   both simulators on the other runs and roll them out on the fold's curricula from their own ``L_0``;
+2. per test example, choose the weight ``w[m]`` in ``[0, 1]`` of the full simulator that minimises
+   the held-out all-steps squared error of ``w f + (1 - w) b`` (closed form,
+   :func:`stacking_weights`), as in stacking of predictive distributions (Yao, Vehtari, Simpson and
+   Gelman, 2018), scored here by squared error of the means.
+
+:func:`cross_fit_stacking` does both and keeps the held-out residuals of the stacked prediction
+(``observed - (w f + (1 - w) b)``: what a new run differs by from the simulation);
+:func:`fit_stacked` adds the fits on every run and returns the composed simulator
+(:class:`StackedSimulator`, or :class:`StackedProbabilisticSimulator` where the full simulator has
+a predictive distribution). ``w = 1`` everywhere is the full simulator; where the curriculum has
+no effect ``w`` falls towards 0. The Bayesian methods' guard (:mod:`bayes_simfluence.bayes.guard`)
+is this stacking with the posterior as the full simulator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from bayes_simfluence import atomic
+from bayes_simfluence.runs import Runs, member, open_archive
+from bayes_simfluence.simulators import MeanTrajectory, ProbabilisticSimulator, Simulator, saved_array
+from bayes_simfluence.validation import InputError
+
+#: the fewest runs a held-out fold may have.
+MIN_RUNS_PER_FOLD = 2
+#: default number of folds: each cross-fit sees 3/4 of the runs. With 2 folds (fits on half the
+#: runs) the weights came out biased towards the blind model on the project's real sets, because a
+#: fit on half the runs is worse than the final fit on all of them.
+FOLDS = 4
+#: what :func:`cross_fit_stacking` names its default alternative in reports.
+BLIND_NAME = "curriculum-blind"
+#: the ``kind`` of a saved :class:`StackedSimulator`.
+KIND = "stacked"
+
+#: ``fit(train runs) -> fitted simulator``
+Fit = Callable[[Runs], Simulator]
+#: ``alternative(train runs, the full simulator fitted on them) -> fitted alternative``
+AlternativeFit = Callable[[Runs, Simulator], Simulator]
+
+
+def blind_alternative(train: Runs, fitted: Simulator) -> MeanTrajectory:
+    """The default alternative: the curriculum-blind mean trajectory of ``train`` (``fitted`` unused)."""
+    return MeanTrajectory().fit(train)
+
+
+class Stacking(NamedTuple):
+    """What held-out stacking found.
+
+    Attributes:
+        weight: ``[tests]`` weight of the full simulator in the stack.
+        report: held-out-run all-steps MSE of the full simulator, the alternative (``"blind"``
+            keys) and the stack (the stack's weights were chosen on these same predictions, one per
+            test example: slightly optimistic), folds, runs, seconds: JSON-ready.
+        residuals: ``[runs, steps, tests]`` held-out ``observed - stacked`` trajectories of every
+            training run (without ``L_0``), in run order; None when nothing was held out.
+    """
+
+    weight: np.ndarray
+    report: dict[str, Any]
+    residuals: np.ndarray | None = None
+
+
+def stacking_weights(full: np.ndarray, blind: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """``[tests]`` ``argmin_{w in [0, 1]} sum (w f + (1 - w) b - y)^2`` over runs and steps.
+
+    Args:
+        full, blind, actual: ``[runs, steps, tests]`` trajectories (without ``L_0``, which all share).
+    """
+    gap, target = full - blind, actual - blind
+    denominator = (gap**2).sum(axis=(0, 1))
+    numerator = (gap * target).sum(axis=(0, 1))
+    weight = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
+    return np.clip(weight, 0.0, 1.0)
+
+
+def contiguous_folds(n_runs: int, folds: int) -> list[np.ndarray]:
+    """Indices of ``folds`` contiguous, nearly equal folds of ``n_runs`` runs."""
+    return list(np.array_split(np.arange(n_runs), folds))
+
+
+def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool = False, workers: int = 1,
+                       alternative: AlternativeFit = blind_alternative,
+                       alternative_name: str = BLIND_NAME) -> Stacking:
+    """Cross-fit ``fit`` and ``alternative`` over folds of ``runs`` and choose the stacking weights
+    (module docstring).
+
+    ``alternative(train, fitted)`` fits the alternative on a fold's training runs, given the fold's
+    fit of ``fit`` (whose estimates it may reuse); ``alternative_name`` names it in the report.
+
+    With fewer than ``folds * MIN_RUNS_PER_FOLD`` runs nothing is held out: every weight is 1 and
+    the report says why. ``workers > 1`` runs that many cross-fits at once in threads (for fits
+    that compute outside Python, such as XLA's; the results are the same numbers): the first fold
+    of each training-run count runs alone, so a fit that traces and compiles a program per shape
+    does so in one thread only (NumPyro's effect handlers live on one global stack, which
+    concurrent tracing would corrupt).
+    """
+    if runs.n_runs < folds * MIN_RUNS_PER_FOLD:
+        return Stacking(np.ones(runs.n_tests), {
+            "skipped": f"{runs.n_runs} runs: the guard needs at least {folds * MIN_RUNS_PER_FOLD} "
+                       f"({folds} folds of {MIN_RUNS_PER_FOLD})"})
+    start = time.perf_counter()
+
+    def cross_fit(held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        train, test = runs.select_runs(np.setdiff1d(np.arange(runs.n_runs), held)), runs.select_runs(held)
+        fitted = fit(train)
+        return (fitted.simulate(test.curricula, test.initial_losses)[:, 1:],
+                alternative(train, fitted).simulate(test.curricula, test.initial_losses)[:, 1:],
+                test.losses[:, 1:])
+
+    held_out = contiguous_folds(runs.n_runs, folds)
+    first_of_size: dict[int, int] = {}
+    for k, held in enumerate(held_out):
+        first_of_size.setdefault(len(held), k)
+    results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    with tqdm(total=folds, desc="guard: cross-fits", unit="fold", disable=not progress) as bar:
+        for k in first_of_size.values():
+            results[k] = cross_fit(held_out[k])
+            bar.update()
+        rest = [k for k in range(folds) if k not in results]
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(rest)))) as pool:
+            for k, result in zip(rest, pool.map(lambda k: cross_fit(held_out[k]), rest)):
+                results[k] = result
+                bar.update()
+    full, other, actual = (np.concatenate([results[k][part] for k in range(folds)]) for part in range(3))
+    weight = stacking_weights(full, other, actual)
+    stacked = weight * full + (1.0 - weight) * other
+
+    def mse(prediction: np.ndarray) -> float:
+        return float(((prediction - actual) ** 2).mean())
+
+    report = {"folds": folds, "heldout_runs": int(actual.shape[0]), "heldout_mse_full": mse(full),
+              "heldout_mse_blind": mse(other), "heldout_mse_stacked": mse(stacked),
+              "mean_weight": float(weight.mean()), "workers": workers, "seconds": time.perf_counter() - start,
+              "blind": alternative_name}
+    return Stacking(weight, report, actual - stacked)
+
+
+def describe(report: dict[str, Any]) -> str:
+    """One line for users: what held-out stacking (the guard) measured and what it chose."""
+    if "skipped" in report:
+        return f"guard skipped: {report['skipped']}"
+    return (f"guard: on {report['heldout_runs']} held-out training runs ({report['folds']} folds), all-steps MSE "
+            f"{report['heldout_mse_full']:.4g} with the effects, {report['heldout_mse_blind']:.4g} "
+            f"{report.get('blind', BLIND_NAME)}, "
+            f"{report['heldout_mse_stacked']:.4g} stacked; weight of the effects {report['mean_weight']:.2f} "
+            "(mean over test examples)")
+
+
+def report_entries(report: dict[str, Any] | None) -> dict[str, Any]:
+    """Result-table entries of a stacking report: ``guard`` (the report) and ``guard_weight`` (its
+    mean weight) where the weights were chosen; empty without a report."""
+    if report is None:
+        return {}
+    entries: dict[str, Any] = {"guard": report}
+    if "mean_weight" in report:
+        entries["guard_weight"] = report["mean_weight"]
+    return entries
+
+
+def stacked_mean(weight: np.ndarray, full: np.ndarray, alternative: np.ndarray) -> np.ndarray:
+    """``[..., tests]`` ``w f + (1 - w) b`` of two predictions ``[..., tests]`` with weights ``w [tests]``."""
+    return weight * full + (1.0 - weight) * alternative
+
+
+@dataclass
+class StackedSimulator:
+    """Two simulators composed: predicts ``w[m] full + (1 - w[m]) alternative`` per test example.
+
+    Attributes:
+        full, alternative: fitted simulators on the same test examples.
+        weight: ``[tests]`` weight of ``full``, in ``[0, 1]``.
+        info: ``{"guard": report}`` of :func:`cross_fit_stacking` (JSON-ready).
+    """
+
+    full: Simulator
+    alternative: Simulator
+    weight: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.full.name}+stacked"
+
+    @property
+    def stacking_weight(self) -> np.ndarray:
+        """``[tests]`` the weight of the full simulator."""
+        return self.weight
+
+    def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
+        """``curricula [runs, steps, batch]``, ``initial_losses [runs, tests]`` -> ``[runs, steps + 1, tests]``."""
+        return stacked_mean(self.weight, self.full.simulate(curricula, initial_losses),
+                            self.alternative.simulate(curricula, initial_losses))
+
+    def select_tests(self, tests: np.ndarray) -> "StackedSimulator":
+        return dataclasses.replace(self, full=self.full.select_tests(tests),
+                                   alternative=self.alternative.select_tests(tests), weight=self.weight[tests])
+
+    def save(self, path: str | Path) -> None:
+        """One ``.npz``: the weights, the report and both simulators' own files, byte for byte."""
+        with tempfile.TemporaryDirectory() as folder:
+            files = {}
+            for part in ("full", "alternative"):
+                getattr(self, part).save(Path(folder) / part)
+                files[f"{part}_file"] = np.frombuffer((Path(folder) / part).read_bytes(), dtype=np.uint8)
+        atomic.savez(path, {"kind": np.array(KIND), "weight": np.asarray(self.weight, dtype=np.float64),
+                            "info": np.array(json.dumps(self.info)), **files})
+
+    @classmethod
+    def load(cls, path: str | Path, load: Callable[[Path], Simulator]) -> "StackedSimulator":
+        """Read a file written by :meth:`save`; ``load`` reads each simulator's own file back
+        (:func:`bayes_simfluence.methods.load_simulator`)."""
+        path = Path(path)
+        with open_archive(path, "simulator file") as archive:
+            weight = saved_array(archive, "weight", path, ndim=1)
+            info = json.loads(str(member(archive, "info", str(path))))
+            parts = {}
+            with tempfile.TemporaryDirectory() as folder:
+                for part in ("full", "alternative"):
+                    (Path(folder) / part).write_bytes(member(archive, f"{part}_file", str(path)).tobytes())
+                    parts[part] = load(Path(folder) / part)
+        if np.any((weight < 0) | (weight > 1)):
+            raise InputError(f"{path}: 'weight' must lie in [0, 1]")
+        return stack(parts["full"], parts["alternative"], weight, info)
+
+
+@dataclass
+class StackedProbabilisticSimulator(StackedSimulator):
+    """A :class:`StackedSimulator` whose full simulator has a predictive distribution: each
+    (draw, test example) is a draw of ``full`` with probability ``w[m]``, otherwise of the
+    alternative (its own draw, or its one trajectory for a point simulator), so the draws' mean is
+    the stack's. Which one depends on ``seed`` and the draw only: draws stay paired across curricula."""
+
+    full: ProbabilisticSimulator
+
+    def predictive_kind(self, predictive: str | None = None) -> str:
+        return self.full.predictive_kind(predictive)
+
+    def describe_predictive(self, predictive: str | None = None) -> str:
+        return self.full.describe_predictive(predictive)
+
+    def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int,
+                       seed: int = 0, predictive: str | None = None) -> np.ndarray:
+        """``[draws, runs, steps + 1, tests]`` draws of the stacked predictive ``predictive`` (the
+        full simulator's; see :data:`~bayes_simfluence.choices.PREDICTIVES`)."""
+        full = self.full.simulate_draws(curricula, initial_losses, n_draws, seed=seed, predictive=predictive)
+        if isinstance(self.alternative, ProbabilisticSimulator):
+            other = self.alternative.simulate_draws(curricula, initial_losses, n_draws, seed=seed,
+                                                    predictive=predictive)
+        else:
+            other = self.alternative.simulate(curricula, initial_losses)[None]
+        keep = np.random.default_rng(seed).random((full.shape[0], len(self.weight))) < self.weight  # [draws, tests]
+        return np.where(keep[:, None, None, :], full, other)
+
+
+def stack(full: Simulator, alternative: Simulator, weight: np.ndarray,
+          info: dict[str, Any] | None = None) -> StackedSimulator:
+    """``full`` and ``alternative`` composed with weights ``weight [tests]`` of ``full``: a
+    :class:`StackedProbabilisticSimulator` where ``full`` has a predictive distribution."""
+    kind = StackedProbabilisticSimulator if isinstance(full, ProbabilisticSimulator) else StackedSimulator
+    return kind(full, alternative, np.asarray(weight, dtype=np.float64), dict(info or {}))
+
+
+def fit_stacked(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool = False, workers: int = 1,
+                alternative: AlternativeFit = blind_alternative,
+                alternative_name: str = BLIND_NAME) -> StackedSimulator:
+    """Any method stacked with an alternative: weights by :func:`cross_fit_stacking` (arguments
+    as there), then ``fit`` and ``alternative`` on every run of ``runs``, composed by :func:`stack`.
+    E.g. ``fit_stacked(lambda train: fit_method("linear", train), runs)``. With too few runs for
+    the folds every weight is 1 (the report says why)."""
+    stacking = cross_fit_stacking(fit, runs, folds, progress, workers, alternative, alternative_name)
+    full = fit(runs)
+    return stack(full, alternative(runs, full), stacking.weight, {"guard": stacking.report})

@@ -1,0 +1,134 @@
+"""Stacking of two simulators by held-out roll-outs (bayes_simfluence.stacking), with any method."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bayes_simfluence.compare import compare
+from bayes_simfluence.evaluation import fit_report, score_simulator
+from bayes_simfluence.methods import FitContext, fit_method, load_simulator
+from bayes_simfluence.runs import Runs
+from bayes_simfluence.simulators import MeanTrajectory, ProbabilisticSimulator, SimfluenceLinear
+from bayes_simfluence.stacking import (StackedProbabilisticSimulator, StackedSimulator, cross_fit_stacking,
+                                       fit_stacked, stack, stacking_weights)
+from bayes_simfluence.synthetic import synthetic_runs
+
+
+def test_weights_computed_by_hand_on_a_tiny_example():
+    """One run, two steps, two test examples: ``w = sum (f - b)(y - b) / sum (f - b)^2``, clipped."""
+    full = np.array([[[2.0, 2.0], [4.0, 4.0]]])
+    blind = np.zeros_like(full)
+    actual = np.array([[[1.0, 3.0], [2.0, 6.0]]])
+    # test 0: (2 * 1 + 4 * 2) / (4 + 16) = 0.5; test 1: (2 * 3 + 4 * 6) / 20 = 1.5, clipped to 1
+    np.testing.assert_allclose(stacking_weights(full, blind, actual), [0.5, 1.0])
+    # pointing away from the truth: clipped to 0; no difference between the two: 0
+    np.testing.assert_array_equal(stacking_weights(full, blind, -actual), [0.0, 0.0])
+    np.testing.assert_array_equal(stacking_weights(blind, blind, actual), [0.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def noiseless():
+    """Runs drawn without noise from known Simfluence-Linear effects, and the generating simulator."""
+    runs, truth = synthetic_runs(n_train=12, n_tests=3, n_runs=12, n_steps=20, batch_size=3, noise_scale=0.0,
+                                 effect_scale=0.05, seed=1)
+    generating = SimfluenceLinear(multiplicative=truth.multiplicative, additive=truth.additive, batch_size=3)
+    return runs, generating
+
+
+def test_the_weight_goes_to_the_generating_process_whichever_side_it_is_on(noiseless):
+    runs, generating = noiseless
+    towards = cross_fit_stacking(lambda train: generating, runs, folds=4)
+    np.testing.assert_allclose(towards.weight, 1.0, atol=1e-9)
+    assert towards.report["heldout_mse_full"] < 1e-10 < 1e-4 < towards.report["heldout_mse_blind"]
+    np.testing.assert_allclose(towards.residuals, 0.0, atol=1e-6)
+    # the blind model as the full one, the generating process as the alternative: weight 0
+    away = cross_fit_stacking(lambda train: MeanTrajectory().fit(train), runs, folds=4,
+                              alternative=lambda train, fitted: generating, alternative_name="generating")
+    np.testing.assert_allclose(away.weight, 0.0, atol=1e-9)
+    assert away.report["blind"] == "generating" and away.residuals.shape == (12, 20, 3)
+
+
+def test_any_method_stacked_predicts_the_weighted_mean_and_survives_save_and_load(noiseless, tmp_path: Path):
+    runs, _ = noiseless
+    stacked = fit_stacked(lambda train: fit_method("linear", train, FitContext(options={"ridge": 1e-3})), runs)
+    assert type(stacked) is StackedSimulator and stacked.name == "linear+stacked"
+    assert stacked.info["guard"]["folds"] == 4 and np.all(stacked.weight > 0.9), stacked.weight
+    linear = fit_method("linear", runs, FitContext(options={"ridge": 1e-3}))
+    blind = MeanTrajectory().fit(runs)
+    curricula, initial = runs.curricula[:3], runs.initial_losses[:3]
+    expected = stacked.weight * linear.simulate(curricula, initial) + (1 - stacked.weight) * blind.simulate(
+        curricula, initial)
+    np.testing.assert_allclose(stacked.simulate(curricula, initial), expected, rtol=1e-12)
+    stacked.save(tmp_path / "stacked.npz")
+    loaded = load_simulator(tmp_path / "stacked.npz")
+    assert type(loaded) is StackedSimulator and loaded.info == stacked.info
+    np.testing.assert_array_equal(loaded.simulate(curricula, initial), stacked.simulate(curricula, initial))
+    one = stacked.select_tests(np.array([2]))
+    np.testing.assert_array_equal(one.simulate(curricula, initial[:, 2:]), stacked.simulate(curricula, initial)[..., 2:])
+    report = fit_report(stacked)
+    assert report["guard_weight"] == stacked.info["guard"]["mean_weight"]
+    assert score_simulator(stacked, runs.select_runs(np.arange(4)))["all_steps_mse"] < 1e-3
+
+
+@dataclasses.dataclass
+class Noisy:
+    """A probabilistic simulator: a point simulator plus seeded Gaussian noise on every loss."""
+
+    point: SimfluenceLinear
+    scale: float = 0.1
+    name: str = "noisy"
+
+    def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
+        return self.point.simulate(curricula, initial_losses)
+
+    def simulate_draws(self, curricula: np.ndarray, initial_losses: np.ndarray, n_draws: int, seed: int = 0,
+                       predictive: str | None = None) -> np.ndarray:
+        mean = self.simulate(curricula, initial_losses)
+        return mean + self.scale * np.random.default_rng(seed + 1).standard_normal((n_draws,) + mean.shape)
+
+    def predictive_kind(self, predictive: str | None = None) -> str:
+        return predictive or "noise"
+
+    def describe_predictive(self, predictive: str | None = None) -> str:
+        return "noise"
+
+    def select_tests(self, tests: np.ndarray) -> "Noisy":
+        return Noisy(self.point.select_tests(tests), self.scale)
+
+    def save(self, path: str | Path) -> None:
+        raise NotImplementedError("the test's simulator is not saved")
+
+
+def test_stacked_draws_are_the_mixture_the_weights_say_and_stay_paired(noiseless):
+    runs, generating = noiseless
+    full, blind = Noisy(generating), MeanTrajectory().fit(runs)
+    stacked = stack(full, blind, np.array([0.0, 0.5, 1.0]))
+    assert isinstance(stacked, StackedProbabilisticSimulator) and isinstance(stacked, ProbabilisticSimulator)
+    curricula, initial = runs.curricula[:2], runs.initial_losses[:2]
+    draws = stacked.simulate_draws(curricula, initial, n_draws=400, seed=3)
+    full_draws = full.simulate_draws(curricula, initial, n_draws=400, seed=3)
+    blind_mean = blind.simulate(curricula, initial)
+    np.testing.assert_array_equal(draws[..., 0], np.broadcast_to(blind_mean[..., 0], draws[..., 0].shape))
+    np.testing.assert_array_equal(draws[..., 2], full_draws[..., 2])
+    is_full = np.all(draws[..., 1] == full_draws[..., 1], axis=(1, 2))
+    is_blind = np.all(draws[..., 1] == blind_mean[None, ..., 1], axis=(1, 2))
+    assert np.all(is_full ^ is_blind) and 0.4 < is_full.mean() < 0.6
+    other = stacked.simulate_draws(runs.curricula[4:6], runs.initial_losses[4:6], n_draws=400, seed=3)
+    other_full = full.simulate_draws(runs.curricula[4:6], runs.initial_losses[4:6], n_draws=400, seed=3)
+    np.testing.assert_array_equal(np.all(other[..., 1] == other_full[..., 1], axis=(1, 2)), is_full)
+    # compare pairs the draws and says where they come from
+    result = compare(stacked, [runs.curricula[0], runs.curricula[1]], runs.initial_losses[0], n_draws=50)
+    assert result.stacking_weight == pytest.approx(0.5) and "curriculum-blind" in result.uncertainty
+
+
+def test_too_few_runs_keep_the_full_simulator(noiseless):
+    runs, generating = noiseless
+    few: Runs = runs.select_runs(np.arange(5))
+    stacked = fit_stacked(lambda train: generating, few)
+    assert "skipped" in stacked.info["guard"] and np.all(stacked.weight == 1.0)
+    np.testing.assert_array_equal(stacked.simulate(few.curricula, few.initial_losses),
+                                  generating.simulate(few.curricula, few.initial_losses))
