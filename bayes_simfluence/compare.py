@@ -36,9 +36,12 @@ from bayes_simfluence import budget, validation
 from bayes_simfluence.choices import DEFAULT_DRAWS, PREDICTIVES, REDUCTIONS
 from bayes_simfluence.curricula import from_batches
 from bayes_simfluence.runs import EMPTY_SLOT, RunsFormatError
-from bayes_simfluence.simulators import Simulator
+from bayes_simfluence.simulators import ProbabilisticSimulator, Simulator, Stacked
 
 QUANTITIES = ("final", "mean")
+#: what the draws of a stacked simulator's alternative mean for a comparison, by the alternative's words
+ALTERNATIVE_NOTES = {"curriculum-blind": "; in the other draws the candidates' expected losses do not differ",
+                     "state-only": "; in the other draws the candidates differ only through the run state"}
 
 
 def as_curricula(candidate: Any, label: str = "candidate") -> np.ndarray:
@@ -89,7 +92,7 @@ def simulate_draws_of(simulator: Simulator, curricula: np.ndarray, initial_losse
     n_draws = validation.integer(n_draws, "n_draws", minimum=1)
     if predictive is not None and predictive not in PREDICTIVES:
         raise validation.InputError(f"predictive: {predictive!r} is not one of {list(PREDICTIVES)} (or None)")
-    if hasattr(simulator, "simulate_draws"):
+    if isinstance(simulator, ProbabilisticSimulator):
         budget.check_simulation(simulator, n_draws, curricula, np.shape(initial_losses)[-1])
         draws = simulator.simulate_draws(curricula, initial_losses, n_draws, seed=seed,
                                          predictive=predictive)
@@ -135,11 +138,12 @@ class Comparison:
             ``"parameters"``, see :data:`bayes_simfluence.choices.PREDICTIVES`; empty for
             a point simulator).
         uncertainty_source: the simulator's words for that predictive.
-        stacking_weight: mean weight of the full model over ``tests`` where the simulator is a
-            guarded posterior (:mod:`bayes_simfluence.bayes.guard`): the other draws come from the
-            curriculum-blind model, under which the candidates do not differ; None otherwise.
-        stacked_with_state: the other draws come from the state-only model instead
-            (:class:`~bayes_simfluence.bayes.run_state.StateTrajectory`, with the run state).
+        stacking_weight: mean weight of the full model over ``tests`` where the simulator is
+            stacked (:class:`~bayes_simfluence.simulators.Stacked`, e.g. a guarded posterior): the
+            other draws come from the alternative model; None otherwise.
+        stacked_alternative: that alternative in words (``"curriculum-blind"``: the candidates'
+            expected losses do not differ under it; ``"state-only"``: they differ only through the
+            run state, :class:`~bayes_simfluence.bayes.run_state.StateTrajectory`); empty when not stacked.
     """
 
     labels: tuple[str, ...]
@@ -153,7 +157,7 @@ class Comparison:
     predictive: str = ""
     uncertainty_source: str = ""
     stacking_weight: float | None = None
-    stacked_with_state: bool = False
+    stacked_alternative: str = ""
 
     @property
     def n_draws(self) -> int:
@@ -251,12 +255,10 @@ class Comparison:
         if not self.has_uncertainty:
             return "none: a point simulator gives one trajectory (fit a bayes-* method for intervals and P(better))"
         what = self.uncertainty_source
-        if self.stacking_weight is not None and self.stacked_with_state:
-            what += (f", stacked with the state-only model (weight of the effects {self.stacking_weight:.2f}; "
-                     "in the other draws the candidates differ only through the run state)")
-        elif self.stacking_weight is not None:
-            what += (f", stacked with the curriculum-blind model (weight of the effects {self.stacking_weight:.2f}; "
-                     "in the other draws the candidates' expected losses do not differ)")
+        if self.stacking_weight is not None:
+            note = ALTERNATIVE_NOTES.get(self.stacked_alternative, "")
+            what += (f", stacked with the {self.stacked_alternative} model (weight of the effects "
+                     f"{self.stacking_weight:.2f}{note})")
         return what
 
     def summary(self) -> str:
@@ -291,7 +293,7 @@ class Comparison:
 
 def _predictive_words(simulator: Simulator, predictive: str | None) -> tuple[str, str]:
     """``(kind, description)`` of the predictive a probabilistic simulator resolves ``predictive`` to."""
-    if not hasattr(simulator, "predictive_kind"):
+    if not isinstance(simulator, ProbabilisticSimulator):
         return "", ""
     return simulator.predictive_kind(predictive), simulator.describe_predictive(predictive)
 
@@ -371,9 +373,9 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
         trajectories.append(reduced.mean(axis=1))  # [draws, steps + 1]
     if len({trajectory.shape[0] for trajectory in trajectories}) != 1:
         raise ValueError("the simulator returned different numbers of draws for different candidates")
-    weight = getattr(simulator, "stacking_weight", None)
+    stacked = isinstance(simulator, Stacked) and simulator.stacking_weight is not None
     return Comparison(labels, tests, reduction, tuple(trajectories),
                       np.array([candidate.shape[1] for candidate in candidates]), identical, reference, level,
                       *_predictive_words(simulator, predictive),
-                      None if weight is None else float(np.mean(weight)),
-                      getattr(simulator, "blind_state", None) is not None)
+                      float(np.mean(simulator.stacking_weight)) if stacked else None,
+                      simulator.stacked_alternative if stacked else "")

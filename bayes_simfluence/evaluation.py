@@ -11,7 +11,7 @@ from bayes_simfluence.methods import FitContext, check_options, fit_method, opti
 from bayes_simfluence.metrics import (band_scores, bootstrap_intervals, per_test_scores, point_scores,
                                       run_bootstrap_interval)
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.simulators import ProbabilisticSimulator, Simulator
+from bayes_simfluence.simulators import ProbabilisticSimulator, Reporting, Simulator
 from bayes_simfluence.stacking import describe as describe_stacking
 from bayes_simfluence.validation import checked_result, integer
 
@@ -36,17 +36,16 @@ def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_
     """
     what = f"'{simulator.name}' simulating the held-out runs"
     n_draws = integer(n_draws, "n_draws", minimum=1)
-    if hasattr(simulator, "simulate_draws"):
+    if isinstance(simulator, ProbabilisticSimulator):
         budget.check_simulation(simulator, n_draws, heldout.curricula, heldout.n_tests, f"{what} (--draws)")
     predicted = checked_result(simulator.simulate(heldout.curricula, heldout.initial_losses), what)
     scores: dict[str, Any] = point_scores(predicted, heldout.losses)
     draws = None
-    if isinstance(simulator, ProbabilisticSimulator) and hasattr(simulator, "simulate_draws"):
+    if isinstance(simulator, ProbabilisticSimulator):
         draws = checked_result(simulator.simulate_draws(heldout.curricula, heldout.initial_losses, n_draws,
                                                         seed=seed), what)
         scores.update(band_scores(draws, heldout.losses))
-        if hasattr(simulator, "describe_predictive"):
-            scores["predictive"] = simulator.describe_predictive()
+        scores["predictive"] = simulator.describe_predictive()
     intervals = bootstrap_intervals(per_test_scores(predicted, heldout.losses, draws), seed=seed)
     intervals["spearman_mean_loss"] = run_bootstrap_interval(predicted, heldout.losses, seed=seed)
     if random_subsets if random_subsets is not None else is_random_subsets(heldout):
@@ -57,18 +56,9 @@ def score_simulator(simulator: Simulator, heldout: Runs, n_draws: int = DEFAULT_
 
 
 def fit_report(simulator: Simulator) -> dict[str, Any]:
-    """What a fit chose, for result tables: ``ridge`` (the selected ridge strength), ``guard`` (the
-    report of :mod:`bayes_simfluence.bayes.guard`) and ``guard_weight`` (its mean weight), where present."""
-    report: dict[str, Any] = {}
-    ridge = getattr(simulator, "ridge_selected", None)
-    if ridge is not None:
-        report["ridge"] = float(ridge)
-    guard_report = getattr(simulator, "info", {}).get("guard")
-    if guard_report is not None:
-        report["guard"] = guard_report
-        if "mean_weight" in guard_report:
-            report["guard_weight"] = guard_report["mean_weight"]
-    return report
+    """What a fit chose, for result tables (:meth:`~bayes_simfluence.simulators.Reporting.fit_report`):
+    ``ridge``, ``guard`` and ``guard_weight`` where present; empty for a simulator that chose nothing."""
+    return simulator.fit_report() if isinstance(simulator, Reporting) else {}
 
 
 def evaluate_methods(methods: list[str], train: Runs, heldout: Runs, context: FitContext | None = None,

@@ -1,7 +1,12 @@
-"""The paper's point-estimate simulators: mean trajectory and Simfluence-Linear (and special cases).
+"""The simulator protocols, and the paper's point-estimate simulators: mean trajectory and
+Simfluence-Linear (and special cases).
 
-Every simulator has ``name``, ``simulate(curricula, initial_losses)`` returning
-``[runs, steps + 1, tests]`` and ``save(path)``; probabilistic ones add ``simulate_draws``.
+Every simulator (:class:`Simulator`) has ``name``, ``simulate(curricula, initial_losses)``
+returning ``[runs, steps + 1, tests]``, ``select_tests`` and ``save(path)``; what else it can do is
+a protocol of its own, which the core checks with ``isinstance``: a predictive distribution
+(:class:`ProbabilisticSimulator`), per-example effects and the average example
+(:class:`EffectSimulator`), predictions stacked with an alternative model (:class:`Stacked`),
+choices made while fitting (:class:`Reporting`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,36 @@ class ProbabilisticSimulator(Simulator, Protocol):
 
     def describe_predictive(self, predictive: str | None = None) -> str:
         """What draws of ``predictive`` stand for, in words for summaries."""
+
+    def predictive_kind(self, predictive: str | None = None) -> str:
+        """The predictive ``predictive`` resolves to (None: the simulator's default), one of
+        :data:`~bayes_simfluence.choices.PREDICTIVES`; one it cannot draw is refused."""
+
+
+@runtime_checkable
+class Stacked(Protocol):
+    """A simulator whose predictions stack its own model with an alternative, per test example
+    (:mod:`bayes_simfluence.stacking`)."""
+
+    @property
+    def stacking_weight(self) -> np.ndarray | None:
+        """``[tests]`` weight of the simulator's own model, the alternative having ``1 - weight``;
+        None: not stacked."""
+
+    @property
+    def stacked_alternative(self) -> str:
+        """The alternative in words: ``"curriculum-blind"`` (the candidates' expected losses do not
+        differ under it), ``"state-only"`` (they differ only through the run state) or its name."""
+
+
+@runtime_checkable
+class Reporting(Protocol):
+    """A simulator that chose something while fitting (a ridge strength, stacking weights)."""
+
+    def fit_report(self) -> dict[str, Any]:
+        """What the fit chose, JSON-ready, for result tables: ``ridge`` (the selected ridge
+        strength), ``guard`` (the stacking report, :func:`bayes_simfluence.stacking.cross_fit_stacking`)
+        and ``guard_weight`` (its mean weight), where present."""
 
 
 #: name of the virtual average example that ``with_average_example`` appends (index ``n_train``)
@@ -223,6 +258,10 @@ class SimfluenceLinear:
     @property
     def n_train(self) -> int:
         return int(np.shape(_fitted(self.additive, self.name))[-1])
+
+    def fit_report(self) -> dict[str, Any]:
+        """``{"ridge": the selected ridge strength}`` once fitted (:class:`Reporting`)."""
+        return {} if self.ridge_selected is None else {"ridge": float(self.ridge_selected)}
 
     def effect_draws(self, n_draws: int = 1, seed: int = 0) -> dict[str, np.ndarray]:
         """One draw of the effects, centred: ``a = A - 1 / batch`` (a full batch of ``a = 0``

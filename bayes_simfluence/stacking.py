@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from bayes_simfluence import atomic
 from bayes_simfluence.runs import Runs, member, open_archive
-from bayes_simfluence.simulators import MeanTrajectory, ProbabilisticSimulator, Simulator, saved_array
+from bayes_simfluence.simulators import MeanTrajectory, ProbabilisticSimulator, Reporting, Simulator, saved_array
 from bayes_simfluence.validation import InputError
 
 #: the fewest runs a held-out fold may have.
@@ -201,8 +201,19 @@ class StackedSimulator:
 
     @property
     def stacking_weight(self) -> np.ndarray:
-        """``[tests]`` the weight of the full simulator."""
+        """``[tests]`` the weight of the full simulator (:class:`~bayes_simfluence.simulators.Stacked`)."""
         return self.weight
+
+    @property
+    def stacked_alternative(self) -> str:
+        """The alternative as the stacking report names it (:class:`~bayes_simfluence.simulators.Stacked`)."""
+        return self.info.get("guard", {}).get("blind", BLIND_NAME)
+
+    def fit_report(self) -> dict[str, Any]:
+        """The full simulator's report with ``guard`` and ``guard_weight`` (:func:`report_entries`;
+        :class:`~bayes_simfluence.simulators.Reporting`)."""
+        own = self.full.fit_report() if isinstance(self.full, Reporting) else {}
+        return {**own, **report_entries(self.info.get("guard"))}
 
     def simulate(self, curricula: np.ndarray, initial_losses: np.ndarray) -> np.ndarray:
         """``curricula [runs, steps, batch]``, ``initial_losses [runs, tests]`` -> ``[runs, steps + 1, tests]``."""

@@ -98,3 +98,7 @@ class GaussianEffects:
             key = jax.random.PRNGKey(seed + 1)
             draws[:, :, 1:] += self.noise * np.asarray(jax.random.normal(key, draws[:, :, 1:].shape))
         return draws
+
+    def save(self, path: str) -> None:
+        """The :class:`~bayes_simfluence.simulators.ProbabilisticSimulator` protocol's; a test double is never saved."""
+        raise NotImplementedError("GaussianEffects is a test double: it is never saved")

@@ -153,11 +153,13 @@ def _header_only_npz(path: Path, curricula: np.ndarray, losses_shape: tuple[int,
 def test_huge_requests_are_refused_at_once_with_the_estimate_and_the_limit(files, tmp_path, monkeypatch):
     from bayes_simfluence.compare import simulate_draws_of
 
-    class Posterior:  # the budget is checked before a single draw is taken
+    class Posterior:  # the budget is checked before a single draw is taken (a ProbabilisticSimulator)
         name, train_ids = "bayes", np.arange(10).astype(str)
 
         def simulate_draws(self, *args, **kwargs):
             raise AssertionError("drew before the memory check")
+
+        simulate = save = select_tests = describe_predictive = predictive_kind = simulate_draws
 
     held = Runs.load(files["held"])
     bomb = tmp_path / "bomb.npz"

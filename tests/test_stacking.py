@@ -12,7 +12,7 @@ from bayes_simfluence.compare import compare
 from bayes_simfluence.evaluation import fit_report, score_simulator
 from bayes_simfluence.methods import FitContext, fit_method, load_simulator
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.simulators import MeanTrajectory, ProbabilisticSimulator, SimfluenceLinear
+from bayes_simfluence.simulators import MeanTrajectory, ProbabilisticSimulator, Reporting, SimfluenceLinear, Stacked
 from bayes_simfluence.stacking import (StackedProbabilisticSimulator, StackedSimulator, cross_fit_stacking,
                                        fit_stacked, stack, stacking_weights)
 from bayes_simfluence.synthetic import synthetic_runs
@@ -132,3 +132,25 @@ def test_too_few_runs_keep_the_full_simulator(noiseless):
     assert "skipped" in stacked.info["guard"] and np.all(stacked.weight == 1.0)
     np.testing.assert_array_equal(stacked.simulate(few.curricula, few.initial_losses),
                                   generating.simulate(few.curricula, few.initial_losses))
+
+
+def test_the_protocols_say_what_a_simulator_can_do(noiseless):
+    """compare and evaluation read a simulator through its protocols (simulators.py), not its fields."""
+    runs, generating = noiseless
+    linear = fit_method("linear", runs, FitContext(options={"ridge": 0.5}))
+    blind = MeanTrajectory().fit(runs)
+    assert isinstance(linear, Reporting) and fit_report(linear) == {"ridge": 0.5}
+    assert not isinstance(blind, Reporting) and fit_report(blind) == {}
+    assert not isinstance(linear, (ProbabilisticSimulator, Stacked))
+    noisy = Noisy(generating)
+    assert isinstance(noisy, ProbabilisticSimulator) and not isinstance(noisy, Stacked)
+    # a stack whose alternative is neither blind nor the state-only model: named, with no claim about it
+    other = stack(noisy, linear, np.array([0.25, 0.25, 0.25]), {"guard": {"blind": "linear"}})
+    assert isinstance(other, Stacked) and other.stacked_alternative == "linear"
+    result = compare(other, [runs.curricula[0], runs.curricula[1]], runs.initial_losses[0], n_draws=20)
+    assert result.uncertainty == "noise, stacked with the linear model (weight of the effects 0.25)"
+    assert fit_report(other) == {"guard": {"blind": "linear"}}
+    # the full simulator's own choices come with the stack's
+    report = {"mean_weight": 0.5, "blind": "curriculum-blind"}
+    assert fit_report(stack(linear, blind, np.full(3, 0.5), {"guard": report})) == {
+        "ridge": 0.5, "guard": report, "guard_weight": 0.5}

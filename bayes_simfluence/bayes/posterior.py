@@ -50,7 +50,7 @@ from bayes_simfluence.runs import Runs
 from bayes_simfluence.decisions import Decisions
 from bayes_simfluence.choices import PREDICTIVES
 from bayes_simfluence.simulators import AVERAGE_ID, check_simulation_inputs, with_mean_column
-from bayes_simfluence.stacking import stacked_mean
+from bayes_simfluence.stacking import report_entries, stacked_mean
 from bayes_simfluence.validation import InputError, integer
 
 #: bytes of intermediate arrays one chunk of draws may use (the output itself is extra).
@@ -153,6 +153,17 @@ class BayesianSimfluence(Decisions):
     @property
     def name(self) -> str:
         return f"bayes-{self.method}"
+
+    @property
+    def stacked_alternative(self) -> str:
+        """The guard's alternative in words (:class:`~bayes_simfluence.simulators.Stacked`):
+        ``"state-only"`` with the run state, else ``"curriculum-blind"``."""
+        return "curriculum-blind" if self.blind_state is None else "state-only"
+
+    def fit_report(self) -> dict[str, Any]:
+        """The guard's report and mean weight (:func:`bayes_simfluence.stacking.report_entries`;
+        :class:`~bayes_simfluence.simulators.Reporting`)."""
+        return report_entries(self.info.get("guard"))
 
     @property
     def run_state(self) -> RunState | None:
