@@ -97,7 +97,7 @@ def test_nuts_on_the_reference_problem_converges_without_divergences(small):
     posterior = BayesianSimfluence.from_fit(result, data, runs, CONFIG)
     idata = posterior.to_arviz()
     assert diagnostics.count_divergences(idata) == 0
-    table = diagnostics.summary(idata, var_names=["a", "B", "noise_scale", "effect_scale", "step_drift"])
+    table = diagnostics.summary(idata, var_names=["a", "B", "noise_scale", "effect_scale", "drift"])
     assert table["r_hat"].max() < 1.01
     assert table["ess_bulk"].min() > 400
 

@@ -93,7 +93,7 @@ def test_arviz_conversion_has_named_dims_and_ids(problem):
     idata = posterior.to_arviz(train, log_likelihood=True, n_draws=50)
     group = idata.posterior
     assert group["a"].dims == ("chain", "draw", "test_example", "train_example")
-    assert group["step_drift"].dims == ("chain", "draw", "test_example", "step")
+    assert group["drift"].dims == ("chain", "draw", "test_example", "step")
     assert list(group["train_example"].values) == list(train.train_ids)
     assert list(group["test_example"].values) == list(train.test_ids)
     assert idata.log_likelihood["y"].dims == ("chain", "draw", "run", "step", "test_example")

@@ -23,7 +23,7 @@ def to_datatree(posterior: Any, runs: Runs | None = None, predictions: Runs | No
     """The posterior (a :class:`~bayes_simfluence.bayes.posterior.BayesianSimfluence`) as a DataTree.
 
     Groups: ``posterior`` (effects in loss units, hyperparameters standardised), ``sample_stats``
-    (NUTS: ``diverging``, ``n_steps``, ...) and ``constant_data`` (``loss_scale``); with ``runs``,
+    (NUTS: ``diverging``, ``num_steps``, ...) and ``constant_data`` (``loss_scale``); with ``runs``,
     ``observed_data`` ``loss [run, step, test_example]`` (step 0: before training) and
     ``posterior_predictive`` ``loss [chain, draw, run, step, test_example]``, ``n_draws`` trajectories of
     the runs' curricula from the posterior's default predictive (``seed``); with ``runs`` and

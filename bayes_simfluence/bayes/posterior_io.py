@@ -6,7 +6,7 @@ mapping: ``method``, ``config``, ``a``, ``b``, ``drift``, ``sigma``, ``hyper``, 
 nor the diagnostics: both import it.
 
 File layout: group ``posterior`` (``a``, ``B`` ``[chain, draw, test_example, train_example]``,
-``step_drift`` ``[chain, draw, test_example, step]``, ``noise_scale`` and hyperparameters
+``drift`` ``[chain, draw, test_example, step]``, ``noise_scale`` and hyperparameters
 ``[chain, draw, test_example]``; effects in loss units, hyperparameters standardised; attributes
 ``bayes_simfluence_kind``, ``method``, ``config`` and ``info`` as JSON), ``constant_data``
 (``loss_scale [test_example]``; with the guard ``stacking_weight [test_example]`` and
@@ -16,6 +16,10 @@ new-run predictive; with the run state ``state_direction [train_example]`` and t
 ``state_recency``, and with the guard ``blind_state [test_example, state_feature]`` and
 ``blind_center [residual_step, state_feature]``, its state-only alternative), and, for NUTS, ``sample_stats``. With the run state the posterior group also
 holds ``run_state [chain, draw, test_example, state_feature]`` (loss units).
+
+The draws are saved under the names the fit gives them (``FitResult.draws``,
+:meth:`~bayes_simfluence.bayes.posterior.BayesianSimfluence.parameter_draws`: ``a``, ``B``,
+``drift``; NUTS's ``num_steps``); files written under the old names (:data:`OLD_NAMES`) still load.
 """
 
 from __future__ import annotations
@@ -36,12 +40,14 @@ HYPERPARAMETERS = ("effect_scale", "a_location", "B_location", "memory_decay")
 DIMS = {
     "a": ["test_example", "train_example"],
     "B": ["test_example", "train_example"],
-    "step_drift": ["test_example", "step"],
+    "drift": ["test_example", "step"],
     "noise_scale": ["test_example"],
     **{name: ["test_example"] for name in HYPERPARAMETERS},
     "run_state": ["test_example", "state_feature"],
 }
 STATE_FEATURES = ("dz", "dz2")
+#: ``{group: {old name in files: name now}}``: what files written before the names were unified hold
+OLD_NAMES = {"posterior": {"step_drift": "drift"}, "sample_stats": {"n_steps": "num_steps"}}
 _NETCDF_MAGIC = (b"\x89HDF", b"CDF\x01", b"CDF\x02")
 
 
@@ -50,7 +56,7 @@ def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
     coords = {"test_example": fields["test_ids"], "train_example": fields["train_ids"]}
     arrays = {"a": fields["a"], "B": fields["b"], "noise_scale": fields["sigma"], **fields["hyper"]}
     if fields["drift"] is not None:
-        arrays["step_drift"] = fields["drift"]
+        arrays["drift"] = fields["drift"]
         coords["step"] = np.arange(1, fields["drift"].shape[-1] + 1)
     if fields.get("state") is not None:
         arrays["run_state"] = fields["state"]
@@ -77,8 +83,7 @@ def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
     groups = {"posterior": arviz_data.draws_dataset(arrays, DIMS, coords, attrs),
               "constant_data": xr.Dataset(constant, coords=constant_coords)}
     if fields["sample_stats"]:
-        stats = {("n_steps" if k == "num_steps" else k): v for k, v in fields["sample_stats"].items()}
-        groups["sample_stats"] = arviz_data.draws_dataset(stats, {}, {})
+        groups["sample_stats"] = arviz_data.draws_dataset(dict(fields["sample_stats"]), {}, {})
     return groups
 
 
@@ -107,7 +112,9 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
     posterior = arviz_data.group(data, "posterior")
     if posterior is None or posterior.attrs.get(KIND_ATTRIBUTE) != KIND:
         raise ValueError(f"{path}: not a Bayesian Simfluence posterior file")
+    posterior = _current_names(posterior, "posterior", path)
     stats = arviz_data.group(data, "sample_stats")
+    stats = None if stats is None else _current_names(stats, "sample_stats", path)
     constant = arviz_data.group(data, "constant_data")
     missing = [name for name in ("a", "B", "noise_scale") if name not in posterior]
     if missing or constant is None or "loss_scale" not in constant:
@@ -126,14 +133,13 @@ def read_posterior(path: str | Path) -> dict[str, Any]:
         "method": str(posterior.attrs.get("method", "")),
         "config": config,
         "a": posterior["a"].values, "b": posterior["B"].values,
-        "drift": posterior["step_drift"].values if "step_drift" in posterior else None,
+        "drift": posterior["drift"].values if "drift" in posterior else None,
         "sigma": posterior["noise_scale"].values,
         "hyper": {k: posterior[k].values for k in HYPERPARAMETERS if k in posterior},
         "scale": constant["loss_scale"].values,
         "train_ids": posterior["train_example"].values.astype(str),
         "test_ids": posterior["test_example"].values.astype(str),
-        "sample_stats": ({("num_steps" if k == "n_steps" else k): v.values for k, v in stats.data_vars.items()}
-                         if stats is not None else {}),
+        "sample_stats": {k: v.values for k, v in stats.data_vars.items()} if stats is not None else {},
         "info": info,
         "batch_size": _attribute_integer(posterior.attrs, "batch_size", path),
         "stacking_weight": constant["stacking_weight"].values if "stacking_weight" in constant else None,
@@ -155,7 +161,17 @@ METHODS = ("svi", "nuts", "exact", "grid", "cg")
 _TOGETHER = {"state": ("state_direction", "state_recency"), "blind_state": ("blind_center", "state"),
              "stacking_weight": ("blind_mean",), "blind_mean": ("stacking_weight",)}
 #: the file's name of each field, for messages
-_FILE_NAMES = {"b": "B", "sigma": "noise_scale", "drift": "step_drift", "scale": "loss_scale", "state": "run_state"}
+_FILE_NAMES = {"b": "B", "sigma": "noise_scale", "scale": "loss_scale", "state": "run_state"}
+
+
+def _current_names(group: xr.Dataset, name: str, path: str | Path) -> xr.Dataset:
+    """Group ``name`` of a posterior file with its variables' old names (:data:`OLD_NAMES`) made current."""
+    renames = {old: new for old, new in OLD_NAMES[name].items() if old in group}
+    both = [old for old, new in renames.items() if new in group]
+    if both:
+        raise ValueError(f"{path}: the posterior file's '{name}' group holds both {OLD_NAMES[name][both[0]]!r} "
+                         f"and its old name {both[0]!r}")
+    return group.rename(renames)
 
 
 def _attribute_integer(attrs: Mapping[str, Any], name: str, path: str | Path) -> int | None:
