@@ -101,6 +101,7 @@ def choose_ridge(
         "ridge_grid": grid,
         "cv_mse": [float(np.mean(errors[g])) for g in grid],
         "cv_log_relative": [float(s) for s in _scores(errors, grid)],
+        "cv_failures": [int((~np.isfinite(errors[g])).sum()) for g in grid],
         "ridge": best,
         "folds": n_folds,
         "cv_tests": tests.tolist(),
@@ -147,17 +148,35 @@ def _dense_solve(equations: ridge_lib.NormalEquations, strength: float) -> tuple
 
 
 def _scores(errors: dict[float, np.ndarray], grid: list[float]) -> np.ndarray:
-    """``[grid]`` mean over test examples of ``log(error / that test example's smallest error)``."""
+    """``[grid]`` the score minimised: mean over test examples of ``log(error / that test example's
+    smallest error)``. A strength at which a test example's error is not finite (a roll-out that
+    diverged, a solve that did not converge) scores ``inf``, unless every strength fails as many
+    test examples: the strengths failing the fewest are compared on the test examples all of them
+    score (a test example no strength scores says nothing about the strength), the others score
+    ``inf``."""
     table = np.stack([errors[g] for g in grid])  # [grid, tests]
-    floor = np.maximum(table.min(0, keepdims=True), 1e-300)
+    finite = np.isfinite(table)
+    failures = (~finite).sum(1)
+    fewest = failures == failures.min()
+    scored = finite[fewest].all(0)  # test examples every strength failing the fewest scores
+    if not scored.any():
+        return np.full(len(grid), np.inf)
+    kept = np.where(fewest[:, None], table[:, scored], np.inf)
+    floor = np.maximum(kept.min(0, keepdims=True), 1e-300)
     with np.errstate(divide="ignore", invalid="ignore"):
-        scores = np.log(np.maximum(table, 1e-300) / floor).mean(1)
-    return np.where(np.isnan(scores), np.inf, scores)  # a test example diverging at every strength
+        scores = np.log(np.maximum(kept, 1e-300) / floor).mean(1)
+    return np.where(fewest & np.isfinite(scores), scores, np.inf)
 
 
 def _best(errors: dict[float, np.ndarray]) -> float:
+    """The strength of smallest :func:`_scores`; where none has a finite score (each strength fails
+    a different test example), the strongest of those failing the fewest (the least variance)."""
     grid = sorted(errors)
-    return grid[int(np.argmin(_scores(errors, grid)))]
+    scores = _scores(errors, grid)
+    if np.isfinite(scores).any():
+        return grid[int(np.argmin(scores))]
+    failures = np.array([(~np.isfinite(errors[g])).sum() for g in grid])
+    return grid[int(np.flatnonzero(failures == failures.min())[-1])]
 
 
 def _roll_out_effects(centred_a: np.ndarray, additive: np.ndarray, variant: str, runs: Runs) -> np.ndarray:
