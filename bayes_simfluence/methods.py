@@ -57,7 +57,8 @@ def register_method(name: str, options: Iterable[str] = ()) -> Callable[[MethodF
     """Decorator registering ``factory(train, context) -> fitted Simulator`` under ``name``.
 
     ``options``: the ``context.options`` keys the method reads (anything else is refused by
-    :func:`check_options`); the factory validates their values.
+    :func:`check_options`); :func:`fit_method` hands the factory their values parsed
+    (:func:`bayes_simfluence.settings.parse`).
     """
 
     def decorate(factory: MethodFactory) -> MethodFactory:
@@ -119,12 +120,14 @@ def fit_method(name: str, train: Runs, context: FitContext | None = None) -> Sim
     """Fit the method called ``name`` on ``train`` and return the fitted simulator.
 
     Options in ``context`` that this method does not read are refused (use
-    :func:`options_for` to pass one method its share of a set meant for several).
+    :func:`options_for` to pass one method its share of a set meant for several); the others are
+    parsed, here and only here (:func:`bayes_simfluence.settings.parse`), for the method.
     """
     context = context or FitContext()
     check_options([name], context.options)
     check_fittable(train)
-    return _METHODS[name](train, context)
+    parsed = {key: settings.parse(key, value) for key, value in context.options.items()}
+    return _METHODS[name](train, FitContext(context.train_path, context.seed, parsed))
 
 
 #: a pool this much larger than the part of it the runs use (and above :data:`UNUSED_POOL_MIN`) is
@@ -207,10 +210,7 @@ def _fit_mean(train: Runs, context: FitContext) -> Simulator:
 
 def _point_factory(variant: str) -> MethodFactory:
     def factory(train: Runs, context: FitContext) -> Simulator:
-        ridge = context.options.get("ridge")
-        if ridge is not None:
-            ridge = settings.parse("ridge", ridge)
-        return SimfluenceLinear(variant=variant, ridge=ridge).fit(train)
+        return SimfluenceLinear(variant=variant, ridge=context.options.get("ridge")).fit(train)
 
     return factory
 

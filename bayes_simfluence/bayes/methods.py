@@ -82,10 +82,16 @@ METHOD_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"svi": {"memory": "geometric
 def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, dict[str, Any]]:
     """``(model config, keyword arguments of the inference routine)`` from user options, which are
     checked against :class:`~bayes_simfluence.settings.Settings` (keys ``bayes-<method>`` does not
-    read are refused). The fitting procedure's own (group ``"fit"``, the guard's) are left to
-    :func:`fit_bayes`, except ``progress``, which the inference routine reads too."""
+    read are refused) and parsed: :func:`split_options` of the parsed options."""
+    return split_options(settings.parse_all(f"bayes-{method}", options), method)
+
+
+def split_options(parsed: dict[str, Any], method: str) -> tuple[ModelConfig, dict[str, Any]]:
+    """``(model config, keyword arguments of the inference routine)`` from options already parsed
+    (:func:`~bayes_simfluence.settings.parse_all`; the fits pass theirs on without parsing them
+    again). The fitting procedure's own (group ``"fit"``, the guard's) are left to :func:`fit_bayes`,
+    except ``progress``, which the inference routine reads too."""
     model_kwargs, run_kwargs = dict(METHOD_MODEL_DEFAULTS[method]), {"progress": True}
-    parsed = settings.parse_all(f"bayes-{method}", options)
     for key, value in parsed.items():
         meta = settings.setting(key)
         if meta.group == "model":
@@ -138,9 +144,15 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
     With bayes-svi's default guide the cross-fits start from the full fit's hyperparameters
     (:func:`~bayes_simfluence.bayes.inference.cross_fit_start`; the effects start afresh) and take
     ``guard_steps`` steps (default a quarter of ``num_steps``, :data:`GUARD_STEP_FRACTION`; all of
-    them for the other guides, which cannot start part-way).
+    them for the other guides, which cannot start part-way). ``options`` are parsed here, once
+    (:func:`~bayes_simfluence.settings.parse_all`).
     """
-    options = settings.parse_all(f"bayes-{method}", options)
+    return _fit_parsed(method, train, settings.parse_all(f"bayes-{method}", options), seed)
+
+
+def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> BayesianSimfluence:
+    """:func:`fit_bayes` with ``parsed`` options (:func:`~bayes_simfluence.settings.parse_all`)."""
+    options = dict(parsed)
     use_guard, folds = options.pop("guard", True), options.pop("guard_folds", guard.FOLDS)
     guard_steps, workers = options.pop("guard_steps", None), options.pop("guard_workers", None)
     requested = options.get("run_state", "auto")
@@ -203,7 +215,7 @@ def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result:
     afresh: None)."""
     quiet, warm = {**options, "progress": False}, None
     if method == "svi":  # the cross-fits are only rolled out by their posterior mean
-        routine = _fit_settings(method, parse_options(options, method)[1])
+        routine = _fit_settings(method, split_options(options, method)[1])
         quiet["num_draws"] = min(routine["num_draws"], MEAN_DRAWS)
         warm = inference.cross_fit_start(result)
         steps = round(GUARD_STEP_FRACTION * routine["num_steps"]) if warm else routine["num_steps"]
@@ -212,12 +224,12 @@ def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result:
             fold_bytes = _fit_bytes(train, quiet["num_draws"])
             workers = GUARD_WORKERS if GUARD_WORKERS * fold_bytes <= 0.5 * budget.available_memory() else 1
     elif method in GRID_METHODS:
-        quiet["num_draws"] = min(_fit_settings(method, parse_options(options, method)[1])["num_draws"], MEAN_DRAWS)
+        quiet["num_draws"] = min(_fit_settings(method, split_options(options, method)[1])["num_draws"], MEAN_DRAWS)
 
     def cross_fit(runs: Runs) -> BayesianSimfluence:
         return _fit_once(method, runs, quiet, seed, warm_start=warm)[0]
 
-    config = parse_options(options, method)[0]
+    config = split_options(options, method)[0]
     blind = {"blind": _state_only, "blind_name": "state-only (the mean trajectory plus the run state)"} \
         if config.run_state else {}
     with warnings.catch_warnings():
@@ -246,8 +258,8 @@ def _fit_bytes(train: Runs, stored: int) -> int:
 def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
               warm_start: dict[str, np.ndarray] | None = None
               ) -> tuple[BayesianSimfluence, inference.FitResult]:
-    """One fit: ``(posterior, the inference routine's result)``; ``warm_start``: SVI only."""
-    config, kwargs = parse_options(options, method)
+    """One fit with parsed ``options``: ``(posterior, the inference routine's result)``; ``warm_start``: SVI only."""
+    config, kwargs = split_options(options, method)
     backends.check_supported(config, method)
     routine = _fit_settings(method, kwargs)
     stored = routine["num_draws"] if method in ("svi", *GRID_METHODS) else routine["num_samples"] * routine["num_chains"]
@@ -268,9 +280,10 @@ def default_path(train: Runs, options: dict[str, Any]) -> tuple[str, str]:
     """The inference ``-m bayes`` runs, and why: ``"grid"`` (calibrated in simulation-based
     calibration) where it fits the model (:func:`~bayes_simfluence.bayes.backends.unsupported`) and costs at
     most :data:`AUTO_GRID_FLOPS_PER_TEST` per test example, else ``"svi"``. The choice depends on
-    the runs' shape, not on the number of test examples, so blocks of test examples choose alike."""
+    the runs' shape, not on the number of test examples, so blocks of test examples choose alike.
+    ``options``: parsed (:func:`~bayes_simfluence.settings.parse_all`)."""
     grid_options = settings.option_names("bayes-grid")
-    config, kwargs = parse_options({k: v for k, v in options.items() if k in grid_options}, "grid")
+    config, kwargs = split_options({k: v for k, v in options.items() if k in grid_options}, "grid")
     cost = grid.grid_cost(train.n_train, train.n_runs * train.n_steps, config,
                           kwargs.get("num_draws", _fit_settings("grid", {})["num_draws"]))
     problem = backends.unsupported(config, "grid")
@@ -325,12 +338,12 @@ def options_markdown() -> str:
 
 def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:
     """``-m bayes``: the backend :func:`default_path` chooses, with the options it reads; the
-    others (bayes-svi's where it runs bayes-grid) are listed in ``info["unused_options"]``."""
-    settings.parse_all("bayes", context.options)  # checked whichever backend runs
+    others (bayes-svi's where it runs bayes-grid) are listed in ``info["unused_options"]``. The
+    options come checked and parsed (:func:`bayes_simfluence.methods.fit_method`)."""
     method, reason = default_path(train, context.options)
     reads = settings.option_names(f"bayes-{method}")
     options = {k: v for k, v in context.options.items() if k in reads}
-    posterior = fit_bayes(method, train, options, seed=context.seed)
+    posterior = _fit_parsed(method, train, options, context.seed)
     posterior.info["chosen_by"] = f"bayes: {reason}"
     unused = sorted(set(context.options) - reads)
     if unused:
@@ -340,7 +353,7 @@ def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:
 
 def _factory(method: str) -> Callable[[Runs, FitContext], BayesianSimfluence]:
     def factory(train: Runs, context: FitContext) -> BayesianSimfluence:
-        return fit_bayes(method, train, context.options, seed=context.seed)
+        return _fit_parsed(method, train, context.options, context.seed)  # checked and parsed by fit_method
 
     return factory
 
