@@ -44,7 +44,7 @@ from bayes_simfluence.curricula import compact
 from bayes_simfluence.choices import DEFAULT_DRAWS, RANKINGS, REFERENCES
 from bayes_simfluence.compare import as_curricula, for_tests, simulate_draws_of
 from bayes_simfluence.runs import EMPTY_SLOT
-from bayes_simfluence.simulators import EffectSimulator, Simulator
+from bayes_simfluence.simulators import AverageExample, EffectSimulator, Simulator
 
 #: bytes of simulated trajectories held at once by :func:`final_loss_effects`.
 MEMORY_BUDGET = 256 * 2**20
@@ -88,7 +88,7 @@ def with_average_example(simulator: Simulator) -> Simulator:
 
 def _average_example(simulator: Simulator) -> tuple[Simulator, int]:
     """``(simulator with the average example, its index)``: see :func:`with_average_example`."""
-    if not (hasattr(simulator, "with_average_example") and hasattr(simulator, "n_train")):
+    if not isinstance(simulator, AverageExample):
         raise ValueError(f"simulator '{getattr(simulator, 'name', type(simulator).__name__)}' has no per-example "
                          "effects to average; the average-example reference needs a Simfluence, score or Bayesian "
                          "simulator (reference 'leave-out' simulates any simulator)")

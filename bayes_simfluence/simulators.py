@@ -5,7 +5,7 @@ Every simulator (:class:`Simulator`) has ``name``, ``simulate(curricula, initial
 returning ``[runs, steps + 1, tests]``, ``select_tests`` and ``save(path)``; what else it can do is
 a protocol of its own, which the core checks with ``isinstance``: a predictive distribution
 (:class:`ProbabilisticSimulator`), per-example effects and the average example
-(:class:`EffectSimulator`), predictions stacked with an alternative model (:class:`Stacked`),
+(:class:`AverageExample`, :class:`EffectSimulator`), predictions stacked with an alternative model (:class:`Stacked`),
 choices made while fitting (:class:`Reporting`).
 """
 
@@ -95,22 +95,28 @@ AVERAGE_ID = "average example"
 
 
 @runtime_checkable
-class EffectSimulator(Protocol):
-    """A simulator with per-example effects in the centred form ``alpha(c_t) = 1 + sum a_i``,
-    ``beta(c_t) = sum B_i``: what attributions and leave-out comparisons read."""
+class AverageExample(Protocol):
+    """A simulator with per-example effects or scores, which can add the average example (what
+    attributions against the average example need)."""
 
     @property
     def n_train(self) -> int:
         """Training examples the effects are indexed by."""
 
+    def with_average_example(self) -> "AverageExample":
+        """The same simulator with one more, virtual training example at index ``n_train``, the
+        **average example**: in every draw and test example its effects are the pool's means."""
+
+
+@runtime_checkable
+class EffectSimulator(AverageExample, Protocol):
+    """A simulator with per-example effects in the centred form ``alpha(c_t) = 1 + sum a_i``,
+    ``beta(c_t) = sum B_i``: what attributions and leave-out comparisons read."""
+
     def effect_draws(self, n_draws: int, seed: int = 0) -> dict[str, np.ndarray]:
         """``{"a", "B"}``, each ``[draws, tests, n_train]``: draws of the effects (one for a point
         simulator); for a probabilistic simulator the draws ``simulate_draws`` uses with the same
         ``n_draws`` and ``seed``."""
-
-    def with_average_example(self) -> "EffectSimulator":
-        """The same simulator with one more, virtual training example at index ``n_train``, the
-        **average example**: in every draw and test example its effects are the pool's means."""
 
 
 def with_mean_column(values: np.ndarray) -> np.ndarray:

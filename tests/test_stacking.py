@@ -12,7 +12,9 @@ from bayes_simfluence.compare import compare
 from bayes_simfluence.evaluation import fit_report, score_simulator
 from bayes_simfluence.methods import FitContext, fit_method, load_simulator
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.simulators import MeanTrajectory, ProbabilisticSimulator, Reporting, SimfluenceLinear, Stacked
+from bayes_simfluence.attributions import with_average_example
+from bayes_simfluence.simulators import (AverageExample, EffectSimulator, MeanTrajectory, ProbabilisticSimulator, Reporting,
+                                         SimfluenceLinear, Stacked)
 from bayes_simfluence.stacking import (StackedProbabilisticSimulator, StackedSimulator, cross_fit_stacking,
                                        fit_stacked, stack, stacking_weights)
 from bayes_simfluence.synthetic import synthetic_runs
@@ -142,6 +144,9 @@ def test_the_protocols_say_what_a_simulator_can_do(noiseless):
     assert isinstance(linear, Reporting) and fit_report(linear) == {"ridge": 0.5}
     assert not isinstance(blind, Reporting) and fit_report(blind) == {}
     assert not isinstance(linear, (ProbabilisticSimulator, Stacked))
+    assert isinstance(linear, EffectSimulator) and not isinstance(blind, AverageExample)
+    with pytest.raises(ValueError, match="'mean' has no per-example effects to average"):
+        with_average_example(blind)
     noisy = Noisy(generating)
     assert isinstance(noisy, ProbabilisticSimulator) and not isinstance(noisy, Stacked)
     # a stack whose alternative is neither blind nor the state-only model: named, with no claim about it

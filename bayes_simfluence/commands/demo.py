@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 #: never to build the parser, so that ``--help`` stays quick
 #: (the collect layer, torch's, only after the check that the collect extra is installed)
 IMPORTS = ("bayes_simfluence.compare", "bayes_simfluence.evaluation", "bayes_simfluence.methods",
-           "bayes_simfluence.plots", "bayes_simfluence.scores")
+           "bayes_simfluence.plots", "bayes_simfluence.scores", "bayes_simfluence.simulators")
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes")
 #: fitted simulators the demo saves (where the method ran), so that simulate, compare and plot use them without a fit
@@ -107,6 +107,7 @@ def trajectories_figure(heldout, simulators: dict, n_tests: int = 4, seed: int =
     from matplotlib.figure import Figure
 
     from bayes_simfluence.plots import step_axis
+    from bayes_simfluence.simulators import ProbabilisticSimulator
 
     run = heldout.select_runs([0])
     observed = run.losses[0]  # [steps + 1, tests]
@@ -116,7 +117,7 @@ def trajectories_figure(heldout, simulators: dict, n_tests: int = 4, seed: int =
     axes = figure.subplots(1, len(tests), squeeze=False, sharex=True)[0]
     steps = np.arange(observed.shape[0])
     bands = {name: simulator.simulate_draws(run.curricula, run.initial_losses, 400, seed=seed)[:, 0]
-             for name, simulator in simulators.items() if hasattr(simulator, "simulate_draws")}
+             for name, simulator in simulators.items() if isinstance(simulator, ProbabilisticSimulator)}
     for axis, test in zip(axes, tests):
         for name, draws in bands.items():
             for level, alpha in ((0.9, 0.15), (0.5, 0.3)):
@@ -181,6 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from bayes_simfluence.scores import scores_path_for
     from bayes_simfluence.evaluation import format_table
     from bayes_simfluence.methods import FitContext
+    from bayes_simfluence.simulators import ProbabilisticSimulator
 
     if not 1 <= args.heldout_runs < args.runs:
         raise ValueError(f"--heldout-runs must be in [1, {args.runs - 1}], got {args.heldout_runs}")
@@ -213,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     plot_trajectories(plot_path, heldout, {k: v for k, v in simulators.items()
                                            if k in ("mean", "linear", "tracin", "influence", "bayes")}, seed=args.seed)
     comparisons = {name: compare_with_retraining(simulator, heldout) for name, simulator in simulators.items()
-                   if hasattr(simulator, "simulate_draws") and heldout.n_runs >= 3}
+                   if isinstance(simulator, ProbabilisticSimulator) and heldout.n_runs >= 3}
     for name, comparison in comparisons.items():
         path = simulators[name].name
         print("\n" + describe_comparison(name if path == name else f"{name} (as {path})", comparison))

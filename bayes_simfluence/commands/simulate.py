@@ -11,7 +11,7 @@ from bayes_simfluence.runs import Runs
 
 #: the package modules :func:`run` imports (JAX and the like): the CLI loads them before it runs the command,
 #: never to build the parser, so that ``--help`` stays quick
-IMPORTS = ("bayes_simfluence.methods",)
+IMPORTS = ("bayes_simfluence.methods", "bayes_simfluence.simulators")
 
 EXAMPLES = """examples:
   bayes-simfluence simulate --simulator linear.npz --curricula new.npz --out predicted.npz
@@ -41,13 +41,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bayes_simfluence.methods import load_simulator
+    from bayes_simfluence.simulators import ProbabilisticSimulator
 
     validation.output_path(args.out, "--out", inputs=[args.simulator, args.curricula])
     given = Runs.load(args.curricula)
     if args.draws:  # the trajectories alone, before reading the simulator (a posterior takes seconds)
         budget.check_draws(args.draws, given.n_runs, given.n_steps, given.n_tests, what="--draws")
     simulator = load_simulator(args.simulator)
-    if args.draws and not hasattr(simulator, "simulate_draws"):
+    if args.draws and not isinstance(simulator, ProbabilisticSimulator):
         raise ValueError(f"--draws needs a Bayesian simulator; {args.simulator} is '{simulator.name}'")
     if args.draws:
         budget.check_simulation(simulator, args.draws, given.curricula, given.n_tests, "--draws")
