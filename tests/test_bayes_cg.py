@@ -51,6 +51,27 @@ def test_lanczos_evidence_gives_the_dense_log_density(data, config, decay):
                                     evidence_of=krylov_evidence) == pytest.approx(dense, abs=1e-8)
 
 
+def test_products_by_gathers_equal_those_by_the_dense_count_matrix(data, monkeypatch):
+    """Large pools apply the design by gathers and scatter-adds over the batch slots, small ones by the
+    dense count matrix: the same evidence and the same draws."""
+    config = ModelConfig(memory="geometric")
+    dense = krylov_evidence(data, config, 1, 0.6)
+    args = (np.full(3, 1), np.full(3, 0.6), np.full(3, 0.04), np.full(3, 0.03))
+    dense_draws = krylov.draw_effects(data, config, shared_of(data, config), *args, seed=3)
+    monkeypatch.setattr(krylov, "DENSE_COUNTS_MAX", 0)
+    assert not krylov.uses_dense_counts(data)
+    sparse = krylov_evidence(data, config, 1, 0.6)
+    for tau2 in (1e-3, 1.0, 1e3):  # the rules' nodes differ in rounding; what they integrate does not
+        for evidence in (dense, sparse):
+            assert np.sum(evidence.logdet_weights * np.log1p(tau2 * evidence.logdet_nodes)) == pytest.approx(
+                np.sum(dense.logdet_weights * np.log1p(tau2 * dense.logdet_nodes)), rel=1e-8)
+            assert np.sum(evidence.quad_weights / (evidence.quad_nodes + 1 / tau2)) == pytest.approx(
+                np.sum(dense.quad_weights / (dense.quad_nodes + 1 / tau2)), rel=1e-8)
+    np.testing.assert_allclose(sparse.target_sq, dense.target_sq, rtol=1e-10)
+    for a, b in zip(dense_draws, krylov.draw_effects(data, config, shared_of(data, config), *args, seed=3)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
 def test_rademacher_probes_estimate_the_log_determinant_without_bias(data):
     """The default probes' trace estimate scatters around the exact log-determinant, within what
     Hutchinson's estimator's variance allows (``2 sum_{i != j} f(G)_ij^2`` over the probes)."""

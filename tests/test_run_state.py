@@ -208,11 +208,13 @@ def test_auto_turns_the_state_on_exactly_where_bayes_grid_runs_its_guard(state_w
     assert resolve_run_state("grid", train, "auto", True, 4) == (True, None)
     assert resolve_run_state("grid", train, " AUTO ", True, 4) == (True, None)
     assert resolve_run_state("grid", train.select_runs(np.arange(8)), "auto", True, 4) == (True, None)
-    for method, runs, use_guard, reason in (("svi", train, True, "bayes-svi has no run state"),
-                                            ("nuts", train, True, "bayes-nuts has no run state"),
-                                            ("grid", train, False, "no guard"),
-                                            ("grid", train.select_runs(np.arange(7)), True, "7 runs, fewer than the guard needs (8)")):
-        on, why = resolve_run_state(method, runs, "auto", use_guard, 4)
+    for method, runs, use_guard, folds, reason in (("svi", train, True, 4, "bayes-svi has no run state"),
+                                            ("nuts", train, True, 4, "bayes-nuts has no run state"),
+                                            ("grid", train, False, 4, "no guard"),
+                                            ("grid", train.select_runs(np.arange(7)), True, 4, "7 runs, fewer than the guard needs (8)"),
+                                            ("cg", train.select_runs(np.arange(8)), True, 2,
+                                             "the guard's cross-fits see 4 runs, fewer than the run state needs (5)")):
+        on, why = resolve_run_state(method, runs, "auto", use_guard, folds)
         assert not on and reason in why
     assert resolve_run_state("grid", train, "false", True, 4) == (False, None)  # explicit choices stand
     assert resolve_run_state("svi", train, True, True, 4) == (True, None)  # (and are refused later, below)

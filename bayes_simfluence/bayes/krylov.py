@@ -67,22 +67,28 @@ from bayes_simfluence.bayes.run_state import RunState
 from bayes_simfluence.budget import check as check_memory
 from bayes_simfluence.design import n_features_of
 
-#: Lanczos steps per quadrature (Gauss rules of this many nodes)
-LANCZOS_STEPS = 48
+#: Lanczos steps per quadrature (Gauss rules of this many nodes; as many as features where the
+#: trace is exact, :data:`EXACT_TRACE_FEATURES`). At 400 features the quadratic form's rule is
+#: exact to 0.01 nats from 32 steps, and the log-determinant's error is the probes' (``benchmarks/results/cg.md``)
+LANCZOS_STEPS = 32
 #: Rademacher probes of the log-determinant's stochastic Lanczos quadrature
 PROBES = 16
-#: up to this many features the trace is exact: one unit-vector probe per feature (and
-#: :data:`LANCZOS_STEPS` at least this large, so each probe's rule is exact)
+#: up to this many features the trace is exact: one unit-vector probe per feature, each with as
+#: many Lanczos steps as features (so each probe's rule is exact)
 EXACT_TRACE_FEATURES = 48
 #: the draws' conjugate gradients stop at this relative residual ...
 DRAW_TOLERANCE = 1e-8
 #: ... or after this many iterations
 DRAW_MAX_ITERATIONS = 4000
+#: up to this many ``runs * steps * n_train`` entries the products use the dense count matrix (a
+#: matrix product: on CPUs many times faster than the gathers and scatter-adds over the batch
+#: slots, which take over above it, where the count matrix would not fit)
+DENSE_COUNTS_MAX = 2 * 10**7
 #: bytes of working memory per chunk of pairs (sets the chunk size)
 CHUNK_BYTES = 2**29
 #: ``bayes-cg``'s walk of the grid: the decay axis costs a Lanczos run per point, so it has fewer
 #: points than ``bayes-grid``'s; a draw's decay is spread over its cell (the draws need no statistics)
-SCHEDULE = grid.Schedule(coarse=(9, 71, 11), fine=(12, 40, 20), max_refinements=4, decay_parts=64)
+SCHEDULE = grid.Schedule(coarse=(9, 71, 11), fine=(12, 40, 20), max_refinements=2, decay_parts=64)
 
 
 class Shared(NamedTuple):
@@ -90,6 +96,7 @@ class Shared(NamedTuple):
 
     Attributes:
         slots: ``[runs, steps, batch]`` int32 training-example indices, ``-1`` for empty slots.
+        counts: ``[runs, steps, n_train]`` the slots as counts where :attr:`Static.dense` (else ``[0]``).
         filled: ``[runs, steps]`` filled slots per batch (the level feature before memory).
         state: ``[runs, steps, S]`` the run state's scaled features (``S = 0`` without one).
         priors: ``[K]`` prior sds of the nuisance coefficients in units of ``sigma`` (the level's first).
@@ -100,6 +107,7 @@ class Shared(NamedTuple):
     """
 
     slots: Array
+    counts: Array
     filled: Array
     state: Array
     priors: Array
@@ -115,6 +123,12 @@ class Static(NamedTuple):
     memory: bool
     step_component: bool
     level: bool
+    dense: bool
+
+
+def uses_dense_counts(data: ModelData) -> bool:
+    """Whether the products go through the dense count matrix (:data:`DENSE_COUNTS_MAX`)."""
+    return data.n_runs * data.n_steps * data.n_train <= DENSE_COUNTS_MAX
 
 
 def shared_arrays(data: ModelData, config: ModelConfig, state_features: np.ndarray, priors: np.ndarray) -> Shared:
@@ -126,14 +140,16 @@ def shared_arrays(data: ModelData, config: ModelConfig, state_features: np.ndarr
         diagonal, off, _ = drift_bands(data.n_runs, n_steps, config)
         band[0, 1:], band[1], band[2, :-1] = off, diagonal, off
         walk[0], walk[1:] = config.drift_initial, config.drift_smoothness
+    counts = grid.dense_counts(slots, data.n_train) if uses_dense_counts(data) else np.zeros(1)
     with jax.enable_x64(True):
-        return Shared(jnp.asarray(slots), jnp.asarray((slots >= 0).sum(-1), jnp.float64),
+        return Shared(jnp.asarray(slots), jnp.asarray(counts, jnp.float64), jnp.asarray((slots >= 0).sum(-1), jnp.float64),
                       jnp.asarray(state_features, jnp.float64), jnp.asarray(priors, jnp.float64),
                       jnp.asarray(band, jnp.float64), jnp.asarray(walk, jnp.float64))
 
 
 def static_of(data: ModelData, config: ModelConfig) -> Static:
-    return Static(data.n_train, config.variant, config.has_memory, config.step_component, config.has_a_location)
+    return Static(data.n_train, config.variant, config.has_memory, config.step_component, config.has_a_location,
+                  uses_dense_counts(data))
 
 
 # ---- the operators of one (test example, decay) pair ------------------------------------------------
@@ -152,17 +168,21 @@ def _filter_adjoint(x: Array, decay: Array) -> Array:
     return _filter(x[..., ::-1], decay)[..., ::-1]
 
 
-def _gather(w: Array, slots: Array) -> Array:
+def _gather(w: Array, shared: Shared, static: Static) -> Array:
     """``[runs, steps]`` sum of ``w [n_train]`` over each batch's filled slots."""
-    filled = slots >= 0
-    return jnp.where(filled, w[jnp.where(filled, slots, 0)], 0.0).sum(-1)
+    if static.dense:
+        return shared.counts @ w
+    filled = shared.slots >= 0
+    return jnp.where(filled, w[jnp.where(filled, shared.slots, 0)], 0.0).sum(-1)
 
 
-def _scatter(u: Array, slots: Array, n_train: int) -> Array:
+def _scatter(u: Array, shared: Shared, static: Static) -> Array:
     """The adjoint of :func:`_gather`: ``[n_train]`` sums of ``u [runs, steps]`` over each example's slots."""
-    filled = slots >= 0
+    if static.dense:
+        return jnp.einsum("rtn,rt->n", shared.counts, u)
+    filled = shared.slots >= 0
     values = jnp.where(filled, u[..., None], 0.0).reshape(-1)
-    return jnp.zeros(n_train, u.dtype).at[jnp.where(filled, slots, 0).reshape(-1)].add(values)
+    return jnp.zeros(static.n_train, u.dtype).at[jnp.where(filled, shared.slots, 0).reshape(-1)].add(values)
 
 
 def _blocks(static: Static) -> tuple[bool, bool]:
@@ -173,7 +193,7 @@ def _x(w: Array, previous: Array, decay: Array, shared: Shared, static: Static) 
     """``X w`` ``[runs, steps]``: remembered batch sums, times ``L_{t-1}`` for ``a``."""
     has_a, has_b = _blocks(static)
     n = static.n_train
-    sums = jnp.stack(([_gather(w[:n], shared.slots)] if has_a else []) + ([_gather(w[-n:], shared.slots)] if has_b else []))
+    sums = jnp.stack(([_gather(w[:n], shared, static)] if has_a else []) + ([_gather(w[-n:], shared, static)] if has_b else []))
     if static.memory:
         sums = _filter(sums, decay)
     return (previous * sums[0] if has_a else 0.0) + (sums[-1] if has_b else 0.0)
@@ -185,7 +205,7 @@ def _xt(r: Array, previous: Array, decay: Array, shared: Shared, static: Static)
     parts = jnp.stack(([previous * r] if has_a else []) + ([r] if has_b else []))
     if static.memory:
         parts = _filter_adjoint(parts, decay)
-    return jnp.concatenate([_scatter(p, shared.slots, static.n_train) for p in parts])
+    return jnp.concatenate([_scatter(p, shared, static) for p in parts])
 
 
 def _diagonal(previous: Array, decay: Array, shared: Shared, static: Static) -> Array:
@@ -196,7 +216,7 @@ def _diagonal(previous: Array, decay: Array, shared: Shared, static: Static) -> 
     weight = (1.0 - decay) / (1.0 + decay) if static.memory else 1.0
     square = previous**2
     parts = ([square] if has_a else []) + ([jnp.ones_like(previous)] if has_b else [])
-    return weight * jnp.concatenate([_scatter(p, shared.slots, static.n_train) for p in parts])
+    return weight * jnp.concatenate([_scatter(p, shared, static) for p in parts])
 
 
 def _omega_inverse(v: Array, shared: Shared, static: Static) -> Array:
@@ -309,6 +329,12 @@ def _chunk_size(data: ModelData, per_pair_vectors: int) -> int:
     return int(max(1, min(64, CHUNK_BYTES // per_pair)))
 
 
+def lanczos_steps(n_features: int) -> int:
+    """Lanczos steps per rule: :data:`EXACT_TRACE_FEATURES` (at least every feature, and the steps
+    beyond them make up for lost orthogonality) where the trace is exact, else :data:`LANCZOS_STEPS`."""
+    return EXACT_TRACE_FEATURES if n_features <= EXACT_TRACE_FEATURES else LANCZOS_STEPS
+
+
 def probes_of(n_features: int, seed: int = 0) -> np.ndarray:
     """The probes of a fit, the same for every pair: ``[PROBES, features]`` Rademacher vectors, or, up
     to :data:`EXACT_TRACE_FEATURES` features, the unit vectors scaled by ``sqrt(features)`` (with at
@@ -334,7 +360,7 @@ def evidence(data: ModelData, config: ModelConfig, shared: Shared, tests: np.nda
             index = np.minimum(np.arange(start, start + chunk), len(tests) - 1)  # the last chunk padded
             part = _evidence_chunk(jnp.asarray(previous[tests[index]]), jnp.asarray(target[tests[index]]),
                                    jnp.asarray(decays[index], jnp.float64), jnp.asarray(probes), shared, static,
-                                   LANCZOS_STEPS)
+                                   lanczos_steps(probes.shape[1]))
             outputs.append([np.asarray(x)[: min(chunk, len(tests) - start)] for x in part])
     return tuple(np.concatenate(column) for column in zip(*outputs))
 
@@ -457,7 +483,7 @@ def run_cg(data: ModelData, config: ModelConfig, num_draws: int = 100, seed: int
                       f"(worst relative residual {residual.max():.1e}); their effects are approximate", stacklevel=2)
     draws = grid.assemble(data, config, hyper, weights_w, nuisance, level_scale, state, drift_key)
     info = {"method": "cg", "num_draws": num_draws, "seconds": time.perf_counter() - start, "seed": seed,
-            **hyper.info, "lanczos_steps": LANCZOS_STEPS, "probes": PROBES, "evidence_pairs": len(cache),
+            **hyper.info, "lanczos_steps": lanczos_steps(n_features), "probes": len(probes), "evidence_pairs": len(cache),
             "cg_unconverged": unconverged, "cg_worst_residual": float(residual.max())}
     if state is not None:
         info["run_state"] = state.describe()

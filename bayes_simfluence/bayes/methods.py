@@ -128,6 +128,10 @@ def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, fol
         return False, "no guard: -o guard=false"
     if train.n_runs < folds * guard.MIN_RUNS_PER_FOLD:
         return False, f"{train.n_runs} runs, fewer than the guard needs ({folds * guard.MIN_RUNS_PER_FOLD})"
+    cross_fit_runs = train.n_runs - -(-train.n_runs // folds)  # the largest fold held out
+    if cross_fit_runs < run_state.MIN_RUNS:
+        return False, (f"the guard's cross-fits see {cross_fit_runs} runs, fewer than the run state needs "
+                       f"({run_state.MIN_RUNS})")
     return True, None
 
 
