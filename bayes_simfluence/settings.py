@@ -24,8 +24,6 @@ BAYES_BACKENDS = ("bayes-grid", "bayes-cg", "bayes-svi", "bayes-nuts", "bayes-ex
 BAYES = ("bayes", *BAYES_BACKENDS)
 POINT = ("linear", "additive", "multiplicative")
 SCORES = ("tracin", "influence", "influence-cg", "trak")
-#: what ``bayes`` may run (it reads the settings of both)
-BAYES_DEFAULT_PATHS = ("bayes-grid", "bayes-svi")
 
 
 @dataclass(frozen=True)

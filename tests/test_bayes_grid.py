@@ -166,8 +166,9 @@ def test_a_fit_has_the_layout_of_the_other_paths_and_finds_the_generating_memory
     assert fit.info["method"] == "grid" and fit.info["edge_mass"] < 1e-3
 
 
-def test_the_default_bayesian_method_runs_the_grid_where_it_is_cheap_and_svi_elsewhere():
-    from bayes_simfluence.bayes.methods import AUTO_GRID_FLOPS_PER_TEST, default_path
+def test_the_default_bayesian_method_runs_the_grid_where_it_is_cheap_then_cg_and_svi_elsewhere():
+    from bayes_simfluence.bayes.krylov import krylov_cost
+    from bayes_simfluence.bayes.methods import AUTO_CG_ROWS_PER_TEST, AUTO_GRID_FLOPS_PER_TEST, default_path
     from bayes_simfluence.runs import Runs
 
     def shaped(n_train, n_runs, n_steps):
@@ -178,6 +179,10 @@ def test_the_default_bayesian_method_runs_the_grid_where_it_is_cheap_and_svi_els
     assert grid.grid_cost(45, 40 * 27, CONFIG) < AUTO_GRID_FLOPS_PER_TEST < grid.grid_cost(1000, 16 * 1000, CONFIG)
     assert default_path(small, {})[0] == "grid" and default_path(large, {})[0] == "svi"
     assert "per test example, over 1e+10" in default_path(large, {})[1]
+    middle = shaped(200, 40, 120)  # a GPTfluence-sized pool: the grid costs too much, its matrix-free twin does not
+    assert krylov_cost(200, 40 * 120, CONFIG) <= AUTO_CG_ROWS_PER_TEST < krylov_cost(1000, 16 * 1000, CONFIG)
+    assert default_path(middle, {})[0] == "cg" and "bayes-cg:" in default_path(middle, {})[1]
+    assert "and bayes-cg" in default_path(large, {})[1]
     assert default_path(small, {"likelihood": "student_t", "guard": False}) == \
         ("svi", "bayes-grid fits the likelihoods ['normal'], not student_t")
     assert default_path(small, {"step": False})[0] == "svi"

@@ -429,13 +429,16 @@ def draw_effects(data: ModelData, config: ModelConfig, shared: Shared, tests: np
     return tuple(np.concatenate(column) for column in zip(*outputs))
 
 
-def krylov_cost(n_train: int, n_obs: int, batch: int, config: ModelConfig, num_draws: int,
-                decays: int, draw_iterations: int = 200) -> float:
-    """Multiply-adds of one test example in a fit, roughly: ``(probes + 1) x Lanczos steps`` products
-    with ``G`` per decay value, and conjugate-gradient iterations per draw, each product about
-    ``4 runs * steps * batch``."""
-    product = 4.0 * n_obs * batch * (2 if config.variant == "linear" else 1)
-    return product * ((PROBES + 1) * LANCZOS_STEPS * decays + num_draws * draw_iterations)
+def krylov_cost(n_train: int, n_obs: int, config: ModelConfig, num_draws: int = 100,
+                draw_iterations: int = 200) -> float:
+    """Row-products of one test example in a fit, roughly: products with ``G`` (each touching the
+    ``n_obs = runs * steps`` rows once per vector) for ``(probes + 1)`` Lanczos rules per decay value
+    of :data:`SCHEDULE` at most, and ``draw_iterations`` conjugate-gradient iterations per draw."""
+    n_features = n_features_of(config.variant, n_train)
+    n_probes = n_features if n_features <= EXACT_TRACE_FEATURES else PROBES
+    schedule = SCHEDULE
+    decays = schedule.coarse[0] + schedule.fine[0] * schedule.max_refinements if config.has_memory else 1
+    return float(n_obs * ((n_probes + 1) * lanczos_steps(n_features) * decays + num_draws * draw_iterations))
 
 
 def run_cg(data: ModelData, config: ModelConfig, num_draws: int = 100, seed: int = 0, progress: bool = True,

@@ -12,9 +12,8 @@ examples; with the guard it is one fit plus ``guard_folds`` cross-fits on 3/4 of
 (``benchmarks/results/bench_scale.md`` has the times at ``N=1000, T=1000, R=16, M=64``).
 ``bayes-cg`` fits ``bayes-grid``'s model over the same grid matrix-free
 (:mod:`bayes_simfluence.bayes.krylov`: Lanczos evidence, perturb-and-MAP draws), at
-``runs * steps * batch`` per product with the design instead of dense Gram matrices; on CPU it is
-not yet fast enough to be ``bayes``'s choice at thousands of examples (``benchmarks/results/``),
-so it is opt-in. ``bayes-exact`` is exact without optimiser memory (one ``2 n_train``-square eigendecomposition
+``runs * steps * batch`` per product with the design instead of dense Gram matrices; ``bayes``
+runs it where ``bayes-grid`` costs too much and it costs at most :data:`AUTO_CG_ROWS_PER_TEST`. ``bayes-exact`` is exact without optimiser memory (one ``2 n_train``-square eigendecomposition
 per test example, NUTS on the hyperparameters); ``bayes-nuts`` samples the full model and is for
 small problems and checks.
 
@@ -62,6 +61,10 @@ STATE_CHECK_SDS = 2.0
 #: ``-m bayes`` runs bayes-grid up to this many multiply-adds per test example (about 3 s on two
 #: CPU cores; the retraining study's sets take 2e9), bayes-svi above
 AUTO_GRID_FLOPS_PER_TEST = 1e10
+#: above that, ``-m bayes`` runs bayes-cg (the same model and grid, matrix-free) up to this many
+#: row-products per test example (:func:`~bayes_simfluence.bayes.krylov.krylov_cost`; about 15 s
+#: on two CPU cores, ``experiments/results/scale_study.md``), bayes-svi above
+AUTO_CG_ROWS_PER_TEST = 2e8
 #: bayes-svi's cross-fits start from the full fit's hyperparameters and take this fraction of its
 #: steps (option ``guard_steps``); measured in :mod:`bayes_simfluence.bayes.guard`'s docstring.
 GUARD_STEP_FRACTION = 0.25
@@ -283,7 +286,8 @@ def _fit_once(method: str, train: Runs, options: dict[str, Any], seed: int,
 def default_path(train: Runs, options: dict[str, Any]) -> tuple[str, str]:
     """The inference ``-m bayes`` runs, and why: ``"grid"`` (calibrated in simulation-based
     calibration) where it fits the model (:func:`~bayes_simfluence.bayes.backends.unsupported`) and costs at
-    most :data:`AUTO_GRID_FLOPS_PER_TEST` per test example, else ``"svi"``. The choice depends on
+    most :data:`AUTO_GRID_FLOPS_PER_TEST` per test example, else ``"cg"`` (the same model and grid
+    without dense algebra) where it costs at most :data:`AUTO_CG_ROWS_PER_TEST`, else ``"svi"``. The choice depends on
     the runs' shape, not on the number of test examples, so blocks of test examples choose alike.
     ``options``: parsed (:func:`~bayes_simfluence.settings.parse_all`)."""
     grid_options = settings.option_names("bayes-grid")
@@ -297,6 +301,12 @@ def default_path(train: Runs, options: dict[str, Any]) -> tuple[str, str]:
         reason = f"bayes-grid would cost {cost:.1e} multiply-adds per test example, over {AUTO_GRID_FLOPS_PER_TEST:.0e}"
     else:
         return "grid", f"{cost:.1e} multiply-adds per test example, at most {AUTO_GRID_FLOPS_PER_TEST:.0e}"
+    if backends.unsupported(config, "cg") is None:
+        rows = krylov.krylov_cost(train.n_train, train.n_runs * train.n_steps, config,
+                                  kwargs.get("num_draws", _fit_settings("cg", {})["num_draws"]))
+        if rows <= AUTO_CG_ROWS_PER_TEST:
+            return "cg", f"{reason}; bayes-cg: {rows:.1e} row-products per test example, at most {AUTO_CG_ROWS_PER_TEST:.0e}"
+        reason += f", and bayes-cg {rows:.1e} row-products, over {AUTO_CG_ROWS_PER_TEST:.0e}"
     problem = backends.unsupported(config, "svi")
     if problem is not None:
         raise validation.InputError(f"-o {problem[0]}: bayes would run bayes-svi here ({reason}), and {problem[1]}")
