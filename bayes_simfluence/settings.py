@@ -120,7 +120,7 @@ class Settings(TypedDict, total=False):
                                    "error; its held-out residuals become a new run's discrepancy", default="true")]
     guard_folds: Annotated[int, Setting("fit", BAYES, "the guard's folds of the runs", minimum=2, default="4")]
     guard_steps: Annotated[int, Setting("fit", ("bayes", "bayes-svi"), "SVI steps of each of the guard's "
-                                        "cross-fits", minimum=1, default="num_steps / 4 (they start warm)")]
+                                        "cross-fits", minimum=1, default="num_steps (as many as the final fit)")]
     guard_workers: Annotated[int, Setting("fit", ("bayes", "bayes-svi"), "the guard's cross-fits run at once",
                                           minimum=1, default="2 where memory allows")]
     # point and score methods

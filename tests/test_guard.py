@@ -164,7 +164,7 @@ def test_compare_says_when_draws_come_from_the_blind_model_and_ties_favour_neith
 
 @pytest.mark.slow
 def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held_out_runs_taught(monkeypatch):
-    """bayes-svi's cross-fits start from the full fit's hyperparameters (a quarter of its steps: 375).
+    """bayes-svi's cross-fits start from the full fit's hyperparameters (and take all its steps).
     Oracle: a training example that only the last fold's runs contain, with a strong effect, is in
     the cross-fit without that fold an example the data never showed: its posterior mean relative to
     the average example is the prior's, 0, although the full fit (which saw it) puts it far away.
@@ -192,7 +192,7 @@ def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held
 
     monkeypatch.setattr("bayes_simfluence.bayes.guard.stack_against_blind", recording)
     full = fit_method("bayes-svi", runs, FitContext(options=QUICK))  # the shapes of `strong`: no new compilation
-    assert len(cross_fits) == 4 and all(p.info["num_steps"] == 375 and p.info["warm_start"] for _, p in cross_fits)
+    assert len(cross_fits) == 4 and all(p.info["num_steps"] == QUICK["num_steps"] and p.info["warm_start"] for _, p in cross_fits)
 
     def relative_b(posterior):  # [tests] posterior mean of B_0 minus the average of the others
         effects = posterior.b.reshape(-1, n_tests, n_train)
@@ -203,7 +203,6 @@ def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held
     assert np.abs(relative_b(unseen)).mean() < 0.25 * np.abs(relative_b(full)).mean(), (relative_b(unseen),
                                                                                       relative_b(full))
     # the hyperparameters did start from the full fit: the cross-fit's effect scale is the full fit's
-    # (what a short fit from the usual small starting value does not reach on its own)
     ratio = np.median(unseen.hyper["effect_scale"], axis=(0, 1)) / np.median(full.hyper["effect_scale"], axis=(0, 1))
     assert np.all((ratio > 0.5) & (ratio < 2.0)), ratio
 

@@ -18,27 +18,18 @@ The held-out residuals of the stacked prediction, ``observed - (w f + (1 - w) b)
 training run, are kept: they are what a new run differs by from the simulation, and give the
 posterior its new-run predictive (:mod:`bayes_simfluence.bayes.discrepancy`).
 
-Cost. ``bayes-svi``'s cross-fits start from the full fit's hyperparameters, with the effects where
-the full fit started (:func:`bayes_simfluence.bayes.inference.cross_fit_start`), and take a
-quarter of its SVI steps; at ``N=T=1000, R=16, M=64`` the whole default fit went from 465 s to
-243 s. Measured on the ``real_sets.py`` runs (24 runs, 4 folds), held-out all-steps MSE of the
-stacked prediction on ``mlp_adam``, where the folds differ most:
-
-=========================================  ==============
-cross-fits                                  stacked MSE
-=========================================  ==============
-cold, 2000 steps (before) / 1000 steps      0.1113 / 0.1100
-from the full fit's hyperparameters, 500    0.1086
-  the same, 1000 steps                      0.1098
-from every parameter of the full fit, 2000  0.1119
-  the same, 500 / 250 steps                 0.1067 / 0.1015
-=========================================  ==============
-
-Started from the full fit's effects, the shorter the cross-fit the smaller its held-out error:
-it keeps part of what the held-out runs taught the full fit (a leak, which would make the
-weights and the new-run predictive too confident). Started from the hyperparameters only, it is
-within the spread of cold fits. On ``mlp_sgd`` every variant was within 0.0176-0.0183, and the
-retraining study's calibration did not move (``experiments/results/retraining_study.md``).
+Cross-fits as good as the final fit. The held-out residuals stand for the final fit's misses on
+new runs, so the cross-fits run the final fit's procedure: ``bayes-svi``'s take as many SVI steps as
+the full fit (:data:`bayes_simfluence.bayes.methods.GUARD_STEP_FRACTION`, option ``guard_steps``),
+starting from its hyperparameters with the effects where the full fit started
+(:func:`bayes_simfluence.bayes.inference.cross_fit_start`): the effects carry what the held-out runs
+taught the full fit (a warm start from them makes the held-out error too small), while the
+hyperparameters are pooled over every training example and move freely over the whole fit. The
+guard thus costs ``guard_folds`` fits on 3/4 of the runs. Shorter cross-fits (a quarter of the
+steps, this module's earlier default) were measurably worse than the final fit on runs drawn from
+the model, so their residuals overstated its misses on fresh runs and widened every new-run
+interval; the measurements, and the earlier ones on real sets, are in
+``experiments/results/cross_fit_quality.md`` (test: ``tests/test_cross_fit_quality.py``).
 """
 
 from __future__ import annotations

@@ -66,8 +66,11 @@ AUTO_GRID_FLOPS_PER_TEST = 1e10
 #: on two CPU cores, ``experiments/results/scale_study.md``), bayes-svi above
 AUTO_CG_ROWS_PER_TEST = 2e8
 #: bayes-svi's cross-fits start from the full fit's hyperparameters and take this fraction of its
-#: steps (option ``guard_steps``); measured in :mod:`bayes_simfluence.bayes.guard`'s docstring.
-GUARD_STEP_FRACTION = 0.25
+#: steps (option ``guard_steps``): all of them, so that the held-out residuals, which set a new
+#: run's discrepancy, come from fits as converged as the one users get (fewer steps left the
+#: cross-fits worse than the final fit and every new-run interval too wide;
+#: ``experiments/results/cross_fit_quality.md``).
+GUARD_STEP_FRACTION = 1.0
 #: bayes-svi's cross-fits run this many at once (option ``guard_workers``; threads: a fit keeps
 #: about 1.5 of 2 CPU cores busy, and two at once took the guard from 124 s to 101 s at
 #: ``N=T=1000, R=16, M=64`` with the same numbers). Two cross-fits hold twice the memory of one,
@@ -150,8 +153,8 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
 
     With bayes-svi's default guide the cross-fits start from the full fit's hyperparameters
     (:func:`~bayes_simfluence.bayes.inference.cross_fit_start`; the effects start afresh) and take
-    ``guard_steps`` steps (default a quarter of ``num_steps``, :data:`GUARD_STEP_FRACTION`; all of
-    them for the other guides, which cannot start part-way). ``options`` are parsed here, once
+    ``guard_steps`` steps (default as many as the full fit, :data:`GUARD_STEP_FRACTION`: the held-out
+    residuals must come from fits as good as the final one; all of them for the other guides too). ``options`` are parsed here, once
     (:func:`~bayes_simfluence.settings.parse_all`).
     """
     return _fit_parsed(method, train, settings.parse_all(f"bayes-{method}", options), seed)
