@@ -59,8 +59,9 @@ def measure(n_train: int) -> dict:
 COLUMNS = (("n_train", lambda r: f"{r['n_train']:,}"),
            ("bayes-grid s", lambda r: f"{r['grid_seconds']:.1f}" if "grid_seconds" in r else r["grid"]),
            ("bayes-cg s", lambda r: f"{r['cg_seconds']:.1f}"),
-           ("max difference of effect means (pooled sds)", lambda r: f"{r.get('max_mean_difference_sds', float('nan')):.2f}"),
-           ("median log ratio of effect sds", lambda r: f"{r.get('median_log_sd_ratio', float('nan')):+.3f}"),
+           ("max difference of effect means (pooled sds)",
+            lambda r: f"{r['max_mean_difference_sds']:.2f}" if "grid_seconds" in r else "-"),
+           ("median log ratio of effect sds", lambda r: f"{r['median_log_sd_ratio']:+.3f}" if "grid_seconds" in r else "-"),
            ("decay means grid / cg", lambda r: " / ".join(str(v) for v in r.get("decay_means", {}).values())),
            ("unconverged CG draws", lambda r: str(r["cg_unconverged"])))
 
@@ -74,6 +75,10 @@ def main() -> None:
     meta = {"machine": platform.processor() or platform.machine(), "runs": N_RUNS, "steps": N_STEPS, "batch": BATCH,
             "tests": N_TESTS, "draws": DRAWS}
     (RESULTS / "cg.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+    write_markdown(meta, rows)
+
+
+def write_markdown(meta: dict, rows: list[dict]) -> None:
     table = ["| " + " | ".join(header for header, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     table += ["| " + " | ".join(show(row) for _, show in COLUMNS) + " |" for row in rows]
     intro = (f"`python benchmarks/bench_cg.py`: {N_RUNS} runs x {N_STEPS} steps, batch {BATCH}, {N_TESTS} test "
