@@ -7,7 +7,13 @@ A set of runs is one ``.npz`` file with
 - ``losses``: float ``[runs, steps + 1, tests]``; ``losses[r, 0]`` before any update,
   ``losses[r, t]`` after step ``t``;
 - optional ``n_train`` (int), ``train_ids`` ``[n_train]``, ``test_ids`` ``[tests]`` (strings)
-  and ``meta`` (a JSON string).
+  and ``meta`` (a JSON string);
+- optional features of the training examples, which the Bayesian backends' feature prior regresses
+  the effects on (:mod:`bayes_simfluence.bayes.features`): ``train_features`` float
+  ``[n_train, k]`` (one row per training example: its label, a reduced embedding) and
+  ``pair_features`` float ``[tests, n_train, j]`` (one value per pair: one-step scores such as
+  TracIn's of the training example on the test example). Examples no run used still get effects
+  from them: that is how a curriculum with new data is simulated.
 
 Every other part of the package speaks this format through :class:`Runs`.
 """
@@ -131,6 +137,8 @@ class Runs:
     train_ids: np.ndarray
     test_ids: np.ndarray
     meta: dict = field(default_factory=dict)
+    train_features: np.ndarray | None = None
+    pair_features: np.ndarray | None = None
 
     @classmethod
     def create(
@@ -142,6 +150,8 @@ class Runs:
         test_ids: Sequence[str] | None = None,
         meta: dict | None = None,
         source: str = "runs",
+        train_features: Any = None,
+        pair_features: Any = None,
     ) -> "Runs":
         """Validate arrays and build a :class:`Runs`; ``source`` names the input in errors."""
         curricula = _as_int_curricula(curricula, source)
@@ -219,7 +229,12 @@ class Runs:
             test_ids = np.array([f"test_{m}" for m in range(n_tests)])
         train_ids = _as_string_ids(train_ids, "train_ids", n_train, "training examples (n_train)", source)
         test_ids = _as_string_ids(test_ids, "test_ids", n_tests, "test examples (losses.shape[2])", source)
-        return cls(curricula, losses, n_train, train_ids, test_ids, dict(meta or {}))
+        if train_features is not None:
+            train_features = _as_features(train_features, "train_features", (n_train,), "[n_train, k]", source)
+        if pair_features is not None:
+            pair_features = _as_features(pair_features, "pair_features", (n_tests, n_train), "[tests, n_train, j]",
+                                         source)
+        return cls(curricula, losses, n_train, train_ids, test_ids, dict(meta or {}), train_features, pair_features)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -240,14 +255,25 @@ class Runs:
         return int(self.losses.shape[2])
 
     @property
+    def n_features(self) -> int:
+        """Features per (training, test) pair: ``k + j`` of :attr:`train_features` and :attr:`pair_features`."""
+        return sum(0 if f is None else f.shape[-1] for f in (self.train_features, self.pair_features))
+
+    def with_features(self, train_features: Any = None, pair_features: Any = None) -> "Runs":
+        """The same runs carrying these features (None drops them)."""
+        return Runs.create(self.curricula, self.losses, self.n_train, self.train_ids, self.test_ids, self.meta,
+                           train_features=train_features, pair_features=pair_features)
+
+    @property
     def initial_losses(self) -> np.ndarray:
         """``[runs, tests]`` losses before any update."""
         return self.losses[:, 0, :]
 
     def __repr__(self) -> str:
+        features = f", features={self.n_features}" if self.n_features else ""
         return (
             f"Runs(runs={self.n_runs}, steps={self.n_steps}, batch={self.batch_size}, "
-            f"tests={self.n_tests}, n_train={self.n_train})"
+            f"tests={self.n_tests}, n_train={self.n_train}{features})"
         )
 
     # ---------------------------------------------------------------- slicing
@@ -255,20 +281,24 @@ class Runs:
         """Runs picked by an int array, a slice or a boolean mask over runs."""
         index = _normalise_index(index, self.n_runs, "runs")
         return Runs.create(self.curricula[index], self.losses[index], self.n_train,
-                           self.train_ids, self.test_ids, self.meta)
+                           self.train_ids, self.test_ids, self.meta, train_features=self.train_features,
+                           pair_features=self.pair_features)
 
     def select_tests(self, index: Any) -> "Runs":
         """Keep the test examples picked by ``index`` (ints, slice or mask)."""
         index = _normalise_index(index, self.n_tests, "tests")
+        pairs = None if self.pair_features is None else self.pair_features[index]
         return Runs.create(self.curricula, self.losses[:, :, index], self.n_train,
-                           self.train_ids, self.test_ids[index], self.meta)
+                           self.train_ids, self.test_ids[index], self.meta, train_features=self.train_features,
+                           pair_features=pairs)
 
     def first_steps(self, n_steps: int) -> "Runs":
         """The first ``n_steps`` steps of every run (``losses`` keeps ``n_steps + 1`` entries)."""
         if not 1 <= n_steps <= self.n_steps:
             raise ValueError(f"n_steps must be in [1, {self.n_steps}], got {n_steps}")
         return Runs.create(self.curricula[:, :n_steps], self.losses[:, : n_steps + 1], self.n_train,
-                           self.train_ids, self.test_ids, self.meta)
+                           self.train_ids, self.test_ids, self.meta, train_features=self.train_features,
+                           pair_features=self.pair_features)
 
     def split(self, n_heldout: int) -> tuple["Runs", "Runs"]:
         """``(train, heldout)`` with the last ``n_heldout`` runs held out."""
@@ -301,8 +331,9 @@ class Runs:
                 raise RunsFormatError(
                     f"{source}: missing required array(s) {missing}; found {sorted(archive.files)}"
                 )
-            n_train, train_ids, test_ids = (member(archive, name, source) if name in archive.files else None
-                                            for name in ("n_train", "train_ids", "test_ids"))
+            n_train, train_ids, test_ids, train_features, pair_features = (
+                member(archive, name, source) if name in archive.files else None
+                for name in ("n_train", "train_ids", "test_ids", "train_features", "pair_features"))
             meta = {}
             if "meta" in archive.files:
                 text = str(member(archive, "meta", source))
@@ -314,17 +345,35 @@ class Runs:
                     raise RunsFormatError(f"{source}: 'meta' must be a JSON object ({{...}}), got a "
                                           f"{type(meta).__name__}")
             return cls.create(member(archive, "curricula", source), member(archive, "losses", source), n_train,
-                              train_ids, test_ids, meta, source=source)
+                              train_ids, test_ids, meta, source=source, train_features=train_features,
+                              pair_features=pair_features)
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays of a runs file, by name."""
         return {"curricula": self.curricula, "losses": self.losses, "n_train": np.int64(self.n_train),
                 "train_ids": self.train_ids.astype(str), "test_ids": self.test_ids.astype(str),
-                "meta": np.array(json.dumps(self.meta, sort_keys=True))}
+                "meta": np.array(json.dumps(self.meta, sort_keys=True)),
+                **{name: array for name, array in (("train_features", self.train_features),
+                                                   ("pair_features", self.pair_features)) if array is not None}}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write atomically at exactly ``path``: a crash never leaves a half-written file there."""
         atomic.savez(path, self.arrays())
+
+
+def _as_features(features: Any, name: str, leading: tuple[int, ...], shape: str, source: str) -> np.ndarray:
+    """A finite float feature array ``leading + [k]``; anything else is a :class:`RunsFormatError` naming it."""
+    array = np.asarray(features)
+    if not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+        raise RunsFormatError(f"{source}: '{name}' must be a real float array {shape}, got dtype {array.dtype}")
+    if array.ndim != len(leading) + 1 or array.shape[:-1] != leading:
+        raise RunsFormatError(f"{source}: '{name}' must have shape {shape} = {list(leading) + ['k']}, "
+                              f"got {array.shape}")
+    array = array.astype(np.float64)
+    if not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(array))[0]
+        raise RunsFormatError(f"{source}: '{name}' holds a non-finite value at {bad.tolist()}")
+    return array
 
 
 def _normalise_index(index: Any, size: int, axis: str) -> Any:

@@ -85,6 +85,11 @@ class Settings(TypedDict, total=False):
         "the shared run state (`bayes-grid` only); `auto` keeps it where the guard's held-out runs favour it",
         default="auto")]
     state_prior: Annotated[float, _positive("sd of the prior of the run state's coefficients, in units of `sigma`")]
+    features: Annotated[bool | Literal["auto"], _model(
+        "regress the effects' prior mean on the runs' `train_features` / `pair_features` (`bayes-grid`, "
+        "`bayes-cg`); `auto`: where the runs carry them and the backend has the feature prior", default="auto")]
+    feature_prior: Annotated[float, _positive(
+        "sd of the prior of the feature coefficients on their unit-RMS design columns, in units of `sigma`")]
     # inference
     num_draws: Annotated[int, Setting("inference", ("bayes", "bayes-grid", "bayes-cg", "bayes-svi"),
                                       "posterior draws kept", minimum=1)]

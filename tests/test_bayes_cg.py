@@ -108,7 +108,7 @@ def test_perturb_and_map_draws_follow_the_dense_posterior_of_the_effects(data, v
     mean, cov = dense_posterior(data, config, m, decay, sigma, scale)
     shared = krylov.shared_arrays(data, config, np.zeros(data.curricula.shape[:2] + (0,)),
                                   grid.nuisance_priors(config, 0))
-    w, nuisance, _, residual = krylov.draw_effects(
+    w, nuisance, _, _, residual = krylov.draw_effects(
         data, config, shared, np.full(n, m), np.full(n, decay), np.full(n, sigma), np.full(n, scale), seed=3)
     assert residual.max() < 1e3 * krylov.DRAW_TOLERANCE
     draws = np.column_stack([w, nuisance[:, :1]]) if config.has_a_location else w  # on the unit-RMS feature

@@ -26,6 +26,7 @@ class Backend:
         memories: the optimiser memories it fits.
         needs_step_component: it fits only the model with the step component.
         run_state: it fits the shared run state.
+        features: it fits the feature prior (effects regressed on the training examples' features).
         calibrated: what simulation-based calibration showed (``experiments/results/``).
         cost: its cost, in words.
     """
@@ -36,28 +37,29 @@ class Backend:
     memories: tuple[str, ...]
     needs_step_component: bool
     run_state: bool
+    features: bool
     calibrated: str
     cost: str
 
 
 BACKENDS: dict[str, Backend] = {
     "grid": Backend("bayes-grid", "hyperparameters on a grid, everything else exact", ("normal",),
-                    ("none", "geometric"), True, True, "every quantity passes SBC",
+                    ("none", "geometric"), True, True, True, "every quantity passes SBC",
                     "runs x steps x (2 n_train)^2 per test example and grid point"),
     "cg": Backend("bayes-cg", "bayes-grid's model and grid, matrix-free: Lanczos evidence, perturb-and-MAP draws",
-                  ("normal",), ("none", "geometric"), True, True,
+                  ("normal",), ("none", "geometric"), True, True, True,
                   "bayes-grid's up to its quadratures (tests compare them with the dense path)",
                   "runs x steps x batch per product; (probes + 1) x Lanczos steps products per decay value, "
                   "CG iterations per draw"),
     "svi": Backend("bayes-svi", "variational (autoguides, or exact conditionals given the hyperparameters)",
-                   ("normal", "student_t"), ("none", "geometric"), False, False,
+                   ("normal", "student_t"), ("none", "geometric"), False, False, False,
                    "effects close to exact with the conditional guide; hyperparameters fail SBC",
                    "runs x steps x batch x tests per optimisation step"),
     "nuts": Backend("bayes-nuts", "NUTS on the full model", ("normal", "student_t"), ("none", "geometric"),
-                    False, False, "exact in the limit; for small problems and checks",
+                    False, False, False, "exact in the limit; for small problems and checks",
                     "gradient evaluations of the full model per draw"),
     "exact": Backend("bayes-exact", "NUTS on the hyperparameters, exact draws of the effects", ("normal",),
-                     ("none",), False, False, "exact up to NUTS on a few hyperparameters",
+                     ("none",), False, False, False, "exact up to NUTS on a few hyperparameters",
                      "one (2 n_train)^2 eigendecomposition per test example"),
 }
 
@@ -74,6 +76,8 @@ def unsupported(config: Any, backend: str) -> tuple[str, str] | None:
         return "step", f"{spec.name} needs the step component"
     if config.run_state and not spec.run_state:
         return "run_state", f"{spec.name} has no run state (bayes-grid and bayes-cg have)"
+    if getattr(config, "features", False) and not spec.features:
+        return "features", f"{spec.name} has no feature prior (bayes-grid and bayes-cg have)"
     return None
 
 
@@ -87,9 +91,9 @@ def check_supported(config: Any, backend: str) -> None:
 def backends_markdown() -> str:
     """The table of backends and what each supports (the docs' methods page)."""
     lines = ["| method | inference | likelihoods | optimiser memory | without the step component | run state "
-             "| calibration | cost |", "|---|---|---|---|---|---|---|---|"]
+             "| feature prior | calibration | cost |", "|---|---|---|---|---|---|---|---|---|"]
     for spec in BACKENDS.values():
         lines.append(f"| `{spec.name}` | {spec.inference} | {', '.join(spec.likelihoods)} | "
                      f"{', '.join(spec.memories)} | {'no' if spec.needs_step_component else 'yes'} | "
-                     f"{'yes' if spec.run_state else 'no'} | {spec.calibrated} | {spec.cost} |")
+                     f"{'yes' if spec.run_state else 'no'} | {'yes' if spec.features else 'no'} | {spec.calibrated} | {spec.cost} |")
     return "\n".join(lines)

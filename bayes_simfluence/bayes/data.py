@@ -14,7 +14,9 @@ from typing import NamedTuple
 
 import numpy as np
 
+from bayes_simfluence.bayes.features import standardised_features
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.validation import InputError
 
 
 class ModelData(NamedTuple):
@@ -26,6 +28,8 @@ class ModelData(NamedTuple):
         change: ``[runs, steps, tests]`` standardised ``L_t - L_{t-1}`` (the observations).
         scale: ``[tests]`` the loss scale each test example was divided by.
         n_train: number of training examples.
+        features: ``[tests, n_train, k]`` standardised features of the feature prior
+            (:func:`~bayes_simfluence.bayes.features.standardised_features`), or None.
     """
 
     curricula: np.ndarray
@@ -33,6 +37,7 @@ class ModelData(NamedTuple):
     change: np.ndarray
     scale: np.ndarray
     n_train: int
+    features: np.ndarray | None = None
 
     @property
     def n_runs(self) -> int:
@@ -49,7 +54,19 @@ class ModelData(NamedTuple):
     def select_tests(self, index: np.ndarray | slice) -> "ModelData":
         """The same runs restricted to some test examples."""
         return ModelData(self.curricula, self.previous[..., index], self.change[..., index],
-                         self.scale[index], self.n_train)
+                         self.scale[index], self.n_train, None if self.features is None else self.features[index])
+
+    def features_of(self, tests: np.ndarray, use: bool) -> np.ndarray:
+        """``[len(tests), n_train, k]`` the features of these test examples (``k = 0`` unless ``use``)."""
+        if not use:
+            return np.zeros((len(tests), self.n_train, 0))
+        if self.features is None:
+            raise InputError("-o features=true: the runs carry no 'train_features' or 'pair_features'")
+        return self.features[tests]
+
+    def n_features_used(self, use: bool) -> int:
+        """Features ``k`` the fit regresses on (0 unless ``use``)."""
+        return self.features.shape[-1] if use and self.features is not None else 0
 
 
 def loss_scale(losses: np.ndarray) -> np.ndarray:
@@ -68,4 +85,5 @@ def model_data(runs: Runs) -> ModelData:
         change=np.diff(standard, axis=1),
         scale=scale,
         n_train=runs.n_train,
+        features=standardised_features(runs),
     )

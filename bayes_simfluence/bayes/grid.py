@@ -73,6 +73,7 @@ from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes import conjugate
 from bayes_simfluence.bayes.data import ModelData
+from bayes_simfluence.bayes.features import add_feature_effects, n_columns
 from bayes_simfluence.bayes.backends import check_supported
 from bayes_simfluence.bayes.inference import FitResult, fitted_step_sums, split_weights
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
@@ -122,8 +123,9 @@ MAX_FLOPS = 2e12
 class GridStats(NamedTuple):
     """Whitened statistics of (test example, decay) pairs (the eigenvectors only when asked).
 
-    The common multiplicative level ``mu_a`` and the run state's coefficients are integrated out
-    too: their ``K`` features ``F`` (the level's first, then the state's; :func:`nuisance_priors`)
+    The common multiplicative level ``mu_a``, the run state's coefficients and the feature prior's are
+    integrated out too: their ``K`` features ``F`` (the level's first, then the state's, then the
+    feature prior's columns; :func:`nuisance_priors`)
     join the step component's nuisance part, and ``nuisance_*`` keep what drawing them needs.
 
     Attributes:
@@ -134,7 +136,9 @@ class GridStats(NamedTuple):
         nuisance_logdet: ``[pairs]`` ``log |I + P F^T Omega^{-1} F P|`` (``P`` the priors' sds in
             units of ``sigma``): what integrating them out adds to ``log |Omega|``;
         level_scale: ``[pairs]`` root mean square of the level's feature (``F``'s first column is it
-            divided by this; 1 without the level).
+            divided by this; 1 without the level);
+        column_scale: ``[pairs, columns]`` root mean squares of the feature prior's design columns
+            (:func:`feature_columns`; ``F``'s last columns are them divided by these).
     """
 
     eigenvalues: np.ndarray
@@ -146,6 +150,7 @@ class GridStats(NamedTuple):
     nuisance_gram: np.ndarray
     nuisance_logdet: np.ndarray
     level_scale: np.ndarray
+    column_scale: np.ndarray
 
 
 def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
@@ -158,7 +163,7 @@ def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
 
 
 def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array, diagonal: Array, off: Array,
-                     state: Array, priors: Array, variant: str, step_component: bool, level: bool,
+                     state: Array, phi: Array, priors: Array, variant: str, step_component: bool, level: bool,
                      vectors: bool) -> tuple:
     """Statistics of one (test example, decay) pair: ``previous``, ``change`` ``[runs, steps]``;
     ``state`` ``[runs, steps, S]`` the scaled run-state features (``S = 0``: none). The nuisance
@@ -166,16 +171,18 @@ def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array
     divided by its root mean square, then ``state``) have coefficients ``~ N(0, (priors sigma)^2)``
     (``priors [K]``), integrated out: with ``M = F^T Omega^{-1} F + diag(priors)^-2`` the whitened
     statistics lose ``F``'s part by a Schur complement, ``G - X^T Omega^{-1} F M^{-1} F^T Omega^{-1} X``
-    (and alike for ``b``, ``yy``)."""
+    (and alike for ``b``, ``yy``). The feature prior's columns (``phi [n_train, k]``, ``k = 0``: none)
+    follow the state's: :func:`feature_columns`."""
     smoothed = remembered(counts, jnp.broadcast_to(decay, counts.shape[-1:]))  # [runs, steps, n_train]
-    parts = {"linear": [previous[..., None] * smoothed, smoothed], "additive": [smoothed],
-             "multiplicative": [previous[..., None] * smoothed]}[variant]
+    parts = _blocks_of(previous, smoothed, variant)
     level_scale = jnp.ones((), previous.dtype)
     if level:
         level_feature = previous * smoothed.sum(-1)  # [runs, steps]
         level_scale = jnp.sqrt(jnp.mean(level_feature**2))
         level_scale = jnp.where(level_scale > 0, level_scale, 1.0)
         state = jnp.concatenate([(level_feature / level_scale)[..., None], state], axis=-1)
+    columns, column_scale = feature_columns(previous, smoothed @ phi, variant)
+    state = jnp.concatenate([state, columns], axis=-1)
     n_features, n_nuisance = sum(p.shape[-1] for p in parts), state.shape[-1]
     x = jnp.concatenate(parts + [state], axis=-1)  # [runs, steps, features + K]
     gram = jnp.einsum("rtf,rtg->fg", x, x)
@@ -201,19 +208,36 @@ def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array
                                     + priors[:, None] * nuisance_gram * priors[None, :])[1]
     eigenvalues, u = jnp.linalg.eigh(gram)
     return (jnp.maximum(eigenvalues, 0.0), (u if vectors else None), u.T @ target, target_sq, cross, nuisance_target,
-            nuisance_gram, logdet, level_scale)
+            nuisance_gram, logdet, level_scale, column_scale)
+
+
+def _blocks_of(previous: Array, sums: Array, variant: str) -> list[Array]:
+    """The design's blocks from remembered sums ``[runs, steps, n]``: ``L_{t-1}`` times them for ``a``, them for ``B``."""
+    return {"linear": [previous[..., None] * sums, sums], "additive": [sums],
+            "multiplicative": [previous[..., None] * sums]}[variant]
+
+
+def feature_columns(previous: Array, projected: Array, variant: str) -> tuple[Array, Array]:
+    """The feature prior's design columns ``X phi_j`` (:mod:`~bayes_simfluence.bayes.features`) from the
+    remembered batch sums of the features ``projected [runs, steps, k]``, divided by their root mean
+    squares: ``([runs, steps, columns], [columns])`` (``a``'s block first)."""
+    columns = jnp.concatenate(_blocks_of(previous, projected, variant), axis=-1)
+    scale = jnp.sqrt(jnp.mean(columns**2, axis=(0, 1)))
+    scale = jnp.where(scale > 0, scale, 1.0)
+    return columns / scale, scale
 
 
 @functools.partial(jax.jit, static_argnames=("variant", "step_component", "level", "vectors"))
 def _statistics_chunk(counts: Array, previous: Array, change: Array, tests: Array, decays: Array, diagonal: Array,
-                      off: Array, state: Array, priors: Array, *, variant: str, step_component: bool, level: bool,
-                      vectors: bool) -> tuple:
-    """:func:`_pair_statistics` for a chunk of pairs ``tests [chunk]``, ``decays [chunk]``."""
-    def one(test: Array, decay: Array) -> tuple:
+                      off: Array, state: Array, phi: Array, priors: Array, *, variant: str, step_component: bool,
+                      level: bool, vectors: bool) -> tuple:
+    """:func:`_pair_statistics` for a chunk of pairs ``tests [chunk]``, ``decays [chunk]`` (their features
+    ``phi [chunk, n_train, k]``)."""
+    def one(test: Array, decay: Array, phi_m: Array) -> tuple:
         return _pair_statistics(counts, previous[..., test], change[..., test], decay, diagonal, off, state,
-                                priors, variant, step_component, level, vectors)
+                                phi_m, priors, variant, step_component, level, vectors)
 
-    return jax.vmap(one)(tests, decays)
+    return jax.vmap(one)(tests, decays, phi)
 
 
 def scaled_state_features(data: ModelData, state: RunState | None) -> np.ndarray:
@@ -223,44 +247,53 @@ def scaled_state_features(data: ModelData, state: RunState | None) -> np.ndarray
     return host_features(data.curricula, state) / state.feature_scale
 
 
-def nuisance_priors(config: ModelConfig, n_state: int) -> np.ndarray:
+def nuisance_priors(config: ModelConfig, n_state: int, n_columns: int = 0) -> np.ndarray:
     """``[K]`` sds, in units of ``sigma``, of the nuisance coefficients on their unit-scale
     features: :data:`LEVEL_PRIOR` for the common level (first, where the model learns it), then
-    ``state_prior`` for each of the ``n_state`` run-state features."""
-    return np.array([LEVEL_PRIOR] * config.has_a_location + [config.state_prior] * n_state)
+    ``state_prior`` for each of the ``n_state`` run-state features, then ``feature_prior`` for each
+    of the feature prior's ``n_columns`` design columns."""
+    return np.array([LEVEL_PRIOR] * config.has_a_location + [config.state_prior] * n_state
+                    + [config.feature_prior] * n_columns)
 
 
 def pair_statistics(data: ModelData, config: ModelConfig, tests: np.ndarray, decays: np.ndarray,
                     vectors: bool = False, progress: bool = False, desc: str = "grid: statistics",
                     state: RunState | None = None) -> GridStats:
     """Whitened statistics for every pair ``(tests[k], decays[k])``, in chunks of one compiled shape
-    (with the common level, where the model learns it, and the run state ``state`` integrated
-    out, see :func:`_pair_statistics`)."""
+    (with the common level, where the model learns it, the run state ``state`` and the feature
+    prior's coefficients, where ``config.features``, integrated out, see :func:`_pair_statistics`)."""
     counts = dense_counts(data.curricula, data.n_train)
-    features = scaled_state_features(data, state)
-    priors = nuisance_priors(config, features.shape[-1])
-    n_features, n_state = _n_features(data.n_train, config), len(priors)
-    per_pair = 8 * (counts.size * 3 + (n_features + n_state) * data.n_runs * data.n_steps
-                    + 4 * (n_features + n_state)**2)
+    state_features = scaled_state_features(data, state)
+    n_columns = feature_count(data, config)
+    priors = nuisance_priors(config, state_features.shape[-1], n_columns)
+    n_features, n_nuisance = _n_features(data.n_train, config), len(priors)
+    per_pair = 8 * (counts.size * 3 + (n_features + n_nuisance) * data.n_runs * data.n_steps
+                    + 4 * (n_features + n_nuisance)**2)
     chunk = int(max(1, min(64, 2**28 // per_pair)))
     diagonal, off, _ = drift_bands(data.n_runs, data.n_steps, config)
     n_pairs = len(tests)
     out = GridStats(np.empty((n_pairs, n_features)), np.empty((n_pairs, n_features, n_features)) if vectors else None,
-                    np.empty((n_pairs, n_features)), np.empty(n_pairs), np.empty((n_pairs, n_state, n_features)),
-                    np.empty((n_pairs, n_state)), np.empty((n_pairs, n_state, n_state)), np.empty(n_pairs),
-                    np.empty(n_pairs))
+                    np.empty((n_pairs, n_features)), np.empty(n_pairs), np.empty((n_pairs, n_nuisance, n_features)),
+                    np.empty((n_pairs, n_nuisance)), np.empty((n_pairs, n_nuisance, n_nuisance)), np.empty(n_pairs),
+                    np.empty(n_pairs), np.empty((n_pairs, n_columns)))
     with jax.enable_x64(True):
         for start in tqdm(range(0, n_pairs, chunk), desc=desc, unit="chunk", disable=not progress):
             stop = min(start + chunk, n_pairs)
             index = np.minimum(np.arange(start, start + chunk), n_pairs - 1)  # pad with the last pair
+            phi = data.features_of(tests[index], config.features)
             pieces = _statistics_chunk(counts, data.previous, data.change, tests[index], decays[index], diagonal,
-                                       off, features, priors, variant=config.variant,
+                                       off, state_features, phi, priors, variant=config.variant,
                                        step_component=config.step_component, level=config.has_a_location,
                                        vectors=vectors)
             for field, piece in zip(out, pieces):
                 if field is not None:
                     field[start:stop] = np.asarray(piece)[: stop - start]
     return out
+
+
+def feature_count(data: ModelData, config: ModelConfig) -> int:
+    """The feature prior's design columns of a fit (0 without it)."""
+    return n_columns(data.n_features_used(config.features), config.variant)
 
 
 def _n_features(n_train: int, config: ModelConfig) -> int:
@@ -548,14 +581,21 @@ def integrate(data: ModelData, config: ModelConfig, evidence_of: EvidenceOf, sch
 
 
 def assemble(data: ModelData, config: ModelConfig, hyper: Hyperparameters, weights_w: np.ndarray,
-             nuisance: np.ndarray, level_scale: np.ndarray, state: RunState | None, key: Array) -> dict[str, np.ndarray]:
+             nuisance: np.ndarray, level_scale: np.ndarray, column_scale: np.ndarray, state: RunState | None,
+             key: Array) -> dict[str, np.ndarray]:
     """The fit's draws ``[1, draws, tests, ...]`` from exact draws of the effects ``weights_w [draws * tests,
     features]``, the nuisance coefficients ``[draws * tests, K]`` (the common level's first, on its
-    feature of root mean square ``level_scale [draws * tests]``, then the run state's) and the
-    hyperparameters; the step component is drawn here, given them (JAX random ``key``)."""
+    feature of root mean square ``level_scale [draws * tests]``, then the run state's, then the
+    feature prior's on its columns of root mean squares ``column_scale [draws * tests, columns]``)
+    and the hyperparameters; the step component is drawn here, given them (JAX random ``key``)."""
     num_draws, n_tests = hyper.sigma.shape
     draws = split_weights(weights_w.reshape(num_draws, n_tests, -1), data.n_train, config)
     nuisance = nuisance.reshape(num_draws, n_tests, -1)
+    n_columns = column_scale.shape[-1]
+    if n_columns:  # the residual effects plus the feature regression
+        add_feature_effects(draws, nuisance[..., -n_columns:], column_scale.reshape(num_draws, n_tests, -1),
+                            data.features, config.variant)
+        nuisance = nuisance[..., :-n_columns]
     if config.has_a_location:  # a_i = mu_a + (a_i - mu_a): the level joins every example's effect
         level = nuisance[..., 0] / level_scale.reshape(num_draws, n_tests)
         draws["a_location"], draws["a"] = level, draws["a"] + level[..., None]
@@ -616,7 +656,8 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     effects_key, drift_key = jax.random.split(jax.random.PRNGKey(seed), 2)
     weights_w = _draw_effects(effects_key, stats, hyper.pair, sigma, scale)
     nuisance = draw_nuisance(rng, stats, hyper.pair, weights_w, sigma, config)
-    draws = assemble(data, config, hyper, weights_w, nuisance, stats.level_scale[hyper.pair], state, drift_key)
+    draws = assemble(data, config, hyper, weights_w, nuisance, stats.level_scale[hyper.pair],
+                     stats.column_scale[hyper.pair], state, drift_key)
     info = {"method": "grid", "num_draws": num_draws, "seconds": time.perf_counter() - start, "seed": seed,
             **hyper.info, "exact_draw_pairs": len(hyper.pairs)}
     if state is not None:
@@ -634,7 +675,8 @@ def draw_nuisance(rng: np.random.Generator, stats: GridStats, which: np.ndarray,
     gram, n_nuisance = stats.nuisance_gram[which], stats.nuisance_gram.shape[-1]
     if n_nuisance == 0:
         return np.zeros((len(which), 0))
-    priors = nuisance_priors(config, n_nuisance - config.has_a_location)
+    n_columns = stats.column_scale.shape[-1]
+    priors = nuisance_priors(config, n_nuisance - config.has_a_location - n_columns, n_columns)
     precision = gram + np.diag(1.0 / priors**2)
     residual = stats.nuisance_target[which] - np.einsum("nsf,nf->ns", stats.nuisance_cross[which], effects)
     mean = np.linalg.solve(precision, residual[..., None])[..., 0]

@@ -235,7 +235,8 @@ class Pair(NamedTuple):
         features: ``[runs, steps, K]`` ``F``; whitened: ``[runs, steps, K]`` ``Omega^{-1} F``;
         inverse: ``[K, K]`` ``M^{-1}``, ``M = F^T Omega^{-1} F + diag(p)^-2``;
         logdet: ``log |I + diag(p) F^T Omega^{-1} F diag(p)|``; level_scale: the level feature's root
-        mean square (1 without the level).
+        mean square (1 without the level); column_scale: ``[columns]`` those of the feature prior's
+        design columns (:func:`~bayes_simfluence.bayes.grid.feature_columns`).
     """
 
     features: Array
@@ -243,9 +244,20 @@ class Pair(NamedTuple):
     inverse: Array
     logdet: Array
     level_scale: Array
+    column_scale: Array
 
 
-def _pair(previous: Array, decay: Array, shared: Shared, static: Static) -> Pair:
+def _gather_features(phi: Array, shared: Shared, static: Static) -> Array:
+    """``[runs, steps, k]`` sums of the features ``phi [n_train, k]`` over each batch's filled slots."""
+    if static.dense:
+        return shared.counts @ phi
+    filled = shared.slots >= 0
+    return jnp.where(filled[..., None], phi[jnp.where(filled, shared.slots, 0)], 0.0).sum(-2)
+
+
+def _pair(previous: Array, decay: Array, phi: Array, shared: Shared, static: Static) -> Pair:
+    """The nuisance features of one (test example, decay) pair: the common level's, the run state's
+    and the feature prior's columns of ``phi [n_train, k]`` (``k = 0``: none)."""
     state = shared.state
     level_scale = jnp.ones((), previous.dtype)
     if static.level:
@@ -254,13 +266,18 @@ def _pair(previous: Array, decay: Array, shared: Shared, static: Static) -> Pair
         level_scale = jnp.sqrt(jnp.mean(level**2))
         level_scale = jnp.where(level_scale > 0, level_scale, 1.0)
         state = jnp.concatenate([(level / level_scale)[..., None], state], axis=-1)
+    projected = _gather_features(phi, shared, static)  # [runs, steps, k]
+    if static.memory:
+        projected = jnp.moveaxis(_filter(jnp.moveaxis(projected, -1, 0), decay), 0, -1)
+    columns, column_scale = grid.feature_columns(previous, projected, static.variant)
+    state = jnp.concatenate([state, columns], axis=-1)
     n_nuisance = state.shape[-1]
     whitened = _omega_inverse(state, shared, static)
     gram = jnp.einsum("rtk,rtl->kl", state, whitened)
     inverse = jnp.linalg.inv(gram + jnp.diag(1.0 / shared.priors**2)) if n_nuisance else gram
     logdet = (jnp.linalg.slogdet(jnp.eye(n_nuisance) + shared.priors[:, None] * gram * shared.priors[None, :])[1]
               if n_nuisance else jnp.zeros((), previous.dtype))
-    return Pair(state, whitened, inverse, logdet, level_scale)
+    return Pair(state, whitened, inverse, logdet, level_scale, column_scale)
 
 
 def _whiten(v: Array, pair: Pair, shared: Shared, static: Static) -> Array:
@@ -303,11 +320,12 @@ def _lanczos_rule(matvec, start: Array, steps: int) -> tuple[Array, Array]:
 
 
 @functools.partial(jax.jit, static_argnames=("static", "steps"))
-def _evidence_chunk(previous: Array, target: Array, decays: Array, probes: Array, shared: Shared, static: Static,
-                    steps: int) -> tuple:
-    """Quadratures of a chunk of pairs (``previous``, ``target`` ``[chunk, runs, steps]``, ``decays [chunk]``)."""
-    def one(previous_m: Array, target_m: Array, decay: Array) -> tuple:
-        pair = _pair(previous_m, decay, shared, static)
+def _evidence_chunk(previous: Array, target: Array, decays: Array, phi: Array, probes: Array, shared: Shared,
+                    static: Static, steps: int) -> tuple:
+    """Quadratures of a chunk of pairs (``previous``, ``target`` ``[chunk, runs, steps]``, ``decays [chunk]``,
+    the feature prior's features ``phi [chunk, n_train, k]``)."""
+    def one(previous_m: Array, target_m: Array, decay: Array, phi_m: Array) -> tuple:
+        pair = _pair(previous_m, decay, phi_m, shared, static)
         whitened = _whiten(target_m, pair, shared, static)
         rhs = _xt(whitened, previous_m, decay, shared, static)
 
@@ -319,7 +337,7 @@ def _evidence_chunk(previous: Array, target: Array, decays: Array, probes: Array
         return (nodes.reshape(-1), weights.reshape(-1) / probes.shape[0], quad_nodes, quad_weights,
                 target_m.reshape(-1) @ whitened.reshape(-1), pair.logdet)
 
-    return jax.vmap(one)(previous, target, decays)
+    return jax.vmap(one)(previous, target, decays, phi)
 
 
 def _chunk_size(data: ModelData, per_pair_vectors: int) -> int:
@@ -359,8 +377,9 @@ def evidence(data: ModelData, config: ModelConfig, shared: Shared, tests: np.nda
         for start in tqdm(range(0, len(tests), chunk), desc=desc, disable=not progress, leave=False):
             index = np.minimum(np.arange(start, start + chunk), len(tests) - 1)  # the last chunk padded
             part = _evidence_chunk(jnp.asarray(previous[tests[index]]), jnp.asarray(target[tests[index]]),
-                                   jnp.asarray(decays[index], jnp.float64), jnp.asarray(probes), shared, static,
-                                   lanczos_steps(probes.shape[1]))
+                                   jnp.asarray(decays[index], jnp.float64),
+                                   jnp.asarray(data.features_of(tests[index], config.features), jnp.float64),
+                                   jnp.asarray(probes), shared, static, lanczos_steps(probes.shape[1]))
             outputs.append([np.asarray(x)[: min(chunk, len(tests) - start)] for x in part])
     return tuple(np.concatenate(column) for column in zip(*outputs))
 
@@ -368,14 +387,15 @@ def evidence(data: ModelData, config: ModelConfig, shared: Shared, tests: np.nda
 # ---- draws: perturb-and-MAP ------------------------------------------------------------------------
 
 @functools.partial(jax.jit, static_argnames=("static",))
-def _draw_chunk(key: Array, previous: Array, target: Array, decays: Array, sigma: Array, scale: Array,
+def _draw_chunk(key: Array, previous: Array, target: Array, decays: Array, sigma: Array, scale: Array, phi: Array,
                 shared: Shared, static: Static) -> tuple:
     """Exact draws for a chunk of (test, hyperparameters): ``(w [chunk, features], nuisance [chunk, K],
-    level_scale [chunk], relative residual [chunk])``."""
+    level_scale [chunk], column_scale [chunk, columns], relative residual [chunk])``."""
     n_features = n_features_of(static.variant, static.n_train)
 
-    def one(key_m: Array, previous_m: Array, target_m: Array, decay: Array, sigma_m: Array, scale_m: Array) -> tuple:
-        pair = _pair(previous_m, decay, shared, static)
+    def one(key_m: Array, previous_m: Array, target_m: Array, decay: Array, sigma_m: Array, scale_m: Array,
+            phi_m: Array) -> tuple:
+        pair = _pair(previous_m, decay, phi_m, shared, static)
         keys = jax.random.split(key_m, 5)
         runs_steps = target_m.shape
         noise = jax.random.normal(keys[0], runs_steps, target_m.dtype)
@@ -402,15 +422,16 @@ def _draw_chunk(key: Array, previous: Array, target: Array, decays: Array, sigma
             mean = pair.inverse @ jnp.einsum("rtk,rt->k", pair.whitened, misfit)
             lower = jnp.linalg.cholesky(pair.inverse)
             nuisance = mean + sigma_m * lower @ jax.random.normal(keys[4], (n_nuisance,), target_m.dtype)
-        return w, nuisance, pair.level_scale, residual
+        return w, nuisance, pair.level_scale, pair.column_scale, residual
 
-    return jax.vmap(one)(jax.random.split(key, previous.shape[0]), previous, target, decays, sigma, scale)
+    return jax.vmap(one)(jax.random.split(key, previous.shape[0]), previous, target, decays, sigma, scale, phi)
 
 
 def draw_effects(data: ModelData, config: ModelConfig, shared: Shared, tests: np.ndarray, decays: np.ndarray,
                  sigma: np.ndarray, scale: np.ndarray, seed: int, progress: bool = False) -> tuple:
     """Perturb-and-MAP draws for ``n`` hyperparameter draws (``tests``, ``decays``, ``sigma``, ``scale``
-    ``[n]``): ``(w [n, features], nuisance [n, K], level_scale [n], relative residual [n])``."""
+    ``[n]``): ``(w [n, features], nuisance [n, K], level_scale [n], column_scale [n, columns], relative
+    residual [n])``."""
     static = static_of(data, config)
     chunk = _chunk_size(data, 8)
     previous = np.moveaxis(data.previous, -1, 0)
@@ -424,6 +445,7 @@ def draw_effects(data: ModelData, config: ModelConfig, shared: Shared, tests: np
             part = _draw_chunk(jax.random.fold_in(key, start), jnp.asarray(previous[tests[index]]),
                                jnp.asarray(target[tests[index]]), jnp.asarray(decays[index], jnp.float64),
                                jnp.asarray(sigma[index], jnp.float64), jnp.asarray(scale[index], jnp.float64),
+                               jnp.asarray(data.features_of(tests[index], config.features), jnp.float64),
                                shared, static)
             outputs.append([np.asarray(x)[: min(chunk, len(tests) - start)] for x in part])
     return tuple(np.concatenate(column) for column in zip(*outputs))
@@ -459,7 +481,8 @@ def run_cg(data: ModelData, config: ModelConfig, num_draws: int = 100, seed: int
                  f"bayes-cg's {num_draws} draws of {data.n_tests} x {n_features} effects")
     start = time.perf_counter()
     features = grid.scaled_state_features(data, state)
-    shared = shared_arrays(data, config, features, grid.nuisance_priors(config, features.shape[-1]))
+    shared = shared_arrays(data, config, features,
+                           grid.nuisance_priors(config, features.shape[-1], grid.feature_count(data, config)))
     probes = probes_of(n_features, seed)
     cache: dict[tuple[int, float], tuple] = {}
 
@@ -477,14 +500,14 @@ def run_cg(data: ModelData, config: ModelConfig, num_draws: int = 100, seed: int
     n_tests = data.n_tests
     tests = np.tile(np.arange(n_tests), num_draws)
     effects_key, drift_key = jax.random.split(jax.random.PRNGKey(seed), 2)
-    weights_w, nuisance, level_scale, residual = draw_effects(
+    weights_w, nuisance, level_scale, column_scale, residual = draw_effects(
         data, config, shared, tests, hyper.decay.reshape(-1), hyper.sigma.reshape(-1), hyper.scale.reshape(-1),
         int(jax.random.randint(effects_key, (), 0, 2**31 - 1)), progress)
     unconverged = int((residual > 1e3 * DRAW_TOLERANCE).sum())
     if unconverged:
         warnings.warn(f"bayes-cg: conjugate gradients stopped short for {unconverged} of {len(residual)} draws "
                       f"(worst relative residual {residual.max():.1e}); their effects are approximate", stacklevel=2)
-    draws = grid.assemble(data, config, hyper, weights_w, nuisance, level_scale, state, drift_key)
+    draws = grid.assemble(data, config, hyper, weights_w, nuisance, level_scale, column_scale, state, drift_key)
     info = {"method": "cg", "num_draws": num_draws, "seconds": time.perf_counter() - start, "seed": seed,
             **hyper.info, "lanczos_steps": lanczos_steps(n_features), "probes": len(probes), "evidence_pairs": len(cache),
             "cg_unconverged": unconverged, "cg_worst_residual": float(residual.max())}

@@ -104,8 +104,9 @@ def split_options(parsed: dict[str, Any], method: str) -> tuple[ModelConfig, dic
             model_kwargs[meta.field or key] = value
         elif meta.group == "inference" or key == "progress":
             run_kwargs[key] = value
-    if model_kwargs.get("run_state") == "auto":  # resolved by fit_bayes, which sees the runs
-        del model_kwargs["run_state"]
+    for key in ("run_state", "features"):  # "auto": resolved by fit_bayes, which sees the runs
+        if model_kwargs.get(key) == "auto":
+            del model_kwargs[key]
     try:
         return ModelConfig(**model_kwargs), run_kwargs
     except ValueError as error:  # ModelConfig names its field; users wrote the option's key
@@ -141,6 +142,19 @@ def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, fol
     return True, None
 
 
+def resolve_features(method: str, train: Runs, value: Any) -> tuple[bool, str | None]:
+    """Whether a fit has the feature prior (:mod:`~bayes_simfluence.bayes.features`), and why not where
+    ``auto`` (the default) turned it off: ``auto`` turns it on where the runs carry features and the
+    backend fits the feature prior."""
+    if value != "auto":
+        return bool(value), None
+    if train.n_features == 0:
+        return False, None
+    if not backends.BACKENDS[method].features:
+        return False, f"bayes-{method} has no feature prior (bayes-grid and bayes-cg have)"
+    return True, None
+
+
 def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) -> BayesianSimfluence:
     """Fit the Bayesian model on ``train`` with ``method`` in ``{"svi", "nuts", "exact", "grid", "cg"}``.
 
@@ -167,6 +181,7 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
     guard_steps, workers = options.pop("guard_steps", None), options.pop("guard_workers", None)
     requested = options.get("run_state", "auto")
     options["run_state"], state_off = resolve_run_state(method, train, requested, use_guard, folds)
+    options["features"], features_off = resolve_features(method, train, options.get("features", "auto"))
     check = None
     if requested == "auto" and options["run_state"]:  # bayes-grid with its guard: kept where held-out runs favour it
         plain_options = {**options, "run_state": False}  # (grid cross-fits start afresh: no full fit needed first)
@@ -183,6 +198,8 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         posterior.info["run_state_check"] = check
     if state_off is not None:
         posterior.info["run_state_off"] = state_off
+    if features_off is not None:
+        posterior.info["features_off"] = features_off
     if stacking is None:
         return posterior
     posterior.info["guard"] = stacking.report

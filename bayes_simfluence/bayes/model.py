@@ -152,6 +152,11 @@ class ModelConfig:
             the methods' ``-o run_state`` defaults to ``auto``, :func:`~bayes_simfluence.bayes.methods.resolve_run_state`).
         state_prior: sd of the ``Normal(0, .)`` prior of ``g`` on the features divided by their
             root mean square, in units of ``sigma``.
+        features: the feature prior of :mod:`bayes_simfluence.bayes.features`: the prior mean of each
+            test example's effects is a linear function of the training examples' features
+            (``bayes-grid`` and ``bayes-cg``; the runs must carry features).
+        feature_prior: sd of the ``Normal(0, .)`` prior of the feature coefficients on their design
+            columns divided by their root mean square, in units of ``sigma``.
     """
 
     variant: str = "linear"
@@ -170,6 +175,8 @@ class ModelConfig:
     collapse_drift: bool = True
     run_state: bool = False
     state_prior: float = 0.3
+    features: bool = False
+    feature_prior: float = 1.0
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -179,7 +186,7 @@ class ModelConfig:
         if self.memory not in MEMORIES:
             raise ValueError(f"memory must be one of {MEMORIES}, got {self.memory!r}")
         for name in ("nu", "location_prior", "effect_scale_prior", "noise_prior", "drift_initial",
-                     "drift_smoothness", "memory_prior", "state_prior"):
+                     "drift_smoothness", "memory_prior", "state_prior", "feature_prior"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
 
