@@ -33,8 +33,8 @@ from bayes_simfluence.runs import Runs
 def standardised_features(runs: Runs) -> np.ndarray | None:
     """``[tests, n_train, k]`` the runs' features, each column centred and divided by its sd over the
     training examples (``train_features`` once, ``pair_features`` per test example; a constant column
-    becomes zeros), or None where the runs carry none."""
-    if runs.n_features == 0:
+    becomes zeros), or None where the runs carry neither array."""
+    if runs.train_features is None and runs.pair_features is None:
         return None
     parts = []
     if runs.train_features is not None:
