@@ -100,10 +100,27 @@ def run(args: argparse.Namespace) -> int:
     state_off = getattr(simulator, "info", {}).get("run_state_off")
     if state_off is not None:
         print(f"run state: off ({state_off})")
-    guard_report = getattr(simulator, "info", {}).get("guard")
+    info = getattr(simulator, "info", {})
+    if bayesian and {"features", "features_off"} & set(info) or info.get("unseen_examples"):
+        print(describe_features(info))
+    guard_report = info.get("guard")
     if guard_report is not None:
         print(guard.describe(guard_report))
     for number, block in enumerate(getattr(simulator, "info", {}).get("blocks", [])):
         if "guard" in block:
             print(f"block {number + 1} ({block['tests']} test examples): {guard.describe(block['guard'])}")
     return 0
+
+
+def describe_features(info: dict) -> str:
+    """One line on the feature prior and the pool examples no fitted run used."""
+    unseen = info.get("unseen_examples", 0)
+    if "features" in info:
+        counts = info["features"]
+        line = (f"feature prior: {counts['per_example']} feature(s) per training example, {counts['per_pair']} per "
+                "(training, test) pair")
+        return line + (f"; {unseen} pool example(s) appear in no run: their effects come from the features"
+                       if unseen else "")
+    line = f"feature prior: off ({info['features_off']})" if "features_off" in info else "feature prior: off"
+    return line + (f"; {unseen} pool example(s) appear in no run: their effects are the prior's (add features to "
+                   "the runs to predict them)" if unseen else "")
