@@ -35,14 +35,37 @@ def batch_sums(effects: Array, curricula: Array) -> Array:
     return total
 
 
+def geometric_memory(x: Array, decay: Array, axis: int = -1) -> Array:
+    """The geometric memory kernel along the steps axis ``axis``: ``m_t = (1 - decay) x_t + decay m_{t-1}``
+    from ``m_0 = 0`` (one ``lax.scan``: jit- and vmap-friendly, ``decay`` may be traced).
+
+    Args:
+        x: the steps along ``axis``.
+        decay: in ``[0, 1)``, broadcasting against ``x`` without ``axis`` (a scalar, or one per column).
+    """
+    return _scan_memory(x, decay, 1.0 - decay, axis)
+
+
+def _scan_memory(x: Array, keep: Array, gain: Array, axis: int) -> Array:
+    """:func:`geometric_memory` with its factors ``keep = decay`` and ``gain = 1 - decay`` given."""
+    def step(memory: Array, current: Array) -> tuple[Array, Array]:
+        memory = gain * current + keep * memory
+        return memory, memory
+
+    steps_first = jnp.moveaxis(x, axis, 0)
+    _, out = jax.lax.scan(step, jnp.zeros_like(steps_first[0]), steps_first)
+    return jnp.moveaxis(out, 0, axis)
+
+
 def remembered(sums: Array, decay: Array) -> Array:
     """Spread each step's batch sums over the following steps with a geometric memory kernel.
 
-    ``m_t = (1 - decay) s_t + decay m_{t-1}`` from ``m_0 = 0``: a batch acts with weight
-    ``(1 - decay) decay^k`` at ``k`` steps after its own, so its weights sum to 1 over an unbounded
-    horizon (the total effect of an example is the same as without memory) and ``decay = 0`` is
-    plain Simfluence (all weight at lag 0). Optimisers with momentum apply a batch's gradient over
-    the next ``~1 / (1 - beta_1)`` steps, which this kernel follows.
+    ``m_t = (1 - decay) s_t + decay m_{t-1}`` from ``m_0 = 0`` (:func:`geometric_memory` along the
+    steps): a batch acts with weight ``(1 - decay) decay^k`` at ``k`` steps after its own, so its
+    weights sum to 1 over an unbounded horizon (the total effect of an example is the same as
+    without memory) and ``decay = 0`` is plain Simfluence (all weight at lag 0). Optimisers with
+    momentum apply a batch's gradient over the next ``~1 / (1 - beta_1)`` steps, which this kernel
+    follows.
 
     Args:
         sums: ``[runs, steps, tests]`` per-step batch sums (:func:`batch_sums`).
@@ -51,14 +74,9 @@ def remembered(sums: Array, decay: Array) -> Array:
     Returns:
         ``[runs, steps, tests]`` remembered sums.
     """
-    keep, gain = decay[None, :], 1.0 - decay[None, :]
-
-    def step(memory: Array, current: Array) -> tuple[Array, Array]:
-        memory = gain * current + keep * memory
-        return memory, memory
-
-    _, out = jax.lax.scan(step, jnp.zeros_like(sums[:, 0]), jnp.swapaxes(sums, 0, 1))
-    return jnp.swapaxes(out, 0, 1)
+    # each factor from its own broadcast of decay, as the fits' compiled programs have always had it
+    # (one shared broadcast fuses differently under autodiff: bayes-svi's float32 fits moved by an ulp)
+    return _scan_memory(sums, decay[None, :], 1.0 - decay[None, :], 1)
 
 
 def slot_counts(curricula: Array) -> Array:

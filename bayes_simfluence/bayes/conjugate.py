@@ -37,9 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
-from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes.backends import check_supported
+from bayes_simfluence.bayes.chunking import chunked
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.budget import check as check_memory
@@ -133,18 +133,6 @@ def _solve_banded(banded: Array, rhs: Array, symmetric: bool) -> Array:
     return lax.linalg.tridiagonal_solve(lower, banded[1], jnp.concatenate([upper, zero]), rhs)
 
 
-def _padded(x: np.ndarray, start: int, size: int, axis: int = 0) -> np.ndarray:
-    """``size`` test examples of ``x`` from ``start`` along ``axis``, the last one repeated past
-    the end (every chunk has one shape, so one compiled program)."""
-    return np.take(x, np.minimum(np.arange(start, start + size), x.shape[axis] - 1), axis=axis)
-
-
-def _chunks(n_tests: int, chunk_size: int) -> tuple[int, list[tuple[int, int]]]:
-    """The chunk length and the ``(start, stop)`` of each chunk of test examples."""
-    size = max(min(chunk_size, n_tests), 1)
-    return size, [(start, min(start + size, n_tests)) for start in range(0, n_tests, size)]
-
-
 def _weighted_gram(slots: Array, weight: Array, n_train: int) -> Array:
     """``C^T diag(weight) C`` ``[n_train, n_train]``: ``C`` counts the training examples of each
     (run, step) from ``slots [runs, steps, batch]`` (empty slots at ``n_train``), ``weight [runs, steps]``."""
@@ -229,23 +217,20 @@ def collapsed_statistics(data: ModelData, config: ModelConfig, chunk_size: int =
     """
     check_supported(config, "exact")
     indicators = block_indicators(data.n_train, config)
-    size, chunks = _chunks(data.n_tests, chunk_size)
+    size = max(min(chunk_size, data.n_tests), 1)
     n_features = indicators.shape[1]
     check_memory(8 * n_features**2 * (data.n_tests + 3 * size),
                  f"the exact path's eigendecompositions ({data.n_tests} x {n_features}^2 for n_train = {data.n_train})",
                  "n_train is the size of the pool the indices refer to: is it right?")
     system = drift_system(data.n_runs, data.n_steps, config) if config.step_component else None
-    fields: list[np.ndarray] = []
+
+    def part(start: int, index: np.ndarray) -> tuple:
+        return _chunk_statistics(data.curricula, data.previous[..., index], data.change[..., index],
+                                 None if system is None else system.banded, indicators,
+                                 variant=config.variant, n_train=data.n_train)
+
     with jax.enable_x64(True):
-        for start, stop in tqdm(chunks, desc="exact: eigendecompositions", disable=not progress, unit="chunk"):
-            pieces = _chunk_statistics(data.curricula, _padded(data.previous, start, size, axis=2),
-                                       _padded(data.change, start, size, axis=2),
-                                       None if system is None else system.banded, indicators,
-                                       variant=config.variant, n_train=data.n_train)
-            pieces = [np.asarray(piece) for piece in pieces]
-            fields = fields or [np.empty((data.n_tests,) + piece.shape[1:]) for piece in pieces]
-            for field, piece in zip(fields, pieces):
-                field[start:stop] = piece[: stop - start]
+        fields = chunked(part, data.n_tests, size, progress=progress, desc="exact: eigendecompositions", unit="chunk")
     return CollapsedStats(*fields, n_obs=data.n_runs * data.n_steps,
                           logdet_omega=system.logdet_omega if system is not None else 0.0)
 
@@ -305,14 +290,14 @@ def draw_effects(stats: CollapsedStats, sigma: np.ndarray, scale: np.ndarray, mu
     Args:
         sigma, scale: ``[draws, tests]``; mu: ``[draws, tests, 2]``; key: a JAX random key.
     """
-    size, chunks = _chunks(stats.eigenvalues.shape[0], chunk_size)
-    out = np.empty(sigma.shape + stats.eigenvalues.shape[1:])
+    n_tests = stats.eigenvalues.shape[0]
+
+    def part(start: int, index: np.ndarray) -> Array:
+        chunk = stats._replace(**{name: getattr(stats, name)[index] for name in TEST_FIELDS})
+        return _effects_chunk(key, start, chunk, *(np.asarray(x, np.float64)[:, index] for x in (sigma, scale, mu)))
+
     with jax.enable_x64(True):
-        for start, stop in chunks:
-            chunk = stats._replace(**{name: _padded(getattr(stats, name), start, size) for name in TEST_FIELDS})
-            tests = [_padded(np.asarray(x, np.float64), start, size, axis=1) for x in (sigma, scale, mu)]
-            out[:, start:stop] = np.asarray(_effects_chunk(key, start, chunk, *tests))[:, : stop - start]
-    return out
+        return chunked(part, n_tests, max(min(chunk_size, n_tests), 1), axis=1)
 
 
 @jax.jit

@@ -69,16 +69,16 @@ import jax.numpy as jnp
 import numpy as np
 import numpyro.distributions as dist
 from jax import Array, lax
-from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes import conjugate
+from bayes_simfluence.bayes.chunking import chunked
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.features import add_feature_effects, n_columns
 from bayes_simfluence.bayes.backends import check_supported
 from bayes_simfluence.bayes.inference import FitResult, fitted_step_sums, split_weights
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.bayes.run_state import RunState, host_features
-from bayes_simfluence.rollout import remembered
+from bayes_simfluence.rollout import geometric_memory
 from bayes_simfluence.budget import check as check_memory
 from bayes_simfluence.validation import InputError
 
@@ -173,7 +173,7 @@ def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array
     statistics lose ``F``'s part by a Schur complement, ``G - X^T Omega^{-1} F M^{-1} F^T Omega^{-1} X``
     (and alike for ``b``, ``yy``). The feature prior's columns (``phi [n_train, k]``, ``k = 0``: none)
     follow the state's: :func:`feature_columns`."""
-    smoothed = remembered(counts, jnp.broadcast_to(decay, counts.shape[-1:]))  # [runs, steps, n_train]
+    smoothed = geometric_memory(counts, decay, axis=1)  # [runs, steps, n_train]
     parts = _blocks_of(previous, smoothed, variant)
     level_scale = jnp.ones((), previous.dtype)
     if level:
@@ -271,24 +271,15 @@ def pair_statistics(data: ModelData, config: ModelConfig, tests: np.ndarray, dec
                     + 4 * (n_features + n_nuisance)**2)
     chunk = int(max(1, min(64, 2**28 // per_pair)))
     diagonal, off, _ = drift_bands(data.n_runs, data.n_steps, config)
-    n_pairs = len(tests)
-    out = GridStats(np.empty((n_pairs, n_features)), np.empty((n_pairs, n_features, n_features)) if vectors else None,
-                    np.empty((n_pairs, n_features)), np.empty(n_pairs), np.empty((n_pairs, n_nuisance, n_features)),
-                    np.empty((n_pairs, n_nuisance)), np.empty((n_pairs, n_nuisance, n_nuisance)), np.empty(n_pairs),
-                    np.empty(n_pairs), np.empty((n_pairs, n_columns)))
+
+    def part(start: int, index: np.ndarray) -> tuple:
+        return _statistics_chunk(counts, data.previous, data.change, tests[index], decays[index], diagonal, off,
+                                 state_features, data.features_of(tests[index], config.features), priors,
+                                 variant=config.variant, step_component=config.step_component,
+                                 level=config.has_a_location, vectors=vectors)
+
     with jax.enable_x64(True):
-        for start in tqdm(range(0, n_pairs, chunk), desc=desc, unit="chunk", disable=not progress):
-            stop = min(start + chunk, n_pairs)
-            index = np.minimum(np.arange(start, start + chunk), n_pairs - 1)  # pad with the last pair
-            phi = data.features_of(tests[index], config.features)
-            pieces = _statistics_chunk(counts, data.previous, data.change, tests[index], decays[index], diagonal,
-                                       off, state_features, phi, priors, variant=config.variant,
-                                       step_component=config.step_component, level=config.has_a_location,
-                                       vectors=vectors)
-            for field, piece in zip(out, pieces):
-                if field is not None:
-                    field[start:stop] = np.asarray(piece)[: stop - start]
-    return out
+        return GridStats(*chunked(part, len(tests), chunk, progress=progress, desc=desc, unit="chunk"))
 
 
 def feature_count(data: ModelData, config: ModelConfig) -> int:
@@ -491,15 +482,14 @@ def _draw_effects(key: Array, stats: GridStats, which: np.ndarray, sigma: np.nda
     compiled shape (the eigenvectors of a chunk's rows are gathered for it alone)."""
     n, n_features = len(which), stats.eigenvalues.shape[1]
     chunk = int(max(1, min(n, 2**27 // (8 * n_features**2))))
-    out = np.empty((n, n_features))
+
+    def part(start: int, index: np.ndarray) -> Array:
+        rows = which[index]
+        return _effect_draws(jax.random.fold_in(key, start), stats.eigenvalues[rows], stats.vectors[rows],
+                             stats.projected[rows], sigma[index], scale[index])
+
     with jax.enable_x64(True):
-        for start in range(0, n, chunk):
-            index = np.arange(start, start + chunk)
-            rows = which[np.minimum(index, n - 1)]  # the last chunk padded with the last draw
-            part = _effect_draws(jax.random.fold_in(key, start), stats.eigenvalues[rows], stats.vectors[rows],
-                                 stats.projected[rows], sigma[np.minimum(index, n - 1)], scale[np.minimum(index, n - 1)])
-            out[start:start + chunk] = np.asarray(part)[: min(chunk, n - start)]
-    return out
+        return chunked(part, n, chunk)
 
 
 def grid_cost(n_train: int, n_obs: int, config: ModelConfig, num_draws: int = 200) -> float:
@@ -517,18 +507,20 @@ class Hyperparameters(NamedTuple):
 
     Attributes:
         decay, sigma, scale: the memory decay (0 without memory), noise and effect scales;
-        pair: ``[draws * tests]`` index of each draw's ``(test, decay)`` in ``pairs``;
-        pairs: ``[pairs, 2]`` the distinct ``(test, decay)`` of the draws (where the dense path
-            computes its statistics for the exact draws);
         info: grid facts for the fit's ``info``.
     """
 
     decay: np.ndarray
     sigma: np.ndarray
     scale: np.ndarray
-    pair: np.ndarray
-    pairs: np.ndarray
     info: dict
+
+    def distinct_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(pairs [pairs, 2], pair [draws * tests])``: the distinct ``(test, decay)`` of the draws (where
+        the dense path computes its statistics for the exact draws) and each draw's index in them."""
+        tests = np.broadcast_to(np.arange(self.decay.shape[1]), self.decay.shape).reshape(-1)
+        pairs, pair = np.unique(np.stack([tests, self.decay.reshape(-1)], axis=1), axis=0, return_inverse=True)
+        return pairs, pair.reshape(-1)
 
 
 def integrate(data: ModelData, config: ModelConfig, evidence_of: EvidenceOf, schedule: Schedule, num_draws: int,
@@ -572,12 +564,10 @@ def integrate(data: ModelData, config: ModelConfig, evidence_of: EvidenceOf, sch
     log_sigma = _log_sigma_hat(evidence.take(flat_tests * fine.decay.shape[1] + i_decay.reshape(-1)),
                                log_tau.reshape(-1), n_obs) + delta.reshape(-1)
     sigma, scale = np.exp(log_sigma), np.exp(log_sigma + log_tau.reshape(-1))
-    pairs, pair = np.unique(np.stack([flat_tests, decay.reshape(-1)], axis=1), axis=0, return_inverse=True)
     info = {"coarse": list(schedule.coarse), "fine": list(schedule.fine), "refinements": refinement,
             "edge_mass": float(cut.max()), "unresolved_tests": np.flatnonzero(~done).tolist(),
             "decay_box": [[float(b[0]), float(b[-1])] for b in fine.decay]}
-    return Hyperparameters(decay, sigma.reshape(num_draws, n_tests), scale.reshape(num_draws, n_tests),
-                           pair.reshape(-1), pairs, info)
+    return Hyperparameters(decay, sigma.reshape(num_draws, n_tests), scale.reshape(num_draws, n_tests), info)
 
 
 def assemble(data: ModelData, config: ModelConfig, hyper: Hyperparameters, weights_w: np.ndarray,
@@ -650,16 +640,17 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
 
     rng = np.random.default_rng(seed)
     hyper = integrate(data, config, evidence_of, DENSE, num_draws, rng, "bayes-grid")
-    stats = pair_statistics(data, config, hyper.pairs[:, 0].astype(int), hyper.pairs[:, 1], vectors=True,
+    pairs, pair = hyper.distinct_pairs()
+    stats = pair_statistics(data, config, pairs[:, 0].astype(int), pairs[:, 1], vectors=True,
                             progress=progress, desc="grid: exact draws", state=state)
     sigma, scale = hyper.sigma.reshape(-1), hyper.scale.reshape(-1)
     effects_key, drift_key = jax.random.split(jax.random.PRNGKey(seed), 2)
-    weights_w = _draw_effects(effects_key, stats, hyper.pair, sigma, scale)
-    nuisance = draw_nuisance(rng, stats, hyper.pair, weights_w, sigma, config)
-    draws = assemble(data, config, hyper, weights_w, nuisance, stats.level_scale[hyper.pair],
-                     stats.column_scale[hyper.pair], state, drift_key)
+    weights_w = _draw_effects(effects_key, stats, pair, sigma, scale)
+    nuisance = draw_nuisance(rng, stats, pair, weights_w, sigma, config)
+    draws = assemble(data, config, hyper, weights_w, nuisance, stats.level_scale[pair],
+                     stats.column_scale[pair], state, drift_key)
     info = {"method": "grid", "num_draws": num_draws, "seconds": time.perf_counter() - start, "seed": seed,
-            **hyper.info, "exact_draw_pairs": len(hyper.pairs)}
+            **hyper.info, "exact_draw_pairs": len(pairs)}
     if state is not None:
         info["run_state"] = state.describe()
     return FitResult(draws, {}, info)

@@ -56,16 +56,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import Array, lax
-from tqdm.auto import tqdm
 
 from bayes_simfluence.bayes import grid
 from bayes_simfluence.bayes.backends import check_supported
+from bayes_simfluence.bayes.chunking import chunked
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.inference import FitResult
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.bayes.run_state import RunState
 from bayes_simfluence.budget import check as check_memory
 from bayes_simfluence.design import n_features_of
+from bayes_simfluence.rollout import geometric_memory
 
 #: Lanczos steps per quadrature (Gauss rules of this many nodes; as many as features where the
 #: trace is exact, :data:`EXACT_TRACE_FEATURES`). At 400 features the quadratic form's rule is
@@ -154,18 +155,10 @@ def static_of(data: ModelData, config: ModelConfig) -> Static:
 
 # ---- the operators of one (test example, decay) pair ------------------------------------------------
 
-def _filter(x: Array, decay: Array) -> Array:
-    """The memory kernel along steps: ``m_t = (1 - decay) x_t + decay m_{t-1}`` (``x [..., steps]``)."""
-    def step(memory: Array, current: Array) -> tuple[Array, Array]:
-        memory = (1.0 - decay) * current + decay * memory
-        return memory, memory
-
-    return jnp.moveaxis(lax.scan(step, jnp.zeros(x.shape[:-1], x.dtype), jnp.moveaxis(x, -1, 0))[1], 0, -1)
-
-
 def _filter_adjoint(x: Array, decay: Array) -> Array:
-    """The adjoint of :func:`_filter`: ``v_s = (1 - decay) sum_k decay^k x_{s+k}``."""
-    return _filter(x[..., ::-1], decay)[..., ::-1]
+    """The adjoint of the memory kernel :func:`~bayes_simfluence.rollout.geometric_memory` along the
+    last axis: ``v_s = (1 - decay) sum_k decay^k x_{s+k}``."""
+    return geometric_memory(x[..., ::-1], decay)[..., ::-1]
 
 
 def _gather(w: Array, shared: Shared, static: Static) -> Array:
@@ -195,7 +188,7 @@ def _x(w: Array, previous: Array, decay: Array, shared: Shared, static: Static) 
     n = static.n_train
     sums = jnp.stack(([_gather(w[:n], shared, static)] if has_a else []) + ([_gather(w[-n:], shared, static)] if has_b else []))
     if static.memory:
-        sums = _filter(sums, decay)
+        sums = geometric_memory(sums, decay)
     return (previous * sums[0] if has_a else 0.0) + (sums[-1] if has_b else 0.0)
 
 
@@ -261,14 +254,14 @@ def _pair(previous: Array, decay: Array, phi: Array, shared: Shared, static: Sta
     state = shared.state
     level_scale = jnp.ones((), previous.dtype)
     if static.level:
-        filled = _filter(shared.filled, decay) if static.memory else shared.filled
+        filled = geometric_memory(shared.filled, decay) if static.memory else shared.filled
         level = previous * filled
         level_scale = jnp.sqrt(jnp.mean(level**2))
         level_scale = jnp.where(level_scale > 0, level_scale, 1.0)
         state = jnp.concatenate([(level / level_scale)[..., None], state], axis=-1)
     projected = _gather_features(phi, shared, static)  # [runs, steps, k]
     if static.memory:
-        projected = jnp.moveaxis(_filter(jnp.moveaxis(projected, -1, 0), decay), 0, -1)
+        projected = geometric_memory(projected, decay, axis=-2)
     columns, column_scale = grid.feature_columns(previous, projected, static.variant)
     state = jnp.concatenate([state, columns], axis=-1)
     n_nuisance = state.shape[-1]
@@ -372,16 +365,15 @@ def evidence(data: ModelData, config: ModelConfig, shared: Shared, tests: np.nda
     chunk = _chunk_size(data, len(probes) + 1)
     previous = np.moveaxis(data.previous, -1, 0)
     target = np.moveaxis(data.change, -1, 0)
-    outputs = []
+
+    def part(start: int, index: np.ndarray) -> tuple:
+        return _evidence_chunk(jnp.asarray(previous[tests[index]]), jnp.asarray(target[tests[index]]),
+                               jnp.asarray(decays[index], jnp.float64),
+                               jnp.asarray(data.features_of(tests[index], config.features), jnp.float64),
+                               jnp.asarray(probes), shared, static, lanczos_steps(probes.shape[1]))
+
     with jax.enable_x64(True):
-        for start in tqdm(range(0, len(tests), chunk), desc=desc, disable=not progress, leave=False):
-            index = np.minimum(np.arange(start, start + chunk), len(tests) - 1)  # the last chunk padded
-            part = _evidence_chunk(jnp.asarray(previous[tests[index]]), jnp.asarray(target[tests[index]]),
-                                   jnp.asarray(decays[index], jnp.float64),
-                                   jnp.asarray(data.features_of(tests[index], config.features), jnp.float64),
-                                   jnp.asarray(probes), shared, static, lanczos_steps(probes.shape[1]))
-            outputs.append([np.asarray(x)[: min(chunk, len(tests) - start)] for x in part])
-    return tuple(np.concatenate(column) for column in zip(*outputs))
+        return chunked(part, len(tests), chunk, progress=progress, desc=desc, leave=False)
 
 
 # ---- draws: perturb-and-MAP ------------------------------------------------------------------------
@@ -437,18 +429,16 @@ def draw_effects(data: ModelData, config: ModelConfig, shared: Shared, tests: np
     previous = np.moveaxis(data.previous, -1, 0)
     target = np.moveaxis(data.change, -1, 0)
     key = jax.random.PRNGKey(seed)
-    outputs = []
+
+    def part(start: int, index: np.ndarray) -> tuple:
+        return _draw_chunk(jax.random.fold_in(key, start), jnp.asarray(previous[tests[index]]),
+                           jnp.asarray(target[tests[index]]), jnp.asarray(decays[index], jnp.float64),
+                           jnp.asarray(sigma[index], jnp.float64), jnp.asarray(scale[index], jnp.float64),
+                           jnp.asarray(data.features_of(tests[index], config.features), jnp.float64),
+                           shared, static)
+
     with jax.enable_x64(True):
-        for start in tqdm(range(0, len(tests), chunk), desc="cg: perturb-and-MAP draws", disable=not progress,
-                          leave=False):
-            index = np.minimum(np.arange(start, start + chunk), len(tests) - 1)
-            part = _draw_chunk(jax.random.fold_in(key, start), jnp.asarray(previous[tests[index]]),
-                               jnp.asarray(target[tests[index]]), jnp.asarray(decays[index], jnp.float64),
-                               jnp.asarray(sigma[index], jnp.float64), jnp.asarray(scale[index], jnp.float64),
-                               jnp.asarray(data.features_of(tests[index], config.features), jnp.float64),
-                               shared, static)
-            outputs.append([np.asarray(x)[: min(chunk, len(tests) - start)] for x in part])
-    return tuple(np.concatenate(column) for column in zip(*outputs))
+        return chunked(part, len(tests), chunk, progress=progress, desc="cg: perturb-and-MAP draws", leave=False)
 
 
 def krylov_cost(n_train: int, n_obs: int, config: ModelConfig, num_draws: int = 100,
