@@ -40,8 +40,10 @@ from bayes_simfluence.simulators import ProbabilisticSimulator, Simulator, Stack
 
 QUANTITIES = ("final", "mean")
 #: what the draws of a stacked simulator's alternative mean for a comparison, by the alternative's words
-ALTERNATIVE_NOTES = {"curriculum-blind": "; in the other draws the candidates' expected losses do not differ",
-                     "state-only": "; in the other draws the candidates differ only through the run state"}
+ALTERNATIVE_NOTES = {"curriculum-blind": ": each draw is that share of the full model's, the rest the same for every "
+                                         "candidate",
+                     "state-only": ": each draw is that share of the full model's, the rest differing between "
+                                   "candidates only through the run state"}
 
 
 def as_curricula(candidate: Any, label: str = "candidate") -> np.ndarray:
@@ -139,8 +141,8 @@ class Comparison:
             a point simulator).
         uncertainty_source: the simulator's words for that predictive.
         stacking_weight: mean weight of the full model over ``tests`` where the simulator is
-            stacked (:class:`~bayes_simfluence.simulators.Stacked`, e.g. a guarded posterior): the
-            other draws come from the alternative model; None otherwise.
+            stacked (:class:`~bayes_simfluence.simulators.Stacked`, e.g. a guarded posterior): each
+            draw is ``w`` times the full model's plus ``1 - w`` times the alternative's; None otherwise.
         stacked_alternative: that alternative in words (``"curriculum-blind"``: the candidates'
             expected losses do not differ under it; ``"state-only"``: they differ only through the
             run state, :class:`~bayes_simfluence.bayes.run_state.StateTrajectory`); empty when not stacked.

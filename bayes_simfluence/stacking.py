@@ -254,10 +254,11 @@ class StackedSimulator:
 
 @dataclass
 class StackedProbabilisticSimulator(StackedSimulator):
-    """A :class:`StackedSimulator` whose full simulator has a predictive distribution: each
-    (draw, test example) is a draw of ``full`` with probability ``w[m]``, otherwise of the
-    alternative (its own draw, or its one trajectory for a point simulator), so the draws' mean is
-    the stack's. Which one depends on ``seed`` and the draw only: draws stay paired across curricula."""
+    """A :class:`StackedSimulator` whose full simulator has a predictive distribution: each draw is
+    ``w[m] f + (1 - w[m]) b`` of a draw ``f`` of ``full`` and one ``b`` of the alternative (its own
+    draw, or its one trajectory for a point simulator), so the draws' mean is the stack's and
+    draws stay paired across curricula. A mixture (one model or the other per draw) would add
+    ``w (1 - w) (f - b)^2`` of spread that neither model has."""
 
     full: ProbabilisticSimulator
 
@@ -277,8 +278,7 @@ class StackedProbabilisticSimulator(StackedSimulator):
                                                     predictive=predictive)
         else:
             other = self.alternative.simulate(curricula, initial_losses)[None]
-        keep = np.random.default_rng(seed).random((full.shape[0], len(self.weight))) < self.weight  # [draws, tests]
-        return np.where(keep[:, None, None, :], full, other)
+        return stacked_mean(self.weight, full, other)
 
 
 def stack(full: Simulator, alternative: Simulator, weight: np.ndarray,

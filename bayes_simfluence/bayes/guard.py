@@ -9,10 +9,10 @@ curriculum-blind model (the mean trajectory of the other runs shifted to each ru
 :class:`bayes_simfluence.simulators.MeanTrajectory`, or with the run state
 :class:`~bayes_simfluence.bayes.run_state.StateTrajectory`), with weights ``w[m]`` per test example.
 
-The final posterior (fitted on every run) then predicts the mixture: with probability ``w[m]`` a
-trajectory draw of the full model, otherwise the blind one (effects zero, the mean trajectory's
-step changes, the same noise), so its mean is ``w f + (1 - w) b``. ``w = 1`` everywhere is the
-plain posterior; on runs where the curriculum has no effect ``w`` falls towards 0.
+The final posterior (fitted on every run) then predicts the stack draw by draw: ``w[m]`` times a
+trajectory draw of the full model plus ``1 - w[m]`` times the blind one (effects zero, the mean
+trajectory's step changes, the same noise), so its mean is ``w f + (1 - w) b``. ``w = 1``
+everywhere is the plain posterior; on runs where the curriculum has no effect ``w`` falls towards 0.
 
 The held-out residuals of the stacked prediction, ``observed - (w f + (1 - w) b)`` for every
 training run, are kept: they are what a new run differs by from the simulation, and give the

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -264,10 +263,13 @@ class BayesianSimfluence(Decisions):
                        seed: int = 0, predictive: str | None = None, run_offset: int = 0) -> np.ndarray:
         """``[draws, runs, steps + 1, tests]`` posterior (predictive) trajectory draws.
 
-        With the guard's stacking weights, each (draw, test example) is a draw of this posterior
-        with probability ``stacking_weight[m]`` and otherwise of the curriculum-blind model
-        (effects zero, the mean trajectory's step changes, this draw's noise); which one depends
-        on ``seed`` and the draw only, so draws stay paired across curricula.
+        With the guard's stacking weights each draw is the stack ``w f + (1 - w) b`` of this
+        posterior's draw ``f`` and the curriculum-blind model's ``b`` (effects zero, the mean
+        trajectory's step changes, the same noise), per test example: the stacked mean the guard's
+        held-out residuals were measured against, so the new run's discrepancy drawn from them is
+        not added to a second spread. (A mixture, a draw of one model or the other, added
+        ``w (1 - w) (f - b)^2`` on top, and made new-run intervals too wide wherever the weights
+        are far from 0 and 1: ``experiments/results/stacked_predictive.md``.)
 
         Args:
             curricula: ``[runs, steps, batch]``; initial_losses: ``[runs, tests]``.
@@ -285,9 +287,15 @@ class BayesianSimfluence(Decisions):
         kind = self.predictive_kind(predictive)
         params = self.parameter_draws(n_draws, seed)
         keys = jax.random.split(jax.random.PRNGKey(seed), len(params["a"]))
-        if self.stacking_weight is not None:
-            params = self._stacked(params, keys, curricula.shape[1])
         draws = self._roll_out_draws(params, keys, curricula, initial_losses, kind == "noise", run_offset)
+        if self.stacking_weight is not None:
+            blind = self._blind_params(params, curricula.shape[1])
+            if kind == "noise":  # the same noise as the posterior's draws
+                blind = self._roll_out_draws(blind, keys, curricula, initial_losses, True, run_offset)
+            else:  # one trajectory, the same in every draw
+                first = {k: v[:1] for k, v in blind.items()}
+                blind = self._roll_out_draws(first, keys[:1], curricula, initial_losses, False, run_offset)
+            draws = stacked_mean(self.stacking_weight, draws, blind)
         if kind != "new-run":
             return draws
         residuals = residuals_for_steps(self.run_residuals, curricula.shape[1])
@@ -295,26 +303,17 @@ class BayesianSimfluence(Decisions):
             run_ids = jnp.asarray(curriculum_ids(curricula))
             return draws + np.asarray(draw_discrepancy(jnp.asarray(residuals), keys, run_ids))
 
-    def _stacked(self, params: dict[str, np.ndarray], keys: Array, n_steps: int) -> dict[str, np.ndarray]:
-        """Parameter draws where the blind model replaces this posterior for ``1 - weight`` of them."""
-        streams = jnp.asarray([zlib.crc32(str(test).encode()) for test in self.test_ids], dtype=jnp.uint32)
-
-        def uniforms(key: Array) -> Array:  # one per test example, keyed by its id: select_tests keeps them
-            return jax.vmap(lambda stream: jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 2), stream)))(streams)
-
-        with jax.enable_x64(True):
-            uniform = np.asarray(jax.vmap(uniforms)(keys))
-        keep = uniform < self.stacking_weight[None]  # [draws, tests]
-        drift = self._drift_for(params, n_steps, keys)
-        blind = self.blind_change(n_steps)[None]
-        state = {} if "state" not in params else {"state": np.where(keep[..., None], params["state"], 0.0)}
+    def _blind_params(self, params: dict[str, np.ndarray], n_steps: int) -> dict[str, np.ndarray]:
+        """The curriculum-blind model as parameter draws (``params``' layout): effects zero, the mean
+        trajectory's step changes; with the run state the state-only alternative's state term."""
+        blind = np.broadcast_to(self.blind_change(n_steps)[None], (len(params["a"]), self.n_tests, n_steps))
+        state = {} if "state" not in params else {"state": np.zeros_like(params["state"])}
         if self.blind_state is not None:  # the state-only alternative: its state term, centred
             center = np.pad(self.blind_center, ((0, max(n_steps - len(self.blind_center), 0)), (0, 0)))[:n_steps]
             blind = blind - (center @ self.blind_state.T).T[None]
-            state = {"state": np.where(keep[..., None], params["state"], self.blind_state[None])}
-        return {**params, **state, "a": np.where(keep[..., None], params["a"], 0.0),
-                "B": np.where(keep[..., None], params["B"], 0.0),
-                "drift": np.where(keep[..., None], drift, blind)}
+            state = {"state": np.broadcast_to(self.blind_state[None], params["sigma"].shape + self.blind_state.shape[-1:])}
+        return {**params, **state, "a": np.zeros_like(params["a"]), "B": np.zeros_like(params["B"]),
+                "drift": np.ascontiguousarray(blind)}
 
     def blind_offsets(self, n_steps: int) -> np.ndarray:
         """``[n_steps + 1, tests]`` the blind model's loss minus its initial loss: the training runs'
