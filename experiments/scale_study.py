@@ -40,8 +40,10 @@ DATA = Path(__file__).parent / "data"
 STEPS, BATCH, LR, ADAM_LR, DROPOUT, DIM, HIDDEN, FLIP = 120, 4, 0.1, 0.003, 0.2, 16, 32, 0.1
 
 
-def make_runs(pool: int, n_tests: int, n_runs: int, optimizer: str = "sgd", seed: int = 0) -> Runs:
-    """``n_runs`` real training runs of the MLP on random 80% subsets of a pool of ``pool`` examples."""
+def make_task(pool: int, n_tests: int, optimizer: str = "sgd", seed: int = 0) -> dict:
+    """The data and the shared initial weights of every run: ``x_train``, ``y_train`` (``pool``
+    examples), ``x_test``, ``y_test`` (``n_tests``) as tensors, ``network`` (a fresh MLP, dropout
+    0.2 under Adam) and ``initial`` (its shared initial state dict)."""
     import torch
 
     rng = np.random.default_rng(seed)
@@ -49,8 +51,6 @@ def make_runs(pool: int, n_tests: int, n_runs: int, optimizer: str = "sgd", seed
     labels = rng.integers(0, 2, pool + n_tests)
     x = means[labels] + rng.normal(0, 1, (pool + n_tests, DIM))
     labels = np.where(rng.random(pool + n_tests) < FLIP, 1 - labels, labels)
-    x_train, y_train = torch.tensor(x[:pool], dtype=torch.float32), torch.tensor(labels[:pool])
-    x_test, y_test = torch.tensor(x[pool:], dtype=torch.float32), torch.tensor(labels[pool:])
     torch.manual_seed(seed)
     dropout = DROPOUT if optimizer == "adam" else 0.0
 
@@ -58,33 +58,61 @@ def make_runs(pool: int, n_tests: int, n_runs: int, optimizer: str = "sgd", seed
         return torch.nn.Sequential(torch.nn.Linear(DIM, HIDDEN), torch.nn.Tanh(), torch.nn.Dropout(dropout),
                                    torch.nn.Linear(HIDDEN, 2))
 
-    initial = network()
-    subset = int(0.8 * pool)
-    curricula = np.zeros((n_runs, STEPS, BATCH), np.int32)
-    losses = np.zeros((n_runs, STEPS + 1, n_tests))
+    return {"x_train": torch.tensor(x[:pool], dtype=torch.float32), "y_train": torch.tensor(labels[:pool]),
+            "x_test": torch.tensor(x[pool:], dtype=torch.float32), "y_test": torch.tensor(labels[pool:]),
+            "network": network, "initial": network().state_dict(), "optimizer": optimizer}
+
+
+def train_run(task: dict, curriculum: np.ndarray, dropout_seed: int, checkpoint=None) -> np.ndarray:
+    """Train one run of ``task`` (:func:`make_task`) from its shared initial weights on ``curriculum
+    [steps, batch]``; ``[steps + 1, tests]`` its test losses after every step. ``checkpoint(t, model)``,
+    if given, is called before step ``t`` (``t = 0 .. steps - 1``) and after the last (``t = steps``)."""
+    import torch
+
+    model = task["network"]()
+    model.load_state_dict(task["initial"])
+    step = torch.optim.SGD(model.parameters(), lr=LR) if task["optimizer"] == "sgd" else \
+        torch.optim.Adam(model.parameters(), lr=ADAM_LR)
+    torch.manual_seed(dropout_seed)  # this run's dropout masks
     loss = torch.nn.CrossEntropyLoss(reduction="none")
-    for r in range(n_runs):
-        run_rng = np.random.default_rng([seed, r])
-        chosen = run_rng.choice(pool, subset, replace=False)
-        order = np.concatenate([run_rng.permutation(chosen) for _ in range(-(-STEPS * BATCH // subset))])
-        curricula[r] = order[: STEPS * BATCH].reshape(STEPS, BATCH)
-        model = network()
-        model.load_state_dict(initial.state_dict())
-        step = torch.optim.SGD(model.parameters(), lr=LR) if optimizer == "sgd" else \
-            torch.optim.Adam(model.parameters(), lr=ADAM_LR)
-        torch.manual_seed(1000 + r)  # this run's dropout masks
+    losses = np.zeros((len(curriculum) + 1, len(task["y_test"])))
+    model.eval()
+    with torch.no_grad():
+        losses[0] = loss(model(task["x_test"]), task["y_test"]).numpy()
+    for t in range(len(curriculum)):
+        if checkpoint is not None:
+            checkpoint(t, model)
+        batch = torch.tensor(curriculum[t], dtype=torch.long)
+        model.train()
+        step.zero_grad()
+        loss(model(task["x_train"][batch]), task["y_train"][batch]).mean().backward()
+        step.step()
         model.eval()
         with torch.no_grad():
-            losses[r, 0] = loss(model(x_test), y_test).numpy()
-        for t in range(STEPS):
-            batch = torch.tensor(curricula[r, t], dtype=torch.long)
-            model.train()
-            step.zero_grad()
-            loss(model(x_train[batch]), y_train[batch]).mean().backward()
-            step.step()
-            model.eval()
-            with torch.no_grad():
-                losses[r, t + 1] = loss(model(x_test), y_test).numpy()
+            losses[t + 1] = loss(model(task["x_test"]), task["y_test"]).numpy()
+    if checkpoint is not None:
+        checkpoint(len(curriculum), model)
+    return losses
+
+
+def random_curriculum(rng: np.random.Generator, allowed: np.ndarray) -> np.ndarray:
+    """``[STEPS, BATCH]``: a random 80% of the examples ``allowed``, in a fresh random order each epoch."""
+    chosen = rng.choice(allowed, int(0.8 * len(allowed)), replace=False)
+    order = np.concatenate([rng.permutation(chosen) for _ in range(-(-STEPS * BATCH // len(chosen)))])
+    return order[: STEPS * BATCH].reshape(STEPS, BATCH)
+
+
+def make_runs(pool: int, n_tests: int, n_runs: int, optimizer: str = "sgd", seed: int = 0,
+              allowed: np.ndarray | None = None, first_run: int = 0) -> Runs:
+    """``n_runs`` real training runs of the MLP on random 80% subsets of a pool of ``pool`` examples
+    (of the examples ``allowed`` where given); run ``r`` (from ``first_run``) is seeded by ``[seed, r]``."""
+    task = make_task(pool, n_tests, optimizer, seed)
+    allowed = np.arange(pool) if allowed is None else np.asarray(allowed)
+    curricula = np.zeros((n_runs, STEPS, BATCH), np.int32)
+    losses = np.zeros((n_runs, STEPS + 1, n_tests))
+    for index, r in enumerate(range(first_run, first_run + n_runs)):
+        curricula[index] = random_curriculum(np.random.default_rng([seed, r]), allowed)
+        losses[index] = train_run(task, curricula[index], 1000 + r)
     return Runs.create(curricula, losses, n_train=pool, meta={"source": "experiments/scale_study.py", "pool": pool,
                                                                "optimizer": optimizer, "batch": BATCH})
 

@@ -1,0 +1,385 @@
+"""How many logged runs does the simulator need, and do features let it need fewer? (issue 30)
+
+    python experiments/runs_needed.py [--pool 200] [--optimizer sgd|adam] [--runs 5 10 20 40]
+                                      [--heldout 40] [--method bayes-grid] [-o memory=none ...]
+
+The random-subset protocol of ``experiments/scale_study.py`` (a real 16-32-2 tanh MLP on a
+two-class Gaussian mixture, 120 steps of batch 4, the same initial weights in every run, each run
+on a random 80% of the pool, 10 test examples; plain SGD or Adam with per-run dropout), with the
+**feature prior** (``bayes_simfluence.bayes.features``) fed by features of the reference model,
+computed without training any run the fit sees:
+
+- ``train_features [pool, 5]``: each training example's label and its first 4 principal components
+  (of the inputs, over the pool);
+- ``pair_features [tests, pool, 2]``: TracIn of each (test, training) pair, the dot product of the
+  gradients (all parameters) of their cross-entropy losses, (1) at the shared initial weights, and
+  (2) summed, times the learning rate, over 4 checkpoints (steps 0, 30, 60, 90) of one reference run
+  trained on the whole pool in the scale study's way (one extra training run, not logged; under
+  Adam with its dropout, the gradients taken without dropout).
+
+1. **Runs needed.** The scale study's runs (``experiments/data/scale_POOL_OPT_tests10.npz``, made
+   there if missing): the method is fitted on the first ``n`` of the first 40 runs for each ``n``
+   of ``--runs``, with and without features, and scored on the next ``--heldout`` runs, which no fit
+   saw: LDS (per test example, Spearman across held-out runs of the posterior-mean against the
+   retrained final loss, averaged over test examples, as ``retraining_study.py`` computes it) with a
+   90% percentile-bootstrap interval **over held-out runs** (1000 resamples of the runs); from 500
+   new-run predictive draws, coverage of the 90%/50% intervals of the pairwise differences of the
+   per-run mean final loss, their **sharpness** (``scale_study.sharpness``: mean width of the 90%
+   difference intervals over ``2 x 1.645 x sqrt(2) x`` the sd across held-out runs of their
+   retrained mean final loss, the width if the fit knew nothing), Brier of ``P(better)``, and
+   coverage of the 90%/50% intervals of each (held-out run, test example) final loss. ``linear``'s
+   LDS on the same runs is beside each row.
+2. **Unseen data** (GPTfluence's protocol). A fixed random 20% of the pool (seeded) is held out of
+   every fitted run: 40 new fit runs (``experiments/data/runs_needed_unseen_POOL_OPT.npz``), each
+   on a random 80% of the other 80% of the pool. The held-out runs are the same as in 1 (random 80%
+   subsets of the whole pool: each has about 32 of the 40 unseen examples). Fitted with and
+   without features, scored as in 1; compare with the all-seen rows of 40 runs.
+
+Writes ``experiments/results/runs_needed.{json,md}`` (rows kept across invocations, keyed by pool,
+optimizer, protocol, runs and features) and ``experiments/results/runs_needed.png`` (LDS and
+sharpness against runs, with and without features; served by the docs beside the other results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import retraining_study as study  # noqa: E402
+import scale_study as scale  # noqa: E402
+
+from bayes_simfluence.metrics import spearman_across_runs  # noqa: E402
+from bayes_simfluence.runs import Runs  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+DATA = Path(__file__).parent / "data"
+FIT_RUNS = 40
+UNSEEN_FRACTION = 0.2
+#: seed of the unseen examples' choice and the first run index (curriculum seed) of the unseen protocol's fit runs
+UNSEEN_SEED, UNSEEN_FIRST_RUN = 30, 1000
+CHECKPOINTS = (0, 30, 60, 90)
+N_BOOT = 1000
+#: the package's state where a row does not record it (the first invocations, while another change was under way)
+LIBRARY = "bd6276e with a concurrent uncommitted refactor of bayes/grid.py and its neighbours (not recorded)"
+
+
+# ------------------------------------------------------------------------------------- features
+def per_example_gradients(model, x, y) -> np.ndarray:
+    """``[examples, parameters]``: the gradient of each example's cross-entropy loss (no dropout)."""
+    import torch
+
+    model.eval()
+    loss = torch.nn.CrossEntropyLoss()
+    rows = []
+    for i in range(len(y)):
+        model.zero_grad()
+        loss(model(x[i: i + 1]), y[i: i + 1]).backward()
+        rows.append(torch.cat([p.grad.flatten() for p in model.parameters()]).numpy().astype(np.float64))
+    return np.stack(rows)
+
+
+def tracin(model, task: dict) -> np.ndarray:
+    """``[tests, pool]`` dot products of the test and training examples' loss gradients at ``model``."""
+    return per_example_gradients(model, task["x_test"], task["y_test"]) @ \
+        per_example_gradients(model, task["x_train"], task["y_train"]).T
+
+
+def reference_features(pool: int, n_tests: int, optimizer: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(train_features [pool, 5], pair_features [tests, pool, 2])`` of the module docstring."""
+    task = scale.make_task(pool, n_tests, optimizer)
+    x = task["x_train"].numpy().astype(np.float64)
+    centred = x - x.mean(0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    train_features = np.column_stack([task["y_train"].numpy().astype(np.float64), centred @ components[:4].T])
+    model = task["network"]()
+    model.load_state_dict(task["initial"])
+    at_initial = tracin(model, task)
+    # the reference run: the whole pool in a fresh random order each epoch (its own seed)
+    rng = np.random.default_rng([UNSEEN_SEED, 999_999])
+    order = np.concatenate([rng.permutation(pool) for _ in range(-(-scale.STEPS * scale.BATCH // pool))])
+    curriculum = order[: scale.STEPS * scale.BATCH].reshape(scale.STEPS, scale.BATCH)
+    summed = np.zeros_like(at_initial)
+
+    def checkpoint(t: int, network) -> None:
+        if t in CHECKPOINTS:
+            summed[:] += (scale.LR if optimizer == "sgd" else scale.ADAM_LR) * tracin(network, task)
+
+    scale.train_run(task, curriculum, dropout_seed=999_999, checkpoint=checkpoint)
+    return train_features, np.stack([at_initial, summed], axis=-1)
+
+
+# ------------------------------------------------------------------------------------------ runs
+def seen_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
+    """The scale study's runs (its cache file; collected there and saved if missing or too short)."""
+    path = DATA / f"scale_{pool}_{optimizer}_tests{n_tests}.npz"
+    runs = Runs.load(path) if path.exists() else None
+    if runs is None or runs.n_runs < n_runs:
+        start = time.perf_counter()
+        runs = scale.make_runs(pool, n_tests, n_runs, optimizer)
+        runs.save(path)
+        print(f"collected {n_runs} runs in {time.perf_counter() - start:.0f} s", flush=True)
+    return runs.select_runs(slice(0, n_runs))
+
+
+def unseen_examples(pool: int) -> np.ndarray:
+    """The fixed random 20% of the pool that no fitted run of the unseen protocol uses."""
+    rng = np.random.default_rng(UNSEEN_SEED)
+    return np.sort(rng.choice(pool, int(UNSEEN_FRACTION * pool), replace=False))
+
+
+def unseen_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
+    """``n_runs`` runs on random 80% subsets of the examples outside :func:`unseen_examples` (cached)."""
+    path = DATA / f"runs_needed_unseen_{pool}_{optimizer}_tests{n_tests}.npz"
+    runs = Runs.load(path) if path.exists() else None
+    if runs is None or runs.n_runs < n_runs:
+        start = time.perf_counter()
+        allowed = np.setdiff1d(np.arange(pool), unseen_examples(pool))
+        runs = scale.make_runs(pool, n_tests, n_runs, optimizer, allowed=allowed, first_run=UNSEEN_FIRST_RUN)
+        runs = Runs.create(runs.curricula, runs.losses, n_train=pool,
+                           meta={**runs.meta, "unseen": unseen_examples(pool).tolist()})
+        runs.save(path)
+        print(f"collected {n_runs} unseen-protocol runs in {time.perf_counter() - start:.0f} s", flush=True)
+    return runs.select_runs(slice(0, n_runs))
+
+
+# --------------------------------------------------------------------------------------- scoring
+def lds_interval(predicted: np.ndarray, observed: np.ndarray, level: float = 0.9, seed: int = 0) -> list[float]:
+    """Percentile-bootstrap ``level`` interval of the LDS, resampling held-out runs."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(N_BOOT):
+        index = rng.integers(0, len(observed), len(observed))
+        rho, _ = spearman_across_runs(predicted[index], observed[index])
+        if np.any(np.isfinite(rho)):
+            values.append(np.nanmean(rho))
+    return np.quantile(values, [(1 - level) / 2, (1 + level) / 2]).tolist()
+
+
+def score(simulator, linear, heldout: Runs, unseen: np.ndarray | None = None) -> dict:
+    """Every score of the module docstring for one fit on the held-out runs."""
+    predicted = simulator.simulate(heldout.curricula, heldout.initial_losses)
+    rho, _ = spearman_across_runs(predicted, heldout.losses)
+    rho_linear, _ = spearman_across_runs(linear.simulate(heldout.curricula, heldout.initial_losses), heldout.losses)
+    try:
+        draws, predictive = study.predictive_draws(simulator, heldout, "new-run"), "new-run"
+    except ValueError:  # too few runs for the guard, whose held-out residuals a new run's discrepancy is
+        draws, predictive = study.predictive_draws(simulator, heldout, "noise"), "noise"
+    finite = np.isfinite(draws).all(axis=(1, 2, 3))  # a draw whose roll-out overflowed somewhere
+    if not finite.all():
+        print(f"{(~finite).mean():.1%} of the new-run draws are not finite; scored as misses", flush=True)
+    scores = study.calibration_scores(draws, heldout.losses,
+                                      mean_draws=study.predictive_draws(simulator, heldout, "parameters"))
+    final_draws, final = draws[:, :, -1, :].reshape(len(draws), -1), heldout.losses[:, -1, :].reshape(-1)
+    result = {"predictive": predictive, "nonfinite_draws": float(1 - finite.mean()), "lds": float(np.nanmean(rho)), "lds_interval": lds_interval(predicted, heldout.losses),
+              "lds_per_test": rho.tolist(), "lds_linear": float(np.nanmean(rho_linear)),
+              "sharpness": float(scale.sharpness({"predictive": {"new-run": scores}}, heldout)),
+              "final_coverage_90": study.interval_coverage(final_draws, final, 0.9),
+              "final_coverage_50": study.interval_coverage(final_draws, final, 0.5),
+              **{key: scores[key] for key in ("diff_coverage_90", "diff_coverage_50", "diff_width_90", "brier",
+                                              "ordering_accuracy", "q_correlation", "pairs", "pairs_gap")}}
+    if unseen is not None:
+        used = np.isin(heldout.curricula, unseen).any(-1).sum(-1)  # steps with an unseen example, per run
+        result["heldout_unseen_examples"] = float(np.mean([np.isin(unseen, c).sum() for c in heldout.curricula]))
+        result["heldout_steps_with_unseen"] = float(used.mean())
+    return result
+
+
+def fit_and_score(train: Runs, heldout: Runs, method: str, options: dict, features: bool,
+                  unseen: np.ndarray | None = None) -> dict:
+    """Fit ``method`` (features on or off) and ``linear`` on ``train``, score on ``heldout``."""
+    import bayes_simfluence as bsf
+
+    start = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        simulator = bsf.fit(train, method=method, seed=0, features=features, progress=False, **options)
+    seconds = time.perf_counter() - start
+    linear = bsf.fit(train, method="linear", seed=0)
+    result = score(simulator, linear, heldout, unseen)
+    used = np.unique(train.curricula[train.curricula >= 0])
+    result.update(fit_seconds=seconds, path=getattr(simulator, "name", method), features=features,
+                  fit_runs=train.n_runs, heldout_runs=heldout.n_runs, examples_unused=int(train.n_train - len(used)),
+                  warnings=sorted({str(w.message)[:300] for w in caught}))
+    return result
+
+
+# ---------------------------------------------------------------------------------------- output
+def _row(row: dict) -> str:
+    low, high = row["lds_interval"]
+    sharp = "n/a" if row["sharpness"] != row["sharpness"] else f"{row['sharpness']:.2f}"
+    sharp += "" if row["predictive"] == "new-run" else " *"
+    if row.get("nonfinite_draws"):
+        sharp += f" ({row['nonfinite_draws']:.0%} of draws not finite)"
+    return (f"| {row['fit_runs']} | {'yes' if row['features'] else 'no'} | {row['lds']:.3f} [{low:.3f}, {high:.3f}] | "
+            f"{row['lds_linear']:.3f} | {row['diff_coverage_90']:.2f} / {row['diff_coverage_50']:.2f} | {sharp} | "
+            f"{row['brier']:.3f} | {row['final_coverage_90']:.2f} / {row['final_coverage_50']:.2f} | "
+            f"{row['fit_seconds']:.0f} |")
+
+
+HEADER = ["| runs | features | LDS [90% bootstrap over held-out runs] | LDS linear | diff cover 90 / 50 | sharpness | "
+          "Brier | final-loss cover 90 / 50 | fit s |", "|---|---|---|---|---|---|---|---|---|"]
+
+
+def markdown(rows: dict) -> str:
+    lines = ["# Runs needed, with and without features (issue 30)", "",
+             "`experiments/runs_needed.py` (its docstring has the protocol): the scale study's MLP on random 80% "
+             "subsets of the pool, fitted on the first `runs` runs with the feature prior on (label, 4 principal "
+             "components; TracIn at the initial weights and over 4 checkpoints of one reference run) or off, scored "
+             "on held-out runs no fit saw. Sharpness: 90% difference-interval width over the width if the fit knew "
+             "nothing (below 1: the intervals say something). Cover: the share of retrained values inside the "
+             "new-run predictive's central intervals (500 draws), of pairwise differences of the per-run mean final "
+             "loss and of each (run, test example) final loss.", ""]
+    sets = sorted({(r["pool"], r["optimizer"]) for r in rows.values()}, key=lambda s: (s[0], s[1] != "sgd"))
+    for pool, optimizer in sets:
+        chosen = [r for r in rows.values() if (r["pool"], r["optimizer"]) == (pool, optimizer)]
+        first = chosen[0]
+        training = {"sgd": "plain SGD", "adam": "Adam + dropout"}[optimizer]
+        lines += [f"## Pool {pool}, {training}", "",
+                  "Command: " + ", ".join(f"`{c}`" for c in sorted({r["command"] for r in chosen}))
+                  + f". Method `{first['method']}` (ran `{first['path']}`), options "
+                  f"`{json.dumps(first['options'])}`; {first['heldout_runs']} held-out runs "
+                  f"({first['pairs']} pairs), {first['tests']} test examples; features computed in "
+                  f"{first['feature_seconds']:.1f} s; library version "
+                  + ", ".join(f"`{v}`" for v in sorted({r.get("library_version", LIBRARY) for r in chosen})) + ".",
+                  ""]
+        if any(r["predictive"] != "new-run" for r in chosen):
+            lines += ["Rows whose sharpness is marked * score the `noise` predictive: with so few runs the fit has no "
+                      "guard, whose held-out residuals are a new run's discrepancy.", ""]
+        lines += ["### All examples seen", "", *HEADER]
+        for row in sorted((r for r in chosen if r["protocol"] == "seen"), key=lambda r: (r["fit_runs"], r["features"])):
+            lines.append(_row(row))
+        unseen = sorted((r for r in chosen if r["protocol"] == "unseen"), key=lambda r: r["features"])
+        if unseen:
+            row = unseen[0]
+            lines += ["", "### Unseen data", "",
+                      f"{len(row['unseen'])} examples of the pool (a fixed random 20%) in no fitted run; the fitted "
+                      f"runs train on random 80% subsets of the other {pool - len(row['unseen'])}; the same held-out "
+                      f"runs as above, each with {row['heldout_unseen_examples']:.1f} unseen examples on average, "
+                      f"in {row['heldout_steps_with_unseen']:.0f} of its {first.get('steps', 120)} steps. Compare "
+                      "with the all-seen rows of the same number of runs.", "", *HEADER]
+            lines += [_row(r) for r in unseen]
+        warned = sorted({w for r in chosen for w in r["warnings"]})
+        if warned:
+            lines += ["", "Warnings of the fits: " + "; ".join(f"`{w}`" for w in warned)]
+        lines += ["", f"![runs needed](runs_needed{'' if optimizer == 'sgd' else '_' + optimizer}.png)", ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: dict, pool: int, optimizer: str, path: Path) -> None:
+    """LDS (with its bootstrap interval) and sharpness against runs, with and without features."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for features, colour in ((False, "tab:blue"), (True, "tab:orange")):
+        chosen = sorted((r for r in rows.values() if (r["pool"], r["optimizer"], r["protocol"], r["features"])
+                         == (pool, optimizer, "seen", features)), key=lambda r: r["fit_runs"])
+        if not chosen:
+            continue
+        n = np.array([r["fit_runs"] for r in chosen]) * (1.04 if features else 1 / 1.04)  # side by side
+        lds = np.array([r["lds"] for r in chosen])
+        interval = np.array([r["lds_interval"] for r in chosen])
+        label = "with features" if features else "without features"
+        left.errorbar(n, lds, yerr=[lds - interval[:, 0], interval[:, 1] - lds], marker="o", capsize=3,
+                      color=colour, label=label)
+        right.plot(n, [r["sharpness"] for r in chosen], marker="o", color=colour, label=label)
+        for row in rows.values():
+            if (row["pool"], row["optimizer"], row["protocol"], row["features"]) == (pool, optimizer, "unseen", features):
+                shift = 1.04 if features else 1 / 1.04
+                left.plot(row["fit_runs"] * shift, row["lds"], marker="x", markersize=9, linestyle="none", color=colour,
+                          label=f"unseen 20%, {label}")
+                right.plot(row["fit_runs"] * shift, row["sharpness"], marker="x", markersize=9, linestyle="none",
+                           color=colour)
+    chosen = sorted((r for r in rows.values() if (r["pool"], r["optimizer"], r["protocol"], r["features"])
+                     == (pool, optimizer, "seen", False)), key=lambda r: r["fit_runs"])
+    if chosen:
+        left.plot([r["fit_runs"] for r in chosen], [r["lds_linear"] for r in chosen], linestyle="--", color="grey",
+                  label="linear (ridge), no features")
+    ticks = sorted({r["fit_runs"] for r in rows.values() if (r["pool"], r["optimizer"]) == (pool, optimizer)})
+    for axis in (left, right):
+        axis.set_xscale("log", base=2)
+        axis.set_xticks(ticks, [str(t) for t in ticks])
+        axis.minorticks_off()
+        axis.set_xlabel("fitted runs")
+    left.set_ylabel("LDS (Spearman across held-out runs)")
+    right.set_ylabel("sharpness (1: knows nothing)")
+    right.axhline(1, color="grey", linewidth=0.8)
+    figure.legend(*left.get_legend_handles_labels(), fontsize=7, loc="lower center", ncol=5, frameon=False)
+    training = {"sgd": "plain SGD", "adam": "Adam + dropout"}[optimizer]
+    figure.suptitle(f"Runs needed: pool {pool}, {training}", fontsize=10)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pool", type=int, default=200, help="training examples in the pool (default 200)")
+    parser.add_argument("--tests", type=int, default=10, help="test examples (default 10)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="plain SGD (default), or Adam with dropout masks that differ between runs")
+    parser.add_argument("--runs", type=int, nargs="+", default=[5, 10, 20, 40],
+                        help=f"fit on the first N runs, for each N (default 5 10 20 40; at most {FIT_RUNS})")
+    parser.add_argument("--heldout", type=int, default=40, help="held-out runs scored (runs 40.. of the set)")
+    parser.add_argument("--method", default="bayes-grid", help="the Bayesian backend (default bayes-grid; "
+                        "bayes-cg also has the feature prior)")
+    parser.add_argument("-o", "--option", type=study._parse_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="settings of the fit (default memory=none)")
+    parser.add_argument("--skip-seen", action="store_true", help="only the unseen-data protocol")
+    parser.add_argument("--skip-unseen", action="store_true", help="only the runs-needed rows")
+    args = parser.parse_args(argv)
+    if max(args.runs) > FIT_RUNS:
+        parser.error(f"--runs: at most {FIT_RUNS}")
+    options = {"memory": "none", **dict(args.option)}
+    command = shlex.join(["python", "experiments/runs_needed.py", *(sys.argv[1:] if argv is None else argv)])
+    runs = seen_runs(args.pool, args.tests, args.optimizer, FIT_RUNS + args.heldout)
+    heldout = runs.select_runs(slice(FIT_RUNS, FIT_RUNS + args.heldout))
+    start = time.perf_counter()
+    train_features, pair_features = reference_features(args.pool, args.tests, args.optimizer)
+    feature_seconds = time.perf_counter() - start
+    out = RESULTS / "runs_needed.json"
+    mine = {}
+    common = {"pool": args.pool, "optimizer": args.optimizer, "tests": args.tests, "method": args.method,
+              "options": options, "command": command, "feature_seconds": feature_seconds, "steps": runs.n_steps,
+              "library_version": study._library_version(),
+              "train_features": "label, 4 principal components of the inputs",
+              "pair_features": f"TracIn at the initial weights; lr x TracIn summed over steps {list(CHECKPOINTS)} "
+                               "of one reference run on the whole pool"}
+    # the most runs first, then the unseen protocol, then fewer runs: an interrupted study keeps the main rows
+    order = sorted(set(args.runs), reverse=True)
+    seen = [] if args.skip_seen else [("seen", n, features) for n in order for features in (False, True)]
+    jobs = seen[:2] + ([] if args.skip_unseen else [("unseen", FIT_RUNS, f) for f in (True, False)]) + seen[2:]
+    unseen = unseen_examples(args.pool)
+    for protocol, n, features in jobs:
+        source = runs if protocol == "seen" else unseen_runs(args.pool, args.tests, args.optimizer, FIT_RUNS)
+        train = source.select_runs(slice(0, n)).with_features(train_features=train_features,
+                                                               pair_features=pair_features)
+        result = fit_and_score(train, heldout, args.method, options, features,
+                               unseen if protocol == "unseen" else None)
+        result.update(common, protocol=protocol)
+        if protocol == "unseen":
+            result["unseen"] = unseen.tolist()
+        key = f"{args.pool}_{args.optimizer}_{protocol}_{n}_{'features' if features else 'plain'}"
+        mine[key] = result
+        rows = {**(json.loads(out.read_text()) if out.exists() else {}), **mine}  # others may have written since
+        print(f"{key}: LDS {result['lds']:.3f} {result['lds_interval']}, cover {result['diff_coverage_90']:.2f}/"
+              f"{result['diff_coverage_50']:.2f}, sharpness {result['sharpness']:.2f}, Brier {result['brier']:.3f}, "
+              f"fit {result['fit_seconds']:.0f} s", flush=True)
+        out.write_text(json.dumps(rows, indent=1, default=float) + "\n")  # kept after every fit
+        (RESULTS / "runs_needed.md").write_text(markdown(rows))
+        plot(rows, args.pool, args.optimizer,
+             RESULTS / f"runs_needed{'' if args.optimizer == 'sgd' else '_' + args.optimizer}.png")
+
+
+if __name__ == "__main__":
+    main()
