@@ -180,3 +180,33 @@ def test_features_travel_with_the_runs_and_bad_ones_are_named(tmp_path):
     assert standardised.shape == (3, 6, 3)
     np.testing.assert_allclose(standardised.mean(1), 0.0, atol=1e-12)
     np.testing.assert_allclose(standardised.std(1), 1.0)
+
+
+def test_effects_the_features_explain_leave_the_noise_and_residual_scales_sane():
+    """Effects exactly ``phi beta`` (no residual), a fifth of the pool in no run: the residual scale's
+    posterior runs towards 0, and the noise scale stays the generating one."""
+    runs, _, _ = featured_runs(n_train=60, n_unseen=12, n_runs=24, n_steps=60, residual=0.0, seed=4)
+    fit = grid.run_grid(model_data(runs), ModelConfig(memory="none", features=True), num_draws=200, progress=False)
+    sigma = fit.draws["noise_scale"][0] * model_data(runs).scale  # loss units; generated with 0.01
+    assert np.all((sigma > 0.008) & (sigma < 0.012))
+    assert np.all(fit.draws["effect_scale"][0] < 0.01)
+    assert np.all(np.isfinite(fit.draws["B"])) and np.abs(fit.draws["B"]).max() < 0.2
+
+
+def test_refined_grids_stay_in_the_log_tau_range_and_rounding_in_the_null_space_is_dropped():
+    """Where the posterior runs to an end of ``log tau``, the next grid moves that way but stops at
+    :data:`LOG_TAU_RANGE`: at ``tau = e^33`` rounding errors of ``b`` along the Gram's null space
+    (examples no run used), divided by ``tau^-2``, drove the noise scale to 1e-152 on a real set. The
+    dense evidence drops those components."""
+    points = np.tile(np.linspace(*grid.LOG_TAU_RANGE, 29), (2, 1))
+    log_tau_density = np.stack([points[0], -points[1]])  # test 0 rises to the top end, test 1 to the bottom
+    log_density = np.broadcast_to(log_tau_density[:, None, :, None], (2, 1, 29, 3))
+    coarse = grid._Grid(np.zeros((2, 1)), points, np.tile(np.linspace(-0.1, 0.1, 3), (2, 1)))
+    refined = grid._refined(coarse, log_density, (1, 10, 3))
+    assert refined.log_tau.max() <= grid.LOG_TAU_RANGE[1] and refined.log_tau.min() >= grid.LOG_TAU_RANGE[0]
+    assert refined.log_tau[0].max() > 10 and refined.log_tau[1].min() < -14  # each reaches its end
+    eigenvalues = np.array([[0.0, 1e-15, 2.0, 5.0]])
+    stats = grid.GridStats(eigenvalues, None, np.array([[1e-9, 1e-9, 0.3, 0.4]]), np.array([1.0]),
+                           *(np.zeros((1, 0, 4)), np.zeros((1, 0)), np.zeros((1, 0, 0)), np.zeros(1), np.ones(1),
+                             np.zeros((1, 0))))
+    np.testing.assert_allclose(grid.dense_evidence(stats).quad_weights, [[0.0, 0.0, 0.09, 0.16]])

@@ -88,6 +88,9 @@ LOG_TAU_RANGE = (-16.0, 12.0)
 DELTA_SDS = 8.0
 #: largest decay on the grid (the ``Beta(1, 2)`` prior puts 1e-4 above it)
 DECAY_MAX = 0.99
+#: eigenvalues of the whitened Gram below this fraction of its largest are its null space (examples
+#: no run used, directions the nuisance features take): ``b`` has no component there but rounding
+NULL_SPACE = 1e-12
 #: cells within this many log units of the best cell make the next stage's box
 DROP = 20.0
 #: refine again until every axis has this many points within :data:`DROP` of the best ...
@@ -363,9 +366,11 @@ class Evidence(NamedTuple):
 
 
 def dense_evidence(stats: GridStats) -> Evidence:
-    """The exact :class:`Evidence` of dense statistics."""
-    return Evidence(stats.eigenvalues, np.ones_like(stats.eigenvalues), stats.eigenvalues, stats.projected**2,
-                    stats.target_sq, stats.nuisance_logdet)
+    """The exact :class:`Evidence` of dense statistics; ``b``'s components along eigenvalues at
+    rounding level (below :data:`NULL_SPACE` of the largest) are rounding errors of 0 and are dropped."""
+    null = stats.eigenvalues <= NULL_SPACE * stats.eigenvalues.max(axis=-1, keepdims=True)
+    return Evidence(stats.eigenvalues, np.ones_like(stats.eigenvalues), stats.eigenvalues,
+                    np.where(null, 0.0, stats.projected**2), stats.target_sq, stats.nuisance_logdet)
 
 
 #: ``(tests [pairs], decays [pairs], description) -> Evidence``: a backend's statistics
@@ -416,7 +421,10 @@ def _kept(log_density: np.ndarray, axis: int) -> np.ndarray:
 
 def _refined(grid: _Grid, log_density: np.ndarray, fine: tuple[int, int, int]) -> _Grid:
     """Per test example, ``fine`` points over the box of cells within :data:`DROP` of the best,
-    widened by a cell (the decay kept in ``[0, DECAY_MAX]``)."""
+    widened by a cell (the decay kept in ``[0, DECAY_MAX]``, ``log tau`` in :data:`LOG_TAU_RANGE`:
+    beyond ``tau = e^12`` the evidence would divide rounding errors of ``b`` in the null space of ``G``
+    by ``tau^-2``, and a posterior whose effects the features explain reaches far below ``e^-16``,
+    where the residual effects are nil)."""
     axes = []
     for axis, (points, n_fine) in enumerate(zip(grid, fine)):
         if points.shape[1] == 1:
@@ -425,6 +433,8 @@ def _refined(grid: _Grid, log_density: np.ndarray, fine: tuple[int, int, int]) -
         low, high = _box(points, _kept(log_density, axis))
         if axis == 0:
             low, high = np.maximum(low, 0.0), np.minimum(high, DECAY_MAX)
+        elif axis == 1:
+            low, high = np.maximum(low, LOG_TAU_RANGE[0]), np.minimum(high, LOG_TAU_RANGE[1])
         width = (high - low) / n_fine
         axes.append(low[:, None] + width[:, None] * (np.arange(n_fine) + 0.5))
     return _Grid(*axes)
