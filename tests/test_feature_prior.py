@@ -26,7 +26,7 @@ def featured():
 
 
 def shared_with_features(data, config):
-    n_columns = grid.feature_count(data, config)
+    n_columns = grid.n_feature_columns(data, config)
     return krylov.shared_arrays(data, config, grid.scaled_state_features(data, None),
                                 grid.nuisance_priors(config, 0, n_columns))
 

@@ -267,7 +267,7 @@ def pair_statistics(data: ModelData, config: ModelConfig, tests: np.ndarray, dec
     prior's coefficients, where ``config.features``, integrated out, see :func:`_pair_statistics`)."""
     counts = dense_counts(data.curricula, data.n_train)
     state_features = scaled_state_features(data, state)
-    n_columns = feature_count(data, config)
+    n_columns = n_feature_columns(data, config)
     priors = nuisance_priors(config, state_features.shape[-1], n_columns)
     n_features, n_nuisance = _n_features(data.n_train, config), len(priors)
     per_pair = 8 * (counts.size * 3 + (n_features + n_nuisance) * data.n_runs * data.n_steps
@@ -285,7 +285,7 @@ def pair_statistics(data: ModelData, config: ModelConfig, tests: np.ndarray, dec
         return GridStats(*chunked(part, len(tests), chunk, progress=progress, desc=desc, unit="chunk"))
 
 
-def feature_count(data: ModelData, config: ModelConfig) -> int:
+def n_feature_columns(data: ModelData, config: ModelConfig) -> int:
     """The feature prior's design columns of a fit (0 without it)."""
     return n_columns(data.n_features_used(config.features), config.variant)
 

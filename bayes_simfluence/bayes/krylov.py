@@ -472,7 +472,7 @@ def run_cg(data: ModelData, config: ModelConfig, num_draws: int = 100, seed: int
     start = time.perf_counter()
     features = grid.scaled_state_features(data, state)
     shared = shared_arrays(data, config, features,
-                           grid.nuisance_priors(config, features.shape[-1], grid.feature_count(data, config)))
+                           grid.nuisance_priors(config, features.shape[-1], grid.n_feature_columns(data, config)))
     probes = probes_of(n_features, seed)
     cache: dict[tuple[int, float], tuple] = {}
 
