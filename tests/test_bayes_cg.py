@@ -25,7 +25,8 @@ def data():
 
 
 def shared_of(data, config):
-    return krylov.shared_arrays(data, config, grid.scaled_state_features(data, None), grid.nuisance_priors(config, 0))
+    return krylov.shared_arrays(data, config, grid.scaled_state_features(data, None),
+                                grid.nuisance_priors(config, 0, grid.n_feature_columns(data, config)))
 
 
 def krylov_evidence(data, config, m, decay, probes=None):
@@ -51,10 +52,13 @@ def test_lanczos_evidence_gives_the_dense_log_density(data, config, decay):
                                     evidence_of=krylov_evidence) == pytest.approx(dense, abs=1e-8)
 
 
-def test_products_by_gathers_equal_those_by_the_dense_count_matrix(data, monkeypatch):
+@pytest.mark.parametrize("features", [False, True], ids=["plain", "feature-prior"])
+def test_products_by_gathers_equal_those_by_the_dense_count_matrix(data, monkeypatch, features):
     """Large pools apply the design by gathers and scatter-adds over the batch slots, small ones by the
-    dense count matrix: the same evidence and the same draws."""
-    config = ModelConfig(memory="geometric")
+    dense count matrix: the same evidence and the same draws (with the feature prior, its columns too)."""
+    config = ModelConfig(memory="geometric", features=features)
+    if features:
+        data = data._replace(features=np.random.default_rng(0).normal(size=(data.n_tests, data.n_train, 2)))
     dense = krylov_evidence(data, config, 1, 0.6)
     args = (np.full(3, 1), np.full(3, 0.6), np.full(3, 0.04), np.full(3, 0.03))
     dense_draws = krylov.draw_effects(data, config, shared_of(data, config), *args, seed=3)

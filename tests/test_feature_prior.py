@@ -5,6 +5,7 @@ the process that generated the runs, and the regression's predictive for example
 import numpy as np
 import pytest
 from scipy import stats
+from test_bayes_cg import shared_of
 from test_bayes_grid import dense_features, grid_log_density, level_feature, step_covariance
 
 import bayes_simfluence as bsf
@@ -25,16 +26,10 @@ def featured():
     return model_data(runs.with_features(rng.normal(size=(6, 2)), rng.normal(size=(2, 6, 1))))
 
 
-def shared_with_features(data, config):
-    n_columns = grid.n_feature_columns(data, config)
-    return krylov.shared_arrays(data, config, grid.scaled_state_features(data, None),
-                                grid.nuisance_priors(config, 0, n_columns))
-
-
 def cg_evidence(data, config, m, decay):
     n_features = krylov.n_features_of(config.variant, data.n_train)
     probes = np.sqrt(n_features) * np.eye(n_features)
-    return grid.Evidence(*krylov.evidence(data, config, shared_with_features(data, config), np.array([m]),
+    return grid.Evidence(*krylov.evidence(data, config, shared_of(data, config), np.array([m]),
                                           np.array([decay]), probes))
 
 

@@ -162,11 +162,13 @@ def _filter_adjoint(x: Array, decay: Array) -> Array:
 
 
 def _gather(w: Array, shared: Shared, static: Static) -> Array:
-    """``[runs, steps]`` sum of ``w [n_train]`` over each batch's filled slots."""
+    """``[runs, steps, ...]`` sums of ``w [n_train, ...]`` (effects, or the feature prior's features
+    ``[n_train, k]``) over each batch's filled slots."""
     if static.dense:
         return shared.counts @ w
     filled = shared.slots >= 0
-    return jnp.where(filled, w[jnp.where(filled, shared.slots, 0)], 0.0).sum(-1)
+    mask = filled.reshape(filled.shape + (1,) * (w.ndim - 1))
+    return jnp.where(mask, w[jnp.where(filled, shared.slots, 0)], 0.0).sum(2)
 
 
 def _scatter(u: Array, shared: Shared, static: Static) -> Array:
@@ -240,14 +242,6 @@ class Pair(NamedTuple):
     column_scale: Array
 
 
-def _gather_features(phi: Array, shared: Shared, static: Static) -> Array:
-    """``[runs, steps, k]`` sums of the features ``phi [n_train, k]`` over each batch's filled slots."""
-    if static.dense:
-        return shared.counts @ phi
-    filled = shared.slots >= 0
-    return jnp.where(filled[..., None], phi[jnp.where(filled, shared.slots, 0)], 0.0).sum(-2)
-
-
 def _pair(previous: Array, decay: Array, phi: Array, shared: Shared, static: Static) -> Pair:
     """The nuisance features of one (test example, decay) pair: the common level's, the run state's
     and the feature prior's columns of ``phi [n_train, k]`` (``k = 0``: none)."""
@@ -259,7 +253,7 @@ def _pair(previous: Array, decay: Array, phi: Array, shared: Shared, static: Sta
         level_scale = jnp.sqrt(jnp.mean(level**2))
         level_scale = jnp.where(level_scale > 0, level_scale, 1.0)
         state = jnp.concatenate([(level / level_scale)[..., None], state], axis=-1)
-    projected = _gather_features(phi, shared, static)  # [runs, steps, k]
+    projected = _gather(phi, shared, static)  # [runs, steps, k]
     if static.memory:
         projected = geometric_memory(projected, decay, axis=-2)
     columns, column_scale = grid.feature_columns(previous, projected, static.variant)
