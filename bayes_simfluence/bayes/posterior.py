@@ -288,13 +288,11 @@ class BayesianSimfluence(Decisions):
         params = self.parameter_draws(n_draws, seed)
         keys = jax.random.split(jax.random.PRNGKey(seed), len(params["a"]))
         draws = self._roll_out_draws(params, keys, curricula, initial_losses, kind == "noise", run_offset)
-        if self.stacking_weight is not None:
-            blind = self._blind_params(params, curricula.shape[1])
-            if kind == "noise":  # the same noise as the posterior's draws
-                blind = self._roll_out_draws(blind, keys, curricula, initial_losses, True, run_offset)
-            else:  # one trajectory, the same in every draw
-                first = {k: v[:1] for k, v in blind.items()}
-                blind = self._roll_out_draws(first, keys[:1], curricula, initial_losses, False, run_offset)
+        if self.stacking_weight is not None:  # with noise, the posterior draws' noise; else one trajectory for all
+            each = kind == "noise"
+            source, source_keys = (params, keys) if each else ({k: v[:1] for k, v in params.items()}, keys[:1])
+            blind = self._roll_out_draws(self._blind_params(source, curricula.shape[1]), source_keys, curricula,
+                                         initial_losses, each, run_offset)
             draws = stacked_mean(self.stacking_weight, draws, blind)
         if kind != "new-run":
             return draws
