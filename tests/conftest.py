@@ -1,27 +1,18 @@
-"""Shared test settings: everything offline, figures without a screen, JAX's persistent
+"""Shared test settings: everything offline, figures without a screen, no persistent JAX
 compilation cache; a local Ray instance; quiet ends of pytest-xdist workers."""
 
-import importlib.util
 import logging
 import os
 import signal
-from importlib import metadata
-from pathlib import Path
 
 import pytest
 
-# XLA compilation is most of a Bayesian test's time (a small fit compiles for 15-25 s, then runs
-# in well under a second), so compiled programs are kept between test sessions and shared with the
-# processes tests start (CLI subprocesses, workers inherit the environment). Set before JAX is
-# imported; an existing JAX_COMPILATION_CACHE_DIR wins. Entries are keyed by the program and the
-# JAX, jaxlib and XLA versions, so a stale entry is never used. One folder per JAX version: where
-# `filelock` is installed the size is capped at 2 GiB (least recently used entries go first), and
-# JAX's eviction fails on entries written without it (a core-only environment has no filelock).
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bayes-simfluence"
-                                                       / f"jax-{metadata.version('jax')}-compilation-tests"))
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
-if importlib.util.find_spec("filelock") is not None:
-    os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
+# No persistent compilation cache: with torch in the same process (every worker of the full suite
+# imports it while collecting tests/collect), writing JAX 0.10's cache crashed pytest-xdist workers
+# (a segfault in libgcc_s's unwinder under compilation_cache.put_executable_and_time), and a
+# crashed worker then hung the session. Compiling afresh cost nothing measurable: the full suite
+# took 915 s without the cache against 13-15 minutes with it.
+os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
