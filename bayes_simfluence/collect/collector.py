@@ -154,18 +154,11 @@ class RunExecutor:
     def __init__(self, config: CollectConfig, curricula: np.ndarray) -> None:
         self.config = config
         self.curricula = curricula  # [runs, optimiser steps, batch]
-        train, test, self.label_names = load_examples(
-            config.train, config.test, config.task, config.text_field, config.label_field,
-            config.prompt_field, config.target_field, config.id_field)
-        if config.train_size is not None:
-            train = train.subset(np.arange(min(config.train_size, len(train))))
-        if config.test_size is not None:
-            test = test.subset(np.arange(min(config.test_size, len(test))))
-        self.train_examples, self.test_examples = train, test
+        self.train_examples, self.test_examples, self.label_names = configured_examples(config)
         self.model, tokenizer = load_model(config.model, config.task, max(len(self.label_names), 2),
                                            config.init_seed, config.dropout)
-        self.train_encoded = encode(train, tokenizer, config.max_length)
-        self.test_encoded = encode(test, tokenizer, config.max_length)
+        self.train_encoded = encode(self.train_examples, tokenizer, config.max_length)
+        self.test_encoded = encode(self.test_examples, tokenizer, config.max_length)
         self.evaluate = LossEvaluator(self.test_encoded, config.eval_batch_size)
         self.trainable_names = select_parameters(self.model, config.trainable)
         self.parameters = set_trainable(self.model, self.trainable_names)
