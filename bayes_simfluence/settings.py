@@ -24,6 +24,11 @@ BAYES_BACKENDS = ("bayes-grid", "bayes-cg", "bayes-svi", "bayes-nuts", "bayes-ex
 BAYES = ("bayes", *BAYES_BACKENDS)
 POINT = ("linear", "additive", "multiplicative")
 SCORES = ("tracin", "influence", "influence-cg", "trak")
+#: the model's choices (:class:`bayes_simfluence.bayes.model.ModelConfig`), defined here where the
+#: CLI can read them without importing JAX: which effects, the per-step noise, the optimiser memory.
+VARIANTS = ("linear", "additive", "multiplicative")
+LIKELIHOODS = ("normal", "student_t")
+MEMORIES = ("none", "geometric")
 
 
 @dataclass(frozen=True)
@@ -63,11 +68,11 @@ class Settings(TypedDict, total=False):
     """Every setting of every method (keyword arguments of :func:`bayes_simfluence.fit`)."""
 
     # the model, every Bayesian method
-    variant: Annotated[Literal["linear", "additive", "multiplicative"], _model(
+    variant: Annotated[Literal[VARIANTS], _model(
         "which effects: both (`linear`), only additive (`a = 0`) or only multiplicative (`B = 0`)")]
     step: Annotated[bool, _model("add the curriculum-independent step change `d[m, t]` (a random walk)",
                                  field="step_component")]
-    likelihood: Annotated[Literal["normal", "student_t"], _model(
+    likelihood: Annotated[Literal[LIKELIHOODS], _model(
         "the per-step noise; `bayes-grid` and `bayes-exact` need `normal`")]
     nu: Annotated[float, _positive("degrees of freedom of the Student-t likelihood")]
     noncentred: Annotated[bool, _model("non-centred effects (default: the backend chooses)")]
@@ -77,7 +82,7 @@ class Settings(TypedDict, total=False):
     noise_prior: Annotated[float, _positive("scale of the HalfNormal prior of the noise scale `sigma`")]
     drift_initial: Annotated[float, _positive("sd of the first step change, in units of `sigma`")]
     drift_smoothness: Annotated[float, _positive("sd of the step-to-step change of `d`, in units of `sigma`")]
-    memory: Annotated[Literal["none", "geometric"], _model(
+    memory: Annotated[Literal[MEMORIES], _model(
         "optimiser memory: a learned geometric decay per test example", default="geometric (none on bayes-exact)")]
     memory_prior: Annotated[float, _positive("`b` of the Beta(1, b) prior of the memory decay")]
     collapse_drift: Annotated[bool, _model("integrate the step component out of the Normal likelihood")]

@@ -117,10 +117,8 @@ import numpyro.distributions as dist
 from jax import Array
 
 from bayes_simfluence.rollout import batch_sums, remembered
+from bayes_simfluence.settings import LIKELIHOODS, MEMORIES, VARIANTS
 
-VARIANTS = ("linear", "additive", "multiplicative")
-LIKELIHOODS = ("normal", "student_t")
-MEMORIES = ("none", "geometric")
 
 
 @dataclass(frozen=True)
