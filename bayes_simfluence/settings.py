@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal, TypedDict, get_args, get_origin
 
 from bayes_simfluence import validation
+from bayes_simfluence.bayes.backends import BACKENDS
 
-BAYES_BACKENDS = ("bayes-grid", "bayes-cg", "bayes-svi", "bayes-nuts", "bayes-exact")
+BAYES_BACKENDS = tuple(spec.name for spec in BACKENDS.values())
 BAYES = ("bayes", *BAYES_BACKENDS)
 POINT = ("linear", "additive", "multiplicative")
 SCORES = ("tracin", "influence", "influence-cg", "trak")

@@ -10,7 +10,20 @@ exact: the default at small and medium sizes), :mod:`~bayes_simfluence.bayes.pos
 (``bayes``, ``bayes-grid``, ``bayes-svi``, ``bayes-nuts``, ``bayes-exact``), :mod:`~bayes_simfluence.bayes.synthetic`.
 """
 
-from bayes_simfluence.bayes.model import ModelConfig
-from bayes_simfluence.bayes.posterior import BayesianSimfluence, TrajectoryBands
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+#: the package's names and the modules that define them, imported when first asked for, so that
+#: its light modules (:mod:`~bayes_simfluence.bayes.backends`, which the CLI's help reads) load
+#: without JAX
+_LAZY = {"BayesianSimfluence": "posterior", "TrajectoryBands": "posterior", "ModelConfig": "model"}
 
 __all__ = ["BayesianSimfluence", "ModelConfig", "TrajectoryBands"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)

@@ -9,8 +9,9 @@ with one line naming the option. The backends call :func:`check_supported` on en
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from bayes_simfluence.validation import InputError
 
@@ -29,6 +30,9 @@ class Backend:
         features: it fits the feature prior (effects regressed on the training examples' features).
         calibrated: what simulation-based calibration showed (``experiments/results/``).
         cost: its cost, in words.
+        runner: its inference routine, ``"module:function"`` (imported when it runs): ``(data,
+            config, seed=..., **options) -> FitResult``.
+        default_memory: the optimiser memory it fits unless ``-o memory`` says otherwise.
     """
 
     name: str
@@ -40,28 +44,45 @@ class Backend:
     features: bool
     calibrated: str
     cost: str
+    runner: str
+    default_memory: str
 
 
 BACKENDS: dict[str, Backend] = {
     "grid": Backend("bayes-grid", "hyperparameters on a grid, everything else exact", ("normal",),
                     ("none", "geometric"), True, True, True, "every quantity passes SBC",
-                    "runs x steps x (2 n_train)^2 per test example and grid point"),
+                    "runs x steps x (2 n_train)^2 per test example and grid point",
+                    "bayes_simfluence.bayes.grid:run_grid", "geometric"),
     "cg": Backend("bayes-cg", "bayes-grid's model and grid, matrix-free: Lanczos evidence, perturb-and-MAP draws",
                   ("normal",), ("none", "geometric"), True, True, True,
                   "bayes-grid's up to its quadratures (tests compare them with the dense path)",
                   "runs x steps x batch per product; (probes + 1) x Lanczos steps products per decay value, "
-                  "CG iterations per draw"),
+                  "CG iterations per draw", "bayes_simfluence.bayes.krylov:run_cg", "geometric"),
     "svi": Backend("bayes-svi", "variational (autoguides, or exact conditionals given the hyperparameters)",
                    ("normal", "student_t"), ("none", "geometric"), False, False, False,
                    "effects close to exact with the conditional guide; hyperparameters fail SBC",
-                   "runs x steps x batch x tests per optimisation step"),
+                   "runs x steps x batch x tests per optimisation step",
+                   "bayes_simfluence.bayes.inference:run_svi", "geometric"),
     "nuts": Backend("bayes-nuts", "NUTS on the full model", ("normal", "student_t"), ("none", "geometric"),
                     False, False, False, "exact in the limit; for small problems and checks",
-                    "gradient evaluations of the full model per draw"),
+                    "gradient evaluations of the full model per draw",
+                    "bayes_simfluence.bayes.inference:run_nuts", "geometric"),
     "exact": Backend("bayes-exact", "NUTS on the hyperparameters, exact draws of the effects", ("normal",),
                      ("none",), False, False, False, "exact up to NUTS on a few hyperparameters",
-                     "one (2 n_train)^2 eigendecomposition per test example"),
+                     "one (2 n_train)^2 eigendecomposition per test example",
+                     "bayes_simfluence.bayes.inference:run_exact", "none"),
 }
+
+
+def runner(backend: str) -> Callable[..., Any]:
+    """The inference routine of ``backend`` (its declared :attr:`Backend.runner`, imported now)."""
+    module, function = BACKENDS[backend].runner.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _those_with(attribute: str) -> str:
+    """``"bayes-grid and bayes-cg"``: the backends whose declaration has ``attribute``."""
+    return " and ".join(spec.name for spec in BACKENDS.values() if getattr(spec, attribute))
 
 
 def unsupported(config: Any, backend: str) -> tuple[str, str] | None:
@@ -75,9 +96,9 @@ def unsupported(config: Any, backend: str) -> tuple[str, str] | None:
     if spec.needs_step_component and not config.step_component:
         return "step", f"{spec.name} needs the step component"
     if config.run_state and not spec.run_state:
-        return "run_state", f"{spec.name} has no run state (bayes-grid and bayes-cg have)"
+        return "run_state", f"{spec.name} has no run state ({_those_with('run_state')} have)"
     if getattr(config, "features", False) and not spec.features:
-        return "features", f"{spec.name} has no feature prior (bayes-grid and bayes-cg have)"
+        return "features", f"{spec.name} has no feature prior ({_those_with('features')} have)"
     return None
 
 

@@ -48,8 +48,8 @@ def state_flag(value: Any, key: str = "run_state") -> bool | str:
     return settings.parse(key, value)
 
 
-RUNNERS = {"svi": inference.run_svi, "nuts": inference.run_nuts, "exact": inference.run_exact, "grid": grid.run_grid,
-           "cg": krylov.run_cg}
+#: each backend's inference routine, as :data:`~bayes_simfluence.bayes.backends.BACKENDS` declares it
+RUNNERS = {key: backends.runner(key) for key in backends.BACKENDS}
 
 
 #: the backends that integrate the hyperparameters on a grid (the run state is theirs; the guard's
@@ -80,9 +80,8 @@ GUARD_WORKERS = 2
 #: model settings whose default depends on the method: optimiser memory where the inference can
 #: take it (it beat plain Simfluence in held-out MSE and LDS on every real set, README), none on
 #: the exact path (its features would be dense).
-METHOD_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {"svi": {"memory": "geometric"},
-                                                     "nuts": {"memory": "geometric"}, "exact": {},
-                                                     "grid": {"memory": "geometric"}, "cg": {"memory": "geometric"}}
+METHOD_MODEL_DEFAULTS: dict[str, dict[str, Any]] = {key: {"memory": spec.default_memory}
+                                                     for key, spec in backends.BACKENDS.items()}
 
 
 def parse_options(options: dict[str, Any], method: str) -> tuple[ModelConfig, dict[str, Any]]:
