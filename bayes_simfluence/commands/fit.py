@@ -80,33 +80,33 @@ def run(args: argparse.Namespace) -> int:
         simulator = fit_method(args.method, train, context)
     seconds = time.perf_counter() - start
     simulator.save(args.out)
+    info = getattr(simulator, "info", {})  # what a Bayesian fit chose and why; nothing for the others
     ridge = getattr(simulator, "ridge_selected", None)
     ridge_note = f", ridge {ridge:.4g}" if ridge is not None else ""
     path = getattr(simulator, "name", args.method)
-    reason = getattr(simulator, "info", {}).get("chosen_by", "").removeprefix("bayes: ")
+    reason = info.get("chosen_by", "").removeprefix("bayes: ")
     path_note = f" (as {path}: {reason})" if path != args.method else ""
     print(f"fitted '{args.method}'{path_note} on {train} in {seconds:.1f} s{ridge_note}; saved to {args.out}")
-    unused = getattr(simulator, "info", {}).get("unused_options")
+    unused = info.get("unused_options")
     if unused is not None:
         print(f"options not used: {unused}")
-    state_report = getattr(simulator, "info", {}).get("run_state")
+    state_report = info.get("run_state")
     if state_report is not None:
         print(run_state.describe(state_report))
-    check = getattr(simulator, "info", {}).get("run_state_check", {})
+    check = info.get("run_state_check", {})
     if check.get("kept"):
         print(f"run state: kept (the guard's held-out runs favour it: stacked all-steps MSE "
               f"{check['heldout_mse_with_state']:.4g} with it, {check['heldout_mse_without']:.4g} without, "
               f"over {check['runs']} runs)")
-    state_off = getattr(simulator, "info", {}).get("run_state_off")
+    state_off = info.get("run_state_off")
     if state_off is not None:
         print(f"run state: off ({state_off})")
-    info = getattr(simulator, "info", {})
     if bayesian and {"features", "features_off"} & set(info) or info.get("unseen_examples"):
         print(describe_features(info))
     guard_report = info.get("guard")
     if guard_report is not None:
         print(guard.describe(guard_report))
-    for number, block in enumerate(getattr(simulator, "info", {}).get("blocks", [])):
+    for number, block in enumerate(info.get("blocks", [])):
         if "guard" in block:
             print(f"block {number + 1} ({block['tests']} test examples): {guard.describe(block['guard'])}")
     return 0
