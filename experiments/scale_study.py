@@ -16,7 +16,8 @@ pairwise differences of the per-run mean final loss, Brier of ``P(better)``, ord
 width if the fit knew nothing, ``2 x 1.645 x sqrt(2) x`` the sd across held-out runs of their
 retrained mean final loss (below 1: the intervals say something).
 
-Writes ``experiments/results/scale_study.{json,md}`` (rows kept across invocations, keyed by pool
+The floor (:func:`seed_floor`) is the sharpness an oracle that knew each curriculum's expected
+outcome would reach: under Adam with dropout, seed noise sets it. Writes ``experiments/results/scale_study.{json,md}`` (rows kept across invocations, keyed by pool
 and method) and the runs to ``experiments/data/scale_POOL.npz``.
 """
 
@@ -123,21 +124,73 @@ def sharpness(result: dict, heldout: Runs) -> float:
     return result["predictive"]["new-run"]["diff_width_90"] / (2 * 1.645 * np.sqrt(2) * spread)
 
 
+def seed_floor(pool: int, n_tests: int, optimizer: str, seed: int = 0, n_curricula: int = 8,
+               n_seeds: int = 4) -> float:
+    """The sharpness no curriculum model can beat: ``n_curricula`` random curricula, each retrained
+    with ``n_seeds`` dropout seeds; the sd of the per-run mean final loss *within* a curriculum (seed
+    noise, which no function of the curriculum predicts) over its sd *across* curricula and seeds.
+    An interval that knew each curriculum's expected outcome exactly would still be this wide,
+    relative to knowing nothing. 0 under plain SGD (a run is a function of its curriculum)."""
+    task = make_task(pool, n_tests, optimizer, seed)
+    quantity = np.zeros((n_curricula, n_seeds))
+    for c in range(n_curricula):
+        curriculum = random_curriculum(np.random.default_rng([seed, 10_000 + c]), np.arange(pool))
+        for k in range(n_seeds):
+            quantity[c, k] = study.run_quantity(train_run(task, curriculum, 50_000 + 100 * c + k))
+    within = quantity.var(axis=1, ddof=1).mean()
+    return float(np.sqrt(within / quantity.var(ddof=1)))
+
+
 def markdown(rows: dict) -> str:
     lines = ["# Calibration at larger pools: coverage and sharpness", "",
              "`python experiments/scale_study.py --pool P --method M [--optimizer adam]`: a real MLP on random 80% "
              "subsets (module docstring); new-run predictive of the per-run mean final loss, pairwise differences "
-             "over held-out runs. Sharpness: 90% interval width over the width if the fit knew nothing.", "",
+             "over held-out runs. Sharpness: 90% interval width over the width if the fit knew nothing; floor: the "
+             "sharpness of an oracle that knew each curriculum's expected outcome (seed noise, `seed_floor`; "
+             "- where not measured); point: the RMSE of the predicted mean differences over the sd of the retrained "
+             "ones, about the sharpness of calibrated intervals centred on the fit's predictions.", "",
              "| pool | training | method (path) | fit / held-out runs | tests | fit s | LDS (linear) | 90% cover | 50% cover | "
-             "sharpness | Brier (coin 0.25) | ordering, gap > 0.02 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for row in sorted(rows.values(), key=lambda r: (r["pool"], r.get("optimizer", "sgd"), r["method"])):
+             "sharpness (floor, point) | Brier (coin 0.25) | ordering, gap > 0.02 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted((r for r in rows.values() if not r.get("window")),
+                      key=lambda r: (r["pool"], r.get("optimizer", "sgd"), r["method"])):
         p = row["predictive"]["new-run"]
         training = {"sgd": "plain SGD", "adam": "Adam + dropout"}[row.get("optimizer", "sgd")]
+        floor = "-" if row.get("seed_floor") is None else f"{row['seed_floor']:.2f}"
         lines.append(f"| {row['pool']} | {training} | {row['method']} ({row['path']}) | {row['fit_runs']} / {row['heldout_runs']} | "
                      f"{row['tests']} | {row['fit_seconds']:.0f} | {row['lds']:.3f} ({row['lds_linear']:.3f}) | "
-                     f"{p['diff_coverage_90']:.2f} | {p['diff_coverage_50']:.2f} | {row['sharpness']:.2f} | "
+                     f"{p['diff_coverage_90']:.2f} | {p['diff_coverage_50']:.2f} | {row['sharpness']:.2f} ({floor}, {p['diff_rmse'] / p['diff_sd']:.2f}) | "
                      f"{p['brier']:.3f} | {p['ordering_accuracy']:.2f} ({p['pairs_gap']} pairs) |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + windows_markdown(rows)) + "\n"
+
+
+def windows_markdown(rows: dict) -> list[str]:
+    """Markdown: per set and method fitted on several windows, each score's mean over the windows
+    with its range (how much a score depends on which 40 runs the fit saw)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows.values():
+        groups.setdefault((row["pool"], row.get("optimizer", "sgd"), row["method"]), []).append(row)
+    groups = {key: found for key, found in groups.items() if len({r.get("window", 0) for r in found}) > 1}
+    if not groups:
+        return []
+    scores = (("90% cover", lambda r: r["predictive"]["new-run"]["diff_coverage_90"]),
+              ("50% cover", lambda r: r["predictive"]["new-run"]["diff_coverage_50"]),
+              ("sharpness", lambda r: r["sharpness"]),
+              ("point", lambda r: r["predictive"]["new-run"]["diff_rmse"] / r["predictive"]["new-run"]["diff_sd"]),
+              ("Brier", lambda r: r["predictive"]["new-run"]["brier"]),
+              ("ordering", lambda r: r["predictive"]["new-run"]["ordering_accuracy"]),
+              ("LDS", lambda r: r["lds"]), ("LDS linear", lambda r: r["lds_linear"]))
+    lines = ["", "Over fit windows (`--windows 0 1 2 3`: window W fits runs 40W to 40W + 39 and is scored on the "
+             "other 120): mean over the windows, range in brackets.", "",
+             "| pool | training | method | windows | " + " | ".join(name for name, _ in scores) + " |",
+             "|---|---|---|---|" + "---|" * len(scores)]
+    for (pool, optimizer, method), found in sorted(groups.items()):
+        cells = []
+        for _, score in scores:
+            values = np.array([score(r) for r in found])
+            cells.append(f"{values.mean():.2f} ({values.min():.2f}-{values.max():.2f})")
+        training = {"sgd": "plain SGD", "adam": "Adam + dropout"}[optimizer]
+        lines.append(f"| {pool} | {training} | {method} | {len(found)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,10 +198,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", type=int, default=200, help="training examples in the pool (default 200)")
     parser.add_argument("--tests", type=int, default=10, help="test examples (default 10)")
     parser.add_argument("--fit-runs", type=int, default=40)
-    parser.add_argument("--heldout-runs", type=int, default=40)
+    parser.add_argument("--heldout-runs", type=int, default=120)
     parser.add_argument("--method", action="append", help="methods to fit (repeatable; default bayes)")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                         help="plain SGD, or Adam with dropout masks that differ between runs")
+    parser.add_argument("--windows", type=int, nargs="+", default=[0], metavar="W",
+                        help="fit windows (retraining_study.window_runs: window W fits runs 40W..40W+39 and "
+                             "scores every other run; default 0)")
     args = parser.parse_args(argv)
     name = f"scale_{args.pool}_{args.optimizer}_tests{args.tests}"
     path = DATA / f"{name}.npz"
@@ -160,19 +216,22 @@ def main(argv: list[str] | None = None) -> None:
         runs.save(path)
         print(f"collected {n_runs} runs in {time.perf_counter() - start:.0f} s", flush=True)
     runs = runs.select_runs(slice(0, n_runs))
-    heldout = runs.select_runs(slice(args.fit_runs, n_runs))
     out = RESULTS / "scale_study.json"
     rows = json.loads(out.read_text()) if out.exists() else {}
+    floor = seed_floor(args.pool, args.tests, args.optimizer)
+    print(f"seed-noise floor of the sharpness: {floor:.2f}", flush=True)
     for method in args.method or ["bayes"]:
-        result = study.study_set(name, runs, args.fit_runs, args.heldout_runs, method,
-                                 {"progress": False})
-        result["sharpness"] = sharpness(result, heldout)
-        result["optimizer"] = args.optimizer
-        rows[f"{name}_{method}"] = result
-        print(f"pool {args.pool} {method}: sharpness {result['sharpness']:.2f}", flush=True)
-        out.write_text(json.dumps(rows, indent=1, default=float))
-        (RESULTS / "scale_study.md").write_text(markdown(rows))
-
+        for window in args.windows:
+            result = study.study_set(name, runs, args.fit_runs, args.heldout_runs, method, {"progress": False},
+                                     window)
+            heldout = runs.select_runs(study.window_runs(window, args.fit_runs, args.heldout_runs)[1])
+            result["sharpness"] = sharpness(result, heldout)
+            result["optimizer"] = args.optimizer
+            result["seed_floor"] = floor
+            rows[f"{name}_{method}" + (f"_window{window}" if window else "")] = result
+            print(f"pool {args.pool} {method} window {window}: sharpness {result['sharpness']:.2f}", flush=True)
+            out.write_text(json.dumps(rows, indent=1, default=float))
+            (RESULTS / "scale_study.md").write_text(markdown(rows))
 
 if __name__ == "__main__":
     main()
