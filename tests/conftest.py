@@ -1,18 +1,28 @@
-"""Shared test settings: everything offline, figures without a screen, no persistent JAX
-compilation cache; a local Ray instance; quiet ends of pytest-xdist workers."""
+"""Shared test settings: everything offline, figures without a screen, JAX's persistent
+compilation cache where torch is absent; a local Ray instance; quiet ends of pytest-xdist workers."""
 
+import importlib.util
 import logging
 import os
 import signal
+from importlib import metadata
+from pathlib import Path
 
 import pytest
 
-# No persistent compilation cache: with torch in the same process (every worker of the full suite
-# imports it while collecting tests/collect), writing JAX 0.10's cache crashed pytest-xdist workers
-# (a segfault in libgcc_s's unwinder under compilation_cache.put_executable_and_time), and a
-# crashed worker then hung the session. Compiling afresh cost nothing measurable: the full suite
-# took 915 s without the cache against 13-15 minutes with it.
-os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+# JAX's persistent compilation cache, only where torch is not installed (the core-only job). With
+# torch in the same process (every worker of the full suite imports it while collecting
+# tests/collect), writing JAX 0.10's cache crashed pytest-xdist workers (a segfault in libgcc_s's
+# unwinder under compilation_cache.put_executable_and_time), and a crashed worker then hung the
+# session; that suite takes about as long without the cache. Where it is on, compiled programs are
+# shared with the processes tests start (CLI subprocesses inherit the environment); entries are
+# keyed by the program and the JAX, jaxlib and XLA versions, one folder per JAX version.
+if importlib.util.find_spec("torch") is None:
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bayes-simfluence"
+                                                           / f"jax-{metadata.version('jax')}-compilation-tests"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+else:
+    os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
