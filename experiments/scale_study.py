@@ -17,8 +17,9 @@ width if the fit knew nothing, ``2 x 1.645 x sqrt(2) x`` the sd across held-out 
 retrained mean final loss (below 1: the intervals say something).
 
 The floor (:func:`seed_floor`) is the sharpness an oracle that knew each curriculum's expected
-outcome would reach: under Adam with dropout, seed noise sets it. Writes ``experiments/results/scale_study.{json,md}`` (rows kept across invocations, keyed by pool
-and method) and the runs to ``experiments/data/scale_POOL.npz``.
+outcome would reach: under Adam with dropout, seed noise sets it. Writes
+``experiments/results/scale_study.{json,md}`` (rows kept across invocations, keyed by pool, method
+and window) and the runs to ``experiments/data/scale_POOL.npz``.
 """
 
 from __future__ import annotations
@@ -141,6 +142,17 @@ def seed_floor(pool: int, n_tests: int, optimizer: str, seed: int = 0, n_curricu
     return float(np.sqrt(within / quantity.var(ddof=1)))
 
 
+#: how each ``--optimizer`` is named in the tables
+TRAINING = {"sgd": "plain SGD", "adam": "Adam + dropout"}
+
+
+def point_sharpness(row: dict) -> float:
+    """RMSE of a row's predicted mean differences over the sd of the retrained ones: about the
+    sharpness of intervals calibrated around the fit's own predictions."""
+    scores = row["predictive"]["new-run"]
+    return scores["diff_rmse"] / scores["diff_sd"]
+
+
 def markdown(rows: dict) -> str:
     lines = ["# Calibration at larger pools: coverage and sharpness", "",
              "`python experiments/scale_study.py --pool P --method M [--optimizer adam]`: a real MLP on random 80% "
@@ -154,11 +166,11 @@ def markdown(rows: dict) -> str:
     for row in sorted((r for r in rows.values() if not r.get("window")),
                       key=lambda r: (r["pool"], r.get("optimizer", "sgd"), r["method"])):
         p = row["predictive"]["new-run"]
-        training = {"sgd": "plain SGD", "adam": "Adam + dropout"}[row.get("optimizer", "sgd")]
+        training = TRAINING[row.get("optimizer", "sgd")]
         floor = "-" if row.get("seed_floor") is None else f"{row['seed_floor']:.2f}"
         lines.append(f"| {row['pool']} | {training} | {row['method']} ({row['path']}) | {row['fit_runs']} / {row['heldout_runs']} | "
                      f"{row['tests']} | {row['fit_seconds']:.0f} | {row['lds']:.3f} ({row['lds_linear']:.3f}) | "
-                     f"{p['diff_coverage_90']:.2f} | {p['diff_coverage_50']:.2f} | {row['sharpness']:.2f} ({floor}, {p['diff_rmse'] / p['diff_sd']:.2f}) | "
+                     f"{p['diff_coverage_90']:.2f} | {p['diff_coverage_50']:.2f} | {row['sharpness']:.2f} ({floor}, {point_sharpness(row):.2f}) | "
                      f"{p['brier']:.3f} | {p['ordering_accuracy']:.2f} ({p['pairs_gap']} pairs) |")
     return "\n".join(lines + windows_markdown(rows)) + "\n"
 
@@ -175,7 +187,7 @@ def windows_markdown(rows: dict) -> list[str]:
     scores = (("90% cover", lambda r: r["predictive"]["new-run"]["diff_coverage_90"]),
               ("50% cover", lambda r: r["predictive"]["new-run"]["diff_coverage_50"]),
               ("sharpness", lambda r: r["sharpness"]),
-              ("point", lambda r: r["predictive"]["new-run"]["diff_rmse"] / r["predictive"]["new-run"]["diff_sd"]),
+              ("point", point_sharpness),
               ("Brier", lambda r: r["predictive"]["new-run"]["brier"]),
               ("ordering", lambda r: r["predictive"]["new-run"]["ordering_accuracy"]),
               ("LDS", lambda r: r["lds"]), ("LDS linear", lambda r: r["lds_linear"]))
@@ -188,8 +200,7 @@ def windows_markdown(rows: dict) -> list[str]:
         for _, score in scores:
             values = np.array([score(r) for r in found])
             cells.append(f"{values.mean():.2f} ({values.min():.2f}-{values.max():.2f})")
-        training = {"sgd": "plain SGD", "adam": "Adam + dropout"}[optimizer]
-        lines.append(f"| {pool} | {training} | {method} | {len(found)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {pool} | {TRAINING[optimizer]} | {method} | {len(found)} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -232,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"pool {args.pool} {method} window {window}: sharpness {result['sharpness']:.2f}", flush=True)
             out.write_text(json.dumps(rows, indent=1, default=float))
             (RESULTS / "scale_study.md").write_text(markdown(rows))
+
 
 if __name__ == "__main__":
     main()

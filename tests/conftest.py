@@ -21,6 +21,8 @@ if importlib.util.find_spec("torch") is None:
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "bayes-simfluence"
                                                            / f"jax-{metadata.version('jax')}-compilation-tests"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    if importlib.util.find_spec("filelock") is not None:  # JAX evicts old entries only with filelock
+        os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 * 1024**3))
 else:
     os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

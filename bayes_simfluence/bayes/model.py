@@ -120,7 +120,6 @@ from bayes_simfluence.rollout import batch_sums, remembered
 from bayes_simfluence.settings import LIKELIHOODS, MEMORIES, VARIANTS
 
 
-
 @dataclass(frozen=True)
 class ModelConfig:
     """Structure and hyperprior scales of the model (all on the standardised scale).
