@@ -54,57 +54,50 @@ def design(curricula: np.ndarray, losses: np.ndarray, baseline: np.ndarray) -> D
                   np.ascontiguousarray(target.T))
 
 
+#: the effect blocks of each variant, in the order of the features: ``a`` (its batch sum multiplies
+#: ``L_{t-1}``), then ``B`` (its batch sum adds). With :func:`block_weights` this is the one
+#: definition of the expected change's shape ``(sum a) L_{t-1} + sum B`` that the ridge, the exact,
+#: grid and Krylov backends and the feature prior build their design from.
+BLOCKS: dict[str, tuple[str, ...]] = {"linear": ("a", "B"), "additive": ("B",), "multiplicative": ("a",)}
+
+
+def block_weights(previous: Array, variant: str) -> list[Array]:
+    """What multiplies each block's batch sum in the expected change: ``previous`` (``L_{t-1}``, any
+    shape) for ``a``, ones for ``B``; one array per block of ``BLOCKS[variant]``."""
+    return [previous if block == "a" else jnp.ones_like(previous) for block in BLOCKS[variant]]
+
+
 def n_features_of(variant: str, n_train: int) -> int:
-    """Features per test example: ``[a (n_train), B (n_train)]`` for the linear variant, one block otherwise."""
-    return 2 * n_train if variant == "linear" else n_train
-
-
-def _parts(variant: str) -> tuple[bool, bool]:
-    """Which blocks of features a variant has: ``(multiplicative, additive)``."""
-    return variant != "additive", variant != "multiplicative"
+    """Features per test example: ``n_train`` per block of ``BLOCKS[variant]`` (``[a, B]`` for ``linear``)."""
+    return len(BLOCKS[variant]) * n_train
 
 
 def _forward(w: Array, slots: Array, previous: Array, n_train: int, variant: str) -> Array:
     """``X w`` ``[rows]`` for one test example (``w [features]``)."""
-    has_a, has_b = _parts(variant)
     filled = slots >= 0
     index = jnp.where(filled, slots, 0)
-    out = jnp.zeros(slots.shape[0], w.dtype)
-    if has_a:
-        out = out + previous * jnp.where(filled, w[:n_train][index], 0.0).sum(-1)
-    if has_b:
-        out = out + jnp.where(filled, w[-n_train:][index], 0.0).sum(-1)
-    return out
+    return sum(weight * jnp.where(filled, w[k * n_train:(k + 1) * n_train][index], 0.0).sum(-1)
+               for k, weight in enumerate(block_weights(previous, variant)))
 
 
 def _transpose(r: Array, slots: Array, previous: Array, n_train: int, variant: str) -> Array:
     """``X^T r`` ``[features]`` for one test example (``r [rows]``)."""
-    has_a, has_b = _parts(variant)
     filled = slots >= 0
     index = jnp.where(filled, slots, 0).reshape(-1)
     weights = jnp.where(filled, r[:, None], 0.0)  # [rows, batch]
-    blocks = []
-    if has_a:
-        blocks.append(jnp.zeros(n_train, r.dtype).at[index].add((weights * previous[:, None]).reshape(-1)))
-    if has_b:
-        blocks.append(jnp.zeros(n_train, r.dtype).at[index].add(weights.reshape(-1)))
-    return jnp.concatenate(blocks)
+    return jnp.concatenate([jnp.zeros(n_train, r.dtype).at[index].add((weights * weight[:, None]).reshape(-1))
+                            for weight in block_weights(previous, variant)])
 
 
 def _diagonal(slots: Array, previous: Array, n_train: int, variant: str) -> Array:
     """The exact diagonal of ``X^T X`` ``[features]``: ``sum_rows n_{row,i}^2 (L_{t-1}^2 or 1)``; each of
     the ``n`` slots an example fills in a row adds ``n`` times its square."""
-    has_a, has_b = _parts(variant)
     filled = slots >= 0
     repeats = (slots[:, :, None] == slots[:, None, :]).sum(-1)  # [rows, batch] slots holding the same example
     weights = jnp.where(filled, repeats, 0).astype(previous.dtype)
     index = jnp.where(filled, slots, 0).reshape(-1)
-    blocks = []
-    if has_a:
-        blocks.append(jnp.zeros(n_train, previous.dtype).at[index].add((weights * previous[:, None] ** 2).reshape(-1)))
-    if has_b:
-        blocks.append(jnp.zeros(n_train, previous.dtype).at[index].add(weights.reshape(-1)))
-    return jnp.concatenate(blocks)
+    return jnp.concatenate([jnp.zeros(n_train, previous.dtype).at[index].add((weights * weight[:, None] ** 2).reshape(-1))
+                            for weight in block_weights(previous, variant)])
 
 
 @partial(jax.jit, static_argnames=("n_train", "variant"))

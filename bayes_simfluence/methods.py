@@ -18,7 +18,7 @@ import numpy as np
 from bayes_simfluence.runs import Runs, member, open_archive
 from bayes_simfluence.simulators import MeanTrajectory, SimfluenceLinear, Simulator
 from bayes_simfluence.stacking import KIND as STACKED_KIND
-from bayes_simfluence.stacking import StackedSimulator
+from bayes_simfluence.stacking import FOLDS, StackedSimulator, fit_stacked
 from bayes_simfluence import settings
 from bayes_simfluence.validation import InputError
 
@@ -121,13 +121,22 @@ def fit_method(name: str, train: Runs, context: FitContext | None = None) -> Sim
 
     Options in ``context`` that this method does not read are refused (use
     :func:`options_for` to pass one method its share of a set meant for several); the others are
-    parsed, here and only here (:func:`bayes_simfluence.settings.parse`), for the method.
+    parsed, here and only here (:func:`bayes_simfluence.settings.parse`), for the method. With
+    ``guard`` a non-Bayesian method is stacked with the curriculum-blind model by held-out roll-outs
+    (:func:`bayes_simfluence.stacking.fit_stacked`, ``guard_folds`` folds); the Bayesian methods
+    run their own guard.
     """
     context = context or FitContext()
     check_options([name], context.options)
     check_fittable(train)
     parsed = {key: settings.parse(key, value) for key, value in context.options.items()}
-    return _METHODS[name](train, FitContext(context.train_path, context.seed, parsed))
+    if name in settings.BAYES:  # the Bayesian fit runs its own guard (its residuals become the discrepancy)
+        return _METHODS[name](train, FitContext(context.train_path, context.seed, parsed))
+    use_guard, folds = parsed.pop("guard", False), parsed.pop("guard_folds", FOLDS)
+    own = FitContext(context.train_path, context.seed, parsed)
+    if not use_guard:
+        return _METHODS[name](train, own)
+    return fit_stacked(lambda runs: _METHODS[name](runs, own), train, folds)
 
 
 #: a pool this much larger than the part of it the runs use (and above :data:`UNUSED_POOL_MIN`) is

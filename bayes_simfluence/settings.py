@@ -25,6 +25,9 @@ BAYES_BACKENDS = tuple(spec.name for spec in BACKENDS.values())
 BAYES = ("bayes", *BAYES_BACKENDS)
 POINT = ("linear", "additive", "multiplicative")
 SCORES = ("tracin", "influence", "influence-cg", "trak")
+#: the methods the guard (held-out stacking with the curriculum-blind model) can wrap: all but
+#: the blind model itself
+STACKABLE = (*BAYES, *POINT, *SCORES)
 #: the model's choices (:class:`bayes_simfluence.bayes.model.ModelConfig`), defined here where the
 #: CLI can read them without importing JAX: which effects, the per-step noise, the optimiser memory.
 VARIANTS = ("linear", "additive", "multiplicative")
@@ -127,9 +130,10 @@ class Settings(TypedDict, total=False):
                                        "test examples whose statistics are built at once", minimum=1)]
     # the fitting procedure
     progress: Annotated[bool, Setting("fit", BAYES, "progress bars", default="true")]
-    guard: Annotated[bool, Setting("fit", BAYES, "stack with the curriculum-blind model by held-out-run roll-out "
-                                   "error; its held-out residuals become a new run's discrepancy", default="true")]
-    guard_folds: Annotated[int, Setting("fit", BAYES, "the guard's folds of the runs", minimum=2, default="4")]
+    guard: Annotated[bool, Setting("fit", STACKABLE, "stack with the curriculum-blind model by held-out-run "
+                                   "roll-out error; for a Bayesian method its held-out residuals become a new "
+                                   "run's discrepancy", default="true (Bayesian methods), false (the others)")]
+    guard_folds: Annotated[int, Setting("fit", STACKABLE, "the guard's folds of the runs", minimum=2, default="4")]
     guard_steps: Annotated[int, Setting("fit", ("bayes", "bayes-svi"), "SVI steps of each of the guard's "
                                         "cross-fits", minimum=1, default="num_steps (as many as the final fit)")]
     guard_workers: Annotated[int, Setting("fit", ("bayes", "bayes-svi"), "the guard's cross-fits run at once",

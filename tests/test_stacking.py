@@ -158,3 +158,46 @@ def test_the_protocols_say_what_a_simulator_can_do(noiseless):
     report = {"mean_weight": 0.5, "blind": "curriculum-blind"}
     assert fit_report(stack(linear, blind, np.full(3, 0.5), {"guard": report})) == {
         "ridge": 0.5, "guard": report, "guard_weight": 0.5}
+
+
+def seeded_runs_without_effects(n_runs: int, seed: int, n_train: int = 40, n_tests: int = 4, n_steps: int = 30) -> Runs:
+    """No example moves any loss: every run decays at a shared rate times a run-level factor (as
+    seeds and data order give) plus step noise, from the same initial losses."""
+    rng = np.random.default_rng(seed)
+    curricula = np.stack([np.stack([rng.choice(n_train, 4, replace=False) for _ in range(n_steps)])
+                          for _ in range(n_runs)])
+    rate = 0.02 * rng.uniform(0.5, 1.5, (n_runs, 1))
+    losses = np.empty((n_runs, n_steps + 1, n_tests))
+    losses[:, 0] = np.linspace(1.0, 2.0, n_tests)
+    for t in range(n_steps):
+        losses[:, t + 1] = losses[:, t] * (1.0 - rate) + 0.004 * rng.standard_normal((n_runs, n_tests))
+    return Runs.create(curricula, losses, n_train=n_train)
+
+
+def test_the_guard_option_stacks_any_method_from_python_and_the_cli(tmp_path: Path, capsys):
+    """``guard=True`` (``-o guard=true``) on a non-Bayesian method is held-out stacking with the blind
+    model: where examples do nothing, a barely regularised ridge fit credits them with the runs'
+    rates and noise; the guard takes weight away from it (all of it for half the test examples
+    here), and fresh runs of the generating process are predicted better than by the unguarded fit."""
+    import bayes_simfluence as bsf
+    from bayes_simfluence.cli import main
+
+    runs, fresh = seeded_runs_without_effects(24, seed=3), seeded_runs_without_effects(16, seed=4)
+    plain = bsf.fit(runs, "linear", ridge=1e-6)
+    guarded = bsf.fit(runs, "linear", ridge=1e-6, guard=True, guard_folds=3)
+    assert type(guarded) is StackedSimulator and guarded.info["guard"]["folds"] == 3
+    assert guarded.weight.mean() < 0.5 and np.sum(guarded.weight == 0) >= 2, guarded.weight
+
+    def fresh_mse(simulator) -> float:
+        return score_simulator(simulator, fresh)["all_steps_mse"]
+
+    assert fresh_mse(guarded) < 0.95 * fresh_mse(plain)
+    path = tmp_path / "runs.npz"
+    runs.save(path)
+    assert main(["fit", "--train", str(path), "-m", "linear", "-o", "ridge=1e-6", "-o", "guard=true",
+                 "--out", str(tmp_path / "guarded.npz")]) == 0
+    assert "guard: on 24 held-out training runs (4 folds)" in capsys.readouterr().out
+    np.testing.assert_allclose(load_simulator(tmp_path / "guarded.npz").weight, bsf.fit(runs, "linear", ridge=1e-6,
+                                                                                         guard=True).weight)
+    with pytest.raises(Exception, match="guard"):
+        bsf.fit(runs, "mean", guard=True)

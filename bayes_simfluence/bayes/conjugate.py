@@ -43,6 +43,7 @@ from bayes_simfluence.bayes.chunking import chunked
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.budget import check as check_memory
+from bayes_simfluence.design import block_weights
 
 
 class DriftSystem(NamedTuple):
@@ -154,12 +155,6 @@ def _count_sums(slots: Array, weight: Array, n_train: int, per_step: bool) -> Ar
     return jnp.zeros((slots.shape[1], n_train + 1), weight.dtype).at[steps, slots].add(values)[:, :n_train]
 
 
-def _block_weights(previous: Array, variant: str) -> list[Array]:
-    """Each block's feature value per (run, step): ``L_{t-1}`` for ``a``, 1 for ``B``."""
-    return (([previous] if variant != "additive" else [])
-            + ([jnp.ones_like(previous)] if variant != "multiplicative" else []))
-
-
 def _gram(slots: Array, previous: Array, plain: Array | None, variant: str, n_train: int) -> Array:
     """``X^T X`` of one test example; ``plain = C^T C`` (the ``B`` block, shared by every test example)."""
     if variant == "additive":
@@ -174,7 +169,7 @@ def _gram(slots: Array, previous: Array, plain: Array | None, variant: str, n_tr
 def _test_equations(previous: Array, change: Array, slots: Array, plain: Array | None, banded: Array | None,
                     variant: str, n_train: int) -> tuple[Array, Array, Array]:
     """``(G, b, y^T Omega^{-1} y)`` of one test example from ``previous, change [runs, steps]``."""
-    weights = _block_weights(previous, variant)
+    weights = block_weights(previous, variant)
     gram = _gram(slots, previous, plain, variant, n_train)
     moment = jnp.concatenate([_count_sums(slots, w * change, n_train, False) for w in weights])
     target_sq = jnp.sum(change**2)

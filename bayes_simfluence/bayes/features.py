@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from bayes_simfluence.design import BLOCKS
 from bayes_simfluence.runs import Runs
 
 
@@ -69,8 +70,7 @@ def add_feature_effects(draws: dict[str, np.ndarray], coefficients: np.ndarray, 
     """
     per_feature = coefficients / column_scale
     k = features.shape[-1]
-    blocks = {"linear": ("a", "B"), "additive": ("B",), "multiplicative": ("a",)}[variant]
-    for index, block in enumerate(blocks):
+    for index, block in enumerate(BLOCKS[variant]):
         beta = per_feature[..., index * k:(index + 1) * k]
         draws[block] = draws[block] + np.einsum("mik,dmk->dmi", features, beta)
         draws[f"feature_{block}"] = beta

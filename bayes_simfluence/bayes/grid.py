@@ -80,6 +80,7 @@ from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.bayes.run_state import RunState, host_features
 from bayes_simfluence.rollout import geometric_memory
 from bayes_simfluence.budget import check as check_memory
+from bayes_simfluence.design import block_weights
 from bayes_simfluence.validation import InputError
 
 #: range of ``v = log(s / sigma)`` on the coarse grid
@@ -215,9 +216,9 @@ def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array
 
 
 def _blocks_of(previous: Array, sums: Array, variant: str) -> list[Array]:
-    """The design's blocks from remembered sums ``[runs, steps, n]``: ``L_{t-1}`` times them for ``a``, them for ``B``."""
-    return {"linear": [previous[..., None] * sums, sums], "additive": [sums],
-            "multiplicative": [previous[..., None] * sums]}[variant]
+    """The design's blocks from remembered sums ``[runs, steps, n]`` and ``previous [runs, steps]``
+    (:func:`~bayes_simfluence.design.block_weights`)."""
+    return [weight[..., None] * sums for weight in block_weights(previous, variant)]
 
 
 def feature_columns(previous: Array, projected: Array, variant: str) -> tuple[Array, Array]:

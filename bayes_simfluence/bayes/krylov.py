@@ -65,7 +65,7 @@ from bayes_simfluence.bayes.inference import FitResult
 from bayes_simfluence.bayes.model import ModelConfig, drift_bands
 from bayes_simfluence.bayes.run_state import RunState
 from bayes_simfluence.budget import check as check_memory
-from bayes_simfluence.design import n_features_of
+from bayes_simfluence.design import block_weights, n_features_of
 from bayes_simfluence.rollout import geometric_memory
 
 #: Lanczos steps per quadrature (Gauss rules of this many nodes; as many as features where the
@@ -180,24 +180,20 @@ def _scatter(u: Array, shared: Shared, static: Static) -> Array:
     return jnp.zeros(static.n_train, u.dtype).at[jnp.where(filled, shared.slots, 0).reshape(-1)].add(values)
 
 
-def _blocks(static: Static) -> tuple[bool, bool]:
-    return static.variant != "additive", static.variant != "multiplicative"
-
-
 def _x(w: Array, previous: Array, decay: Array, shared: Shared, static: Static) -> Array:
-    """``X w`` ``[runs, steps]``: remembered batch sums, times ``L_{t-1}`` for ``a``."""
-    has_a, has_b = _blocks(static)
+    """``X w`` ``[runs, steps]``: remembered batch sums of each block of ``w``, times its weight
+    (:func:`~bayes_simfluence.design.block_weights`)."""
     n = static.n_train
-    sums = jnp.stack(([_gather(w[:n], shared, static)] if has_a else []) + ([_gather(w[-n:], shared, static)] if has_b else []))
+    weights = block_weights(previous, static.variant)
+    sums = jnp.stack([_gather(w[k * n:(k + 1) * n], shared, static) for k in range(len(weights))])
     if static.memory:
         sums = geometric_memory(sums, decay)
-    return (previous * sums[0] if has_a else 0.0) + (sums[-1] if has_b else 0.0)
+    return sum(weight * part for weight, part in zip(weights, sums))
 
 
 def _xt(r: Array, previous: Array, decay: Array, shared: Shared, static: Static) -> Array:
     """``X^T r`` ``[features]`` for ``r [runs, steps]``."""
-    has_a, has_b = _blocks(static)
-    parts = jnp.stack(([previous * r] if has_a else []) + ([r] if has_b else []))
+    parts = jnp.stack([weight * r for weight in block_weights(previous, static.variant)])
     if static.memory:
         parts = _filter_adjoint(parts, decay)
     return jnp.concatenate([_scatter(p, shared, static) for p in parts])
@@ -207,11 +203,9 @@ def _diagonal(previous: Array, decay: Array, shared: Shared, static: Static) -> 
     """An approximation of ``diag(X^T X)`` ``[features]`` for the preconditioner: exact without memory
     (repeated slots counted once per slot), else scaled by ``(1 - decay) / (1 + decay)``, the
     kernel's squared mass."""
-    has_a, has_b = _blocks(static)
-    weight = (1.0 - decay) / (1.0 + decay) if static.memory else 1.0
-    square = previous**2
-    parts = ([square] if has_a else []) + ([jnp.ones_like(previous)] if has_b else [])
-    return weight * jnp.concatenate([_scatter(p, shared, static) for p in parts])
+    mass = (1.0 - decay) / (1.0 + decay) if static.memory else 1.0
+    return mass * jnp.concatenate([_scatter(weight**2, shared, static)
+                                   for weight in block_weights(previous, static.variant)])
 
 
 def _omega_inverse(v: Array, shared: Shared, static: Static) -> Array:

@@ -367,7 +367,8 @@ def options_markdown() -> str:
             meta = settings.setting(key)
             if meta.group != group:
                 continue
-            readers = "every Bayesian method" if meta.methods == settings.BAYES else ", ".join(meta.methods)
+            readers = {settings.BAYES: "every Bayesian method", settings.STACKABLE: "every method but `mean`"}.get(
+                meta.methods, ", ".join(meta.methods))
             lines.append(f"| `{key}` | {settings.type_text(key)} | {default_text[key]} | {readers} | {meta.help} |")
         lines.append("")
     return "\n".join(lines)

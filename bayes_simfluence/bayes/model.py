@@ -116,6 +116,7 @@ import numpyro
 import numpyro.distributions as dist
 from jax import Array
 
+from bayes_simfluence.design import BLOCKS
 from bayes_simfluence.rollout import batch_sums, remembered
 from bayes_simfluence.settings import LIKELIHOODS, MEMORIES, VARIANTS
 
@@ -193,11 +194,11 @@ class ModelConfig:
 
     @property
     def has_multiplicative(self) -> bool:
-        return self.variant != "additive"
+        return "a" in BLOCKS[self.variant]
 
     @property
     def has_additive(self) -> bool:
-        return self.variant != "multiplicative"
+        return "B" in BLOCKS[self.variant]
 
     @property
     def has_memory(self) -> bool:

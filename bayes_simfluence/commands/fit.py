@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     ridge_note = f", ridge {ridge:.4g}" if ridge is not None else ""
     path = getattr(simulator, "name", args.method)
     reason = info.get("chosen_by", "").removeprefix("bayes: ")
-    path_note = f" (as {path}: {reason})" if path != args.method else ""
+    path_note = f" (as {path}{': ' + reason if reason else ''})" if path != args.method else ""
     print(f"fitted '{args.method}'{path_note} on {train} in {seconds:.1f} s{ridge_note}; saved to {args.out}")
     unused = info.get("unused_options")
     if unused is not None:
