@@ -61,10 +61,11 @@ def design(curricula: np.ndarray, losses: np.ndarray, baseline: np.ndarray) -> D
 BLOCKS: dict[str, tuple[str, ...]] = {"linear": ("a", "B"), "additive": ("B",), "multiplicative": ("a",)}
 
 
-def block_weights(previous: Array, variant: str) -> list[Array]:
+def block_weights(previous: Array | np.ndarray, variant: str) -> list[Array | np.ndarray]:
     """What multiplies each block's batch sum in the expected change: ``previous`` (``L_{t-1}``, any
-    shape) for ``a``, ones for ``B``; one array per block of ``BLOCKS[variant]``."""
-    return [previous if block == "a" else jnp.ones_like(previous) for block in BLOCKS[variant]]
+    shape; a JAX or a NumPy array) for ``a``, ones for ``B``; one array per block of ``BLOCKS[variant]``."""
+    ones = jnp.ones_like if isinstance(previous, jax.Array) else np.ones_like
+    return [previous if block == "a" else ones(previous) for block in BLOCKS[variant]]
 
 
 def n_features_of(variant: str, n_train: int) -> int:

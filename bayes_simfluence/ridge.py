@@ -123,25 +123,13 @@ def normal_equations(
     baseline = step_baseline(curricula, variant, centring).reshape(-1, 1)
     target = losses[:, 1:, :].reshape(-1, losses.shape[2]) - baseline * previous
     counts_t = counts.T.tocsr()
-    plain_gram = (counts_t @ counts).toarray()
 
     grams, moments = [], []
     for m in range(losses.shape[2]):
-        prev_m, target_m = previous[:, m], target[:, m]
-        weighted_t = counts_t.multiply(prev_m[None, :]).tocsr()  # [n_train, rows] rows scaled by L_{t-1}
-        if variant == "additive":
-            grams.append(plain_gram)
-            moments.append(counts_t @ target_m)
-            continue
-        mult_gram = (weighted_t.multiply(prev_m[None, :]) @ counts).toarray()
-        mult_moment = weighted_t @ target_m
-        if variant == "multiplicative":
-            grams.append(mult_gram)
-            moments.append(mult_moment)
-            continue
-        cross = (weighted_t @ counts).toarray()
-        grams.append(np.block([[mult_gram, cross], [cross.T, plain_gram]]))
-        moments.append(np.concatenate([mult_moment, counts_t @ target_m]))
+        weights = design.block_weights(previous[:, m], variant)  # [rows] per block: L_{t-1} for a, 1 for B
+        grams.append(np.block([[(counts_t.multiply((wk * wl)[None, :]) @ counts).toarray() for wl in weights]
+                               for wk in weights]))
+        moments.append(np.concatenate([counts_t @ (wk * target[:, m]) for wk in weights]))
     return NormalEquations(
         gram=np.stack(grams),
         moment=np.stack(moments),
