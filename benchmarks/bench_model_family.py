@@ -19,21 +19,16 @@ import argparse
 import json
 import platform
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).parent / "results"
-N_RUNS, N_STEPS, BATCH, N_TESTS, HELDOUT = 32, 500, 16, 32, 8
+from bench_ridge_scale import BATCH, HELDOUT, N_RUNS, N_STEPS, N_TESTS, RESULTS, model_family_runs
 
 
 def measure(n_train: int) -> dict:
     """Fit the default ``bayes`` on one pool size; its choice, guard and held-out scores."""
     import bayes_simfluence as bsf
     from bayes_simfluence.evaluation import score_simulator
-    from bayes_simfluence.synthetic import synthetic_runs
 
-    runs, _ = synthetic_runs(n_train=n_train, n_tests=N_TESTS, n_runs=N_RUNS, n_steps=N_STEPS, batch_size=BATCH,
-                             effect_scale=0.05, noise_scale=0.005, seed=0)
-    train, held = runs.split(HELDOUT)
+    train, held = model_family_runs(n_train)
     start = time.perf_counter()
     posterior = bsf.fit(train, method="bayes")
     seconds = time.perf_counter() - start

@@ -30,17 +30,23 @@ N_TRAINS = (1000, 10000)
 N_RUNS, N_STEPS, BATCH, N_TESTS, HELDOUT = 32, 500, 16, 32, 8
 
 
+def model_family_runs(n_train: int):
+    """``(train, held)``: the benchmark's runs drawn from Simfluence-Linear, the last ``HELDOUT`` held out."""
+    from bayes_simfluence.synthetic import synthetic_runs
+
+    runs, _ = synthetic_runs(n_train=n_train, n_tests=N_TESTS, n_runs=N_RUNS, n_steps=N_STEPS, batch_size=BATCH,
+                             effect_scale=0.05, noise_scale=0.005, seed=0)
+    return runs.split(HELDOUT)
+
+
 def measure(n_train: int) -> dict:
     """Fit ``linear`` on one pool size in this process; time, memory, ridge and held-out scores."""
     import numpy as np
 
     from bayes_simfluence import ridge
     from bayes_simfluence.simulators import SimfluenceLinear
-    from bayes_simfluence.synthetic import synthetic_runs
 
-    runs, _ = synthetic_runs(n_train=n_train, n_tests=N_TESTS, n_runs=N_RUNS, n_steps=N_STEPS, batch_size=BATCH,
-                             effect_scale=0.05, noise_scale=0.005, seed=0)
-    train, held = runs.split(HELDOUT)
+    train, held = model_family_runs(n_train)
     start = time.perf_counter()
     linear = SimfluenceLinear().fit(train)
     seconds = time.perf_counter() - start
