@@ -155,10 +155,12 @@ class RunExecutor:
         self.config = config
         self.curricula = curricula  # [runs, optimiser steps, batch]
         self.train_examples, self.test_examples, self.label_names = configured_examples(config)
-        self.model, tokenizer = load_model(config.model, config.task, max(len(self.label_names), 2),
-                                           config.init_seed, config.dropout)
-        self.train_encoded = encode(self.train_examples, tokenizer, config.max_length)
-        self.test_encoded = encode(self.test_examples, tokenizer, config.max_length)
+        self.model, self.tokenizer = load_model(config.model, config.task, max(len(self.label_names), 2),
+                                                config.init_seed, config.dropout)
+        self.train_encoded = encode(self.train_examples, self.tokenizer, config.max_length)
+        # the examples the scores cover: the pool, followed by any added with add_scored_examples
+        self.scored_examples, self.scored_encoded = self.train_examples, self.train_encoded
+        self.test_encoded = encode(self.test_examples, self.tokenizer, config.max_length)
         self.evaluate = LossEvaluator(self.test_encoded, config.eval_batch_size)
         self.trainable_names = select_parameters(self.model, config.trainable)
         self.parameters = set_trainable(self.model, self.trainable_names)
@@ -167,12 +169,18 @@ class RunExecutor:
         self.n_steps = curricula.shape[1]
         self.learning_rates = learning_rates(config.optim, self.n_steps)
 
+    def add_scored_examples(self, added: Examples) -> None:
+        """Score ``added`` too (after the pool, on the same footing); no run trains on them
+        (:mod:`.added_examples`)."""
+        self.scored_examples = self.train_examples.followed_by(added)
+        self.scored_encoded = encode(self.scored_examples, self.tokenizer, self.config.max_length)
+
     def checkpoint_steps(self) -> np.ndarray:
         every = self.config.checkpoint_every or max(1, self.n_steps // 4)
         return np.arange(0, self.n_steps, every)
 
     def _scores_now(self) -> dict[str, tuple[np.ndarray, float]]:
-        """``{method: ([tests, n_train] pair scores, seconds taken)}`` at the current weights.
+        """``{method: ([tests, scored examples] pair scores, seconds taken)}`` at the current weights.
 
         ``influence`` is this package's (exact damped Gauss-Newton, :mod:`.influence`); the
         others come from dattri (:mod:`.dattri_scores`).
@@ -183,11 +191,11 @@ class RunExecutor:
             start = time.perf_counter()
             if method == "influence":
                 test_gradients = loss_gradients(self.model, self.test_encoded, self.score_names)
-                train_gradients, curvature = train_gradients_and_curvature(self.model, self.train_encoded,
+                train_gradients, curvature = train_gradients_and_curvature(self.model, self.scored_encoded,
                                                                            self.score_names)
                 scores = influence_scores(test_gradients, train_gradients, curvature, damping)
             else:
-                scores = dattri_scores(self.model, self.train_encoded, self.test_encoded, self.score_names,
+                scores = dattri_scores(self.model, self.scored_encoded, self.test_encoded, self.score_names,
                                        (method,), damping)[method]
             results[method] = (scores, time.perf_counter() - start)
         return results
@@ -419,20 +427,25 @@ def _assemble(executor: RunExecutor, partial: Path, out: Path) -> Runs:
         n_train=len(executor.train_examples), train_ids=executor.train_examples.ids,
         test_ids=executor.test_examples.ids, meta=executor.meta(), source=str(out))
     if config.scores:
-        reference = results[config.reference_run]
-        rates = executor.learning_rates.reshape(-1, config.eval_every).mean(axis=1)
-        damping = config.damping or default_damping(executor.learning_rates)
-        score_sets = [
-            ScoreSet(method, reference[method], executor.checkpoint_steps(), rates, config.eval_every,
-                     runs.train_ids, runs.test_ids,
-                     {"score_params": config.score_params, "reference_run": config.reference_run,
-                      "optimizer": config.optim.optimizer, "model": config.model,
-                      # absent for a reference run finished before timings were recorded (resumed)
-                      **({"seconds": round(float(reference[f"{method}_seconds"]), 3)}
-                         if f"{method}_seconds" in reference else {}),
-                      **({"damping": damping} if method in ("influence", "influence-cg") else {})})
-            for method in config.scores
-        ]
-        save_scores(scores_path_for(out), score_sets)
+        save_scores(scores_path_for(out), reference_score_sets(executor, results[config.reference_run]))
     runs.save(out)
     return runs
+
+
+def reference_score_sets(executor: RunExecutor, reference: dict[str, np.ndarray]) -> list[ScoreSet]:
+    """One :class:`ScoreSet` per scored method from the reference run's result (:meth:`RunExecutor.run`),
+    over the executor's scored examples (the pool, then any added examples) and its test examples."""
+    config = executor.config
+    rates = executor.learning_rates.reshape(-1, config.eval_every).mean(axis=1)
+    damping = config.damping or default_damping(executor.learning_rates)
+    return [
+        ScoreSet(method, reference[method], executor.checkpoint_steps(), rates, config.eval_every,
+                 np.asarray(executor.scored_examples.ids), np.asarray(executor.test_examples.ids),
+                 {"score_params": config.score_params, "reference_run": config.reference_run,
+                  "optimizer": config.optim.optimizer, "model": config.model,
+                  # absent for a reference run finished before timings were recorded (resumed)
+                  **({"seconds": round(float(reference[f"{method}_seconds"]), 3)}
+                     if f"{method}_seconds" in reference else {}),
+                  **({"damping": damping} if method in ("influence", "influence-cg") else {})})
+        for method in config.scores
+    ]

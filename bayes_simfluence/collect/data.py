@@ -53,6 +53,19 @@ class Examples:
             None if self.targets is None else [self.targets[i] for i in indices],
         )
 
+    def followed_by(self, other: "Examples") -> "Examples":
+        """These examples, then ``other``'s (same task), as one set; ids must stay unique."""
+        if other.task != self.task:
+            raise ValueError(f"cannot join {other.task} examples to {self.task} ones")
+        clashes = sorted(set(self.ids) & set(other.ids))
+        if clashes:
+            raise ValueError(f"example ids {clashes[:5]} are already in the training pool; ids must be unique")
+        return Examples(
+            self.task, self.ids + other.ids, self.texts + other.texts,
+            None if self.labels is None else np.concatenate([self.labels, other.labels]),
+            None if self.targets is None else self.targets + other.targets,
+        )
+
 
 def load_table(source: Any) -> datasets.Dataset:
     """A ``datasets.Dataset`` from a Dataset, a saved dataset directory or a json/jsonl/csv/parquet file."""
@@ -146,3 +159,28 @@ def load_examples(train: Any, test: Any, task: str = "classification", text_fiel
         for split, table in tables.items()
     }
     return built["train"], built["test"], vocabulary
+
+
+def load_added_examples(source: Any, task: str, label_names: list, text_field: str = "text",
+                        label_field: str = "label", prompt_field: str = "prompt", target_field: str = "target",
+                        id_field: str | None = None) -> Examples:
+    """Training examples to add to a collected pool, read like the pool (``task``'s fields).
+
+    Labels are mapped with the collection's ``label_names`` (a label it never saw is an error: the
+    model's head has no class for it); without ``id_field`` the ids are ``"new_<row>"``.
+    """
+    table = load_table(source)
+    name = str(source) if not isinstance(source, datasets.Dataset) else "added dataset"
+    if len(table) == 0:
+        raise ValueError(f"{name}: no examples")
+    ids = _ids(table, id_field, "new", name)
+    if task == "causal-lm":
+        return Examples(task, ids, [str(v) for v in _column(table, prompt_field, "prompt", name)],
+                        targets=[str(v) for v in _column(table, target_field, "target", name)])
+    labels = _column(table, label_field, "label", name)
+    index = {value: position for position, value in enumerate(label_names)}
+    unknown = sorted({str(value) for value in labels if value not in index})
+    if unknown:
+        raise ValueError(f"{name}: label(s) {unknown[:5]} are not among the collection's labels {label_names}")
+    return Examples(task, ids, [str(v) for v in _column(table, text_field, "text", name)],
+                    labels=np.array([index[value] for value in labels], dtype=np.int64))

@@ -30,6 +30,10 @@ EXAMPLES = """examples:
   bayes-simfluence collect --model /shared/my-bert --train /shared/train.jsonl --test /shared/test.jsonl \
       --runs 64 --ray auto --workers 8 --gpus-per-run 0.25 --out runs.npz
 
+  # later: training examples no run used (new.jsonl), scored like the pool on the reference run replayed;
+  # writes runs+new.npz (pool, then the new examples) and runs+new.scores.npz
+  bayes-simfluence collect ...the same arguments... --scores tracin --out runs.npz --features-for new.jsonl
+
 Interrupted? Run the same command again: finished runs are kept in OUT.partial/ and only the
 runs in progress are redone. --model must be a local directory or a model already in the local
 Hugging Face cache (nothing is downloaded). Scores go to the companion OUT.scores.npz, which
@@ -96,6 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     scores.add_argument("--checkpoint-every", type=positive_int, help="optimiser steps between checkpoints (default: 4 checkpoints)")
     scores.add_argument("--reference-run", type=nonnegative_int, default=0)
     scores.add_argument("--damping", type=float, help="damping of influence and influence-cg (default 1 / sum of learning rates)")
+    scores.add_argument("--features-for", type=Path, metavar="NEW",
+                        help="after the collection: score the training examples of NEW (read like --train) with "
+                             "the pool on the reference run, replayed; writes OUT+NEW.npz (the pool followed by "
+                             "them, the same runs) and its scores, for 'features' and curricula with new data")
     output = parser.add_argument_group("output and execution")
     output.add_argument("--out", required=True, type=output_file, help="runs file to write (.npz)")
     output.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -173,6 +181,8 @@ def run(args: argparse.Namespace) -> int:
     if args.curricula is not None:
         curricula = read_curricula(args.curricula)
         config = dataclasses.replace(config, runs=int(curricula.shape[0]))
+    if args.features_for is not None:
+        return _features_for(args, config, curricula)
     ray = None
     if args.ray is not None:
         from bayes_simfluence.collect.ray_runs import RayOptions
@@ -184,4 +194,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}: {runs}")
     if config.scores:
         print(f"wrote {scores_path_for(args.out)}: {', '.join(config.scores)} scores")
+    return 0
+
+
+def _features_for(args: argparse.Namespace, config, curricula: np.ndarray | None) -> int:
+    """``--features-for NEW``: score NEW's examples with the finished collection's pool."""
+    from bayes_simfluence.collect.added_examples import added_path_for, collect_added
+    from bayes_simfluence.scores import scores_path_for
+
+    if args.ray is not None:
+        raise ValueError("--features-for replays one run in this process; leave out --ray")
+    validation.output_path(added_path_for(args.out, args.features_for), "--features-for", (".npz",), "a runs file",
+                           inputs=[args.out, args.features_for])
+    runs, path = collect_added(config, args.out, args.features_for, curricula, threads=args.threads,
+                               progress=not args.quiet, overwrite=args.overwrite)
+    added = runs.meta["added_examples"]
+    print(f"wrote {path}: {runs}; the {added['count']} added examples are training indices "
+          f"{added['first_index']}..{runs.n_train - 1}, used by no run")
+    print(f"wrote {scores_path_for(path)}: {', '.join(config.scores)} scores over the {runs.n_train} examples")
     return 0

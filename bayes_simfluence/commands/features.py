@@ -21,8 +21,9 @@ The Bayesian backends bayes-grid and bayes-cg regress each test example's effect
 (-o features=auto, the default, wherever the runs carry them): examples that look alike borrow strength,
 and an example no run used gets the regression's prediction with the residual's prior spread, so a
 curriculum with new data can be simulated. The pool's examples no run used must be in the runs file's
-training pool (n_train) with their features. Features are standardised over the training examples by
-the fit; constant columns do nothing.
+training pool (n_train) with their features: 'collect ... --features-for NEW.jsonl' adds examples to a
+collected pool with their scores. Features are standardised over the training examples by the fit;
+constant columns do nothing.
 """
 
 IMPORTS = ("bayes_simfluence.scores",)
