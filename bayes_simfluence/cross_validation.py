@@ -10,9 +10,10 @@ project's real sets (``experiments/ridge_selection.py``, results in
   large losses do not decide the strength for all of them (a plain mean of MSEs does).
 - **Many test examples** (up to ``max_tests``, evenly spaced), one strength shared by all of
   them: per-test-example strengths were no better on held-out runs (fewer runs per choice).
-- **A grid wide enough to reach "no effects"** (relative strengths ``1e-6 .. 1e4`` times the
-  mean diagonal of ``X^T X``: at the top, ``A`` is at its ``1/batch`` centre and ``B`` at 0), in
-  decades, then refined by half decades around the best decade. On the matrix-free path (large
+- **A grid wide enough to reach "no per-example effects"** (relative strengths ``1e-6 .. 1e4``
+  times the mean diagonal of ``X^T X``: at the top every example has the common level, a decay the
+  curriculum changes only through batch sizes; with ``common_level=False``, ``A`` is at its
+  ``1/batch`` centre and ``B`` at 0: the loss does not move), in decades, then refined by half decades around the best decade. On the matrix-free path (large
   pools) the decades are walked from the top down and left after :data:`STOP_AFTER_WORSE` in a
   row scored worse than the best so far.
 """
@@ -44,6 +45,7 @@ def choose_ridge(
     n_folds: int = 4,
     max_tests: int = MAX_TESTS,
     relative_grid: tuple[float, ...] = RELATIVE_GRID,
+    common_level: bool = True,
 ) -> tuple[float, dict]:
     """Pick the ridge strength minimising the held-out error of rolled-out trajectories.
 
@@ -51,6 +53,7 @@ def choose_ridge(
     ``L_0`` by the model fitted on the other folds. Strengths are ``relative_grid * scale`` with
     ``scale`` the mean diagonal of ``X^T X`` (it adapts to how often examples are seen and to the
     loss scale), then the best one's half-decade neighbours. See the module docstring for the score.
+    ``common_level``: as :func:`bayes_simfluence.ridge.fit_ridge`'s.
 
     Returns:
         ``(ridge, report)``; the report holds the strengths tried (``ridge_grid``, ascending), the
@@ -66,7 +69,7 @@ def choose_ridge(
     subset = runs.select_tests(tests)
     fold_runs = np.array_split(np.arange(runs.n_runs), n_folds)
     folds = [subset.select_runs(fold) for fold in fold_runs]
-    solvers, scale = _fold_solvers(subset, fold_runs, folds, variant)
+    solvers, scale = _fold_solvers(subset, fold_runs, folds, variant, common_level)
 
     errors: dict[float, np.ndarray] = {}  # strength -> [tests] CV MSE
 
@@ -110,7 +113,7 @@ def choose_ridge(
     return best, report
 
 
-def _fold_solvers(runs: Runs, fold_runs: list[np.ndarray], folds: list[Runs], variant: str
+def _fold_solvers(runs: Runs, fold_runs: list[np.ndarray], folds: list[Runs], variant: str, common_level: bool
                   ) -> tuple[list[Callable[[float], tuple[np.ndarray, np.ndarray]]], float]:
     """``(solvers, scale)``: for each fold (``fold_runs``: its run indices; ``folds``: its runs),
     ``strength -> (weights [tests, features], solved [tests])`` fitted on the other folds' runs, and the mean diagonal of ``X^T X`` on all of them. Dense normal
@@ -122,29 +125,33 @@ def _fold_solvers(runs: Runs, fold_runs: list[np.ndarray], folds: list[Runs], va
         total = ridge_lib.normal_equations(runs.curricula, runs.losses, runs.n_train, variant)
         equations = [total - ridge_lib.normal_equations(h.curricula, h.losses, runs.n_train, variant) for h in folds]
         scale = float(np.mean(np.diagonal(total.gram, axis1=1, axis2=2)))
-        return [partial(_dense_solve, e) for e in equations], max(scale, 1e-12)
+        return [partial(_dense_solve, e, common_level=common_level) for e in equations], max(scale, 1e-12)
     baseline = lambda r: ridge_lib.step_baseline(r.curricula, variant, "per_slot")  # noqa: E731
     scale = design.mean_diagonal(design.design(runs.curricula, runs.losses, baseline(runs)), runs.n_train, variant)
     solvers = []
     for fold in fold_runs:
         kept = runs.select_runs(np.setdiff1d(np.arange(runs.n_runs), fold))
-        solvers.append(_WarmSolver(design.design(kept.curricula, kept.losses, baseline(kept)), runs.n_train, variant))
+        solvers.append(_WarmSolver(design.design(kept.curricula, kept.losses, baseline(kept)), runs.n_train, variant,
+                                   common_level))
     return solvers, max(scale, 1e-12)
 
 
 class _WarmSolver:
     """Conjugate-gradient ridge solves on one design, each starting from the previous solution."""
 
-    def __init__(self, problem: design.Design, n_train: int, variant: str) -> None:
-        self.problem, self.n_train, self.variant, self.last = problem, n_train, variant, None
+    def __init__(self, problem: design.Design, n_train: int, variant: str, common_level: bool) -> None:
+        self.problem, self.n_train, self.variant, self.common_level = problem, n_train, variant, common_level
+        self.last = None
 
     def __call__(self, strength: float) -> tuple[np.ndarray, np.ndarray]:
-        self.last, solved = design.ridge_cg(self.problem, self.n_train, self.variant, strength, start=self.last)
-        return self.last, solved
+        self.last, solved = design.ridge_cg(self.problem, self.n_train, self.variant, strength, start=self.last,
+                                            common_level=self.common_level)
+        return design.effects_of(self.last, design.n_features_of(self.variant, self.n_train), self.n_train), solved
 
 
-def _dense_solve(equations: ridge_lib.NormalEquations, strength: float) -> tuple[np.ndarray, np.ndarray]:
-    return ridge_lib.solve_ridge(equations, strength), np.ones(equations.gram.shape[0], bool)
+def _dense_solve(equations: ridge_lib.NormalEquations, strength: float, common_level: bool
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    return ridge_lib.solve_ridge(equations, strength, common_level), np.ones(equations.gram.shape[0], bool)
 
 
 def _scores(errors: dict[float, np.ndarray], grid: list[float]) -> np.ndarray:

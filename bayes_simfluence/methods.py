@@ -219,7 +219,9 @@ def _fit_mean(train: Runs, context: FitContext) -> Simulator:
 
 def _point_factory(variant: str) -> MethodFactory:
     def factory(train: Runs, context: FitContext) -> Simulator:
-        return SimfluenceLinear(variant=variant, ridge=context.options.get("ridge")).fit(train)
+        centre = context.options.get("ridge_centre")
+        return SimfluenceLinear(variant=variant, ridge=context.options.get("ridge"),
+                                common_level=None if centre is None else centre == "common").fit(train)
 
     return factory
 

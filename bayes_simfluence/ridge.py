@@ -139,11 +139,27 @@ def normal_equations(
     )
 
 
-def solve_ridge(equations: NormalEquations, ridge: float) -> np.ndarray:
-    """``[tests, features]`` minimiser of ``||y - X w||^2 + ridge * ||w||^2`` per test example."""
-    n_features = equations.gram.shape[-1]
-    system = equations.gram + ridge * np.eye(n_features)
-    return np.linalg.solve(system, equations.moment[..., None])[..., 0]
+def solve_ridge(equations: NormalEquations, ridge: float, common_level: bool = True) -> np.ndarray:
+    """``[tests, features]`` effects minimising ``||y - X w||^2 + ridge * ||w||^2`` per test example, or
+    with ``common_level`` ``||y - X (w + E c)||^2 + ridge * ||w||^2`` (``E [features, blocks]`` the
+    block indicator): the penalty shrinks each example's effects towards a level per block (``a``, ``B``)
+    that is fitted without penalty, and the effects are ``w + E c``."""
+    gram, moment = equations.gram, equations.moment
+    n_features = gram.shape[-1]
+    penalty = np.full(n_features, float(ridge))
+    if common_level:  # the system in [w, c]: [[G + ridge I, G E], [E^T G, E^T G E]] [w; c] = [m; E^T m]
+        blocks = np.kron(np.eye(n_features // equations.n_train), np.ones((equations.n_train, 1)))
+        gram_blocks = gram @ blocks  # [tests, features, blocks]
+        level_gram = np.einsum("fk,tfl->tkl", blocks, gram_blocks)
+        level_scale = np.maximum(np.diagonal(level_gram, axis1=1, axis2=2), 1e-300)  # [tests, blocks]
+        gram = np.concatenate([np.concatenate([gram, gram_blocks], axis=2),
+                               np.concatenate([np.swapaxes(gram_blocks, 1, 2), level_gram], axis=2)], axis=1)
+        moment = np.concatenate([moment, moment @ blocks], axis=1)
+        penalty = np.concatenate([np.broadcast_to(penalty, level_scale.shape[:1] + penalty.shape),
+                                  design.COMMON_JITTER * level_scale], axis=1)
+    system = gram + penalty[..., None] * np.eye(gram.shape[-1])
+    solution = np.linalg.solve(system, moment[..., None])[..., 0]
+    return design.effects_of(solution, n_features, equations.n_train)
 
 
 def split_effects(weights: np.ndarray, variant: Variant, n_train: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,10 +186,13 @@ def fit_ridge(
     ridge: float,
     centring: str = "per_slot",
     max_bytes: int = 2**29,
+    common_level: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Ridge solution for every test example: the normal equations built and solved in
     memory-bounded chunks of tests, or (above :data:`DENSE_MAX_FEATURES` features) conjugate
-    gradients on the design, all test examples at once.
+    gradients on the design, all test examples at once. ``common_level``: the penalty shrinks the
+    effects towards a level per block fitted without penalty (:func:`solve_ridge`), not towards the
+    centre itself.
 
     Returns:
         ``(a, B)`` each ``[tests, n_train]``: deviations of the multiplicative effects from their
@@ -184,10 +203,11 @@ def fit_ridge(
         check_memory(8 * losses.shape[2] * (3 * curricula.shape[0] * curricula.shape[1] + 8 * n_features),
                      f"the ridge fit by conjugate gradients ({losses.shape[2]} test examples x {n_features} features)")
         problem = design.design(curricula, losses, step_baseline(curricula, variant, centring))
-        return split_effects(design.solve_ridge_cg(problem, n_train, variant, ridge), variant, n_train)
+        return split_effects(design.solve_ridge_cg(problem, n_train, variant, ridge, common_level), variant,
+                             n_train)
     chunk = tests_per_chunk(n_features, max_bytes)
     parts = []
     for start in range(0, losses.shape[2], chunk):
         equations = normal_equations(curricula, losses[:, :, start:start + chunk], n_train, variant, centring)
-        parts.append(split_effects(solve_ridge(equations, ridge), variant, n_train))
+        parts.append(split_effects(solve_ridge(equations, ridge, common_level), variant, n_train))
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

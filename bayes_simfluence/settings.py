@@ -141,6 +141,10 @@ class Settings(TypedDict, total=False):
     # point and score methods
     ridge: Annotated[float, Setting("point", POINT, "ridge strength of the least-squares fit", minimum=0.0,
                                     default="chosen by leave-runs-out cross-validation")]
+    ridge_centre: Annotated[Literal["common", "fixed"], Setting(
+        "point", POINT, "what the ridge shrinks the effects towards: a common level per test example fitted "
+        "without penalty (`common`), or the fixed centre `A = 1/batch`, `B = 0` (`fixed`)",
+        default="common (linear, additive), fixed (multiplicative: a free common rate compounds over a roll-out)")]
     scores: Annotated[str, Setting("point", SCORES, "the scores file written by `collect`",
                                    default="RUNS.scores.npz beside the training runs")]
     scale: Annotated[Literal["fitted", "raw"], Setting("point", SCORES, "fit one scale on the runs, or take the "

@@ -206,6 +206,13 @@ class MeanTrajectory:
         return cls(mean_losses=mean_losses)
 
 
+#: whether each variant's ridge shrinks towards a fitted common level by default
+#: (``experiments/results/ridge_centre.md``): yes for ``linear`` and ``additive``; not for
+#: ``multiplicative``, whose free common rate compounds over a roll-out (up to 3x the held-out error
+#: of the fixed centre on the plain-SGD sets)
+COMMON_LEVEL_BY_VARIANT = {"linear": True, "additive": True, "multiplicative": False}
+
+
 @dataclass
 class SimfluenceLinear:
     """Simfluence-Linear fitted by teacher-forced ridge regression (closed form).
@@ -214,19 +221,27 @@ class SimfluenceLinear:
     ``beta(c_t) = sum_{i in c_t} B_i``, one ``(A, B)`` per test example.
 
     The paper leaves the centre of the L2 penalty open. Shrinking ``A`` towards 0 would make a
-    strongly regularised model predict ``L_t = beta``; we shrink ``A_i`` towards ``1 / batch``
-    (``batch`` = slots per step) and ``B_i`` towards 0, so a fully regularised model predicts an
-    unchanged loss at every full step. Fitted ``A`` is reported in the paper's form (the
-    ``1 / batch`` included).
+    strongly regularised model predict ``L_t = beta``. With ``common_level=True`` each
+    test example's effects are shrunk towards a common level, ``A_i = 1/batch + c_a + w_a,i``,
+    ``B_i = c_B + w_B,i`` with the penalty on ``w`` only: a fully regularised model is a decay every
+    example shares, close to the curriculum-blind mean trajectory, and the shared decay is not shrunk
+    with the per-example noise (on large pools, where each example is seen a few times, shrinking both
+    made every strength worse than ignoring the curriculum: ``benchmarks/results/ridge_selection_notes.md``).
+    With ``common_level=False`` the centre is fixed, ``A_i`` at ``1 / batch`` (``batch`` = slots per
+    step) and ``B_i`` at 0: a fully regularised model keeps the loss at every full step. Fitted ``A``
+    is reported in the paper's form (the ``1 / batch`` and the level included).
 
     Args:
         variant: ``"linear"``; ``"additive"`` (alpha = 1, TracIn-like) or ``"multiplicative"`` (beta = 0).
-        ridge: penalty ``lambda`` on ``||A - 1/batch||^2 + ||B||^2`` in the sum of squared one-step
-            errors; ``None`` chooses it by leave-runs-out cross-validation (see :func:`choose_ridge`).
+        ridge: penalty ``lambda`` on ``||w_a||^2 + ||w_B||^2`` in the sum of squared one-step errors;
+            ``None`` chooses it by leave-runs-out cross-validation (see :func:`choose_ridge`).
+        common_level: shrink towards a fitted common level or towards the fixed centre; ``None``
+            takes the variant's default, :data:`COMMON_LEVEL_BY_VARIANT`.
     """
 
     variant: str = "linear"
     ridge: float | None = None
+    common_level: bool | None = None
     cv_folds: int = 4
     cv_max_tests: int = 8
     multiplicative: np.ndarray | None = None  # A: [tests, n_train]
@@ -238,6 +253,8 @@ class SimfluenceLinear:
     def __post_init__(self) -> None:
         if self.variant not in ridge_lib.VARIANTS:
             raise ValueError(f"variant must be one of {ridge_lib.VARIANTS}, got {self.variant!r}")
+        if self.common_level is None:
+            self.common_level = COMMON_LEVEL_BY_VARIANT[self.variant]
 
     @property
     def name(self) -> str:
@@ -247,14 +264,14 @@ class SimfluenceLinear:
         """Fit ``(A, B)`` on the training runs; chooses the ridge by CV when none was given."""
         if self.ridge is None:
             self.ridge_selected, self.cv_report = choose_ridge(
-                runs, self.variant, n_folds=self.cv_folds, max_tests=self.cv_max_tests
+                runs, self.variant, n_folds=self.cv_folds, max_tests=self.cv_max_tests, common_level=self.common_level
             )
         else:
             if self.ridge < 0:
                 raise ValueError(f"ridge must be >= 0, got {self.ridge}")
             self.ridge_selected = float(self.ridge)
         centred_a, additive = ridge_lib.fit_ridge(runs.curricula, runs.losses, runs.n_train, self.variant,
-                                                  self.ridge_selected)
+                                                  self.ridge_selected, common_level=self.common_level)
         if not (np.all(np.isfinite(centred_a)) and np.all(np.isfinite(additive))):
             raise InputError(f"{self.name}: the ridge fit gave non-finite effects (ridge {self.ridge_selected:g}); "
                              "the losses' scale or the design is degenerate")

@@ -23,12 +23,14 @@ def runs():
     return type(runs).create(curricula, runs.losses, n_train=runs.n_train)
 
 
+@pytest.mark.parametrize("common_level", [False, True])
 @pytest.mark.parametrize("variant", ridge.VARIANTS)
 @pytest.mark.parametrize("strength", [1e-3, 0.1, 10.0])
-def test_conjugate_gradients_solve_the_normal_equations(runs, variant, strength):
-    dense = ridge.solve_ridge(ridge.normal_equations(runs.curricula, runs.losses, runs.n_train, variant), strength)
+def test_conjugate_gradients_solve_the_normal_equations(runs, variant, strength, common_level):
+    dense = ridge.solve_ridge(ridge.normal_equations(runs.curricula, runs.losses, runs.n_train, variant), strength,
+                              common_level)
     problem = design.design(runs.curricula, runs.losses, ridge.step_baseline(runs.curricula, variant, "per_slot"))
-    solved = design.solve_ridge_cg(problem, runs.n_train, variant, strength)
+    solved = design.solve_ridge_cg(problem, runs.n_train, variant, strength, common_level)
     np.testing.assert_allclose(solved, dense, rtol=0, atol=1e-7 * np.abs(dense).max())
 
 

@@ -43,7 +43,7 @@ def test_the_options_and_backends_tables_are_generated_and_never_empty():
     options = hooks.options_markdown()
     assert "`guard`" in options and "`ridge`" in options
     fallback = hooks._fallback_options()
-    assert "| `linear` | `guard`, `guard_folds`, `ridge` |" in fallback and "`bayes-grid`" in fallback
+    assert "| `linear` | `guard`, `guard_folds`, `ridge`, `ridge_centre` |" in fallback and "`bayes-grid`" in fallback
     assert "`bayes-grid`" in hooks.backends_markdown()
     page = hooks.on_page_markdown((DOCS / "options.md").read_text(), None, None, None)
     assert hooks.OPTIONS_MARKER not in page and "`num_steps`" in page

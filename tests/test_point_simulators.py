@@ -35,19 +35,25 @@ def dense_design(runs, variant):
     return designs, targets
 
 
+@pytest.mark.parametrize("common_level", [False, True])
 @pytest.mark.parametrize("variant", ["linear", "additive", "multiplicative"])
-def test_closed_form_equals_direct_least_squares(variant):
+def test_closed_form_equals_direct_least_squares(variant, common_level):
     runs, _ = synthetic_runs(n_train=7, n_tests=3, n_runs=4, n_steps=9, batch_size=3,
                              empty_fraction=0.2, seed=3)
     strength = 0.37
     equations = ridge_lib.normal_equations(runs.curricula, runs.losses, runs.n_train, variant)
-    solved = ridge_lib.solve_ridge(equations, strength)
+    solved = ridge_lib.solve_ridge(equations, strength, common_level=common_level)
     for m, (X, y) in enumerate(zip(*dense_design(runs, variant))):
-        # ridge as an augmented least-squares problem, solved by a different algorithm (QR/SVD)
-        augmented_X = np.vstack([X, np.sqrt(strength) * np.eye(X.shape[1])])
-        augmented_y = np.concatenate([y, np.zeros(X.shape[1])])
+        # ridge as an augmented least-squares problem, solved by a different algorithm (QR/SVD); with the
+        # common level, one unpenalised column per block: the sum of the block's columns
+        n = X.shape[1]
+        levels = np.kron(np.eye(n // runs.n_train), np.ones((runs.n_train, 1))) if common_level else np.zeros((n, 0))
+        augmented_X = np.block([[X, X @ levels], [np.sqrt(strength) * np.eye(n), np.zeros((n, levels.shape[1]))]])
+        augmented_y = np.concatenate([y, np.zeros(n)])
         direct, *_ = np.linalg.lstsq(augmented_X, augmented_y, rcond=None)
-        np.testing.assert_allclose(solved[m], direct, rtol=1e-8, atol=1e-10)
+        # (the level's 1e-9 relative jitter, design.COMMON_JITTER, moves the last digits)
+        np.testing.assert_allclose(solved[m], direct[:n] + levels @ direct[n:], rtol=1e-8,
+                                   atol=1e-7 * np.abs(direct).max() if common_level else 1e-10)
 
 
 def test_recovery_error_shrinks_as_runs_grow():
@@ -184,3 +190,16 @@ def test_selecting_test_examples_of_a_score_simulator():
     full = simulator.simulate(runs.curricula, runs.initial_losses)
     part = simulator.select_tests(tests).simulate(runs.curricula, runs.initial_losses[:, tests])
     np.testing.assert_allclose(part, full[..., tests], rtol=1e-6)
+
+
+def test_the_ridge_centre_option_reaches_the_fit_and_each_variant_has_its_default():
+    from bayes_simfluence import fit
+
+    runs, _ = synthetic_runs(n_train=12, n_tests=2, n_runs=6, n_steps=20, batch_size=3, seed=4)
+    fixed = SimfluenceLinear(ridge=0.5, common_level=False).fit(runs)
+    common = SimfluenceLinear(ridge=0.5, common_level=True).fit(runs)
+    assert not np.allclose(fixed.additive, common.additive)
+    np.testing.assert_array_equal(fit(runs, "linear", ridge=0.5, ridge_centre="fixed").additive, fixed.additive)
+    np.testing.assert_array_equal(fit(runs, "linear", ridge=0.5).additive, common.additive)
+    assert [SimfluenceLinear(variant=v).common_level for v in ("linear", "additive", "multiplicative")] == \
+        [True, True, False]

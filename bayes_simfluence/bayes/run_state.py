@@ -140,7 +140,8 @@ def estimate_run_state(runs: Runs, scale: np.ndarray) -> RunState:
     if runs.n_runs < MIN_RUNS:
         raise InputError(f"-o run_state: estimating the run state needs at least {MIN_RUNS} runs, got "
                          f"{runs.n_runs}")
-    effects = SimfluenceLinear().fit(runs).additive / scale[:, None]  # [tests, n_train]
+    # the fixed-centre ridge the run state was calibrated with (the direction is of centred effects)
+    effects = SimfluenceLinear(common_level=False).fit(runs).additive / scale[:, None]  # [tests, n_train]
     effects = effects - effects.mean(axis=1, keepdims=True)
     _, singular, vectors = np.linalg.svd(effects, full_matrices=False)
     direction = vectors[0]
