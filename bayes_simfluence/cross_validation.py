@@ -13,9 +13,10 @@ project's real sets (``experiments/ridge_selection.py``, results in
 - **A grid wide enough to reach "no per-example effects"** (relative strengths ``1e-6 .. 1e4``
   times the mean diagonal of ``X^T X``: at the top every example has the common level, a decay the
   curriculum changes only through batch sizes; with ``common_level=False``, ``A`` is at its
-  ``1/batch`` centre and ``B`` at 0: the loss does not move), in decades, then refined by half decades around the best decade. On the matrix-free path (large
-  pools) the decades are walked from the top down and left after :data:`STOP_AFTER_WORSE` in a
-  row scored worse than the best so far.
+  ``1/batch`` centre and ``B`` at 0: the loss does not move), in decades, then refined by half
+  decades around the best decade. On the matrix-free path (large pools) the decades are walked
+  from the top down and left after :data:`STOP_AFTER_WORSE` in a row scored worse than the best so
+  far.
 """
 
 from __future__ import annotations
