@@ -106,7 +106,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "them, the same runs) and its scores, for 'features' and curricula with new data")
     output = parser.add_argument_group("output and execution")
     output.add_argument("--out", required=True, type=output_file, help="runs file to write (.npz)")
-    output.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace an existing --out (with --features-for: its OUT+NEW files)")
     output.add_argument("--workers", type=positive_int, default=1, help="parallel processes (default 1)")
     output.add_argument("--threads", type=positive_int, help="torch threads per process (default: cores / workers)")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
