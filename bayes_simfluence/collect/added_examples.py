@@ -25,10 +25,10 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from bayes_simfluence import curricula as curricula_lib
-from bayes_simfluence.collect.collector import CollectConfig, RunExecutor, default_curricula, reference_score_sets
+from bayes_simfluence.collect.collector import (CollectConfig, RunExecutor, default_curricula,
+                                                deterministic_torch, reference_score_sets)
 from bayes_simfluence.collect.data import load_added_examples
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.scores import save_scores, scores_path_for
@@ -79,19 +79,12 @@ def collect_added(config: CollectConfig, out: str | os.PathLike, added: str | os
     if not np.array_equal(curricula_lib.group_steps(curricula, config.eval_every), runs.curricula):
         raise ValueError(f"{out}: its curricula are not the ones these settings give; pass the collection's "
                          f"own --curricula and seeds")
-    previous_threads = torch.get_num_threads()
-    previous_deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.set_num_threads(threads or os.cpu_count() or 1)
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
+    with deterministic_torch(threads or os.cpu_count() or 1):
         executor = RunExecutor(config, curricula)
         executor.add_scored_examples(load_added_examples(
             added, config.task, executor.label_names, config.text_field, config.label_field,
             config.prompt_field, config.target_field, config.id_field))
         reference = executor.run(config.reference_run, progress=progress)
-    finally:
-        torch.set_num_threads(previous_threads)
-        torch.use_deterministic_algorithms(previous_deterministic)
     logged = runs.losses[config.reference_run]
     if not np.allclose(reference["losses"], logged, rtol=REPLAY_TOLERANCE, atol=REPLAY_TOLERANCE * 1e-2):
         difference = float(np.max(np.abs(reference["losses"] - logged)))

@@ -19,6 +19,7 @@ Results do not depend on ``workers``: each run is seeded by itself.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -29,6 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -362,12 +364,20 @@ def collect(config: CollectConfig, out: str | os.PathLike, curricula: np.ndarray
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     threads = threads or max(1, (os.cpu_count() or 1) // workers)
+    with deterministic_torch(threads):
+        return _collect(config, out, partial, curricula, workers, threads, progress, ray)
+
+
+@contextlib.contextmanager
+def deterministic_torch(threads: int) -> Iterator[None]:
+    """Torch on ``threads`` threads with deterministic algorithms (a run trains the same every time, which
+    resuming and replaying rely on), both settings restored on exit."""
     previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        return _collect(config, out, partial, curricula, workers, threads, progress, ray)
+        yield
     finally:
         torch.set_num_threads(previous_threads)
         torch.use_deterministic_algorithms(previous_deterministic)

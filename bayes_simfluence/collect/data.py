@@ -142,23 +142,31 @@ def load_examples(train: Any, test: Any, task: str = "classification", text_fiel
     names = {split: str(source) if not isinstance(source, datasets.Dataset) else f"{split} dataset"
              for split, source in (("train", train), ("test", test))}
     if task == "causal-lm":
-        built = {
-            split: Examples(task, _ids(table, id_field, split, names[split]),
-                            [str(v) for v in _column(table, prompt_field, "prompt", names[split])],
-                            targets=[str(v) for v in _column(table, target_field, "target", names[split])])
-            for split, table in tables.items()
-        }
+        built = {split: _prompted(table, _ids(table, id_field, split, names[split]), names[split], prompt_field,
+                                  target_field)
+                 for split, table in tables.items()}
         return built["train"], built["test"], []
     raw = {split: _column(table, label_field, "label", names[split]) for split, table in tables.items()}
     vocabulary = label_vocabulary(raw["train"], raw["test"])
-    index = {value: position for position, value in enumerate(vocabulary)}
-    built = {
-        split: Examples(task, _ids(table, id_field, split, names[split]),
-                        [str(v) for v in _column(table, text_field, "text", names[split])],
-                        labels=np.array([index[value] for value in raw[split]], dtype=np.int64))
-        for split, table in tables.items()
-    }
+    built = {split: _labelled(table, _ids(table, id_field, split, names[split]), names[split], text_field,
+                              raw[split], vocabulary)
+             for split, table in tables.items()}
     return built["train"], built["test"], vocabulary
+
+
+def _prompted(table: datasets.Dataset, ids: list[str], name: str, prompt_field: str, target_field: str
+              ) -> Examples:
+    """Causal-LM examples: the prompt and target fields of ``table``."""
+    return Examples("causal-lm", ids, [str(v) for v in _column(table, prompt_field, "prompt", name)],
+                    targets=[str(v) for v in _column(table, target_field, "target", name)])
+
+
+def _labelled(table: datasets.Dataset, ids: list[str], name: str, text_field: str, labels: list,
+              vocabulary: list) -> Examples:
+    """Classification examples: the text field of ``table`` and ``labels`` as ids into ``vocabulary``."""
+    index = {value: position for position, value in enumerate(vocabulary)}
+    return Examples("classification", ids, [str(v) for v in _column(table, text_field, "text", name)],
+                    labels=np.array([index[value] for value in labels], dtype=np.int64))
 
 
 def load_added_examples(source: Any, task: str, label_names: list, text_field: str = "text",
@@ -175,12 +183,9 @@ def load_added_examples(source: Any, task: str, label_names: list, text_field: s
         raise ValueError(f"{name}: no examples")
     ids = _ids(table, id_field, "new", name)
     if task == "causal-lm":
-        return Examples(task, ids, [str(v) for v in _column(table, prompt_field, "prompt", name)],
-                        targets=[str(v) for v in _column(table, target_field, "target", name)])
+        return _prompted(table, ids, name, prompt_field, target_field)
     labels = _column(table, label_field, "label", name)
-    index = {value: position for position, value in enumerate(label_names)}
-    unknown = sorted({str(value) for value in labels if value not in index})
+    unknown = sorted({str(value) for value in labels if value not in label_names})
     if unknown:
         raise ValueError(f"{name}: label(s) {unknown[:5]} are not among the collection's labels {label_names}")
-    return Examples(task, ids, [str(v) for v in _column(table, text_field, "text", name)],
-                    labels=np.array([index[value] for value in labels], dtype=np.int64))
+    return _labelled(table, ids, name, text_field, labels, label_names)
