@@ -208,8 +208,8 @@ class MeanTrajectory:
 
 #: whether each variant's ridge shrinks towards a fitted common level by default
 #: (``experiments/results/ridge_centre.md``): yes for ``linear`` and ``additive``; not for
-#: ``multiplicative``, whose free common rate compounds over a roll-out (up to 3x the held-out error
-#: of the fixed centre on the plain-SGD sets)
+#: ``multiplicative``, whose free common rate compounds over a roll-out (far worse held-out error than
+#: the fixed centre on the plain-SGD sets)
 COMMON_LEVEL_BY_VARIANT = {"linear": True, "additive": True, "multiplicative": False}
 
 
