@@ -11,11 +11,14 @@ computed without training any run the fit sees:
 
 - ``train_features [pool, 5]``: each training example's label and its first 4 principal components
   (of the inputs, over the pool);
-- ``pair_features [tests, pool, 2]``: TracIn of each (test, training) pair, the dot product of the
-  gradients (all parameters) of their cross-entropy losses, (1) at the shared initial weights, and
-  (2) summed, times the learning rate, over 4 checkpoints (steps 0, 30, 60, 90) of one reference run
-  trained on the whole pool in the scale study's way (one extra training run, not logged; under
-  Adam with its dropout, the gradients taken without dropout).
+- ``pair_features [tests, pool, 2]``: TracIn of each (test, training) pair, (1) the dot product of
+  the gradients (all parameters) of their cross-entropy losses at the shared initial weights, and
+  (2) the optimiser-step TracIn of one reference run trained on the whole pool in the scale study's
+  way (one extra training run, not logged): summed over 4 checkpoints (steps 0, 30, 60, 90), the
+  learning rate times ``g_test . P g_train``, with ``P`` the optimiser's preconditioner at the
+  checkpoint: the identity under SGD; under Adam ``1 / (sqrt(v_hat) + eps)`` from its running
+  second moments (Adam-aware TracIn, as in LESS, Xia et al. 2024), the checkpoints where Adam has
+  second moments (steps 30, 60, 90). Gradients without dropout.
 
 1. **Runs needed.** The scale study's runs (``experiments/data/scale_POOL_OPT_tests10.npz``, made
    there if missing): the method is fitted on the first ``n`` of the first 40 runs for each ``n``
@@ -86,10 +89,29 @@ def per_example_gradients(model, x, y) -> np.ndarray:
     return np.stack(rows)
 
 
-def tracin(model, task: dict) -> np.ndarray:
-    """``[tests, pool]`` dot products of the test and training examples' loss gradients at ``model``."""
-    return per_example_gradients(model, task["x_test"], task["y_test"]) @ \
-        per_example_gradients(model, task["x_train"], task["y_train"]).T
+def tracin(model, task: dict, preconditioner: np.ndarray | None = None) -> np.ndarray:
+    """``[tests, pool]`` products ``g_test . P g_train`` of the test and training examples' loss gradients
+    at ``model``; ``preconditioner [parameters]`` is the diagonal of ``P`` (the identity where None)."""
+    train = per_example_gradients(model, task["x_train"], task["y_train"])
+    if preconditioner is not None:
+        train = train * preconditioner
+    return per_example_gradients(model, task["x_test"], task["y_test"]) @ train.T
+
+
+def adam_preconditioner(model, optimizer) -> np.ndarray | None:
+    """``[parameters]`` Adam's step preconditioner ``1 / (sqrt(v_hat) + eps)`` (bias-corrected second
+    moments, in ``model.parameters()`` order), or None before its first step."""
+    import torch
+
+    group = optimizer.param_groups[0]
+    parts = []
+    for parameter in model.parameters():
+        state = optimizer.state.get(parameter)
+        if not state:
+            return None
+        second = state["exp_avg_sq"] / (1 - group["betas"][1] ** float(state["step"]))
+        parts.append((1.0 / (second.sqrt() + group["eps"])).flatten())
+    return torch.cat(parts).numpy().astype(np.float64)
 
 
 def reference_features(pool: int, n_tests: int, optimizer: str) -> tuple[np.ndarray, np.ndarray]:
@@ -108,9 +130,15 @@ def reference_features(pool: int, n_tests: int, optimizer: str) -> tuple[np.ndar
     curriculum = order[: scale.STEPS * scale.BATCH].reshape(scale.STEPS, scale.BATCH)
     summed = np.zeros_like(at_initial)
 
-    def checkpoint(t: int, network) -> None:
-        if t in CHECKPOINTS:
-            summed[:] += (scale.LR if optimizer == "sgd" else scale.ADAM_LR) * tracin(network, task)
+    def checkpoint(t: int, network, step) -> None:
+        if t not in CHECKPOINTS:
+            return
+        if optimizer == "sgd":
+            summed[:] += scale.LR * tracin(network, task)
+            return
+        preconditioner = adam_preconditioner(network, step)
+        if preconditioner is not None:
+            summed[:] += scale.ADAM_LR * tracin(network, task, preconditioner)
 
     scale.train_run(task, curriculum, dropout_seed=999_999, checkpoint=checkpoint)
     return train_features, np.stack([at_initial, summed], axis=-1)
@@ -232,7 +260,8 @@ def markdown(rows: dict) -> str:
     lines = ["# Runs needed, with and without features (issue 30)", "",
              "`experiments/runs_needed.py` (its docstring has the protocol): the scale study's MLP on random 80% "
              "subsets of the pool, fitted on the first `runs` runs with the feature prior on (label, 4 principal "
-             "components; TracIn at the initial weights and over 4 checkpoints of one reference run) or off, scored "
+             "components; TracIn at the initial weights, and the optimiser-step TracIn, Adam-preconditioned under Adam, over 4 "
+             "checkpoints of one reference run) or off, scored "
              "on held-out runs no fit saw. Sharpness: 90% difference-interval width over the width if the fit knew "
              "nothing (below 1: the intervals say something). Cover: the share of retrained values inside the "
              "new-run predictive's central intervals (500 draws), of pairwise differences of the per-run mean final "
@@ -353,8 +382,8 @@ def main(argv: list[str] | None = None) -> None:
               "options": options, "command": command, "feature_seconds": feature_seconds, "steps": runs.n_steps,
               "library_version": study._library_version(),
               "train_features": "label, 4 principal components of the inputs",
-              "pair_features": f"TracIn at the initial weights; lr x TracIn summed over steps {list(CHECKPOINTS)} "
-                               "of one reference run on the whole pool"}
+              "pair_features": f"TracIn at the initial weights; lr x optimiser-step TracIn (Adam-preconditioned "
+                               f"under Adam) summed over steps {list(CHECKPOINTS)} of one reference run on the whole pool"}
     # the most runs first, then the unseen protocol, then fewer runs: an interrupted study keeps the main rows
     order = sorted(set(args.runs), reverse=True)
     seen = [] if args.skip_seen else [("seen", n, features) for n in order for features in (False, True)]

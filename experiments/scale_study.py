@@ -67,8 +67,9 @@ def make_task(pool: int, n_tests: int, optimizer: str = "sgd", seed: int = 0) ->
 
 def train_run(task: dict, curriculum: np.ndarray, dropout_seed: int, checkpoint=None) -> np.ndarray:
     """Train one run of ``task`` (:func:`make_task`) from its shared initial weights on ``curriculum
-    [steps, batch]``; ``[steps + 1, tests]`` its test losses after every step. ``checkpoint(t, model)``,
-    if given, is called before step ``t`` (``t = 0 .. steps - 1``) and after the last (``t = steps``)."""
+    [steps, batch]``; ``[steps + 1, tests]`` its test losses after every step. ``checkpoint(t, model,
+    optimizer)``, if given, is called before step ``t`` (``t = 0 .. steps - 1``) and after the last
+    (``t = steps``)."""
     import torch
 
     model = task["network"]()
@@ -83,7 +84,7 @@ def train_run(task: dict, curriculum: np.ndarray, dropout_seed: int, checkpoint=
         losses[0] = loss(model(task["x_test"]), task["y_test"]).numpy()
     for t in range(len(curriculum)):
         if checkpoint is not None:
-            checkpoint(t, model)
+            checkpoint(t, model, step)
         batch = torch.tensor(curriculum[t], dtype=torch.long)
         model.train()
         step.zero_grad()
@@ -93,7 +94,7 @@ def train_run(task: dict, curriculum: np.ndarray, dropout_seed: int, checkpoint=
         with torch.no_grad():
             losses[t + 1] = loss(model(task["x_test"]), task["y_test"]).numpy()
     if checkpoint is not None:
-        checkpoint(len(curriculum), model)
+        checkpoint(len(curriculum), model, step)
     return losses
 
 
