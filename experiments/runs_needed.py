@@ -39,8 +39,10 @@ computed without training any run the fit sees:
    without features, scored as in 1; compare with the all-seen rows of 40 runs.
 
 Writes ``experiments/results/runs_needed.{json,md}`` (rows kept across invocations, keyed by pool,
-optimizer, protocol, runs and features) and ``experiments/results/runs_needed.png`` (LDS and
-sharpness against runs, with and without features; served by the docs beside the other results).
+optimizer, protocol, runs, features and a ``variant`` other than ``linear``) and one figure per set,
+``experiments/results/runs_needed[_POOL][_adam][_VARIANT].png`` (LDS and sharpness against runs,
+with and without features; served by the docs beside the other results). ``--redraw`` rewrites the
+table and figures from the json alone.
 """
 
 from __future__ import annotations
@@ -252,6 +254,17 @@ def _row(row: dict) -> str:
             f"{row['fit_seconds']:.0f} |")
 
 
+def _variant(row: dict) -> str:
+    return row["options"].get("variant", "linear")
+
+
+def figure_name(pool: int, optimizer: str, variant: str) -> str:
+    """The runs-needed figure of one set (the first, pool 200 under SGD, keeps the plain name)."""
+    parts = ([] if pool == 200 else [str(pool)]) + ([] if optimizer == "sgd" else [optimizer]) \
+        + ([] if variant == "linear" else [variant])
+    return "_".join(["runs_needed", *parts]) + ".png"
+
+
 HEADER = ["| runs | features | LDS [90% bootstrap over held-out runs] | LDS linear | diff cover 90 / 50 | sharpness | "
           "Brier | final-loss cover 90 / 50 | fit s |", "|---|---|---|---|---|---|---|---|---|"]
 
@@ -266,12 +279,14 @@ def markdown(rows: dict) -> str:
              "nothing (below 1: the intervals say something). Cover: the share of retrained values inside the "
              "new-run predictive's central intervals (500 draws), of pairwise differences of the per-run mean final "
              "loss and of each (run, test example) final loss.", ""]
-    sets = sorted({(r["pool"], r["optimizer"]) for r in rows.values()}, key=lambda s: (s[0], s[1] != "sgd"))
-    for pool, optimizer in sets:
-        chosen = [r for r in rows.values() if (r["pool"], r["optimizer"]) == (pool, optimizer)]
+    sets = sorted({(r["pool"], r["optimizer"], _variant(r)) for r in rows.values()},
+                  key=lambda s: (s[0], s[1] != "sgd", s[2] != "linear"))
+    for pool, optimizer, variant in sets:
+        chosen = [r for r in rows.values() if (r["pool"], r["optimizer"], _variant(r)) == (pool, optimizer, variant)]
         first = chosen[0]
         training = {"sgd": "plain SGD", "adam": "Adam + dropout"}[optimizer]
-        lines += [f"## Pool {pool}, {training}", "",
+        heading = f"## Pool {pool}, {training}" + ("" if variant == "linear" else f", variant `{variant}`")
+        lines += [heading, "",
                   "Command: " + ", ".join(f"`{c}`" for c in sorted({r["command"] for r in chosen}))
                   + f". Method `{first['method']}` (ran `{first['path']}`), options "
                   f"`{json.dumps(first['options'])}`; {first['heldout_runs']} held-out runs "
@@ -298,7 +313,7 @@ def markdown(rows: dict) -> str:
         warned = sorted({w for r in chosen for w in r["warnings"]})
         if warned:
             lines += ["", "Warnings of the fits: " + "; ".join(f"`{w}`" for w in warned)]
-        lines += ["", f"![runs needed](runs_needed{'' if optimizer == 'sgd' else '_' + optimizer}.png)", ""]
+        lines += ["", f"![runs needed]({figure_name(pool, optimizer, variant)})", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -351,6 +366,15 @@ def plot(rows: dict, pool: int, optimizer: str, path: Path) -> None:
     plt.close(figure)
 
 
+def redraw() -> None:
+    """Rewrite ``runs_needed.md`` and every set's figure from ``runs_needed.json``."""
+    rows = json.loads((RESULTS / "runs_needed.json").read_text())
+    (RESULTS / "runs_needed.md").write_text(markdown(rows))
+    for pool, optimizer, variant in {(r["pool"], r["optimizer"], _variant(r)) for r in rows.values()}:
+        plot({k: r for k, r in rows.items() if _variant(r) == variant}, pool, optimizer,
+             RESULTS / figure_name(pool, optimizer, variant))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pool", type=int, default=200, help="training examples in the pool (default 200)")
@@ -366,7 +390,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="settings of the fit (default memory=none)")
     parser.add_argument("--skip-seen", action="store_true", help="only the unseen-data protocol")
     parser.add_argument("--skip-unseen", action="store_true", help="only the runs-needed rows")
+    parser.add_argument("--redraw", action="store_true", help="only rewrite the table and every figure from the json")
     args = parser.parse_args(argv)
+    if args.redraw:
+        redraw()
+        return
     if max(args.runs) > FIT_RUNS:
         parser.error(f"--runs: at most {FIT_RUNS}")
     options = {"memory": "none", **dict(args.option)}
@@ -399,6 +427,8 @@ def main(argv: list[str] | None = None) -> None:
         if protocol == "unseen":
             result["unseen"] = unseen.tolist()
         key = f"{args.pool}_{args.optimizer}_{protocol}_{n}_{'features' if features else 'plain'}"
+        if options.get("variant", "linear") != "linear":
+            key += f"_{options['variant']}"
         mine[key] = result
         rows = {**(json.loads(out.read_text()) if out.exists() else {}), **mine}  # others may have written since
         print(f"{key}: LDS {result['lds']:.3f} {result['lds_interval']}, cover {result['diff_coverage_90']:.2f}/"
@@ -406,8 +436,8 @@ def main(argv: list[str] | None = None) -> None:
               f"fit {result['fit_seconds']:.0f} s", flush=True)
         out.write_text(json.dumps(rows, indent=1, default=float) + "\n")  # kept after every fit
         (RESULTS / "runs_needed.md").write_text(markdown(rows))
-        plot(rows, args.pool, args.optimizer,
-             RESULTS / f"runs_needed{'' if args.optimizer == 'sgd' else '_' + args.optimizer}.png")
+        plot({k: r for k, r in rows.items() if _variant(r) == options.get("variant", "linear")}, args.pool,
+             args.optimizer, RESULTS / figure_name(args.pool, args.optimizer, options.get("variant", "linear")))
 
 
 if __name__ == "__main__":
