@@ -222,6 +222,20 @@ def score(simulator, linear, heldout: Runs, unseen: np.ndarray | None = None) ->
     return result
 
 
+def feature_alone_lds(pair_features: np.ndarray, heldout: Runs) -> float:
+    """LDS of the step feature with no fit: a held-out run's final loss on test example ``m``
+    predicted by minus the sum, over the run's batch slots, of ``pair_features[m, i, 1]`` (the
+    reference run's optimiser-step TracIn); the bar a fit with the features should clear."""
+    counts = np.zeros((heldout.n_runs, heldout.n_train))
+    for r, curriculum in enumerate(heldout.curricula):
+        used = curriculum[curriculum >= 0]
+        np.add.at(counts[r], used, 1.0)
+    predicted = np.zeros_like(heldout.losses)
+    predicted[:, -1] = -(counts @ pair_features[:, :, 1].T)
+    rho, _ = spearman_across_runs(predicted, heldout.losses)
+    return float(np.nanmean(rho))
+
+
 def fit_and_score(train: Runs, heldout: Runs, method: str, options: dict, features: bool,
                   unseen: np.ndarray | None = None) -> dict:
     """Fit ``method`` (features on or off) and ``linear`` on ``train``, score on ``heldout``."""
@@ -291,7 +305,8 @@ def markdown(rows: dict) -> str:
                   + f". Method `{first['method']}` (ran `{first['path']}`), options "
                   f"`{json.dumps(first['options'])}`; {first['heldout_runs']} held-out runs "
                   f"({first['pairs']} pairs), {first['tests']} test examples; features computed in "
-                  f"{first['feature_seconds']:.1f} s; library version "
+                  f"{first['feature_seconds']:.1f} s; the step feature alone, with no fit, ranks the held-out runs "
+                  f"at LDS {first['feature_alone_lds']:.3f} (`feature_alone_lds`); library version "
                   + ", ".join(f"`{v}`" for v in sorted({r.get("library_version", LIBRARY) for r in chosen})) + ".",
                   ""]
         if any(r["predictive"] != "new-run" for r in chosen):
@@ -367,8 +382,19 @@ def plot(rows: dict, pool: int, optimizer: str, path: Path) -> None:
 
 
 def redraw() -> None:
-    """Rewrite ``runs_needed.md`` and every set's figure from ``runs_needed.json``."""
-    rows = json.loads((RESULTS / "runs_needed.json").read_text())
+    """Rewrite ``runs_needed.md`` and every set's figure from ``runs_needed.json`` (adding
+    :func:`feature_alone_lds` to the sets' rows that lack it, from the cached runs)."""
+    path = RESULTS / "runs_needed.json"
+    rows = json.loads(path.read_text())
+    for pool, tests, optimizer in {(r["pool"], r["tests"], r["optimizer"]) for r in rows.values()}:
+        chosen = [r for r in rows.values() if (r["pool"], r["tests"], r["optimizer"]) == (pool, tests, optimizer)]
+        if any("feature_alone_lds" not in r for r in chosen):
+            heldout = seen_runs(pool, tests, optimizer, FIT_RUNS + chosen[0]["heldout_runs"]).select_runs(
+                slice(FIT_RUNS, FIT_RUNS + chosen[0]["heldout_runs"]))
+            value = feature_alone_lds(reference_features(pool, tests, optimizer)[1], heldout)
+            for row in chosen:
+                row["feature_alone_lds"] = value
+    path.write_text(json.dumps(rows, indent=1, default=float) + "\n")
     (RESULTS / "runs_needed.md").write_text(markdown(rows))
     for pool, optimizer, variant in {(r["pool"], r["optimizer"], _variant(r)) for r in rows.values()}:
         plot({k: r for k, r in rows.items() if _variant(r) == variant}, pool, optimizer,
@@ -409,6 +435,7 @@ def main(argv: list[str] | None = None) -> None:
     common = {"pool": args.pool, "optimizer": args.optimizer, "tests": args.tests, "method": args.method,
               "options": options, "command": command, "feature_seconds": feature_seconds, "steps": runs.n_steps,
               "library_version": study._library_version(),
+              "feature_alone_lds": feature_alone_lds(pair_features, heldout),
               "train_features": "label, 4 principal components of the inputs",
               "pair_features": f"TracIn at the initial weights; lr x optimiser-step TracIn (Adam-preconditioned "
                                f"under Adam) summed over steps {list(CHECKPOINTS)} of one reference run on the whole pool"}
