@@ -305,8 +305,10 @@ def markdown(rows: dict) -> str:
                   + f". Method `{first['method']}` (ran `{first['path']}`), options "
                   f"`{json.dumps(first['options'])}`; {first['heldout_runs']} held-out runs "
                   f"({first['pairs']} pairs), {first['tests']} test examples; features computed in "
-                  f"{first['feature_seconds']:.1f} s; the step feature alone, with no fit, ranks the held-out runs "
-                  f"at LDS {first['feature_alone_lds']:.3f} (`feature_alone_lds`); library version "
+                  f"{first['feature_seconds']:.1f} s; "
+                  + ("" if "feature_alone_lds" not in first else "the step feature alone, with no fit, ranks the "
+                     f"held-out runs at LDS {first['feature_alone_lds']:.3f} (`feature_alone_lds`); ")
+                  + "library version "
                   + ", ".join(f"`{v}`" for v in sorted({r.get("library_version", LIBRARY) for r in chosen})) + ".",
                   ""]
         if any(r["predictive"] != "new-run" for r in chosen):
