@@ -61,6 +61,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import retraining_study as study  # noqa: E402
 import scale_study as scale  # noqa: E402
 
+from bayes_simfluence.bayes.grid import dense_counts  # noqa: E402
 from bayes_simfluence.metrics import spearman_across_runs  # noqa: E402
 from bayes_simfluence.runs import Runs  # noqa: E402
 
@@ -226,10 +227,7 @@ def feature_alone_lds(pair_features: np.ndarray, heldout: Runs) -> float:
     """LDS of the step feature with no fit: a held-out run's final loss on test example ``m``
     predicted by minus the sum, over the run's batch slots, of ``pair_features[m, i, 1]`` (the
     reference run's optimiser-step TracIn); the bar a fit with the features should clear."""
-    counts = np.zeros((heldout.n_runs, heldout.n_train))
-    for r, curriculum in enumerate(heldout.curricula):
-        used = curriculum[curriculum >= 0]
-        np.add.at(counts[r], used, 1.0)
+    counts = dense_counts(heldout.curricula, heldout.n_train).sum(axis=1)  # [runs, n_train]
     predicted = np.zeros_like(heldout.losses)
     predicted[:, -1] = -(counts @ pair_features[:, :, 1].T)
     rho, _ = spearman_across_runs(predicted, heldout.losses)
@@ -426,6 +424,7 @@ def main(argv: list[str] | None = None) -> None:
     if max(args.runs) > FIT_RUNS:
         parser.error(f"--runs: at most {FIT_RUNS}")
     options = {"memory": "none", **dict(args.option)}
+    variant = options.get("variant", "linear")
     command = shlex.join(["python", "experiments/runs_needed.py", *(sys.argv[1:] if argv is None else argv)])
     runs = seen_runs(args.pool, args.tests, args.optimizer, FIT_RUNS + args.heldout)
     heldout = runs.select_runs(slice(FIT_RUNS, FIT_RUNS + args.heldout))
@@ -456,8 +455,8 @@ def main(argv: list[str] | None = None) -> None:
         if protocol == "unseen":
             result["unseen"] = unseen.tolist()
         key = f"{args.pool}_{args.optimizer}_{protocol}_{n}_{'features' if features else 'plain'}"
-        if options.get("variant", "linear") != "linear":
-            key += f"_{options['variant']}"
+        if variant != "linear":
+            key += f"_{variant}"
         mine[key] = result
         rows = {**(json.loads(out.read_text()) if out.exists() else {}), **mine}  # others may have written since
         print(f"{key}: LDS {result['lds']:.3f} {result['lds_interval']}, cover {result['diff_coverage_90']:.2f}/"
@@ -465,8 +464,8 @@ def main(argv: list[str] | None = None) -> None:
               f"fit {result['fit_seconds']:.0f} s", flush=True)
         out.write_text(json.dumps(rows, indent=1, default=float) + "\n")  # kept after every fit
         (RESULTS / "runs_needed.md").write_text(markdown(rows))
-        plot({k: r for k, r in rows.items() if _variant(r) == options.get("variant", "linear")}, args.pool,
-             args.optimizer, RESULTS / figure_name(args.pool, args.optimizer, options.get("variant", "linear")))
+        plot({k: r for k, r in rows.items() if _variant(r) == variant}, args.pool, args.optimizer,
+             RESULTS / figure_name(args.pool, args.optimizer, variant))
 
 
 if __name__ == "__main__":
