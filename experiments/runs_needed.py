@@ -250,6 +250,8 @@ def fit_and_score(train: Runs, heldout: Runs, method: str, options: dict, featur
     result.update(fit_seconds=seconds, path=getattr(simulator, "name", method), features=features,
                   fit_runs=train.n_runs, heldout_runs=heldout.n_runs, examples_unused=int(train.n_train - len(used)),
                   warnings=sorted({str(w.message)[:300] for w in caught}))
+    if "variant_check" in getattr(simulator, "info", {}):  # -o variant=auto: what the guard chose
+        result["variant_chosen"] = simulator.info["variant_check"]["chosen"]
     return result
 
 
@@ -260,7 +262,8 @@ def _row(row: dict) -> str:
     sharp += "" if row["predictive"] == "new-run" else " *"
     if row.get("nonfinite_draws"):
         sharp += f" ({row['nonfinite_draws']:.0%} of draws not finite)"
-    return (f"| {row['fit_runs']} | {'yes' if row['features'] else 'no'} | {row['lds']:.3f} [{low:.3f}, {high:.3f}] | "
+    features = ("yes" if row["features"] else "no") + (f", chose `{row['variant_chosen']}`" if row.get("variant_chosen") else "")
+    return (f"| {row['fit_runs']} | {features} | {row['lds']:.3f} [{low:.3f}, {high:.3f}] | "
             f"{row['lds_linear']:.3f} | {row['diff_coverage_90']:.2f} / {row['diff_coverage_50']:.2f} | {sharp} | "
             f"{row['brier']:.3f} | {row['final_coverage_90']:.2f} / {row['final_coverage_50']:.2f} | "
             f"{row['fit_seconds']:.0f} |")

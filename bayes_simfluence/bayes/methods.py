@@ -40,6 +40,7 @@ from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import MEAN_DRAWS, BayesianSimfluence
 from bayes_simfluence.bayes.run_state import StateTrajectory
 from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer
+from bayes_simfluence.metrics import rank_correlations
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.simulators import MeanTrajectory
 
@@ -77,6 +78,11 @@ GUARD_STEP_FRACTION = 1.0
 #: so by default they run at once only while their arrays take at most half the free memory.
 #: NUTS and the exact path trace their programs per fit, so they cross-fit one at a time.
 GUARD_WORKERS = 2
+#: the variants ``-o variant=auto`` chooses between (:func:`variant_check`), simplest first
+AUTO_VARIANTS = ("additive", "linear")
+#: ``-o variant=auto`` takes the simplest variant whose held-out LDS is within this many standard
+#: errors of the best, from this many bootstrap resamples of the held-out runs
+VARIANT_CHECK_SDS, VARIANT_CHECK_RESAMPLES = 1.0, 200
 #: model settings whose default depends on the method: optimiser memory where the inference can
 #: take it (it beat plain Simfluence in held-out MSE and LDS on every real set, README), none on
 #: the exact path (its features would be dense).
@@ -103,7 +109,7 @@ def split_options(parsed: dict[str, Any], method: str) -> tuple[ModelConfig, dic
             model_kwargs[meta.field or key] = value
         elif meta.group == "inference" or key == "progress":
             run_kwargs[key] = value
-    for key in ("run_state", "features"):  # "auto": resolved by fit_bayes, which sees the runs
+    for key in ("run_state", "features", "variant"):  # "auto": resolved by fit_bayes, which sees the runs
         if model_kwargs.get(key) == "auto":
             del model_kwargs[key]
     try:
@@ -154,6 +160,21 @@ def resolve_features(method: str, train: Runs, value: Any) -> tuple[bool, str | 
     return True, None
 
 
+def resolve_variant(method: str, train: Runs, value: Any, use_guard: bool, folds: int) -> tuple[str | None, str | None]:
+    """``(variant, why auto fell back to linear)``: the variant where it is named or where ``auto`` cannot
+    choose; ``(None, None)`` where the guard's cross-fits choose it (:func:`variant_check`): ``auto`` on
+    bayes-grid and bayes-cg (whose cross-fits start afresh) with the guard and enough runs for it."""
+    if value != "auto":
+        return value, None
+    if method not in GRID_METHODS:
+        return "linear", f"bayes-{method}: -o variant=auto needs the guard's cross-fits of bayes-grid or bayes-cg"
+    if not use_guard:
+        return "linear", "no guard: -o guard=false"
+    if train.n_runs < folds * guard.MIN_RUNS_PER_FOLD:
+        return "linear", f"{train.n_runs} runs, fewer than the guard needs ({folds * guard.MIN_RUNS_PER_FOLD})"
+    return None, None
+
+
 def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) -> BayesianSimfluence:
     """Fit the Bayesian model on ``train`` with ``method`` in ``{"svi", "nuts", "exact", "grid", "cg"}``.
 
@@ -181,18 +202,37 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
     requested = options.get("run_state", "auto")
     options["run_state"], state_off = resolve_run_state(method, train, requested, use_guard, folds)
     options["features"], features_off = resolve_features(method, train, options.get("features", "auto"))
-    check = None
+    options["variant"], variant_off = resolve_variant(method, train, options.get("variant", "linear"), use_guard, folds)
+    stackings: dict[tuple[str, bool], guard.Stacking] = {}
+
+    def guarded(chosen: dict[str, Any]) -> guard.Stacking:  # grid cross-fits start afresh: no full fit needed first
+        key = (chosen["variant"], chosen["run_state"])
+        if key not in stackings:
+            stackings[key] = _guard(method, train, chosen, seed, None, folds, guard_steps, workers)
+        return stackings[key]
+
+    variant_report = check = None
+    if options["variant"] is None:  # -o variant=auto with the guard: chosen by held-out ranking
+        variant_report = variant_check({variant: guarded({**options, "variant": variant}) for variant in AUTO_VARIANTS},
+                                       train)
+        options["variant"] = variant_report["chosen"]
     if requested == "auto" and options["run_state"]:  # bayes-grid with its guard: kept where held-out runs favour it
-        plain_options = {**options, "run_state": False}  # (grid cross-fits start afresh: no full fit needed first)
-        stacking = _guard(method, train, options, seed, None, folds, guard_steps, workers)
-        plain = _guard(method, train, plain_options, seed, None, folds, guard_steps, workers)
+        plain_options = {**options, "run_state": False}
+        stacking, plain = guarded(options), guarded(plain_options)
         check = state_check(stacking, plain)
         if not check["kept"]:
             options, stacking, state_off = plain_options, plain, check["reason"]
         posterior, result = _fit_once(method, train, options, seed)
+    elif variant_report is not None:
+        stacking = guarded(options)
+        posterior, result = _fit_once(method, train, options, seed)
     else:
         posterior, result = _fit_once(method, train, options, seed)
         stacking = _guard(method, train, options, seed, result, folds, guard_steps, workers) if use_guard else None
+    if variant_report is not None:
+        posterior.info["variant_check"] = variant_report
+    if variant_off is not None and parsed.get("variant") == "auto":
+        posterior.info["variant_off"] = variant_off
     if check is not None:
         posterior.info["run_state_check"] = check
     if state_off is not None:
@@ -235,6 +275,51 @@ def state_check(with_state: guard.Stacking, without: guard.Stacking, sds: float 
                            f"{check['heldout_mse_with_state']:.4g} with it, {check['heldout_mse_without']:.4g} without; "
                            f"gain {check['gain']:.2g} +- {error:.2g} over {len(gain)} runs, under {sds:g} standard errors)")
     return check
+
+
+def heldout_ranking(stacking: guard.Stacking, runs: Runs, index: np.ndarray | None = None) -> float:
+    """LDS of the guard's held-out predictions: per test example, Spearman across the held-out runs
+    (``index`` of them; all where None) of the stacked final loss (``observed - residual``) against the
+    observed one, averaged over test examples."""
+    index = np.arange(runs.n_runs) if index is None else index
+    observed = runs.losses[index, -1]
+    rho = rank_correlations(observed - stacking.residuals[index, -1], observed)
+    return float(np.nanmean(rho)) if np.any(np.isfinite(rho)) else float("nan")
+
+
+def variant_check(stackings: dict[str, guard.Stacking], runs: Runs, sds: float = VARIANT_CHECK_SDS,
+                  resamples: int = VARIANT_CHECK_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+    """Which variant ``-o variant=auto`` fits, from the guard's cross-fits of each (``stackings``, keyed
+    by variant, simplest first as in :data:`AUTO_VARIANTS`): the one-standard-error rule (Hastie,
+    Tibshirani and Friedman 2009, section 7.10) on the LDS of the held-out runs (:func:`heldout_ranking`,
+    Park et al. 2023, on runs no cross-fit saw): the simplest variant whose LDS is within ``sds``
+    standard errors of the best one's, the errors from a paired bootstrap over held-out runs.
+
+    Why ranking and not the guard's squared error: the variants' squared errors are dominated by the
+    trajectory every run shares, which the linear variant's multiplicative part follows better,
+    while users attribute and choose curricula by how runs differ; where features carry the effects
+    (under Adam, issue 30) the additive variant ranked held-out runs better with a larger squared
+    error (``experiments/results/runs_needed.md``).
+    """
+    names = list(stackings)
+    rng = np.random.default_rng(seed)
+    lds = {name: heldout_ranking(stackings[name], runs) for name in names}
+    draws = np.array([[heldout_ranking(stackings[name], runs, index) for name in names]
+                      for index in rng.integers(0, runs.n_runs, (resamples, runs.n_runs))])
+    best = max(names, key=lambda name: lds[name])
+    report: dict[str, Any] = {"heldout_lds": lds, "runs": runs.n_runs, "best": best}
+    within = []
+    for column, name in enumerate(names):
+        gap = lds[best] - lds[name]
+        error = float(np.nanstd(draws[:, names.index(best)] - draws[:, column], ddof=1)) if name != best else 0.0
+        report[f"gap_{name}"], report[f"gap_{name}_se"] = gap, error
+        if gap <= sds * error:
+            within.append(name)
+    report["chosen"] = within[0]
+    others = ", ".join(f"{name} {lds[name]:.3f}" for name in names if name != report["chosen"])
+    report["reason"] = (f"auto: LDS on the guard's {runs.n_runs} held-out runs {lds[report['chosen']]:.3f} with "
+                        f"{report['chosen']} ({others}; the simplest variant within {sds:g} standard error of the best)")
+    return report
 
 
 def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result: inference.FitResult | None,

@@ -93,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
     state_report = info.get("run_state")
     if state_report is not None:
         print(run_state.describe(state_report))
+    variant = info.get("variant_check") or ({"reason": info["variant_off"]} if "variant_off" in info else None)
+    if variant is not None:
+        print(f"variant: {variant.get('chosen', 'linear')} ({variant['reason']})")
     check = info.get("run_state_check", {})
     if check.get("kept"):
         print(f"run state: kept (the guard's held-out runs favour it: stacked all-steps MSE "
