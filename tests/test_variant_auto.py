@@ -98,6 +98,9 @@ def test_auto_falls_back_to_linear_where_the_guard_cannot_choose_and_says_why():
     assert fitted.config.variant == "linear" and "fewer than the guard needs" in fitted.info["variant_off"]
     unguarded = bsf.fit(generated_runs("additive"), method="bayes-grid", variant="auto", guard=False, **GRID)
     assert unguarded.config.variant == "linear" and "guard=false" in unguarded.info["variant_off"]
+    svi = bsf.fit(generated_runs("additive"), method="bayes-svi", variant="auto", guard=False, num_steps=20,
+                  num_draws=20, progress=False)
+    assert svi.config.variant == "linear" and "needs the guard's cross-fits of bayes-grid" in svi.info["variant_off"]
     named = bsf.fit(generated_runs("additive"), method="bayes-grid", variant="additive", guard=False, **GRID)
     assert "variant_off" not in named.info and "variant_check" not in named.info
 
