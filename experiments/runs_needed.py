@@ -262,7 +262,11 @@ def _row(row: dict) -> str:
     sharp += "" if row["predictive"] == "new-run" else " *"
     if row.get("nonfinite_draws"):
         sharp += f" ({row['nonfinite_draws']:.0%} of draws not finite)"
-    features = ("yes" if row["features"] else "no") + (f", chose `{row['variant_chosen']}`" if row.get("variant_chosen") else "")
+    features = "yes" if row["features"] else "no"
+    if row.get("variant_chosen"):
+        features += f", chose `{row['variant_chosen']}`"
+    elif _variant(row) == "auto":  # too few runs for the guard: auto falls back to linear
+        features += ", `linear` (no guard)"
     return (f"| {row['fit_runs']} | {features} | {row['lds']:.3f} [{low:.3f}, {high:.3f}] | "
             f"{row['lds_linear']:.3f} | {row['diff_coverage_90']:.2f} / {row['diff_coverage_50']:.2f} | {sharp} | "
             f"{row['brier']:.3f} | {row['final_coverage_90']:.2f} / {row['final_coverage_50']:.2f} | "
