@@ -74,8 +74,8 @@ class Settings(TypedDict, total=False):
     # the model, every Bayesian method
     variant: Annotated[Literal[VARIANTS] | Literal["auto"], _model(
         "which effects: both (`linear`), only additive (`a = 0`) or only multiplicative (`B = 0`); `auto` "
-        "(`bayes-grid`, `bayes-cg`): the guard's held-out runs choose `additive` or `linear` by LDS (the simpler "
-        "within one standard error of the better)")]
+        "(`bayes-grid`, `bayes-cg`): `additive` where the guard's held-out runs rank better with it by more than "
+        "one standard error, else `linear`")]
     step: Annotated[bool, _model("add the curriculum-independent step change `d[m, t]` (a random walk)",
                                  field="step_component")]
     likelihood: Annotated[Literal[LIKELIHOODS], _model(

@@ -252,6 +252,7 @@ def fit_and_score(train: Runs, heldout: Runs, method: str, options: dict, featur
                   warnings=sorted({str(w.message)[:300] for w in caught}))
     if "variant_check" in getattr(simulator, "info", {}):  # -o variant=auto: what the guard chose
         result["variant_chosen"] = simulator.info["variant_check"]["chosen"]
+        result["variant_check"] = simulator.info["variant_check"]
     return result
 
 
