@@ -120,6 +120,17 @@ def split_options(parsed: dict[str, Any], method: str) -> tuple[ModelConfig, dic
         raise validation.InputError(f"-o {key}: {error}") from error
 
 
+def why_no_guard(train: Runs, use_guard: bool, folds: int) -> str | None:
+    """Why the guard's cross-fits cannot run on ``train`` (switched off, or fewer runs than ``folds *``
+    :data:`~bayes_simfluence.bayes.guard.MIN_RUNS_PER_FOLD`); None where they can. What the run
+    state and ``variant=auto`` report when they fall back for want of it."""
+    if not use_guard:
+        return "no guard: -o guard=false"
+    if train.n_runs < folds * guard.MIN_RUNS_PER_FOLD:
+        return f"{train.n_runs} runs, fewer than the guard needs ({folds * guard.MIN_RUNS_PER_FOLD})"
+    return None
+
+
 def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, folds: int) -> tuple[bool, str | None]:
     """Whether a fit has the run state, and why not where ``auto`` turned it off.
 
@@ -136,10 +147,9 @@ def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, fol
         return value, None
     if method not in GRID_METHODS:
         return False, f"bayes-{method} has no run state"
-    if not use_guard:
-        return False, "no guard: -o guard=false"
-    if train.n_runs < folds * guard.MIN_RUNS_PER_FOLD:
-        return False, f"{train.n_runs} runs, fewer than the guard needs ({folds * guard.MIN_RUNS_PER_FOLD})"
+    no_guard = why_no_guard(train, use_guard, folds)
+    if no_guard is not None:
+        return False, no_guard
     cross_fit_runs = train.n_runs - -(-train.n_runs // folds)  # the largest fold held out
     if cross_fit_runs < run_state.MIN_RUNS:
         return False, (f"the guard's cross-fits see {cross_fit_runs} runs, fewer than the run state needs "
@@ -168,11 +178,8 @@ def resolve_variant(method: str, train: Runs, value: Any, use_guard: bool, folds
         return value, None
     if method not in GRID_METHODS:
         return "linear", f"bayes-{method}: -o variant=auto needs the guard's cross-fits of bayes-grid or bayes-cg"
-    if not use_guard:
-        return "linear", "no guard: -o guard=false"
-    if train.n_runs < folds * guard.MIN_RUNS_PER_FOLD:
-        return "linear", f"{train.n_runs} runs, fewer than the guard needs ({folds * guard.MIN_RUNS_PER_FOLD})"
-    return None, None
+    no_guard = why_no_guard(train, use_guard, folds)
+    return ("linear", no_guard) if no_guard is not None else (None, None)
 
 
 def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) -> BayesianSimfluence:
