@@ -37,6 +37,12 @@ computed without training any run the fit sees:
    on a random 80% of the other 80% of the pool. The held-out runs are the same as in 1 (random 80%
    subsets of the whole pool: each has about 32 of the 40 unseen examples). Fitted with and
    without features, scored as in 1; compare with the all-seen rows of 40 runs.
+3. **Fit windows** (``--windows 1 2 3``): 40 fresh fitted runs per window and protocol (all-seen runs
+   after the held-out ones; unseen-protocol runs after window 0's), collected if missing and scored
+   on the same held-out runs, for the mean over windows of the 40-run rows (the issue's scores are
+   averaged over fit windows: which 40 runs a fit sees moves its intervals' coverage), with the run
+   discrepancy's spread (``guard_residual_sd``: the sd of the guard's held-out residual mean final
+   loss) beside the fit's real miss of the held-out runs (``heldout_miss_sd``).
 
 Writes ``experiments/results/runs_needed.{json,md}`` (rows kept across invocations, keyed by pool,
 optimizer, protocol, runs, features and a ``variant`` other than ``linear``) and one figure per set,
@@ -54,6 +60,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -148,16 +155,28 @@ def reference_features(pool: int, n_tests: int, optimizer: str) -> tuple[np.ndar
 
 
 # ------------------------------------------------------------------------------------------ runs
-def seen_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
-    """The scale study's runs (its cache file; collected there and saved if missing or too short)."""
-    path = DATA / f"scale_{pool}_{optimizer}_tests{n_tests}.npz"
+def cached_runs(path: Path, n_runs: int, collect: Callable[[int, int], Runs]) -> Runs:
+    """The first ``n_runs`` runs of the cache file ``path``; the missing ones are collected by
+    ``collect(first_run, count)`` (runs are seeded by their index, so a longer cache starts with
+    the shorter one) and appended to it."""
     runs = Runs.load(path) if path.exists() else None
-    if runs is None or runs.n_runs < n_runs:
+    have = 0 if runs is None else runs.n_runs
+    if have < n_runs:
         start = time.perf_counter()
-        runs = scale.make_runs(pool, n_tests, n_runs, optimizer)
+        more = collect(have, n_runs - have)
+        if runs is not None:
+            more = Runs.create(np.concatenate([runs.curricula, more.curricula]),
+                               np.concatenate([runs.losses, more.losses]), n_train=runs.n_train, meta=runs.meta)
+        runs = more
         runs.save(path)
-        print(f"collected {n_runs} runs in {time.perf_counter() - start:.0f} s", flush=True)
+        print(f"collected runs {have}-{n_runs - 1} of {path.name} in {time.perf_counter() - start:.0f} s", flush=True)
     return runs.select_runs(slice(0, n_runs))
+
+
+def seen_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
+    """The scale study's runs (its cache file; the missing ones collected here and appended)."""
+    return cached_runs(DATA / f"scale_{pool}_{optimizer}_tests{n_tests}.npz", n_runs,
+                       lambda first, count: scale.make_runs(pool, n_tests, count, optimizer, first_run=first))
 
 
 def unseen_examples(pool: int) -> np.ndarray:
@@ -168,17 +187,27 @@ def unseen_examples(pool: int) -> np.ndarray:
 
 def unseen_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
     """``n_runs`` runs on random 80% subsets of the examples outside :func:`unseen_examples` (cached)."""
-    path = DATA / f"runs_needed_unseen_{pool}_{optimizer}_tests{n_tests}.npz"
-    runs = Runs.load(path) if path.exists() else None
-    if runs is None or runs.n_runs < n_runs:
-        start = time.perf_counter()
-        allowed = np.setdiff1d(np.arange(pool), unseen_examples(pool))
-        runs = scale.make_runs(pool, n_tests, n_runs, optimizer, allowed=allowed, first_run=UNSEEN_FIRST_RUN)
-        runs = Runs.create(runs.curricula, runs.losses, n_train=pool,
+    allowed = np.setdiff1d(np.arange(pool), unseen_examples(pool))
+
+    def collect(first: int, count: int) -> Runs:
+        runs = scale.make_runs(pool, n_tests, count, optimizer, allowed=allowed, first_run=UNSEEN_FIRST_RUN + first)
+        return Runs.create(runs.curricula, runs.losses, n_train=pool,
                            meta={**runs.meta, "unseen": unseen_examples(pool).tolist()})
-        runs.save(path)
-        print(f"collected {n_runs} unseen-protocol runs in {time.perf_counter() - start:.0f} s", flush=True)
-    return runs.select_runs(slice(0, n_runs))
+
+    return cached_runs(DATA / f"runs_needed_unseen_{pool}_{optimizer}_tests{n_tests}.npz", n_runs, collect)
+
+
+def fit_window(protocol: str, window: int, pool: int, n_tests: int, optimizer: str, heldout: int) -> Runs:
+    """The :data:`FIT_RUNS` runs fit window ``window`` draws from: window 0 the set's first runs (seen) or
+    the unseen protocol's first; window ``k >= 1`` the next ``FIT_RUNS`` fresh runs of the same kind (for
+    seen, after the held-out runs), so that a score can be averaged over fits of other runs."""
+    if protocol == "unseen":
+        return unseen_runs(pool, n_tests, optimizer, (window + 1) * FIT_RUNS).select_runs(
+            slice(window * FIT_RUNS, (window + 1) * FIT_RUNS))
+    if window == 0:
+        return seen_runs(pool, n_tests, optimizer, FIT_RUNS)
+    first = FIT_RUNS + heldout + (window - 1) * FIT_RUNS
+    return seen_runs(pool, n_tests, optimizer, first + FIT_RUNS).select_runs(slice(first, first + FIT_RUNS))
 
 
 # --------------------------------------------------------------------------------------- scoring
@@ -216,6 +245,10 @@ def score(simulator, linear, heldout: Runs, unseen: np.ndarray | None = None) ->
               "final_coverage_50": study.interval_coverage(final_draws, final, 0.5),
               **{key: scores[key] for key in ("diff_coverage_90", "diff_coverage_50", "diff_width_90", "brier",
                                               "ordering_accuracy", "q_correlation", "pairs", "pairs_gap")}}
+    residuals = getattr(simulator, "run_residuals", None)
+    if residuals is not None:  # what sets a new run's discrepancy, against what the fit really misses by
+        result["guard_residual_sd"] = float(np.std(np.asarray(residuals)[:, -1].mean(-1), ddof=1))
+    result["heldout_miss_sd"] = float(np.std(heldout.losses[:, -1].mean(-1) - predicted[:, -1].mean(-1), ddof=1))
     if unseen is not None:
         used = np.isin(heldout.curricula, unseen).any(-1).sum(-1)  # steps with an unseen example, per run
         result["heldout_unseen_examples"] = float(np.mean([np.isin(unseen, c).sum() for c in heldout.curricula]))
@@ -268,7 +301,8 @@ def _row(row: dict) -> str:
         features += f", chose `{row['variant_chosen']}`"
     elif _variant(row) == "auto":  # too few runs for the guard: auto falls back to linear
         features += ", `linear` (no guard)"
-    return (f"| {row['fit_runs']} | {features} | {row['lds']:.3f} [{low:.3f}, {high:.3f}] | "
+    runs = f"{row['fit_runs']}" + (f" (window {row['window']})" if row.get("window") else "")
+    return (f"| {runs} | {features} | {row['lds']:.3f} [{low:.3f}, {high:.3f}] | "
             f"{row['lds_linear']:.3f} | {row['diff_coverage_90']:.2f} / {row['diff_coverage_50']:.2f} | {sharp} | "
             f"{row['brier']:.3f} | {row['final_coverage_90']:.2f} / {row['final_coverage_50']:.2f} | "
             f"{row['fit_seconds']:.0f} |")
@@ -300,7 +334,7 @@ def markdown(rows: dict) -> str:
              "new-run predictive's central intervals (500 draws), of pairwise differences of the per-run mean final "
              "loss and of each (run, test example) final loss.", ""]
     sets = sorted({(r["pool"], r["optimizer"], _variant(r)) for r in rows.values()},
-                  key=lambda s: (s[0], s[1] != "sgd", s[2] != "linear"))
+                  key=lambda s: (s[0], s[1] != "sgd", s[2] != "linear", s[2]))
     for pool, optimizer, variant in sets:
         chosen = [r for r in rows.values() if (r["pool"], r["optimizer"], _variant(r)) == (pool, optimizer, variant)]
         first = chosen[0]
@@ -321,9 +355,10 @@ def markdown(rows: dict) -> str:
             lines += ["Rows whose sharpness is marked * score the `noise` predictive: with so few runs the fit has no "
                       "guard, whose held-out residuals are a new run's discrepancy.", ""]
         lines += ["### All examples seen", "", *HEADER]
-        for row in sorted((r for r in chosen if r["protocol"] == "seen"), key=lambda r: (r["fit_runs"], r["features"])):
+        for row in sorted((r for r in chosen if r["protocol"] == "seen"),
+                          key=lambda r: (r["fit_runs"], r["features"], r.get("window", 0))):
             lines.append(_row(row))
-        unseen = sorted((r for r in chosen if r["protocol"] == "unseen"), key=lambda r: r["features"])
+        unseen = sorted((r for r in chosen if r["protocol"] == "unseen"), key=lambda r: (r["features"], r.get("window", 0)))
         if unseen:
             row = unseen[0]
             lines += ["", "### Unseen data", "",
@@ -333,6 +368,7 @@ def markdown(rows: dict) -> str:
                       f"in {row['heldout_steps_with_unseen']:.0f} of its {first.get('steps', 120)} steps. Compare "
                       "with the all-seen rows of the same number of runs.", "", *HEADER]
             lines += [_row(r) for r in unseen]
+        lines += over_windows(chosen)
         warned = sorted({w for r in chosen for w in r["warnings"]})
         if warned:
             lines += ["", "Warnings of the fits: " + "; ".join(f"`{w}`" for w in warned)]
@@ -340,8 +376,42 @@ def markdown(rows: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def over_windows(chosen: list[dict]) -> list[str]:
+    """Markdown lines: the mean over fit windows of the 40-run rows of each protocol and feature
+    setting fitted in more than one window, with the run discrepancy's spread (the guard's held-out
+    residual sd of the per-run mean final loss) against the fit's real miss on the held-out runs."""
+    groups = {}
+    for row in chosen:
+        if row["fit_runs"] == FIT_RUNS:
+            groups.setdefault((row["protocol"], row["features"]), []).append(row)
+    groups = {key: rows for key, rows in groups.items() if len(rows) > 1}
+    if not groups:
+        return []
+    lines = ["", "### Over fit windows", "",
+             f"Each window fits {FIT_RUNS} other runs of its protocol (window 0: the rows above; `--windows`) and is "
+             "scored on the same held-out runs: the mean over windows, with the range in brackets. Run discrepancy: "
+             "the sd over the guard's held-out runs of their residual mean final loss (what sets a new run's "
+             "discrepancy), beside the sd of the final fit's miss of the held-out runs' mean final loss.", "",
+             "| protocol | features | windows | LDS | diff cover 90 | diff cover 50 | sharpness | Brier | "
+             "final-loss cover 90 | run discrepancy sd / real miss sd |", "|---|---|---|---|---|---|---|---|---|---|"]
+
+    def cell(rows: list[dict], key: str, digits: int = 2) -> str:
+        values = np.array([r[key] for r in rows if key in r])
+        return f"{values.mean():.{digits}f} ({values.min():.{digits}f}-{values.max():.{digits}f})"
+
+    for (protocol, features), rows in sorted(groups.items()):
+        windows = ", ".join(str(r.get("window", 0)) for r in sorted(rows, key=lambda r: r.get("window", 0)))
+        spread = " / ".join(cell(rows, key, 3) for key in ("guard_residual_sd", "heldout_miss_sd")) \
+            if all("guard_residual_sd" in r for r in rows) else "-"
+        lines.append(f"| {protocol} | {'yes' if features else 'no'} | {windows} | {cell(rows, 'lds', 3)} | "
+                     f"{cell(rows, 'diff_coverage_90')} | {cell(rows, 'diff_coverage_50')} | {cell(rows, 'sharpness')} | "
+                     f"{cell(rows, 'brier', 3)} | {cell(rows, 'final_coverage_90')} | {spread} |")
+    return lines
+
+
 def plot(rows: dict, pool: int, optimizer: str, path: Path) -> None:
-    """LDS (with its bootstrap interval) and sharpness against runs, with and without features."""
+    """LDS (with its bootstrap interval) and sharpness against runs, with and without features (window 0)."""
+    rows = {key: row for key, row in rows.items() if not row.get("window")}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,6 +494,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="settings of the fit (default memory=none)")
     parser.add_argument("--skip-seen", action="store_true", help="only the unseen-data protocol")
     parser.add_argument("--skip-unseen", action="store_true", help="only the runs-needed rows")
+    parser.add_argument("--windows", type=int, nargs="+", default=[0], metavar="K",
+                        help=f"fit windows (default 0): window K >= 1 fits {FIT_RUNS} fresh runs of each protocol "
+                             f"(collected if missing) instead of the first ones, {FIT_RUNS} runs only, scored on "
+                             "the same held-out runs: how much a score depends on which runs the fit saw")
+    parser.add_argument("--features", choices=("both", "on", "off"), default="both",
+                        help="fit with the feature prior, without, or both (default)")
     parser.add_argument("--redraw", action="store_true", help="only rewrite the table and every figure from the json")
     args = parser.parse_args(argv)
     if args.redraw:
@@ -450,21 +526,28 @@ def main(argv: list[str] | None = None) -> None:
                                f"under Adam) summed over steps {list(CHECKPOINTS)} of one reference run on the whole pool"}
     # the most runs first, then the unseen protocol, then fewer runs: an interrupted study keeps the main rows
     order = sorted(set(args.runs), reverse=True)
-    seen = [] if args.skip_seen else [("seen", n, features) for n in order for features in (False, True)]
-    jobs = seen[:2] + ([] if args.skip_unseen else [("unseen", FIT_RUNS, f) for f in (True, False)]) + seen[2:]
+    settings = {"both": (False, True), "on": (True,), "off": (False,)}[args.features]
+    jobs = []
+    for window in args.windows:
+        counts = order if window == 0 else [FIT_RUNS]
+        seen = [] if args.skip_seen else [("seen", n, features) for n in counts for features in settings]
+        unseen_jobs = [] if args.skip_unseen else [("unseen", FIT_RUNS, f) for f in sorted(settings, reverse=True)]
+        jobs += [(window, *job) for job in seen[:len(settings)] + unseen_jobs + seen[len(settings):]]
     unseen = unseen_examples(args.pool)
-    for protocol, n, features in jobs:
-        source = runs if protocol == "seen" else unseen_runs(args.pool, args.tests, args.optimizer, FIT_RUNS)
+    for window, protocol, n, features in jobs:
+        source = fit_window(protocol, window, args.pool, args.tests, args.optimizer, args.heldout)
         train = source.select_runs(slice(0, n)).with_features(train_features=train_features,
                                                                pair_features=pair_features)
         result = fit_and_score(train, heldout, args.method, options, features,
                                unseen if protocol == "unseen" else None)
-        result.update(common, protocol=protocol)
+        result.update(common, protocol=protocol, window=window)
         if protocol == "unseen":
             result["unseen"] = unseen.tolist()
         key = f"{args.pool}_{args.optimizer}_{protocol}_{n}_{'features' if features else 'plain'}"
         if variant != "linear":
             key += f"_{variant}"
+        if window:
+            key += f"_w{window}"
         mine[key] = result
         rows = {**(json.loads(out.read_text()) if out.exists() else {}), **mine}  # others may have written since
         print(f"{key}: LDS {result['lds']:.3f} {result['lds_interval']}, cover {result['diff_coverage_90']:.2f}/"

@@ -1,0 +1,49 @@
+"""The runs-needed study's plumbing: cached runs grow by collecting only the missing ones, and the
+summary over fit windows averages what the windows measured."""
+
+import numpy as np
+
+from bayes_simfluence.runs import Runs
+
+from experiment_module import load_experiment
+
+runs_needed = load_experiment("runs_needed")
+
+
+def _collector(calls: list):
+    """Runs whose losses carry their own index (run r starts at loss r), as a seeded collection would."""
+    def collect(first: int, count: int) -> Runs:
+        calls.append((first, count))
+        index = np.arange(first, first + count)
+        curricula = np.tile(np.arange(2, dtype=np.int32), (count, 3, 1)) + (index % 2)[:, None, None]  # [runs, 3, 2]
+        losses = np.repeat(index[:, None, None], 4, axis=1) + np.arange(4)[None, :, None] * 0.1  # [runs, 4, 1]
+        return Runs.create(curricula, losses.astype(float), n_train=3)
+    return collect
+
+
+def test_cached_runs_collect_only_the_missing_runs_and_keep_the_order(tmp_path):
+    calls, path = [], tmp_path / "runs.npz"
+    first = runs_needed.cached_runs(path, 3, _collector(calls))
+    longer = runs_needed.cached_runs(path, 5, _collector(calls))
+    shorter = runs_needed.cached_runs(path, 4, _collector(calls))
+    assert calls == [(0, 3), (3, 2)]
+    assert longer.losses[:, 0, 0].tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(longer.losses[:3], first.losses)
+    np.testing.assert_array_equal(longer.curricula[3:], _collector([])(3, 2).curricula)
+    assert shorter.n_runs == 4 and Runs.load(path).n_runs == 5
+
+
+def test_over_windows_averages_the_forty_run_rows_fitted_in_several_windows():
+    def row(window, protocol, coverage, **extra):
+        return {"fit_runs": 40, "window": window, "protocol": protocol, "features": True, "lds": 0.8,
+                "diff_coverage_90": coverage, "diff_coverage_50": 0.5, "sharpness": 0.4, "brier": 0.1,
+                "final_coverage_90": 0.9, **extra}
+
+    rows = [row(0, "unseen", 0.99, guard_residual_sd=0.04, heldout_miss_sd=0.03),
+            row(1, "unseen", 0.85, guard_residual_sd=0.02, heldout_miss_sd=0.03),
+            row(0, "seen", 0.7), {**row(0, "seen", 0.5), "fit_runs": 10}]
+    lines = runs_needed.over_windows(rows)
+    (unseen,) = [line for line in lines if line.startswith("| unseen")]
+    assert "| 0, 1 |" in unseen and "| 0.92 (0.85-0.99) |" in unseen and "0.030 (0.020-0.040) / 0.030 (0.030-0.030)" in unseen
+    assert not [line for line in lines if line.startswith("| seen")]  # one window of 40 runs: nothing to average
+    assert runs_needed.over_windows(rows[2:]) == []
