@@ -324,7 +324,8 @@ def study_set(name: str, runs: Runs, n_fit: int, n_heldout: int, method: str, op
               "fit_seconds": fit_seconds, "lds": lds, "lds_linear": lds_linear,
               "guard_weight": _guard_weight(simulator),
               "run_state": getattr(simulator, "state", None) is not None,
-              "run_state_check": getattr(simulator, "info", {}).get("run_state_check"), "predictive": {}}
+              "run_state_check": getattr(simulator, "info", {}).get("run_state_check"),
+              "variant_check": getattr(simulator, "info", {}).get("variant_check"), "predictive": {}}
     expectation = predictive_draws(simulator, heldout, "parameters")  # every predictive's mean, least noisy
     for kind in PREDICTIVES:
         start = time.perf_counter()
