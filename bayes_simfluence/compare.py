@@ -146,6 +146,9 @@ class Comparison:
         stacked_alternative: that alternative in words (``"curriculum-blind"``: the candidates'
             expected losses do not differ under it; ``"state-only"``: they differ only through the
             run state, :class:`~bayes_simfluence.bayes.run_state.StateTrajectory`); empty when not stacked.
+        unseen: ``[candidates]`` how many distinct training examples each candidate uses that no
+            fitted run used (where the simulator records them: a Bayesian fit's
+            ``info["unseen_indices"]``); empty where it does not.
     """
 
     labels: tuple[str, ...]
@@ -160,6 +163,7 @@ class Comparison:
     uncertainty_source: str = ""
     stacking_weight: float | None = None
     stacked_alternative: str = ""
+    unseen: tuple[int, ...] = ()
 
     @property
     def n_draws(self) -> int:
@@ -185,6 +189,18 @@ class Comparison:
                 f"at the same step of the logged runs' schedule, so a shorter one is the same training stopped "
                 f"early; final = the loss where each stops; mean = over steps 1..{longest}, a stopped candidate "
                 "holding its final loss")
+
+    @property
+    def unseen_note(self) -> str:
+        """Which candidates use training examples no fitted run used (empty when none does): their
+        effects are the feature regression's prediction where the fit has the feature prior, else the
+        prior's, and the intervals' run-to-run misfit was learned on runs without them."""
+        using = [f"{label} {count}" for label, count in zip(self.labels, self.unseen) if count]
+        if not using:
+            return ""
+        return (f"training examples in no fitted run: {', '.join(using)}; their effects come from the feature "
+                "prior where the fit has one (else from the prior alone), and the run-to-run misfit in the "
+                "intervals was learned on runs without them")
 
     def differences(self, quantity: str = "final") -> np.ndarray:
         """``[draws, candidates]`` paired difference ``loss_k - loss_reference`` (negative: k is better)."""
@@ -243,7 +259,8 @@ class Comparison:
             "reference": self.labels[self.reference], "level": self.level, "reduction": self.reduction,
             "tests": self.tests.tolist(), "draws": self.n_draws, "predictive": self.predictive or None,
             "uncertainty": self.uncertainty, "stacking_weight": self.stacking_weight,
-            "lengths": self.length_note or None, "identical": self.identical_note or None, "candidates": candidates,
+            "lengths": self.length_note or None, "identical": self.identical_note or None,
+            "unseen_examples": dict(zip(self.labels, self.unseen)) if self.unseen else None, "candidates": candidates,
         }
 
     @property
@@ -272,7 +289,7 @@ class Comparison:
             f"{self.reduction} loss over {len(self.tests)} test example(s); {self.n_draws} paired draw(s); "
             f"uncertainty: {self.uncertainty}; reference: {self.labels[self.reference]}",
         ]
-        for note in (self.identical_note, self.length_note):
+        for note in (self.identical_note, self.length_note, self.unseen_note):
             if note:
                 lines.append(f"note: {note}")
         lines += [header, "-" * len(header)]
@@ -376,8 +393,11 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
     if len({trajectory.shape[0] for trajectory in trajectories}) != 1:
         raise ValueError("the simulator returned different numbers of draws for different candidates")
     stacked = isinstance(simulator, Stacked) and simulator.stacking_weight is not None
+    recorded = getattr(simulator, "info", {}).get("unseen_indices")
+    unseen = () if recorded is None else tuple(
+        int(np.isin(np.unique(candidate[candidate >= 0]), recorded).sum()) for candidate in candidates)
     return Comparison(labels, tests, reduction, tuple(trajectories),
                       np.array([candidate.shape[1] for candidate in candidates]), identical, reference, level,
                       *_predictive_words(simulator, predictive),
                       float(np.mean(simulator.stacking_weight)) if stacked else None,
-                      simulator.stacked_alternative if stacked else "")
+                      simulator.stacked_alternative if stacked else "", unseen)

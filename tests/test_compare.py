@@ -186,3 +186,34 @@ def test_a_candidate_identical_to_the_reference_is_said_to_be_and_is_never_bette
     assert compare(known, [curriculum, padded], np.full(N_TESTS, 1.5), n_draws=20).identical == (True, True)
     # different curricula are never called identical, even where every draw ties
     assert "identical" not in compare(known, [curriculum, other], np.full(N_TESTS, 1.5), n_draws=20).summary()
+
+
+def test_candidates_with_examples_no_fitted_run_used_are_named_also_after_a_reload(tmp_path):
+    """A fit on runs that never use examples 10 and 11 records them; a comparison names the candidates
+    that use them, with how many, in its summary and its JSON, also for a test subset and a reloaded
+    posterior; candidates of seen examples only carry no note."""
+    import bayes_simfluence as bsf
+
+    rng = np.random.default_rng(0)
+    curricula = random_curricula(8, 10, 2, 10, rng)  # [runs, steps, batch] over examples 0-9 only
+    losses = 1.0 - 0.02 * np.arange(11)[None, :, None] + 0.01 * rng.standard_normal((8, 11, N_TESTS))
+    runs = Runs.create(curricula, losses, n_train=N_TRAIN)
+    posterior = bsf.fit(runs, method="bayes-grid", guard=False, memory="none", run_state=False, progress=False)
+    assert posterior.info["unseen_indices"] == [10, 11] and posterior.info["unseen_examples"] == 2
+    seen = curricula[0]
+    one_new = seen.copy()
+    one_new[3] = [10, 10]
+    both_new = seen.copy()
+    both_new[:2] = [[10, 11], [0, 1]]
+    posterior.save(tmp_path / "posterior.nc")
+    for simulator, tests in ((posterior, None), (posterior, [1]), (bsf.load(tmp_path / "posterior.nc"), None)):
+        result = simulator.compare([seen, one_new, both_new], np.ones(N_TESTS), tests=tests, n_draws=20,
+                                   labels=["seen", "one", "both"])
+        assert result.unseen == (0, 1, 2)
+        note = next(line for line in result.summary().splitlines() if line.startswith("note: training examples"))
+        assert "one 1, both 2" in note and "seen" not in note
+        assert result.to_dict()["unseen_examples"] == {"seen": 0, "one": 1, "both": 2}
+    plain = posterior.compare([seen, seen[::-1]], np.ones(N_TESTS), n_draws=20)
+    assert plain.unseen == (0, 0) and plain.unseen_note == "" and "training examples in no" not in plain.summary()
+    point = compare(SimfluenceLinear(ridge=0.1).fit(runs), [seen, one_new], np.ones(N_TESTS))
+    assert point.unseen == () and point.to_dict()["unseen_examples"] is None

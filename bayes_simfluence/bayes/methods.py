@@ -246,7 +246,9 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         posterior.info["run_state_off"] = state_off
     if features_off is not None:
         posterior.info["features_off"] = features_off
-    posterior.info["unseen_examples"] = int(train.n_train - np.unique(train.curricula[train.curricula >= 0]).size)
+    unseen = np.setdiff1d(np.arange(train.n_train), train.curricula[train.curricula >= 0])
+    posterior.info["unseen_examples"] = int(unseen.size)
+    posterior.info["unseen_indices"] = unseen.tolist()  # compare names the candidates that use them
     if options["features"]:
         posterior.info["features"] = {"per_example": 0 if train.train_features is None else train.train_features.shape[1],
                                       "per_pair": 0 if train.pair_features is None else train.pair_features.shape[2]}

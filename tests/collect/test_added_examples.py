@@ -111,5 +111,6 @@ def test_cli_features_for_then_features_fit_and_compare_with_a_new_example(colle
     comparison = json.loads(capsys.readouterr().out)
     inserted = comparison["candidates"][1]
     assert len(comparison["candidates"]) == 2 and "+14" in inserted["label"]
+    assert comparison["unseen_examples"] == {comparison["candidates"][0]["label"]: 0, inserted["label"]: 1}
     low, high = inserted["final"]["difference_interval"]
     assert low < inserted["final"]["difference"] < high
