@@ -141,6 +141,7 @@ def test_blocks_are_found_and_the_setup_commands_are_two():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # the first page's time includes the demo's set-up (about 11 minutes in CI)
 @pytest.mark.parametrize("page", pages(), ids=lambda p: p.name)
 def test_every_command_and_snippet_of_the_page_runs_and_prints_what_it_shows(page, demo, tmp_path):
     found = blocks_of(page)

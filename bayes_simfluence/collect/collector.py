@@ -28,6 +28,9 @@ import multiprocessing
 import os
 import shutil
 import time
+import warnings
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -49,6 +52,9 @@ from bayes_simfluence.collect.optim import OptimConfig, build_optimizer, learnin
 from bayes_simfluence.collect.ray_runs import RayOptions, train_on_ray
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.scores import SCORE_METHODS, ScoreSet, save_scores, scores_path_for
+
+WORKER_RESTARTS = 2
+"""How many times a collection replaces worker processes that died before it gives up."""
 
 
 @dataclass(frozen=True)
@@ -332,6 +338,50 @@ def _work(task: tuple[int, str, bool]) -> int:
     return run
 
 
+def _train_in_processes(config: CollectConfig, curricula: np.ndarray, partial: Path, todo: list[int],
+                        workers: int, threads: int, progress: bool, bar: tqdm) -> None:
+    """Train the runs ``todo`` in ``workers`` spawned processes, each run saved to ``partial`` as it ends.
+
+    A worker that dies (a crash in native code, the OOM killer) breaks the pool: ``concurrent.futures``
+    says so (``BrokenProcessPool``) where ``multiprocessing.Pool`` would wait forever for the lost run.
+    The runs left go to fresh workers, up to :data:`WORKER_RESTARTS` times; then the error names them,
+    and the finished runs stay saved for a resume. Each run is seeded by its index, so a run trained
+    again gives the same losses."""
+    context = multiprocessing.get_context("spawn")
+    for attempt in range(WORKER_RESTARTS + 1):
+        left = [run for run in todo if not _run_path(partial, run).exists()]
+        if not left:
+            return
+        pool = ProcessPoolExecutor(min(workers, len(left)), mp_context=context, initializer=_init_worker,
+                                   initargs=(config, curricula, threads))
+        try:
+            # workers exit by themselves at shutdown: a terminated worker would leave its semaphores
+            # (tqdm's lock) behind ("resource_tracker: ... leaked semaphore objects")
+            for future in as_completed([pool.submit(_work, (run, str(partial), progress)) for run in left]):
+                future.result()
+                bar.update()
+            pool.shutdown()
+            return
+        except BrokenProcessPool as error:
+            pool.shutdown(cancel_futures=True)
+            failure = error
+            left = [run for run in left if not _run_path(partial, run).exists()]
+            if attempt < WORKER_RESTARTS:
+                warnings.warn(f"collect: a worker process died ({error}); runs {_run_list(left)} go to fresh "
+                              f"workers (restart {attempt + 1} of {WORKER_RESTARTS})", RuntimeWarning,
+                              stacklevel=2)
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    raise RuntimeError(f"collect: worker processes died {WORKER_RESTARTS + 1} times; runs {_run_list(left)} "
+                       f"are unfinished (the finished ones are kept in {partial}: the same command resumes)"
+                       ) from failure
+
+
+def _run_list(runs: list[int]) -> str:
+    return ", ".join(map(str, runs[:10])) + (f" and {len(runs) - 10} more" if len(runs) > 10 else "")
+
+
 def default_curricula(config: CollectConfig, n_train: int) -> np.ndarray:
     """``[runs, optimiser steps, batch]`` curricula sampled by ``config``'s protocol and seed."""
     return curricula_lib.sample_curricula(config.protocol, n_train, config.runs, config.batch_size,
@@ -410,14 +460,7 @@ def _collect(config: CollectConfig, out: Path, partial: Path, curricula: np.ndar
             atomic.savez(_run_path(partial, run), executor.run(run, position=1, progress=progress))
             bar.update()
     elif todo:
-        context = multiprocessing.get_context("spawn")
-        with context.Pool(workers, initializer=_init_worker, initargs=(config, curricula, threads)) as pool:
-            for _ in pool.imap_unordered(_work, [(run, str(partial), progress) for run in todo]):
-                bar.update()
-            # let the workers exit by themselves: leaving the block terminates them, and a terminated worker
-            # leaves its semaphores (tqdm's lock) behind ("resource_tracker: ... leaked semaphore objects")
-            pool.close()
-            pool.join()
+        _train_in_processes(config, curricula, partial, todo, workers, threads, progress, bar)
     bar.close()
     executor = executor or RunExecutor(config, curricula)
     runs = _assemble(executor, partial, out)

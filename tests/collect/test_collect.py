@@ -1,10 +1,12 @@
 """The collector on tiny models: valid runs, exact step-0 losses, resume after a kill, workers, CLI, errors."""
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -81,6 +83,35 @@ def test_worker_processes_end_without_leaking_semaphores(tiny, tmp_path):
                            "--threads", "1", "--quiet", "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0 and Runs.load(out).n_runs == 2, done.stderr[-2000:]
     assert "leaked" not in done.stderr and "resource_tracker" not in done.stderr, done.stderr[-2000:]
+
+
+def test_a_worker_that_dies_is_replaced_and_the_runs_are_those_of_an_uninterrupted_collection(tiny, tmp_path):
+    """A worker killed from outside (as a crash or the OOM killer would) must not hang the collection
+    (multiprocessing.Pool waits forever for the lost run): its runs go to fresh workers, and the runs
+    equal a collection in this process."""
+    config = _config(tiny, runs=4, batch_size=2, epochs=10, optim=OptimConfig(lr=0.05))
+    out = tmp_path / "two.npz"
+    killed = []
+
+    def kill_a_worker():
+        # once the first run is saved, both workers are inside a run (runs 1 and 2 of 4): kill one
+        deadline = time.time() + 120
+        while not killed and time.time() < deadline:
+            children = multiprocessing.active_children()
+            if children and list(partial_dir_for(out).glob("run_*.npz")):
+                os.kill(children[0].pid, signal.SIGKILL)
+                killed.append(children[0].pid)
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_a_worker)
+    killer.start()
+    with pytest.warns(RuntimeWarning, match=r"a worker process died .*runs .* go to fresh workers"):
+        two = collect(config, out, progress=False, workers=2, threads=1)
+    killer.join()
+    assert killed
+    one = collect(config, tmp_path / "one.npz", progress=False, threads=1)
+    np.testing.assert_array_equal(one.losses, two.losses)
+    np.testing.assert_array_equal(one.curricula, two.curricula)
 
 
 def test_eval_every_groups_optimiser_steps(tiny, tmp_path):
