@@ -29,7 +29,7 @@ from bayes_simfluence.evaluation import evaluate_methods
 from bayes_simfluence.methods import FitContext, fit_method
 from bayes_simfluence.plots import plot_scores, save_figure
 from bayes_simfluence.runs import Runs, RunsFormatError
-from bayes_simfluence.scores import SCORE_METHODS, load_scores, scores_path_for
+from bayes_simfluence.score_files import SCORE_METHODS, load_scores, scores_path_for
 from bayes_simfluence.validation import undefined_as_null
 
 HERE = Path(__file__).resolve().parent

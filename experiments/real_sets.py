@@ -34,7 +34,7 @@ from pathlib import Path
 from bayes_simfluence.collect.collector import collect
 from bayes_simfluence.collect.embedded import demo_config
 from bayes_simfluence.collect.optim import OptimConfig
-from bayes_simfluence.scores import SCORE_METHODS
+from bayes_simfluence.score_files import SCORE_METHODS
 
 DATA = Path(__file__).resolve().parent / "data"
 RUNS = 24

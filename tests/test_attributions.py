@@ -153,7 +153,8 @@ def test_point_simulator_effects_against_the_average_example_match_a_direct_roll
 def test_score_simulator_effects_against_the_average_example():
     """One checkpoint, constant rate: beta_t = -scale * rate / batch * sum of scores, so filling i's
     slots with the average example changes the final loss by -scale * rate / batch * count_i * (s_i - mean s)."""
-    from bayes_simfluence.scores import AdditiveScoreSimulator, ScoreSet
+    from bayes_simfluence.score_files import ScoreSet
+    from bayes_simfluence.scores import AdditiveScoreSimulator
 
     rng = np.random.default_rng(3)
     scores = rng.normal(size=(1, N_TESTS, 6))

@@ -6,7 +6,7 @@ import pytest
 
 from bayes_simfluence.cli import main
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.scores import ScoreSet, save_scores
+from bayes_simfluence.score_files import ScoreSet, save_scores
 from bayes_simfluence.synthetic import synthetic_runs
 
 

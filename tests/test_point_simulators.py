@@ -180,7 +180,8 @@ def test_selecting_test_examples_gives_their_columns_of_the_full_simulation():
 
 
 def test_selecting_test_examples_of_a_score_simulator():
-    from bayes_simfluence.scores import AdditiveScoreSimulator, ScoreSet
+    from bayes_simfluence.score_files import ScoreSet
+    from bayes_simfluence.scores import AdditiveScoreSimulator
 
     runs, _ = synthetic_runs(n_train=10, n_tests=4, n_runs=3, n_steps=8, batch_size=2, seed=4)
     rng = np.random.default_rng(0)

@@ -5,7 +5,8 @@ import pytest
 
 from bayes_simfluence.methods import FitContext, fit_method, load_simulator
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.scores import AdditiveScoreSimulator, ScoreSet, save_scores
+from bayes_simfluence.score_files import ScoreSet, save_scores
+from bayes_simfluence.scores import AdditiveScoreSimulator
 from bayes_simfluence.synthetic import synthetic_runs
 from bayes_simfluence.validation import InputError
 

@@ -31,7 +31,7 @@ from bayes_simfluence.collect.collector import (CollectConfig, RunExecutor, defa
                                                 deterministic_torch, reference_score_sets)
 from bayes_simfluence.collect.data import load_added_examples
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.scores import save_scores, scores_path_for
+from bayes_simfluence.score_files import save_scores, scores_path_for
 
 #: how far the replayed reference run's losses may be from the logged ones (relative; the replay is
 #: deterministic on one machine, thread counts may move the last digits of float32 sums)

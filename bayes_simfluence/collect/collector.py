@@ -51,7 +51,7 @@ from bayes_simfluence.collect.model import load_model, select_parameters, set_tr
 from bayes_simfluence.collect.optim import OptimConfig, build_optimizer, learning_rates
 from bayes_simfluence.collect.ray_runs import RayOptions, train_on_ray
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.scores import SCORE_METHODS, ScoreSet, save_scores, scores_path_for
+from bayes_simfluence.score_files import SCORE_METHODS, ScoreSet, save_scores, scores_path_for
 
 WORKER_RESTARTS = 2
 """How many times a collection replaces worker processes that died before it gives up."""

@@ -15,7 +15,7 @@ from bayes_simfluence.commands._arguments import nonnegative_int, output_file, p
 #: the package modules :func:`run` imports (JAX and the like): the CLI loads them before it runs the command,
 #: never to build the parser, so that ``--help`` stays quick
 #: (the collect layer, torch's, only after the check that the collect extra is installed)
-IMPORTS = ("bayes_simfluence.scores",)
+IMPORTS = ("bayes_simfluence.score_files",)
 
 EXAMPLES = """examples:
   # sentiment classifier, 32 runs on random orderings of the pool, 2 epochs of batch 8
@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     require_collect_extra("collect")
     validation.output_path(args.out, "--out", (".npz",), "a runs file", inputs=[args.train, args.test, args.curricula])
     from bayes_simfluence.collect.collector import collect
-    from bayes_simfluence.scores import scores_path_for
+    from bayes_simfluence.score_files import scores_path_for
 
     config = config_from_args(args)
     curricula = None
@@ -201,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
 def _features_for(args: argparse.Namespace, config, curricula: np.ndarray | None) -> int:
     """``--features-for NEW``: score NEW's examples with the finished collection's pool."""
     from bayes_simfluence.collect.added_examples import added_path_for, collect_added
-    from bayes_simfluence.scores import scores_path_for
+    from bayes_simfluence.score_files import scores_path_for
 
     if args.ray is not None:
         raise ValueError("--features-for replays one run in this process; leave out --ray")

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 #: never to build the parser, so that ``--help`` stays quick
 #: (the collect layer, torch's, only after the check that the collect extra is installed)
 IMPORTS = ("bayes_simfluence.compare", "bayes_simfluence.evaluation", "bayes_simfluence.methods",
-           "bayes_simfluence.plots", "bayes_simfluence.scores", "bayes_simfluence.simulators")
+           "bayes_simfluence.plots", "bayes_simfluence.score_files", "bayes_simfluence.scores",
+           "bayes_simfluence.simulators")
 
 DEFAULT_METHODS = ("mean", "additive", "multiplicative", "linear", "tracin", "influence", "bayes")
 #: fitted simulators the demo saves (where the method ran), so that simulate, compare and plot use them without a fit
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     require_collect_extra("demo")
     from bayes_simfluence.collect.collector import collect
     from bayes_simfluence.collect.embedded import demo_config
-    from bayes_simfluence.scores import scores_path_for
+    from bayes_simfluence.score_files import scores_path_for
     from bayes_simfluence.evaluation import format_table
     from bayes_simfluence.methods import FitContext
     from bayes_simfluence.simulators import ProbabilisticSimulator

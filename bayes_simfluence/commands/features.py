@@ -26,7 +26,7 @@ collected pool with their scores. Features are standardised over the training ex
 constant columns do nothing.
 """
 
-IMPORTS = ("bayes_simfluence.scores",)
+IMPORTS = ("bayes_simfluence.score_files",)
 #: how a per-pair feature is taken from the scores' checkpoints
 CHECKPOINTS = ("first", "mean")
 
@@ -56,7 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def pair_features_from_scores(runs: Runs, scores_path: Path, methods: list[str], checkpoints: str) -> np.ndarray:
     """``[tests, n_train, methods]`` one-step scores as per-pair features, aligned to the runs' ids."""
-    from bayes_simfluence.scores import load_scores
+    from bayes_simfluence.score_files import load_scores
 
     columns = []
     for method in methods:

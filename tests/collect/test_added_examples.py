@@ -11,7 +11,7 @@ from bayes_simfluence import cli
 from bayes_simfluence.collect import CollectConfig, OptimConfig, collect
 from bayes_simfluence.collect.added_examples import added_path_for, collect_added
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.scores import load_scores, scores_path_for
+from bayes_simfluence.score_files import load_scores, scores_path_for
 
 from collect_fixtures import sentiment_files, tiny_bert, write_jsonl
 

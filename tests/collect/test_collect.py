@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -15,12 +16,13 @@ import torch
 
 from bayes_simfluence import atomic, cli
 from bayes_simfluence.collect import CollectConfig, OptimConfig, collect
-from bayes_simfluence.collect.collector import RunExecutor, _identity, _prepare_partial, partial_dir_for
+from bayes_simfluence.collect.collector import (RunExecutor, _identity, _prepare_partial, default_curricula,
+                                                partial_dir_for)
 from bayes_simfluence.collect.data import load_examples
 from bayes_simfluence.collect.losses import collate, encode, example_losses
 from bayes_simfluence.collect.model import load_model, select_parameters
 from bayes_simfluence.runs import Runs
-from bayes_simfluence.scores import SCORE_METHODS, load_scores, scores_path_for
+from bayes_simfluence.score_files import SCORE_METHODS, load_scores, scores_path_for
 
 from collect_fixtures import lm_files, sentiment_files, tiny_bert, tiny_gpt2
 
@@ -112,6 +114,31 @@ def test_a_worker_that_dies_is_replaced_and_the_runs_are_those_of_an_uninterrupt
     one = collect(config, tmp_path / "one.npz", progress=False, threads=1)
     np.testing.assert_array_equal(one.losses, two.losses)
     np.testing.assert_array_equal(one.curricula, two.curricula)
+
+
+WORKER_IMPORTS = """
+import json, pickle, sys
+from bayes_simfluence.collect.collector import _init_worker, _work
+with open(sys.argv[1], "rb") as file:
+    config, curricula = pickle.load(file)
+_init_worker(config, curricula, 1)
+_work((0, sys.argv[2], False))
+print(json.dumps(sorted({name.split(".")[0] for name in sys.modules} & {"jax", "jaxlib", "numpyro", "arviz"})))
+"""
+
+
+def test_a_collection_worker_loads_no_jax(tiny, tmp_path):
+    """A worker trains, scores and saves a run with torch alone: JAX beside torch in one process is
+    where CI's native crashes happened (a segfault in libgcc_s's unwinder), so the collector keeps it out."""
+    config = _config(tiny, scores=("tracin",))
+    (tmp_path / "task.pkl").write_bytes(pickle.dumps((config, default_curricula(config, 12))))  # the tiny pool
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    done = subprocess.run([sys.executable, "-c", WORKER_IMPORTS, str(tmp_path / "task.pkl"), str(partial)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    assert (partial / "run_00000.npz").exists()
 
 
 def test_eval_every_groups_optimiser_steps(tiny, tmp_path):

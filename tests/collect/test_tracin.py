@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bayes_simfluence.collect import CollectConfig, OptimConfig, collect
-from bayes_simfluence.scores import load_scores, scores_path_for
+from bayes_simfluence.score_files import load_scores, scores_path_for
 from bayes_simfluence.methods import FitContext, fit_method, load_simulator
 
 from collect_fixtures import lm_files, sentiment_files, tiny_bert, tiny_gpt2
