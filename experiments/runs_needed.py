@@ -36,7 +36,12 @@ computed without training any run the fit sees:
    every fitted run: 40 new fit runs (``experiments/data/runs_needed_unseen_POOL_OPT.npz``), each
    on a random 80% of the other 80% of the pool. The held-out runs are the same as in 1 (random 80%
    subsets of the whole pool: each has about 32 of the 40 unseen examples). Fitted with and
-   without features, scored as in 1; compare with the all-seen rows of 40 runs.
+   without features, scored as in 1; compare with the all-seen rows of 40 runs. Each unseen-protocol
+   fit is also scored on ``--heldout`` held-out runs of its fitted runs' kind (``matched``: each on a
+   random 80% of a random 80% of the whole pool, so as many distinct examples as a fitted run, as
+   GPTfluence's 128 of 200; ``experiments/data/runs_needed_matched_POOL_OPT.npz``): the run
+   discrepancy a fit learns is that of the runs it saw, so these runs ask about its unseen-data
+   effects alone, without a change of run kind.
 3. **Fit windows** (``--windows 1 2 3``): 40 fresh fitted runs per window and protocol (all-seen runs
    after the held-out ones; unseen-protocol runs after window 0's), collected if missing and scored
    on the same held-out runs, for the mean over windows of the 40-run rows (the issue's scores are
@@ -78,6 +83,8 @@ FIT_RUNS = 40
 UNSEEN_FRACTION = 0.2
 #: seed of the unseen examples' choice and the first run index (curriculum seed) of the unseen protocol's fit runs
 UNSEEN_SEED, UNSEEN_FIRST_RUN = 30, 1000
+#: first run index (curriculum seed) of the unseen protocol's held-out runs of the fitted runs' kind
+MATCHED_FIRST_RUN = 2000
 CHECKPOINTS = (0, 30, 60, 90)
 N_BOOT = 1000
 #: the package's state where a row does not record it (the first invocations, while another change was under way)
@@ -197,6 +204,23 @@ def unseen_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
     return cached_runs(DATA / f"runs_needed_unseen_{pool}_{optimizer}_tests{n_tests}.npz", n_runs, collect)
 
 
+def matched_heldout_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
+    """``n_runs`` held-out runs of the unseen protocol's fitted runs' kind: each on a random 80% subset of
+    a random 80% of the whole pool (the fitted runs: of the fixed 80% outside :func:`unseen_examples`), so
+    about ``0.64 x`` the unseen examples are in each, and each run has as many distinct examples as a fitted
+    one (cached). GPTfluence's runs are of this kind: 128 of a pool of 200."""
+
+    def collect(first: int, count: int) -> Runs:
+        parts = []
+        for r in range(MATCHED_FIRST_RUN + first, MATCHED_FIRST_RUN + first + count):
+            allowed = np.sort(np.random.default_rng([UNSEEN_SEED, r]).choice(pool, int(0.8 * pool), replace=False))
+            parts.append(scale.make_runs(pool, n_tests, 1, optimizer, allowed=allowed, first_run=r))
+        return Runs.create(np.concatenate([r.curricula for r in parts]), np.concatenate([r.losses for r in parts]),
+                           n_train=pool, meta={**parts[0].meta, "unseen": unseen_examples(pool).tolist()})
+
+    return cached_runs(DATA / f"runs_needed_matched_{pool}_{optimizer}_tests{n_tests}.npz", n_runs, collect)
+
+
 def fit_window(protocol: str, window: int, pool: int, n_tests: int, optimizer: str, heldout: int) -> Runs:
     """The :data:`FIT_RUNS` runs fit window ``window`` draws from: window 0 the set's first runs (seen) or
     the unseen protocol's first; window ``k >= 1`` the next ``FIT_RUNS`` fresh runs of the same kind (for
@@ -268,8 +292,9 @@ def feature_alone_lds(pair_features: np.ndarray, heldout: Runs) -> float:
 
 
 def fit_and_score(train: Runs, heldout: Runs, method: str, options: dict, features: bool,
-                  unseen: np.ndarray | None = None) -> dict:
-    """Fit ``method`` (features on or off) and ``linear`` on ``train``, score on ``heldout``."""
+                  unseen: np.ndarray | None = None, matched: Runs | None = None) -> dict:
+    """Fit ``method`` (features on or off) and ``linear`` on ``train``, score on ``heldout`` (and, under
+    ``result["matched"]``, on the held-out runs ``matched`` of the fitted runs' kind where given)."""
     import bayes_simfluence as bsf
 
     start = time.perf_counter()
@@ -279,6 +304,8 @@ def fit_and_score(train: Runs, heldout: Runs, method: str, options: dict, featur
     seconds = time.perf_counter() - start
     linear = bsf.fit(train, method="linear", seed=0)
     result = score(simulator, linear, heldout, unseen)
+    if matched is not None:
+        result["matched"] = {**score(simulator, linear, matched, unseen), "heldout_runs": matched.n_runs}
     used = np.unique(train.curricula[train.curricula >= 0])
     result.update(fit_seconds=seconds, path=getattr(simulator, "name", method), features=features,
                   fit_runs=train.n_runs, heldout_runs=heldout.n_runs, examples_unused=int(train.n_train - len(used)),
@@ -368,6 +395,13 @@ def markdown(rows: dict) -> str:
                       f"in {row['heldout_steps_with_unseen']:.0f} of its {first.get('steps', 120)} steps. Compare "
                       "with the all-seen rows of the same number of runs.", "", *HEADER]
             lines += [_row(r) for r in unseen]
+            matched = [{**r, **r["matched"]} for r in unseen if "matched" in r]
+            if matched:
+                lines += ["", f"Scored instead on {matched[0]['heldout_runs']} held-out runs of the fitted runs' kind "
+                          "(`matched_heldout_runs`: each on a random 80% of a random 80% of the whole pool, as many "
+                          "distinct examples as a fitted run, as in GPTfluence's 128 of 200), each with "
+                          f"{matched[0]['heldout_unseen_examples']:.1f} unseen examples on average:", "", *HEADER]
+                lines += [_row(r) for r in matched]
         lines += over_windows(chosen)
         warned = sorted({w for r in chosen for w in r["warnings"]})
         if warned:
@@ -384,6 +418,8 @@ def over_windows(chosen: list[dict]) -> list[str]:
     for row in chosen:
         if row["fit_runs"] == FIT_RUNS:
             groups.setdefault((row["protocol"], row["features"]), []).append(row)
+            if "matched" in row:
+                groups.setdefault(("unseen, matched held-out", row["features"]), []).append({**row, **row["matched"]})
     groups = {key: rows for key, rows in groups.items() if len(rows) > 1}
     if not groups:
         return []
@@ -534,12 +570,13 @@ def main(argv: list[str] | None = None) -> None:
         unseen_jobs = [] if args.skip_unseen else [("unseen", FIT_RUNS, f) for f in sorted(settings, reverse=True)]
         jobs += [(window, *job) for job in seen[:len(settings)] + unseen_jobs + seen[len(settings):]]
     unseen = unseen_examples(args.pool)
+    matched = None if args.skip_unseen else matched_heldout_runs(args.pool, args.tests, args.optimizer, args.heldout)
     for window, protocol, n, features in jobs:
         source = fit_window(protocol, window, args.pool, args.tests, args.optimizer, args.heldout)
         train = source.select_runs(slice(0, n)).with_features(train_features=train_features,
                                                                pair_features=pair_features)
         result = fit_and_score(train, heldout, args.method, options, features,
-                               unseen if protocol == "unseen" else None)
+                               *((unseen, matched) if protocol == "unseen" else ()))
         result.update(common, protocol=protocol, window=window)
         if protocol == "unseen":
             result["unseen"] = unseen.tolist()

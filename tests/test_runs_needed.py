@@ -47,3 +47,29 @@ def test_over_windows_averages_the_forty_run_rows_fitted_in_several_windows():
     assert "| 0, 1 |" in unseen and "| 0.92 (0.85-0.99) |" in unseen and "0.030 (0.020-0.040) / 0.030 (0.030-0.030)" in unseen
     assert not [line for line in lines if line.startswith("| seen")]  # one window of 40 runs: nothing to average
     assert runs_needed.over_windows(rows[2:]) == []
+
+
+def test_matched_heldout_runs_have_the_fitted_runs_kind_with_unseen_examples_among_them(tmp_path, monkeypatch):
+    """Each matched held-out run trains on as many distinct examples as a fitted run of the unseen
+    protocol (80% of 80% of the pool), drawn from the whole pool, so the unseen examples are in it
+    about 0.64 times their number; the fitted runs never use them."""
+    scale = runs_needed.scale
+
+    def make_runs(pool, n_tests, n_runs, optimizer="sgd", seed=0, allowed=None, first_run=0):
+        allowed = np.arange(pool) if allowed is None else np.asarray(allowed)
+        curricula = np.stack([scale.random_curriculum(np.random.default_rng([seed, r]), allowed)
+                              for r in range(first_run, first_run + n_runs)])
+        return Runs.create(curricula, np.ones((n_runs, curricula.shape[1] + 1, n_tests)), n_train=pool)
+
+    monkeypatch.setattr(scale, "make_runs", make_runs)
+    monkeypatch.setattr(runs_needed, "DATA", tmp_path)
+    pool, unseen = 200, runs_needed.unseen_examples(200)
+    matched = runs_needed.matched_heldout_runs(pool, 2, "sgd", 30)
+    fitted = runs_needed.unseen_runs(pool, 2, "sgd", 30)
+    distinct = [len(np.unique(c)) for c in matched.curricula]
+    assert distinct == [len(np.unique(c)) for c in fitted.curricula] == [128] * 30
+    assert not np.isin(fitted.curricula, unseen).any()
+    in_matched = [np.isin(unseen, c).sum() for c in matched.curricula]
+    assert 22 < np.mean(in_matched) < 29.5 and min(in_matched) > 10  # 0.64 x 40 = 25.6 on average
+    assert len({tuple(np.unique(c)) for c in matched.curricula}) == 30  # each run its own examples
+    np.testing.assert_array_equal(runs_needed.matched_heldout_runs(pool, 2, "sgd", 30).curricula, matched.curricula)
