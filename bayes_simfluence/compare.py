@@ -194,13 +194,14 @@ class Comparison:
     def unseen_note(self) -> str:
         """Which candidates use training examples no fitted run used (empty when none does): their
         effects are the feature regression's prediction where the fit has the feature prior, else the
-        prior's, and the intervals' run-to-run misfit was learned on runs without them."""
+        prior's, and the intervals' run-to-run misfit was learned on runs without them, so it can be too
+        wide or too narrow for runs with them (``docs/results/runs_needed.md`` measures both)."""
         using = [f"{label} {count}" for label, count in zip(self.labels, self.unseen) if count]
         if not using:
             return ""
         return (f"training examples in no fitted run: {', '.join(using)}; their effects come from the feature "
                 "prior where the fit has one (else from the prior alone), and the run-to-run misfit in the "
-                "intervals was learned on runs without them")
+                "intervals was learned on runs without them: it may be too wide or too narrow for these")
 
     def differences(self, quantity: str = "final") -> np.ndarray:
         """``[draws, candidates]`` paired difference ``loss_k - loss_reference`` (negative: k is better)."""
