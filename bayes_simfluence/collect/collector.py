@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from bayes_simfluence import atomic
+from bayes_simfluence import atomic, interrupts
 from bayes_simfluence import curricula as curricula_lib
 from bayes_simfluence.collect.data import Examples, load_examples
 from bayes_simfluence.collect.dattri_scores import dattri_scores
@@ -358,7 +358,7 @@ def _train_in_processes(config: CollectConfig, curricula: np.ndarray, partial: P
             # workers exit by themselves at shutdown: a terminated worker would leave its semaphores
             # (tqdm's lock) behind ("resource_tracker: ... leaked semaphore objects")
             for future in as_completed([pool.submit(_work, (run, str(partial), progress)) for run in left]):
-                future.result()
+                interrupts.written(_run_path(partial, future.result()))  # saved by the worker: a Ctrl-C names it
                 bar.update()
             pool.shutdown()
             return

@@ -116,6 +116,31 @@ def test_a_worker_that_dies_is_replaced_and_the_runs_are_those_of_an_uninterrupt
     np.testing.assert_array_equal(one.curricula, two.curricula)
 
 
+def test_ctrl_c_with_workers_ends_every_process_and_names_the_runs_kept(tiny, tmp_path):
+    """Ctrl-C (SIGINT to the terminal's process group) during a collection on two workers: exit code
+    130 at once, one line naming a run file the workers finished (kept for the resume), no
+    traceback, and no worker process left behind."""
+    out = tmp_path / "runs.npz"
+    command = [sys.executable, "-m", "bayes_simfluence.cli", "collect", "--model", str(tiny["model"]), "--train",
+               str(tiny["train"]), "--test", str(tiny["test"]), "--id-field", "id", "--runs", "6", "--batch-size", "2",
+               "--epochs", "10", "--lr", "0.05", "--workers", "2", "--threads", "1", "--quiet", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 120
+    while not list(partial_dir_for(out).glob("run_*.npz")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # the main process receives the worker's result
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "interrupted after writing" in stderr and "run_0000" in stderr, stderr[-2000:]
+    time.sleep(1)
+    listed = subprocess.run(["ps", "-o", "stat=,pid=,args=", "-s", str(process.pid)], capture_output=True, text=True)
+    left = [line for line in listed.stdout.splitlines() if not line.startswith("Z")]  # ended, not yet reaped
+    assert left == [], f"processes of the collection still running: {left}"
+    assert not out.exists()
+
+
 WORKER_IMPORTS = """
 import json, pickle, sys
 from bayes_simfluence.collect.collector import _init_worker, _work
