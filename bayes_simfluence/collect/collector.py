@@ -340,7 +340,8 @@ def _work(task: tuple[int, str, bool]) -> int:
 
 def _train_in_processes(config: CollectConfig, curricula: np.ndarray, partial: Path, todo: list[int],
                         workers: int, threads: int, progress: bool, bar: tqdm) -> None:
-    """Train the runs ``todo`` in ``workers`` spawned processes, each run saved to ``partial`` as it ends.
+    """Train the runs ``todo`` (none of them saved yet) in ``workers`` spawned processes, each run saved to
+    ``partial`` as it ends.
 
     A worker that dies (a crash in native code, the OOM killer) breaks the pool: ``concurrent.futures``
     says so (``BrokenProcessPool``) where ``multiprocessing.Pool`` would wait forever for the lost run.
@@ -348,8 +349,8 @@ def _train_in_processes(config: CollectConfig, curricula: np.ndarray, partial: P
     and the finished runs stay saved for a resume. Each run is seeded by its index, so a run trained
     again gives the same losses."""
     context = multiprocessing.get_context("spawn")
+    left = todo
     for attempt in range(WORKER_RESTARTS + 1):
-        left = [run for run in todo if not _run_path(partial, run).exists()]
         if not left:
             return
         pool = ProcessPoolExecutor(min(workers, len(left)), mp_context=context, initializer=_init_worker,
