@@ -83,6 +83,8 @@ FIT_RUNS = 40
 UNSEEN_FRACTION = 0.2
 #: seed of the unseen examples' choice and the first run index (curriculum seed) of the unseen protocol's fit runs
 UNSEEN_SEED, UNSEEN_FIRST_RUN = 30, 1000
+#: curriculum seeds reserved per unseen set (set k's fitted runs start at UNSEEN_FIRST_RUN + k x this)
+UNSEEN_SET_RUNS = 100_000
 #: first run index (curriculum seed) of the unseen protocol's held-out runs of the fitted runs' kind
 MATCHED_FIRST_RUN = 2000
 CHECKPOINTS = (0, 30, 60, 90)
@@ -186,22 +188,26 @@ def seen_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
                        lambda first, count: scale.make_runs(pool, n_tests, count, optimizer, first_run=first))
 
 
-def unseen_examples(pool: int) -> np.ndarray:
-    """The fixed random 20% of the pool that no fitted run of the unseen protocol uses."""
-    rng = np.random.default_rng(UNSEEN_SEED)
+def unseen_examples(pool: int, unseen_set: int = 0) -> np.ndarray:
+    """The random 20% of the pool that no fitted run of the unseen protocol uses: set 0 is this study's
+    (every window's); sets ``k >= 1`` are other random choices (``experiments/unseen_sets.py``)."""
+    rng = np.random.default_rng(UNSEEN_SEED if unseen_set == 0 else [UNSEEN_SEED, unseen_set])
     return np.sort(rng.choice(pool, int(UNSEEN_FRACTION * pool), replace=False))
 
 
-def unseen_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
-    """``n_runs`` runs on random 80% subsets of the examples outside :func:`unseen_examples` (cached)."""
-    allowed = np.setdiff1d(np.arange(pool), unseen_examples(pool))
+def unseen_runs(pool: int, n_tests: int, optimizer: str, n_runs: int, unseen_set: int = 0) -> Runs:
+    """``n_runs`` runs on random 80% subsets of the examples outside :func:`unseen_examples` (cached;
+    set ``k >= 1`` in its own file, with curriculum seeds of its own)."""
+    unseen = unseen_examples(pool, unseen_set)
+    allowed = np.setdiff1d(np.arange(pool), unseen)
+    first_run = UNSEEN_FIRST_RUN + UNSEEN_SET_RUNS * unseen_set
 
     def collect(first: int, count: int) -> Runs:
-        runs = scale.make_runs(pool, n_tests, count, optimizer, allowed=allowed, first_run=UNSEEN_FIRST_RUN + first)
-        return Runs.create(runs.curricula, runs.losses, n_train=pool,
-                           meta={**runs.meta, "unseen": unseen_examples(pool).tolist()})
+        runs = scale.make_runs(pool, n_tests, count, optimizer, allowed=allowed, first_run=first_run + first)
+        return Runs.create(runs.curricula, runs.losses, n_train=pool, meta={**runs.meta, "unseen": unseen.tolist()})
 
-    return cached_runs(DATA / f"runs_needed_unseen_{pool}_{optimizer}_tests{n_tests}.npz", n_runs, collect)
+    suffix = f"_set{unseen_set}" if unseen_set else ""
+    return cached_runs(DATA / f"runs_needed_unseen_{pool}_{optimizer}{suffix}_tests{n_tests}.npz", n_runs, collect)
 
 
 def matched_heldout_runs(pool: int, n_tests: int, optimizer: str, n_runs: int) -> Runs:
@@ -272,7 +278,8 @@ def score(simulator, linear, heldout: Runs, unseen: np.ndarray | None = None) ->
     residuals = getattr(simulator, "run_residuals", None)
     if residuals is not None:  # what sets a new run's discrepancy, against what the fit really misses by
         result["guard_residual_sd"] = float(np.std(np.asarray(residuals)[:, -1].mean(-1), ddof=1))
-    result["heldout_miss_sd"] = float(np.std(heldout.losses[:, -1].mean(-1) - predicted[:, -1].mean(-1), ddof=1))
+    miss = heldout.losses[:, -1].mean(-1) - predicted[:, -1].mean(-1)
+    result["heldout_miss_sd"], result["heldout_miss_mean"] = float(np.std(miss, ddof=1)), float(miss.mean())
     if unseen is not None:
         used = np.isin(heldout.curricula, unseen).any(-1).sum(-1)  # steps with an unseen example, per run
         result["heldout_unseen_examples"] = float(np.mean([np.isin(unseen, c).sum() for c in heldout.curricula]))

@@ -73,3 +73,28 @@ def test_matched_heldout_runs_have_the_fitted_runs_kind_with_unseen_examples_amo
     assert 22 < np.mean(in_matched) < 29.5 and min(in_matched) > 10  # 0.64 x 40 = 25.6 on average
     assert len({tuple(np.unique(c)) for c in matched.curricula}) == 30  # each run its own examples
     np.testing.assert_array_equal(runs_needed.matched_heldout_runs(pool, 2, "sgd", 30).curricula, matched.curricula)
+
+
+def test_other_unseen_sets_have_their_own_examples_runs_and_cache(tmp_path, monkeypatch):
+    """Set 0 is the study's fixed 20%; set k >= 1 another random 20%, held out of its own fitted runs
+    (other curriculum seeds, another cache file), so fits on sets are replications over which examples
+    are new."""
+    scale = runs_needed.scale
+
+    def make_runs(pool, n_tests, n_runs, optimizer="sgd", seed=0, allowed=None, first_run=0):
+        curricula = np.stack([scale.random_curriculum(np.random.default_rng([seed, r]), np.asarray(allowed))
+                              for r in range(first_run, first_run + n_runs)])
+        return Runs.create(curricula, np.ones((n_runs, curricula.shape[1] + 1, n_tests)), n_train=pool)
+
+    monkeypatch.setattr(scale, "make_runs", make_runs)
+    monkeypatch.setattr(runs_needed, "DATA", tmp_path)
+    sets = [runs_needed.unseen_examples(200, k) for k in range(3)]
+    np.testing.assert_array_equal(sets[0], runs_needed.unseen_examples(200))
+    assert all(len(s) == 40 for s in sets) and len({tuple(s) for s in sets}) == 3
+    runs = [runs_needed.unseen_runs(200, 2, "sgd", 5, k) for k in range(3)]
+    for unseen, fitted in zip(sets, runs):
+        assert not np.isin(fitted.curricula, unseen).any()
+        assert fitted.meta["unseen"] == unseen.tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "runs_needed_unseen_200_sgd_set1_tests2.npz", "runs_needed_unseen_200_sgd_set2_tests2.npz",
+        "runs_needed_unseen_200_sgd_tests2.npz"]

@@ -1,0 +1,171 @@
+"""Unseen data, replicated over which examples are unseen (issue 30).
+
+    python experiments/unseen_sets.py [--pool 200] [--optimizer sgd|adam] [--sets 0 1 2 3 4 5 6 7]
+                                      [--features on|off|both] [--method bayes-grid] [-o KEY=VALUE ...]
+
+``experiments/runs_needed.py``'s unseen-data protocol holds one fixed random 20% of the pool out of
+every fitted run, and its fit windows all share that set: four windows are four fits on other runs,
+but one draw of *which* examples are new. A curriculum's shift from examples the fit never saw is
+one number per set (their summed effects' error), shared by every held-out run that uses them, so
+coverage averaged over windows of one set says little about coverage over sets.
+
+Here each unseen set ``k`` (``runs_needed.unseen_examples(pool, k)``; set 0 is the runs-needed
+study's) has its own 40 fitted runs (random 80% subsets of the other 80% of the pool, cached in
+``experiments/data/runs_needed_unseen_POOL_OPT[_setK]_tests10.npz``). Each fit (the features of
+``runs_needed.reference_features``, on or off) is scored, with ``runs_needed.score``, on the same
+two kinds of held-out runs for every set:
+
+- ``matched``: 40 runs of the fitted runs' kind (each on a random 80% of a random 80% of the whole
+  pool: as many distinct examples as a fitted run, about 26 unseen ones; ``matched_heldout_runs``);
+- ``pool``: the 40 held-out runs of the scale study (random 80% subsets of the whole pool, about
+  32 unseen examples each, 160 distinct examples, more than any fitted run has).
+
+The **control** (``--control``) is the runs-needed study's all-seen fit (window 0: 40 runs on random
+80% subsets of the whole pool, no example unseen) scored on the same held-out runs: what a fit that
+saw every example misses on them, so that what the unseen examples cost is told apart from what the
+held-out runs' kind costs (matched runs have 128 distinct examples each, the all-seen fitted runs
+160). Reported per set and as the mean (range) over sets: coverage of the 90% intervals of each (run, test
+example) final loss and of the pairwise differences of the per-run mean final loss, LDS, and the
+fit's miss of the held-out runs' mean final loss: its mean (the set's shared shift) and sd, beside
+the run discrepancy's sd (``guard_residual_sd``). Writes ``experiments/results/unseen_sets.{json,md}``
+(rows keyed by pool, optimizer, features, variant and set, kept across invocations).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+import retraining_study as study  # noqa: E402
+import runs_needed as rn  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+#: the held-out kinds a fit is scored on, as named in the tables
+KINDS = {"matched": "of the fitted runs' kind (matched)", "pool": "on the whole pool"}
+#: the per-set scores of the tables: (json key, column title, digits)
+COLUMNS = (("final_coverage_90", "final-loss cover 90", 2), ("diff_coverage_90", "diff cover 90", 2),
+           ("diff_coverage_50", "diff cover 50", 2), ("lds", "LDS", 3), ("heldout_miss_mean", "miss mean", 3),
+           ("heldout_miss_sd", "miss sd", 3), ("guard_residual_sd", "run discrepancy sd", 3))
+
+
+#: the ``unseen_set`` of the control rows (every example seen)
+CONTROL = -1
+
+
+def row_key(pool: int, optimizer: str, features: bool, variant: str, unseen_set: int) -> str:
+    key = f"{pool}_{optimizer}_{'features' if features else 'plain'}"
+    return key + (f"_{variant}" if variant != "linear" else "") + (
+        "_control" if unseen_set == CONTROL else f"_set{unseen_set}")
+
+
+def scored_kinds(result: dict) -> dict[str, dict]:
+    """``{"matched": scores, "pool": scores}`` of one :func:`runs_needed.fit_and_score` result."""
+    return {"matched": result["matched"], "pool": {k: v for k, v in result.items() if k != "matched"}}
+
+
+def summary_lines(rows: list[dict]) -> list[str]:
+    """The table of one (pool, optimizer, features, variant) group: a line per set and kind, then the
+    mean (range) over sets per kind."""
+    header = "| unseen set | held-out runs | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
+    control = [r for r in rows if r["unseen_set"] == CONTROL]
+    rows = sorted((r for r in rows if r["unseen_set"] != CONTROL), key=lambda r: r["unseen_set"])
+    for kind in KINDS:
+        for row in rows + control:
+            scores = scored_kinds(row)[kind]
+            cells = [f"{scores[key]:.{digits}f}" if key in scores else "-" for key, _, digits in COLUMNS]
+            name = "none (control)" if row["unseen_set"] == CONTROL else row["unseen_set"]
+            lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
+        if len(rows) > 1:
+            cells = []
+            for key, _, digits in COLUMNS:
+                values = np.array([scored_kinds(r)[kind][key] for r in rows if key in scored_kinds(r)[kind]])
+                cells.append(f"**{values.mean():.{digits}f}** ({values.min():.{digits}f}-{values.max():.{digits}f})"
+                             if values.size else "-")
+            lines.append(f"| mean of {len(rows)} | {kind} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(rows: dict) -> str:
+    lines = ["# Unseen data over unseen sets (issue 30)", "",
+             "`experiments/unseen_sets.py` (its docstring has the protocol): each unseen set is another random "
+             "20% of the pool held out of 40 fitted runs of its own; every fit is scored on the same held-out "
+             "runs, of the fitted runs' kind (`matched`) and on the whole pool (`pool`). Miss: held-out mean "
+             "final loss minus the fit's prediction (mean: the shift the set's unseen examples share; sd: its "
+             "spread over runs), beside the run discrepancy's sd (what the new-run predictive adds).", ""]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows.values():
+        groups.setdefault((row["pool"], row["optimizer"], row["features"], row["variant"]), []).append(row)
+    for (pool, optimizer, features, variant), chosen in sorted(groups.items()):
+        first = chosen[0]
+        title = f"## Pool {pool}, {rn.scale.TRAINING[optimizer]}, features {'on' if features else 'off'}"
+        commands = ", ".join(sorted({"`" + r["command"] + "`" for r in chosen}))
+        versions = ", ".join(sorted({"`" + r["library_version"] + "`" for r in chosen}))
+        lines += [title + (f", variant `{variant}`" if variant != "linear" else ""), "",
+                  f"Commands: {commands}. Method `{first['method']}` (ran `{first['path']}`), options "
+                  f"`{json.dumps(first['options'])}`; library version {versions}.", ""]
+        lines += summary_lines(chosen) + [""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pool", type=int, default=200, help="training examples in the pool (default 200)")
+    parser.add_argument("--tests", type=int, default=10, help="test examples (default 10)")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="plain SGD or Adam with dropout")
+    parser.add_argument("--sets", type=int, nargs="*", default=list(range(8)), metavar="K",
+                        help="unseen sets (default 0-7; 0 is the runs-needed study's; none: only --control)")
+    parser.add_argument("--control", action="store_true",
+                        help="also the control: the all-seen fit scored on the same held-out runs")
+    parser.add_argument("--heldout", type=int, default=40, help="held-out runs of each kind (default 40)")
+    parser.add_argument("--method", default="bayes-grid", help="the Bayesian backend (default bayes-grid)")
+    parser.add_argument("--features", choices=("both", "on", "off"), default="on",
+                        help="fit with the feature prior, without it, or both (default on)")
+    parser.add_argument("-o", "--option", type=study._parse_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="backend option (repeatable), e.g. -o memory=none -o run_state=false")
+    args = parser.parse_args(argv)
+    options = {"memory": "none", **dict(args.option)}
+    variant = options.get("variant", "linear")
+    command = shlex.join(["python", "experiments/unseen_sets.py", *(sys.argv[1:] if argv is None else argv)])
+    pool_heldout = rn.seen_runs(args.pool, args.tests, args.optimizer, rn.FIT_RUNS + args.heldout).select_runs(
+        slice(rn.FIT_RUNS, rn.FIT_RUNS + args.heldout))
+    matched = rn.matched_heldout_runs(args.pool, args.tests, args.optimizer, args.heldout)
+    train_features, pair_features = rn.reference_features(args.pool, args.tests, args.optimizer)
+    out = RESULTS / "unseen_sets.json"
+    settings = {"both": (True, False), "on": (True,), "off": (False,)}[args.features]
+    for unseen_set in args.sets + ([CONTROL] if args.control else []):
+        start = time.perf_counter()
+        if unseen_set == CONTROL:
+            fitted = rn.fit_window("seen", 0, args.pool, args.tests, args.optimizer, args.heldout)
+            unseen = np.array([], dtype=int)
+        else:
+            fitted = rn.unseen_runs(args.pool, args.tests, args.optimizer, rn.FIT_RUNS, unseen_set)
+            unseen = rn.unseen_examples(args.pool, unseen_set)
+        collect_seconds = time.perf_counter() - start
+        for features in settings:
+            train = fitted.with_features(train_features=train_features, pair_features=pair_features)
+            result = rn.fit_and_score(train, pool_heldout, args.method, options, features, unseen, matched)
+            result.update(pool=args.pool, optimizer=args.optimizer, tests=args.tests, method=args.method,
+                          options=options, variant=variant, unseen_set=unseen_set, unseen=unseen.tolist(),
+                          command=command, library_version=study._library_version(),
+                          runs_seconds=collect_seconds)
+            rows = json.loads(out.read_text()) if out.exists() else {}
+            rows[row_key(args.pool, args.optimizer, features, variant, unseen_set)] = result
+            out.write_text(json.dumps(rows, indent=1, default=float) + "\n")  # kept after every fit
+            (RESULTS / "unseen_sets.md").write_text(markdown(rows))
+            m = result["matched"]
+            print(f"set {unseen_set}, features {features}: matched final cover {m['final_coverage_90']:.2f}, diff cover "
+                  f"{m['diff_coverage_90']:.2f}, miss {m['heldout_miss_mean']:+.3f} (sd {m['heldout_miss_sd']:.3f}); "
+                  f"pool final cover {result['final_coverage_90']:.2f}; fit {result['fit_seconds']:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
