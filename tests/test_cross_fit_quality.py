@@ -13,6 +13,7 @@ or leaking held-out runs.
 """
 
 import numpy as np
+import pytest
 
 from bayes_simfluence.bayes.methods import fit_bayes
 from bayes_simfluence.bayes.synthetic import model_runs
@@ -33,6 +34,7 @@ def residual_ratio(seed: int, guard_steps: int | None = None) -> float:
     return float(np.sqrt(np.mean(posterior.run_residuals**2)) / np.sqrt(np.mean(miss**2)))
 
 
+@pytest.mark.slow
 def test_heldout_residuals_have_the_spread_of_the_final_fits_misses_on_fresh_runs():
     ratios = [residual_ratio(seed) for seed in SEEDS]
     assert 0.95 <= np.mean(ratios) <= 1.10, ratios

@@ -77,6 +77,7 @@ def test_when_every_strength_fails_a_different_test_example_the_strongest_is_tak
     assert _best(errors) == 1.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 2])
 def test_the_common_level_beats_the_fixed_centre_on_fresh_runs_where_examples_are_seen_rarely(seed):
     """Runs of the generating process (every example's effects around a decay all of them share), 400

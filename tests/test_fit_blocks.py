@@ -61,15 +61,16 @@ def test_only_bayesian_methods_fit_in_blocks(runs):
 
 
 def test_fit_on_ray_equals_the_same_blocks_fitted_here(runs, local_ray, tmp_path):
-    """Through the command line, saved and read back (blocks merge as tests/test_guard.py checks)."""
+    """Through the command line, saved and read back (blocks merge as tests/test_guard.py checks); with
+    the guard, so its cross-fits and residuals travel too (bayes-grid: seconds, where NUTS took minutes)."""
     runs.save(tmp_path / "runs.npz")
-    options = EXACT
-    common = ["fit", "--train", str(tmp_path / "runs.npz"), "-m", "bayes-exact", "--test-blocks", "2",
+    options = {"num_draws": 40, "guard_folds": 2, "progress": False}
+    common = ["fit", "--train", str(tmp_path / "runs.npz"), "-m", "bayes-grid", "--test-blocks", "2",
               *[part for key, value in options.items() for part in ("-o", f"{key}={value}")]]
     assert main([*common, "--out", str(tmp_path / "here.nc")]) == 0
     assert main([*common, "--ray", "--max-retries", "1", "--out", str(tmp_path / "ray.nc")]) == 0
     here, on_ray = (BayesianSimfluence.load(tmp_path / name) for name in ("here.nc", "ray.nc"))
-    for name in ("a", "b", "drift", "sigma", "scale"):
+    for name in ("a", "b", "drift", "sigma", "scale", "run_residuals", "stacking_weight"):
         np.testing.assert_array_equal(getattr(on_ray, name), getattr(here, name), err_msg=name)
     assert list(on_ray.test_ids) == list(runs.test_ids)
     assert [block["tests"] for block in on_ray.info["blocks"]] == [3, 2]
