@@ -190,22 +190,49 @@ class RunExecutor:
     def _scores_now(self) -> dict[str, tuple[np.ndarray, float]]:
         """``{method: ([tests, scored examples] pair scores, seconds taken)}`` at the current weights.
 
-        ``influence`` is this package's (exact damped Gauss-Newton, :mod:`.influence`); the
-        others come from dattri (:mod:`.dattri_scores`).
+        ``influence`` is this package's (exact damped Gauss-Newton, :mod:`.influence`); ``tracin`` is
+        the dot product ``<grad L(z_test), grad L(z_i)>`` of the same per-example gradients (computed
+        once when both are asked: influence's undamped term *is* TracIn); the others come from dattri
+        (:mod:`.dattri_scores`). dattri's TracIn gives the same numbers (a test checks it) but computes
+        the gradients again, vmapped over the whole forward pass, and the reference run's scores are
+        the collection's longest task. A method's seconds include the gradients it used.
         """
         damping = self.config.damping or default_damping(self.learning_rates)
         results = {}
+        gradients: dict[str, tuple[torch.Tensor, float]] = {}
+
+        def shared(name: str) -> torch.Tensor:
+            """Per-example gradients ``name`` ("test", "train", "curvature"), computed once, timed."""
+            if name not in gradients:
+                start = time.perf_counter()
+                if name == "test":
+                    gradients["test"] = (loss_gradients(self.model, self.test_encoded, self.score_names),
+                                         time.perf_counter() - start)
+                elif "influence" in self.config.scores:  # the loss gradients come with the curvature rows
+                    train, curvature = train_gradients_and_curvature(self.model, self.scored_encoded, self.score_names)
+                    taken = time.perf_counter() - start
+                    gradients["train"], gradients["curvature"] = (train, taken), (curvature, 0.0)
+                else:
+                    gradients["train"] = (loss_gradients(self.model, self.scored_encoded, self.score_names),
+                                          time.perf_counter() - start)
+            return gradients[name][0]
+
+        def gradient_seconds() -> float:
+            return sum(taken for _, taken in gradients.values())
+
         for method in self.config.scores:
-            start = time.perf_counter()
+            start, before = time.perf_counter(), gradient_seconds()
             if method == "influence":
-                test_gradients = loss_gradients(self.model, self.test_encoded, self.score_names)
-                train_gradients, curvature = train_gradients_and_curvature(self.model, self.scored_encoded,
-                                                                           self.score_names)
-                scores = influence_scores(test_gradients, train_gradients, curvature, damping)
+                scores = influence_scores(shared("test"), shared("train"), shared("curvature"), damping)
+            elif method == "tracin":
+                scores = (shared("test") @ shared("train").T).numpy().astype(np.float32)
             else:
                 scores = dattri_scores(self.model, self.scored_encoded, self.test_encoded, self.score_names,
                                        (method,), damping)[method]
-            results[method] = (scores, time.perf_counter() - start)
+            seconds = time.perf_counter() - start
+            if method in ("tracin", "influence"):  # its own work, plus all the gradients it used
+                seconds += before
+            results[method] = (scores, seconds)
         return results
 
     def run(self, run: int, position: int = 0, progress: bool = True) -> dict[str, np.ndarray]:

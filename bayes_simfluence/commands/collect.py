@@ -91,8 +91,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     training.add_argument("--max-grad-norm", type=float)
     scores = parser.add_argument_group(
         "attribution scores",
-        "tracin, influence-cg and trak are computed with dattri; influence is this package's exact "
-        "damped Gauss-Newton solve. Fitted as simulators they roll the scores out with a fitted scale.")
+        "influence-cg and trak are computed with dattri; tracin (exact gradient dot products) and influence "
+        "(the exact damped Gauss-Newton solve) from this package's per-example gradients, shared when both "
+        "are asked. Fitted as simulators they roll the scores out with a fitted scale.")
     scores.add_argument("--scores", action="append", choices=settings.SCORES, default=[],
                         help="compute these scores on the reference run's checkpoints (repeatable)")
     scores.add_argument("--score-params", default="last:1",

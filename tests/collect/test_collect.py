@@ -290,3 +290,23 @@ def test_parameter_specs(tiny):
     assert len(select_parameters(model, "all")) > len(last)
     with pytest.raises(ValueError, match="only 2 blocks"):
         select_parameters(model, "last:3")
+
+
+def test_tracin_and_influence_share_gradients_and_tracin_equals_dattris(tiny):
+    """The collector's TracIn is the dot product of the per-example gradients influence uses (computed
+    once when both are asked): dattri's TracInAttributor (padded, vmapped) gives the same numbers, and
+    each method's scores are those it gives when asked alone."""
+    from bayes_simfluence.collect.dattri_scores import dattri_scores
+
+    curricula = default_curricula(_config(tiny), 12)
+    both = RunExecutor(_config(tiny, scores=("tracin", "influence")), curricula)
+    scores = both._scores_now()
+    reference = dattri_scores(both.model, both.scored_encoded, both.test_encoded, both.score_names, ("tracin",),
+                              damping=1.0)["tracin"]
+    tracin = scores["tracin"][0]
+    assert tracin.shape == reference.shape == (len(both.test_encoded), len(both.scored_encoded))
+    np.testing.assert_allclose(tracin, reference, rtol=1e-4, atol=1e-5 * np.abs(reference).max())
+    for method in ("tracin", "influence"):
+        alone = RunExecutor(_config(tiny, scores=(method,)), curricula)._scores_now()[method][0]
+        np.testing.assert_allclose(scores[method][0], alone, rtol=1e-4, atol=1e-6 * np.abs(alone).max())
+    assert scores["tracin"][1] > 0 and scores["influence"][1] > 0
