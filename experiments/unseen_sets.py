@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> None:
             fitted = rn.unseen_runs(args.pool, args.tests, args.optimizer, rn.FIT_RUNS, unseen_set)
             unseen = rn.unseen_examples(args.pool, unseen_set)
         collect_seconds = time.perf_counter() - start
+        train = fitted.with_features(train_features=train_features, pair_features=pair_features)
         for features in settings:
-            train = fitted.with_features(train_features=train_features, pair_features=pair_features)
             result = rn.fit_and_score(train, pool_heldout, args.method, options, features, unseen, matched)
             result.update(pool=args.pool, optimizer=args.optimizer, tests=args.tests, method=args.method,
                           options=options, variant=variant, unseen_set=unseen_set, unseen=unseen.tolist(),

@@ -198,40 +198,30 @@ class RunExecutor:
         the collection's longest task. A method's seconds include the gradients it used.
         """
         damping = self.config.damping or default_damping(self.learning_rates)
+        methods = self.config.scores
+        gradient_seconds = 0.0
+        if {"tracin", "influence"} & set(methods):
+            start = time.perf_counter()
+            test_gradients = loss_gradients(self.model, self.test_encoded, self.score_names)
+            if "influence" in methods:  # the loss gradients come with the curvature rows
+                train_gradients, curvature = train_gradients_and_curvature(self.model, self.scored_encoded,
+                                                                           self.score_names)
+            else:
+                train_gradients = loss_gradients(self.model, self.scored_encoded, self.score_names)
+            gradient_seconds = time.perf_counter() - start
         results = {}
-        gradients: dict[str, tuple[torch.Tensor, float]] = {}
-
-        def shared(name: str) -> torch.Tensor:
-            """Per-example gradients ``name`` ("test", "train", "curvature"), computed once, timed."""
-            if name not in gradients:
-                start = time.perf_counter()
-                if name == "test":
-                    gradients["test"] = (loss_gradients(self.model, self.test_encoded, self.score_names),
-                                         time.perf_counter() - start)
-                elif "influence" in self.config.scores:  # the loss gradients come with the curvature rows
-                    train, curvature = train_gradients_and_curvature(self.model, self.scored_encoded, self.score_names)
-                    taken = time.perf_counter() - start
-                    gradients["train"], gradients["curvature"] = (train, taken), (curvature, 0.0)
-                else:
-                    gradients["train"] = (loss_gradients(self.model, self.scored_encoded, self.score_names),
-                                          time.perf_counter() - start)
-            return gradients[name][0]
-
-        def gradient_seconds() -> float:
-            return sum(taken for _, taken in gradients.values())
-
-        for method in self.config.scores:
-            start, before = time.perf_counter(), gradient_seconds()
+        for method in methods:
+            start = time.perf_counter()
             if method == "influence":
-                scores = influence_scores(shared("test"), shared("train"), shared("curvature"), damping)
+                scores = influence_scores(test_gradients, train_gradients, curvature, damping)
             elif method == "tracin":
-                scores = (shared("test") @ shared("train").T).numpy().astype(np.float32)
+                scores = (test_gradients @ train_gradients.T).numpy().astype(np.float32)
             else:
                 scores = dattri_scores(self.model, self.scored_encoded, self.test_encoded, self.score_names,
                                        (method,), damping)[method]
             seconds = time.perf_counter() - start
-            if method in ("tracin", "influence"):  # its own work, plus all the gradients it used
-                seconds += before
+            if method in ("tracin", "influence"):  # its own work, plus the gradients it used
+                seconds += gradient_seconds
             results[method] = (scores, seconds)
         return results
 
