@@ -384,13 +384,15 @@ def _train_in_processes(config: CollectConfig, curricula: np.ndarray, partial: P
             pool.shutdown(cancel_futures=True)
             failure = error
             left = [run for run in left if not _run_path(partial, run).exists()]
-            if attempt < WORKER_RESTARTS:
+            if left and attempt < WORKER_RESTARTS:
                 warnings.warn(f"collect: a worker process died ({error}); runs {_run_list(left)} go to fresh "
                               f"workers (restart {attempt + 1} of {WORKER_RESTARTS})", RuntimeWarning,
                               stacklevel=2)
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
+    if not left:  # the last pool broke after its workers had saved every run
+        return
     raise RuntimeError(f"collect: worker processes died {WORKER_RESTARTS + 1} times; runs {_run_list(left)} "
                        f"are unfinished (the finished ones are kept in {partial}: the same command resumes)"
                        ) from failure

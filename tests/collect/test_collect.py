@@ -1,5 +1,6 @@
 """The collector on tiny models: valid runs, exact step-0 losses, resume after a kill, workers, CLI, errors."""
 
+import functools
 import json
 import multiprocessing
 import os
@@ -9,13 +10,17 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import Future
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from tqdm import tqdm
 
 from bayes_simfluence import atomic, cli
-from bayes_simfluence.collect import CollectConfig, OptimConfig, collect
+from bayes_simfluence.collect import CollectConfig, OptimConfig, collect, collector
 from bayes_simfluence.collect.collector import (RunExecutor, _identity, _prepare_partial, default_curricula,
                                                 partial_dir_for)
 from bayes_simfluence.collect.data import load_examples
@@ -114,6 +119,48 @@ def test_a_worker_that_dies_is_replaced_and_the_runs_are_those_of_an_uninterrupt
     one = collect(config, tmp_path / "one.npz", progress=False, threads=1)
     np.testing.assert_array_equal(one.losses, two.losses)
     np.testing.assert_array_equal(one.curricula, two.curricula)
+
+
+class _PoolThatBreaks:
+    """Stands in for ``ProcessPoolExecutor``: every pool breaks (``BrokenProcessPool``); the pools
+    numbered in ``saving`` (0 = the first) have saved every run submitted to them before breaking."""
+    saving: tuple[int, ...] = ()
+    made = 0
+
+    def __init__(self, *args, **kwargs):
+        self.number = type(self).made
+        type(self).made += 1
+
+    def submit(self, work, task):
+        run, partial, _ = task
+        if self.number in self.saving:
+            atomic.savez(collector._run_path(Path(partial), run), {"losses": np.zeros(1)})
+        future = Future()
+        future.set_exception(BrokenProcessPool("a worker died"))
+        return future
+
+    def shutdown(self, cancel_futures=False):
+        pass
+
+
+@pytest.mark.parametrize("saving", [(collector.WORKER_RESTARTS,), ()])
+def test_a_pool_that_breaks_after_saving_every_run_ends_the_collection_and_one_that_saves_none_names_them(
+        tmp_path, monkeypatch, saving):
+    """The last permitted pool breaks: if its workers had saved every run by then, nothing is left to
+    train and the collection goes on; if they saved none, the error names the unfinished runs."""
+    monkeypatch.setattr(_PoolThatBreaks, "saving", saving)
+    monkeypatch.setattr(_PoolThatBreaks, "made", 0)
+    monkeypatch.setattr(collector, "ProcessPoolExecutor", _PoolThatBreaks)
+    train = functools.partial(collector._train_in_processes, None, None, tmp_path, [0, 1, 2], 2, 1, False,
+                              tqdm(disable=True))
+    with pytest.warns(RuntimeWarning, match="a worker process died"):
+        if saving:
+            train()
+        else:
+            with pytest.raises(RuntimeError, match=r"died \d+ times; runs 0, 1, 2 are unfinished"):
+                train()
+    assert _PoolThatBreaks.made == collector.WORKER_RESTARTS + 1
+    assert all(collector._run_path(tmp_path, run).exists() for run in [0, 1, 2]) == bool(saving)
 
 
 def test_ctrl_c_with_workers_ends_every_process_and_names_the_runs_kept(tiny, tmp_path):
