@@ -265,8 +265,8 @@ def score(simulator, linear, heldout: Runs, unseen: np.ndarray | None = None) ->
     finite = np.isfinite(draws).all(axis=(1, 2, 3))  # a draw whose roll-out overflowed somewhere
     if not finite.all():
         print(f"{(~finite).mean():.1%} of the new-run draws are not finite; scored as misses", flush=True)
-    scores = study.calibration_scores(draws, heldout.losses,
-                                      mean_draws=study.predictive_draws(simulator, heldout, "parameters"))
+    parameters = study.predictive_draws(simulator, heldout, "parameters")
+    scores = study.calibration_scores(draws, heldout.losses, mean_draws=parameters)
     final_draws, final = draws[:, :, -1, :].reshape(len(draws), -1), heldout.losses[:, -1, :].reshape(-1)
     result = {"predictive": predictive, "nonfinite_draws": float(1 - finite.mean()), "lds": float(np.nanmean(rho)), "lds_interval": lds_interval(predicted, heldout.losses),
               "lds_per_test": rho.tolist(), "lds_linear": float(np.nanmean(rho_linear)),
@@ -280,6 +280,9 @@ def score(simulator, linear, heldout: Runs, unseen: np.ndarray | None = None) ->
         result["guard_residual_sd"] = float(np.std(np.asarray(residuals)[:, -1].mean(-1), ddof=1))
     miss = heldout.losses[:, -1].mean(-1) - predicted[:, -1].mean(-1)
     result["heldout_miss_sd"], result["heldout_miss_mean"] = float(np.std(miss, ddof=1)), float(miss.mean())
+    result["heldout_miss"] = miss.tolist()  # per run, to compare two fits' misses of the same runs
+    # what the parameters alone leave uncertain in a run's mean final loss (mean over runs of its sd)
+    result["parameter_sd"] = float(parameters[:, :, -1].mean(-1).std(0, ddof=1).mean())
     if unseen is not None:
         used = np.isin(heldout.curricula, unseen).any(-1).sum(-1)  # steps with an unseen example, per run
         result["heldout_unseen_examples"] = float(np.mean([np.isin(unseen, c).sum() for c in heldout.curricula]))

@@ -27,7 +27,9 @@ held-out runs' kind costs (matched runs have 128 distinct examples each, the all
 160). Reported per set and as the mean (range) over sets: coverage of the 90% intervals of each (run, test
 example) final loss and of the pairwise differences of the per-run mean final loss, LDS, and the
 fit's miss of the held-out runs' mean final loss: its mean (the set's shared shift) and sd, beside
-the run discrepancy's sd (``guard_residual_sd``). Writes ``experiments/results/unseen_sets.{json,md}``
+the run discrepancy's sd (``guard_residual_sd``); and, against the control on the same runs, the
+correlation of the two fits' per-run misses and the sd of their difference (the part of the miss the
+unseen examples cause) beside the fit's parameter sd (:func:`against_control`). Writes ``experiments/results/unseen_sets.{json,md}``
 (rows keyed by pool, optimizer, features, variant and set, kept across invocations).
 """
 
@@ -52,7 +54,9 @@ KINDS = {"matched": "of the fitted runs' kind (matched)", "pool": "on the whole 
 #: the per-set scores of the tables: (json key, column title, digits)
 COLUMNS = (("final_coverage_90", "final-loss cover 90", 2), ("diff_coverage_90", "diff cover 90", 2),
            ("diff_coverage_50", "diff cover 50", 2), ("lds", "LDS", 3), ("heldout_miss_mean", "miss mean", 3),
-           ("heldout_miss_sd", "miss sd", 3), ("guard_residual_sd", "run discrepancy sd", 3))
+           ("heldout_miss_sd", "miss sd", 3), ("guard_residual_sd", "run discrepancy sd", 3),
+           ("control_miss_correlation", "miss corr. with control's", 2), ("unseen_miss_sd", "sd of miss - control's", 3),
+           ("parameter_sd", "parameter sd", 3))
 
 
 #: the ``unseen_set`` of the control rows (every example seen)
@@ -70,6 +74,19 @@ def scored_kinds(result: dict) -> dict[str, dict]:
     return {"matched": result["matched"], "pool": {k: v for k, v in result.items() if k != "matched"}}
 
 
+def against_control(scores: dict, control: dict | None) -> dict:
+    """``scores`` with what the unseen examples add to the miss, where the control (the all-seen fit)
+    was scored on the same held-out runs: the correlation of the two fits' per-run misses
+    (``control_miss_correlation``) and the sd over runs of their difference (``unseen_miss_sd``: the
+    part of the miss the fit's not seeing its unseen examples causes, to set beside its
+    ``parameter_sd``, the spread its parameters give a run's mean final loss)."""
+    if control is None or "heldout_miss" not in scores or "heldout_miss" not in control:
+        return scores
+    own, theirs = np.asarray(scores["heldout_miss"]), np.asarray(control["heldout_miss"])
+    return {**scores, "control_miss_correlation": float(np.corrcoef(own, theirs)[0, 1]),
+            "unseen_miss_sd": float(np.std(own - theirs, ddof=1))}
+
+
 def summary_lines(rows: list[dict]) -> list[str]:
     """The table of one (pool, optimizer, features, variant) group: a line per set and kind, then the
     mean (range) over sets per kind."""
@@ -77,16 +94,21 @@ def summary_lines(rows: list[dict]) -> list[str]:
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
     control = [r for r in rows if r["unseen_set"] == CONTROL]
     rows = sorted((r for r in rows if r["unseen_set"] != CONTROL), key=lambda r: r["unseen_set"])
+    def kind_scores(row: dict, kind: str) -> dict:
+        scores = scored_kinds(row)[kind]
+        return scores if row["unseen_set"] == CONTROL else against_control(
+            scores, scored_kinds(control[0])[kind] if control else None)
+
     for kind in KINDS:
         for row in rows + control:
-            scores = scored_kinds(row)[kind]
+            scores = kind_scores(row, kind)
             cells = [f"{scores[key]:.{digits}f}" if key in scores else "-" for key, _, digits in COLUMNS]
             name = "none (control)" if row["unseen_set"] == CONTROL else row["unseen_set"]
             lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
         if len(rows) > 1:
             cells = []
             for key, _, digits in COLUMNS:
-                values = np.array([scored_kinds(r)[kind][key] for r in rows if key in scored_kinds(r)[kind]])
+                values = np.array([kind_scores(r, kind)[key] for r in rows if key in kind_scores(r, kind)])
                 cells.append(f"**{values.mean():.{digits}f}** ({values.min():.{digits}f}-{values.max():.{digits}f})"
                              if values.size else "-")
             lines.append(f"| mean of {len(rows)} | {kind} | " + " | ".join(cells) + " |")
@@ -99,7 +121,11 @@ def markdown(rows: dict) -> str:
              "20% of the pool held out of 40 fitted runs of its own; every fit is scored on the same held-out "
              "runs, of the fitted runs' kind (`matched`) and on the whole pool (`pool`). Miss: held-out mean "
              "final loss minus the fit's prediction (mean: the shift the set's unseen examples share; sd: its "
-             "spread over runs), beside the run discrepancy's sd (what the new-run predictive adds).", ""]
+             "spread over runs), beside the run discrepancy's sd (what the new-run predictive adds). Against the "
+             "control (the all-seen fit, on the same held-out runs): the correlation of the two fits' per-run "
+             "misses, and the sd of their difference (what not seeing the unseen examples adds to the miss), "
+             "beside the parameter sd (the spread the fit's parameters, the unseen examples' effects among "
+             "them, give a run's mean final loss).", ""]
     groups: dict[tuple, list[dict]] = {}
     for row in rows.values():
         groups.setdefault((row["pool"], row["optimizer"], row["features"], row["variant"]), []).append(row)

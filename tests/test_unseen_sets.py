@@ -28,3 +28,20 @@ def test_the_control_is_shown_after_the_sets_and_left_out_of_their_mean():
     matched = [line for line in lines if "| matched |" in line]
     assert [line.split(" | ")[0] for line in matched] == ["| 0", "| 1", "| none (control)", "| mean of 2"]
     assert "**0.80** (0.75-0.85)" in matched[-1]
+
+
+def test_against_the_control_the_table_shows_the_misses_correlation_and_the_unseen_part():
+    """Per-run misses of a set's fit and of the control on the same runs: their correlation and the sd
+    of their difference are the set's, and the control's own line shows neither."""
+    control, own = _row(unseen_sets.CONTROL, 0.8, 0.0), _row(0, 0.8, 0.0)
+    control["matched"]["heldout_miss"] = [0.0, 0.1, -0.1, 0.2]
+    own["matched"]["heldout_miss"] = [0.01, 0.1, -0.11, 0.2]  # differences 0.01, 0, -0.01, 0: sd 0.0082
+    lines = unseen_sets.summary_lines([control, own])
+    matched = {line.split(" | ")[0]: line.split(" | ") for line in lines if "| matched |" in line}
+    columns = [title for _, title, _ in unseen_sets.COLUMNS]
+    correlation = 2 + columns.index("miss corr. with control's")
+    part = 2 + columns.index("sd of miss - control's")
+    assert matched["| 0"][correlation] == "1.00" and matched["| 0"][part] == "0.008"
+    assert matched["| none (control)"][correlation] == "-" and matched["| none (control)"][part] == "-"
+    pool = [line for line in lines if "| pool |" in line]
+    assert pool[0].split(" | ")[correlation] == "-"  # no per-run misses stored for that kind
