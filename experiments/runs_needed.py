@@ -281,6 +281,7 @@ def score(simulator, linear, heldout: Runs, unseen: np.ndarray | None = None) ->
     miss = heldout.losses[:, -1].mean(-1) - predicted[:, -1].mean(-1)
     result["heldout_miss_sd"], result["heldout_miss_mean"] = float(np.std(miss, ddof=1)), float(miss.mean())
     result["heldout_miss"] = miss.tolist()  # per run, to compare two fits' misses of the same runs
+    result["heldout_mean_final_loss"] = float(heldout.losses[:, -1].mean())
     # what the parameters alone leave uncertain in a run's mean final loss (mean over runs of its sd)
     result["parameter_sd"] = float(parameters[:, :, -1].mean(-1).std(0, ddof=1).mean())
     if unseen is not None:

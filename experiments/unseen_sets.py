@@ -29,7 +29,9 @@ example) final loss and of the pairwise differences of the per-run mean final lo
 fit's miss of the held-out runs' mean final loss: its mean (the set's shared shift) and sd, beside
 the run discrepancy's sd (``guard_residual_sd``); and, against the control on the same runs, the
 correlation of the two fits' per-run misses and the sd of their difference (the part of the miss the
-unseen examples cause) beside the fit's parameter sd (:func:`against_control`). Writes ``experiments/results/unseen_sets.{json,md}``
+unseen examples cause) beside the fit's parameter sd (:func:`against_control`); across sets, the
+unseen examples' change of the mean final loss against the fits' prediction of it
+(:func:`aggregate_effect`). Writes ``experiments/results/unseen_sets.{json,md}``
 (rows keyed by pool, optimizer, features, variant and set, kept across invocations).
 """
 
@@ -87,6 +89,28 @@ def against_control(scores: dict, control: dict | None) -> dict:
             "unseen_miss_sd": float(np.std(own - theirs, ddof=1))}
 
 
+def aggregate_effect(rows: list[dict], kind: str = "matched") -> dict | None:
+    """What a set's unseen examples do in aggregate, against what the fits predict, across sets.
+
+    Each set's fitted runs lack its examples, so their mean final loss is that set's baseline; the
+    held-out runs (the same for every set) use about two thirds of them. Per set, the *actual*
+    change is the held-out runs' mean final loss less the baseline, the *predicted* one the fit's
+    predicted mean less the baseline. Returns the least-squares slope of actual on predicted and
+    their correlation over sets (both 1 where the fits predict the unseen examples' aggregate
+    effect), or None with fewer than 3 sets that carry the numbers."""
+    sets = [r for r in rows if r["unseen_set"] != CONTROL and "fitted_mean_final_loss" in r
+            and "heldout_mean_final_loss" in scored_kinds(r)[kind]]
+    if len(sets) < 3:
+        return None
+    scores = [scored_kinds(r)[kind] for r in sets]
+    baseline = np.array([r["fitted_mean_final_loss"] for r in sets])
+    actual = np.array([s["heldout_mean_final_loss"] for s in scores]) - baseline
+    predicted = actual - np.array([s["heldout_miss_mean"] for s in scores])
+    return {"sets": len(sets), "slope": float(np.polyfit(predicted, actual, 1)[0]),
+            "correlation": float(np.corrcoef(predicted, actual)[0, 1]),
+            "actual_range": [float(actual.min()), float(actual.max())]}
+
+
 def summary_lines(rows: list[dict]) -> list[str]:
     """The table of one (pool, optimizer, features, variant) group: a line per set and kind, then the
     mean (range) over sets per kind."""
@@ -138,6 +162,13 @@ def markdown(rows: dict) -> str:
                   f"Commands: {commands}. Method `{first['method']}` (ran `{first['path']}`), options "
                   f"`{json.dumps(first['options'])}`; library version {versions}.", ""]
         lines += summary_lines(chosen) + [""]
+        aggregate = aggregate_effect(chosen)
+        if aggregate is not None:
+            low, high = aggregate["actual_range"]
+            lines += [f"The unseen examples in aggregate (matched runs, {aggregate['sets']} sets): the held-out runs' mean "
+                      f"final loss less each set's fitted runs' ({low:+.3f} to {high:+.3f}) against the fit's predicted "
+                      f"change: slope {aggregate['slope']:.2f}, correlation {aggregate['correlation']:.2f} (1 and 1 where "
+                      "the fits predict what the set's examples do together).", ""]
     return "\n".join(lines)
 
 
@@ -182,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             result.update(pool=args.pool, optimizer=args.optimizer, tests=args.tests, method=args.method,
                           options=options, variant=variant, unseen_set=unseen_set, unseen=unseen.tolist(),
                           command=command, library_version=study._library_version(),
-                          runs_seconds=collect_seconds)
+                          runs_seconds=collect_seconds, fitted_mean_final_loss=float(fitted.losses[:, -1].mean()))
             rows = json.loads(out.read_text()) if out.exists() else {}
             rows[row_key(args.pool, args.optimizer, features, variant, unseen_set)] = result
             out.write_text(json.dumps(rows, indent=1, default=float) + "\n")  # kept after every fit

@@ -1,5 +1,7 @@
 """The unseen-sets study's tables: a line per set and held-out kind, and the mean (range) over sets."""
 
+import pytest
+
 from experiment_module import load_experiment
 
 unseen_sets = load_experiment("unseen_sets")
@@ -45,3 +47,21 @@ def test_against_the_control_the_table_shows_the_misses_correlation_and_the_unse
     assert matched["| none (control)"][correlation] == "-" and matched["| none (control)"][part] == "-"
     pool = [line for line in lines if "| pool |" in line]
     assert pool[0].split(" | ")[correlation] == "-"  # no per-run misses stored for that kind
+
+
+def test_the_aggregate_effect_compares_each_sets_change_from_its_baseline_with_the_predicted_change():
+    """Actual change: held-out mean less the set's fitted mean; predicted: that less the miss's mean.
+    Changes twice the predicted ones give slope 2 and correlation 1; the control is left out."""
+    rows = []
+    for unseen_set, (baseline, predicted) in enumerate([(0.50, 0.01), (0.40, -0.02), (0.45, 0.03)]):
+        row = _row(unseen_set, 0.8, 0.0)
+        row["fitted_mean_final_loss"] = baseline
+        row["matched"]["heldout_mean_final_loss"] = baseline + 2 * predicted
+        row["matched"]["heldout_miss_mean"] = predicted  # actual 2p less predicted p
+        rows.append(row)
+    control = {**_row(unseen_sets.CONTROL, 0.8, 0.5), "fitted_mean_final_loss": 9.0}
+    control["matched"]["heldout_mean_final_loss"] = 0.0
+    aggregate = unseen_sets.aggregate_effect(rows + [control])
+    assert aggregate["sets"] == 3
+    assert aggregate["slope"] == pytest.approx(2.0) and aggregate["correlation"] == pytest.approx(1.0)
+    assert unseen_sets.aggregate_effect(rows[:2]) is None  # too few sets
