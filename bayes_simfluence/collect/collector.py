@@ -341,9 +341,16 @@ _EXECUTOR: RunExecutor | None = None
 
 
 def _init_worker(config: CollectConfig, curricula: np.ndarray, threads: int) -> None:
+    """A worker's set-up (loading the model and data). Ctrl-C reaches the whole process group; a
+    worker still setting up has trained nothing, so it ends at once and quietly (exit code 130)
+    instead of ``concurrent.futures`` printing the interrupted imports' traceback; the main process
+    reports the interrupt."""
     global _EXECUTOR
-    torch.set_num_threads(threads)
-    _EXECUTOR = RunExecutor(config, curricula)
+    try:
+        torch.set_num_threads(threads)
+        _EXECUTOR = RunExecutor(config, curricula)
+    except KeyboardInterrupt:
+        os._exit(130)
 
 
 def _work(task: tuple[int, str, bool]) -> int:
@@ -382,6 +389,7 @@ def _train_in_processes(config: CollectConfig, curricula: np.ndarray, partial: P
             return
         except BrokenProcessPool as error:
             pool.shutdown(cancel_futures=True)
+            interrupts.check()  # a worker ended by Ctrl-C: the interrupt, not a restart
             failure = error
             left = [run for run in left if not _run_path(partial, run).exists()]
             if left and attempt < WORKER_RESTARTS:

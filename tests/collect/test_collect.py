@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 import torch
 from tqdm import tqdm
 
-from bayes_simfluence import atomic, cli
+from bayes_simfluence import atomic, cli, interrupts
 from bayes_simfluence.collect import CollectConfig, OptimConfig, collect, collector
 from bayes_simfluence.collect.collector import (RunExecutor, _identity, _prepare_partial, default_curricula,
                                                 partial_dir_for)
@@ -161,6 +162,35 @@ def test_a_pool_that_breaks_after_saving_every_run_ends_the_collection_and_one_t
                 train()
     assert _PoolThatBreaks.made == collector.WORKER_RESTARTS + 1
     assert all(collector._run_path(tmp_path, run).exists() for run in [0, 1, 2]) == bool(saving)
+
+
+def test_ctrl_c_while_a_worker_sets_up_ends_it_quietly_and_the_broken_pool_is_the_interrupt(tmp_path, monkeypatch):
+    """Ctrl-C reaches every worker: one still loading its model ends with 130 instead of letting
+    ``concurrent.futures`` print the interrupted import's traceback (seen in CI), and the main
+    process, finding its pool broken after the interrupt, raises the interrupt instead of
+    restarting workers."""
+    def interrupted(config, curricula):
+        raise KeyboardInterrupt
+
+    def exit_now(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(collector, "RunExecutor", interrupted)
+    monkeypatch.setattr(collector.os, "_exit", exit_now)
+    with pytest.raises(SystemExit) as ended:
+        collector._init_worker(None, None, 1)
+    assert ended.value.code == 130
+
+    requested = threading.Event()
+    requested.set()
+    monkeypatch.setattr(interrupts, "_requested", requested)
+    monkeypatch.setattr(_PoolThatBreaks, "made", 0)
+    monkeypatch.setattr(collector, "ProcessPoolExecutor", _PoolThatBreaks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "a worker process died ... fresh workers" restart
+        with pytest.raises(KeyboardInterrupt):
+            collector._train_in_processes(None, None, tmp_path, [0, 1], 2, 1, False, tqdm(disable=True))
+    assert _PoolThatBreaks.made == 1
 
 
 def test_ctrl_c_with_workers_ends_every_process_and_names_the_runs_kept(tiny, tmp_path):
