@@ -118,21 +118,17 @@ def summary_lines(rows: list[dict]) -> list[str]:
     lines = [header, "|" + "---|" * (len(COLUMNS) + 2)]
     control = [r for r in rows if r["unseen_set"] == CONTROL]
     rows = sorted((r for r in rows if r["unseen_set"] != CONTROL), key=lambda r: r["unseen_set"])
-    def kind_scores(row: dict, kind: str) -> dict:
-        scores = scored_kinds(row)[kind]
-        return scores if row["unseen_set"] == CONTROL else against_control(
-            scores, scored_kinds(control[0])[kind] if control else None)
-
     for kind in KINDS:
-        for row in rows + control:
-            scores = kind_scores(row, kind)
+        reference = scored_kinds(control[0])[kind] if control else None
+        per_set = [against_control(scored_kinds(row)[kind], reference) for row in rows]
+        for row, scores in zip(rows + control, per_set + [scored_kinds(row)[kind] for row in control]):
             cells = [f"{scores[key]:.{digits}f}" if key in scores else "-" for key, _, digits in COLUMNS]
             name = "none (control)" if row["unseen_set"] == CONTROL else row["unseen_set"]
             lines.append(f"| {name} | {kind} | " + " | ".join(cells) + " |")
         if len(rows) > 1:
             cells = []
             for key, _, digits in COLUMNS:
-                values = np.array([kind_scores(r, kind)[key] for r in rows if key in kind_scores(r, kind)])
+                values = np.array([scores[key] for scores in per_set if key in scores])
                 cells.append(f"**{values.mean():.{digits}f}** ({values.min():.{digits}f}-{values.max():.{digits}f})"
                              if values.size else "-")
             lines.append(f"| mean of {len(rows)} | {kind} | " + " | ".join(cells) + " |")
