@@ -12,7 +12,9 @@ The weights are chosen where users consume simulations, on whole held-out trajec
    Gelman, 2018), scored here by squared error of the means.
 
 :func:`cross_fit_stacking` does both and keeps the held-out residuals of the stacked prediction
-(``observed - (w f + (1 - w) b)``: what a new run differs by from the simulation);
+(``observed - (w f + (1 - w) b)``: what a new run differs by from the simulation) and, where the
+full simulator has a predictive distribution, how much of their run-to-run spread is the
+cross-fits' own parameter error (:func:`parameter_error_share`);
 :func:`fit_stacked` adds the fits on every run and returns the composed simulator
 (:class:`StackedSimulator`, or :class:`StackedProbabilisticSimulator` where the full simulator has
 a predictive distribution). ``w = 1`` everywhere is the full simulator; where the curriculum has
@@ -49,6 +51,10 @@ FOLDS = 4
 BLIND_NAME = "curriculum-blind"
 #: the ``kind`` of a saved :class:`StackedSimulator`.
 KIND = "stacked"
+#: parameter draws of each cross-fit behind :func:`parameter_error_share`.
+PARAMETER_DRAWS = 64
+#: most ``draws * runs * (steps + 1) * tests`` values rolled out at once for them.
+PARAMETER_CHUNK = 2**23
 
 #: ``fit(train runs) -> fitted simulator``
 Fit = Callable[[Runs], Simulator]
@@ -71,11 +77,15 @@ class Stacking(NamedTuple):
             test example: slightly optimistic), folds, runs, seconds: JSON-ready.
         residuals: ``[runs, steps, tests]`` held-out ``observed - stacked`` trajectories of every
             training run (without ``L_0``), in run order; None when nothing was held out.
+        parameter_share: the share of the residuals' run-to-run variance of the mean final loss
+            that is the cross-fits' parameter error (:func:`parameter_error_share`; 0 where the
+            full simulator has no predictive distribution).
     """
 
     weight: np.ndarray
     report: dict[str, Any]
     residuals: np.ndarray | None = None
+    parameter_share: float = 0.0
 
 
 def stacking_weights(full: np.ndarray, blind: np.ndarray, actual: np.ndarray) -> np.ndarray:
@@ -89,6 +99,45 @@ def stacking_weights(full: np.ndarray, blind: np.ndarray, actual: np.ndarray) ->
     numerator = (gap * target).sum(axis=(0, 1))
     weight = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
     return np.clip(weight, 0.0, 1.0)
+
+
+def parameter_deviations(fitted: Simulator, runs: Runs, n_draws: int = PARAMETER_DRAWS) -> np.ndarray | None:
+    """``[draws, runs, tests]`` how ``fitted``'s parameter draws of the final losses of ``runs``
+    (their curricula and ``L_0``) deviate from the draws' mean; None for a point simulator. Rolled
+    out a few runs at a time (at most :data:`PARAMETER_CHUNK` values), with the same draws for all."""
+    if not isinstance(fitted, ProbabilisticSimulator):
+        return None
+    per_run = n_draws * runs.losses.shape[1] * runs.n_tests
+    step = max(1, PARAMETER_CHUNK // per_run)
+    final = np.concatenate([
+        fitted.simulate_draws(runs.curricula[k:k + step], runs.initial_losses[k:k + step], n_draws, seed=0,
+                              predictive="parameters")[:, :, -1]
+        for k in range(0, runs.n_runs, step)], axis=1)
+    return final - final.mean(axis=0)
+
+
+def parameter_error_share(deviations: np.ndarray, weight: np.ndarray, residuals: np.ndarray) -> float:
+    """The share of the held-out residuals' run-to-run variance of the mean final loss that is the
+    cross-fits' own parameter error, in ``[0, 1]``.
+
+    A held-out residual is what the model misses on a new run *plus* the error of the cross-fit's
+    parameters; a new-run predictive that adds the final fit's parameter draws to resampled
+    residuals counts that parameter error twice. Draw ``k`` of every cross-fit, stacked
+    (``w[m]`` times the full simulator's deviation), is one joint draw of the held-out runs'
+    parameter errors (folds are independent fits), so the mean over draws of their sample variance
+    across runs is the part of the residuals' sample variance that they explain.
+
+    Args:
+        deviations: ``[draws, runs, tests]`` parameter draws of the held-out final losses less
+            their mean (:func:`parameter_deviations`, folds concatenated in run order).
+        weight: ``[tests]`` stacking weights of the full simulator.
+        residuals: ``[runs, steps, tests]`` held-out residuals of the stack.
+    """
+    errors = (weight * deviations).mean(axis=-1)  # [draws, runs]: the stack's mean final loss
+    total = residuals[:, -1, :].mean(axis=-1).var(ddof=1)
+    if not total > 0:
+        return 0.0
+    return float(np.clip(errors.var(axis=1, ddof=1).mean() / total, 0.0, 1.0))
 
 
 def contiguous_folds(n_runs: int, folds: int) -> list[np.ndarray]:
@@ -118,18 +167,18 @@ def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool 
                        f"({folds} folds of {MIN_RUNS_PER_FOLD})"})
     start = time.perf_counter()
 
-    def cross_fit(held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def cross_fit(held: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         train, test = runs.select_runs(np.setdiff1d(np.arange(runs.n_runs), held)), runs.select_runs(held)
         fitted = fit(train)
         return (fitted.simulate(test.curricula, test.initial_losses)[:, 1:],
                 alternative(train, fitted).simulate(test.curricula, test.initial_losses)[:, 1:],
-                test.losses[:, 1:])
+                test.losses[:, 1:], parameter_deviations(fitted, test))
 
     held_out = contiguous_folds(runs.n_runs, folds)
     first_of_size: dict[int, int] = {}
     for k, held in enumerate(held_out):
         first_of_size.setdefault(len(held), k)
-    results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = {}
     with tqdm(total=folds, desc="guard: cross-fits", unit="fold", disable=not progress) as bar:
         for k in first_of_size.values():
             results[k] = cross_fit(held_out[k])
@@ -142,6 +191,9 @@ def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool 
     full, other, actual = (np.concatenate([results[k][part] for k in range(folds)]) for part in range(3))
     weight = stacking_weights(full, other, actual)
     stacked = weight * full + (1.0 - weight) * other
+    deviations = [results[k][3] for k in range(folds)]
+    share = 0.0 if any(d is None for d in deviations) else \
+        parameter_error_share(np.concatenate(deviations, axis=1), weight, actual - stacked)
 
     def mse(prediction: np.ndarray) -> float:
         return float(((prediction - actual) ** 2).mean())
@@ -149,8 +201,8 @@ def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool 
     report = {"folds": folds, "heldout_runs": int(actual.shape[0]), "heldout_mse_full": mse(full),
               "heldout_mse_blind": mse(other), "heldout_mse_stacked": mse(stacked),
               "mean_weight": float(weight.mean()), "workers": workers, "seconds": time.perf_counter() - start,
-              "blind": alternative_name}
-    return Stacking(weight, report, actual - stacked)
+              "blind": alternative_name, "parameter_share": share}
+    return Stacking(weight, report, actual - stacked, share)
 
 
 def describe(report: dict[str, Any]) -> str:

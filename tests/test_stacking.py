@@ -201,3 +201,48 @@ def test_the_guard_option_stacks_any_method_from_python_and_the_cli(tmp_path: Pa
                                                                                          guard=True).weight)
     with pytest.raises(Exception, match="guard"):
         bsf.fit(runs, "mean", guard=True)
+
+
+@pytest.mark.parametrize("n_folds", [4, 100])
+def test_the_parameter_error_share_is_what_the_generating_parameter_errors_explain(n_folds):
+    """Held-out residuals generated as a misfit shared by a run's test examples plus the cross-fits'
+    parameter errors (a part shared by the runs of a fold, which one fit predicts, and a part of
+    each run), and parameter draws from the same distribution as those errors. The oracle is the
+    generating variances: the errors' expected sample variance across runs of the stack's mean
+    final loss, over the residuals' sample variance; and with it taken out, what is left is the
+    misfit's variance (checked with 100 folds, where the fold parts' few realisations in the
+    residuals average out)."""
+    from bayes_simfluence.bayes.discrepancy import without_parameter_error
+    from bayes_simfluence.stacking import parameter_error_share
+
+    rng = np.random.default_rng(0)
+    n_runs, n_tests, n_draws = 4000, 3, 400
+    fold = np.repeat(np.arange(n_folds), n_runs // n_folds)
+    weight = np.array([0.5, 1.0, 1.0])
+    misfit_var, fold_var, run_var = 0.02**2, 0.01**2, 0.03**2
+
+    def parameter_errors(size: tuple[int, ...]) -> np.ndarray:  # [..., runs, tests]
+        shared = rng.normal(0, np.sqrt(fold_var), size + (n_folds, 1))[..., fold, :]
+        return shared + rng.normal(0, np.sqrt(run_var), size + (n_runs, n_tests))
+
+    residuals = np.zeros((n_runs, 2, n_tests))
+    residuals[:, -1] = rng.normal(0, np.sqrt(misfit_var), (n_runs, 1)) + weight * parameter_errors(())
+    residuals[:, 0] = rng.normal(size=(n_runs, n_tests))
+    draws = parameter_errors((n_draws,))
+    deviations = draws - draws.mean(axis=0)
+
+    mean_weight = weight.mean()  # the stack's mean final loss: w-weighted errors averaged over tests
+    run_part = (weight**2).sum() / n_tests**2 * run_var
+    fold_part = mean_weight**2 * fold_var * (n_runs - n_runs / n_folds) / (n_runs - 1)
+    expected = (run_part + fold_part) / residuals[:, -1].mean(axis=-1).var(ddof=1)
+    share = parameter_error_share(deviations, weight, residuals)
+    assert abs(share - expected) < 0.03 * expected, (share, expected)
+
+    kept = without_parameter_error(residuals, share)
+    np.testing.assert_allclose(kept.mean(axis=0), residuals.mean(axis=0), atol=1e-12)  # the shared part stays
+    if n_folds == 100:
+        ratio = kept[:, -1].mean(axis=-1).var(ddof=1) / misfit_var
+        assert abs(ratio - 1) < 0.1, ratio
+    assert parameter_error_share(np.zeros_like(deviations), weight, residuals) == 0.0
+    with pytest.raises(ValueError, match="share"):
+        without_parameter_error(residuals, 1.5)

@@ -36,6 +36,15 @@ with ``r*`` uniform on ``1..R``, ``z_r ~ Normal(0, 1)``, ``c = sqrt(R / (R - 1))
   calibration against real retraining). Why not the plain bootstrap (``h = 0``): two new runs
   would be identical with probability ``1 / R``.
 
+The residuals are those of cross-fits, so besides the misfit they carry the cross-fits' own
+parameter error, which the new-run predictive already draws from the final posterior: added to
+them, it would be counted twice (intervals too wide wherever the parameters are uncertain, e.g.
+large pools with few runs). The guard measures the share of the residuals' run-to-run variance of
+the mean final loss that the cross-fits' parameter draws explain
+(:func:`bayes_simfluence.stacking.parameter_error_share`), and the run-to-run part is shrunk by
+``sqrt(1 - share)`` before it is kept (:func:`without_parameter_error`); the shared part ``ebar``
+is left as it is.
+
 A run's pick ``r*`` is keyed by its curriculum's content (:func:`curriculum_ids`): the same curriculum
 gets the same discrepancy (retraining it from the same seed gives the same run, and paired
 differences of identical candidates are exactly 0), any other curriculum an independent one.
@@ -69,6 +78,22 @@ def residuals_for_steps(residuals: np.ndarray, n_steps: int) -> np.ndarray:
     if n_steps <= known:
         return residuals[:, :n_steps]
     return np.concatenate([residuals, np.repeat(residuals[:, -1:], n_steps - known, axis=1)], axis=1)
+
+
+def without_parameter_error(residuals: np.ndarray, share: float) -> np.ndarray:
+    """``[R, steps, tests]`` held-out residuals with the cross-fits' parameter error taken out of
+    their run-to-run part: ``ebar + sqrt(1 - share) (e_r - ebar)``, ``ebar`` the mean over runs
+    (module docstring).
+
+    Args:
+        residuals: ``[R, steps, tests]`` held-out residuals of the guard's stack.
+        share: in ``[0, 1]``, the share of their run-to-run variance of the mean final loss that is
+            parameter error (:func:`bayes_simfluence.stacking.parameter_error_share`).
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be in [0, 1], got {share}")
+    mean = residuals.mean(axis=0)
+    return mean + np.sqrt(1.0 - share) * (residuals - mean)
 
 
 def curriculum_ids(curricula: np.ndarray) -> np.ndarray:

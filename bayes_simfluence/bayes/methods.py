@@ -35,6 +35,7 @@ import numpy as np
 from bayes_simfluence import budget, settings, validation
 from bayes_simfluence.bayes import backends, grid, guard, inference, krylov, run_state
 from bayes_simfluence.bayes.data import model_data
+from bayes_simfluence.bayes.discrepancy import without_parameter_error
 from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import MEAN_DRAWS, BayesianSimfluence
@@ -258,7 +259,7 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
     if "skipped" not in stacking.report:
         posterior.stacking_weight = stacking.weight
         posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
-        posterior.run_residuals = stacking.residuals
+        posterior.run_residuals = without_parameter_error(stacking.residuals, stacking.parameter_share)
         if options["run_state"]:
             alternative = _state_only(train, posterior)
             posterior.blind_state, posterior.blind_center = alternative.coefficients, alternative.center
