@@ -323,6 +323,7 @@ def study_set(name: str, runs: Runs, n_fit: int, n_heldout: int, method: str, op
               "options": options,
               "fit_seconds": fit_seconds, "lds": lds, "lds_linear": lds_linear,
               "guard_weight": _guard_weight(simulator),
+              "parameter_share": getattr(simulator, "info", {}).get("guard", {}).get("parameter_share"),
               "run_state": getattr(simulator, "state", None) is not None,
               "run_state_check": getattr(simulator, "info", {}).get("run_state_check"),
               "variant_check": getattr(simulator, "info", {}).get("variant_check"), "predictive": {}}
