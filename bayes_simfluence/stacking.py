@@ -74,18 +74,17 @@ class Stacking(NamedTuple):
         weight: ``[tests]`` weight of the full simulator in the stack.
         report: held-out-run all-steps MSE of the full simulator, the alternative (``"blind"``
             keys) and the stack (the stack's weights were chosen on these same predictions, one per
-            test example: slightly optimistic), folds, runs, seconds: JSON-ready.
+            test example: slightly optimistic), folds, runs, seconds, and ``parameter_share``: the
+            share of the residuals' run-to-run variance of the mean final loss that is the
+            cross-fits' parameter error (:func:`parameter_error_share`; 0 where the full simulator
+            has no predictive distribution): JSON-ready.
         residuals: ``[runs, steps, tests]`` held-out ``observed - stacked`` trajectories of every
             training run (without ``L_0``), in run order; None when nothing was held out.
-        parameter_share: the share of the residuals' run-to-run variance of the mean final loss
-            that is the cross-fits' parameter error (:func:`parameter_error_share`; 0 where the
-            full simulator has no predictive distribution).
     """
 
     weight: np.ndarray
     report: dict[str, Any]
     residuals: np.ndarray | None = None
-    parameter_share: float = 0.0
 
 
 def stacking_weights(full: np.ndarray, blind: np.ndarray, actual: np.ndarray) -> np.ndarray:
@@ -202,7 +201,7 @@ def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool 
               "heldout_mse_blind": mse(other), "heldout_mse_stacked": mse(stacked),
               "mean_weight": float(weight.mean()), "workers": workers, "seconds": time.perf_counter() - start,
               "blind": alternative_name, "parameter_share": share}
-    return Stacking(weight, report, actual - stacked, share)
+    return Stacking(weight, report, actual - stacked)
 
 
 def describe(report: dict[str, Any]) -> str:

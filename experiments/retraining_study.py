@@ -315,6 +315,7 @@ def study_set(name: str, runs: Runs, n_fit: int, n_heldout: int, method: str, op
     simulator = fit_method(method, train, options_for(method, FitContext(seed=0, options=options)))
     fit_seconds = time.perf_counter() - start
     linear = fit_method("linear", train, FitContext(seed=0))
+    info = getattr(simulator, "info", {})
     lds, _ = spearman_runs(simulator.simulate(heldout.curricula, heldout.initial_losses), heldout.losses)
     lds_linear, _ = spearman_runs(linear.simulate(heldout.curricula, heldout.initial_losses), heldout.losses)
     result = {"fit_runs": n_fit, "heldout_runs": n_heldout, "window": window,
@@ -323,10 +324,10 @@ def study_set(name: str, runs: Runs, n_fit: int, n_heldout: int, method: str, op
               "options": options,
               "fit_seconds": fit_seconds, "lds": lds, "lds_linear": lds_linear,
               "guard_weight": _guard_weight(simulator),
-              "parameter_share": getattr(simulator, "info", {}).get("guard", {}).get("parameter_share"),
+              "parameter_share": info.get("guard", {}).get("parameter_share"),
               "run_state": getattr(simulator, "state", None) is not None,
-              "run_state_check": getattr(simulator, "info", {}).get("run_state_check"),
-              "variant_check": getattr(simulator, "info", {}).get("variant_check"), "predictive": {}}
+              "run_state_check": info.get("run_state_check"),
+              "variant_check": info.get("variant_check"), "predictive": {}}
     expectation = predictive_draws(simulator, heldout, "parameters")  # every predictive's mean, least noisy
     for kind in PREDICTIVES:
         start = time.perf_counter()

@@ -259,7 +259,7 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
     if "skipped" not in stacking.report:
         posterior.stacking_weight = stacking.weight
         posterior.blind_mean = MeanTrajectory().fit(train).mean_losses
-        posterior.run_residuals = without_parameter_error(stacking.residuals, stacking.parameter_share)
+        posterior.run_residuals = without_parameter_error(stacking.residuals, stacking.report["parameter_share"])
         if options["run_state"]:
             alternative = _state_only(train, posterior)
             posterior.blind_state, posterior.blind_center = alternative.coefficients, alternative.center
