@@ -50,8 +50,9 @@ computed without training any run the fit sees:
    loss) beside the fit's real miss of the held-out runs (``heldout_miss_sd``).
 
 Writes ``experiments/results/runs_needed.{json,md}`` (rows kept across invocations, keyed by pool,
-optimizer, protocol, runs, features and a ``variant`` other than ``linear``) and one figure per set,
-``experiments/results/runs_needed[_POOL][_adam][_VARIANT].png`` (LDS and sharpness against runs,
+optimizer, protocol, runs, features and the model where it is not this script's default:
+:func:`model_label`) and one figure per set,
+``experiments/results/runs_needed[_POOL][_adam][_MODEL].png`` (LDS and sharpness against runs,
 with and without features; served by the docs beside the other results). ``--redraw`` rewrites the
 table and figures from the json alone.
 """
@@ -350,10 +351,23 @@ def _variant(row: dict) -> str:
     return row["options"].get("variant", "linear")
 
 
-def figure_name(pool: int, optimizer: str, variant: str) -> str:
+def model_label(options: dict) -> str:
+    """What a set's model is, besides this script's default (variant ``linear``, no optimiser memory):
+    ``""`` for that, else e.g. ``"auto"`` or ``"memory-geometric"``; part of row keys and figure names."""
+    parts = [] if options.get("variant", "linear") == "linear" else [options["variant"]]
+    if options.get("memory", "none") != "none":
+        parts.append(f"memory-{options['memory']}")
+    return "_".join(parts)
+
+
+def _model(row: dict) -> str:
+    return model_label(row["options"])
+
+
+def figure_name(pool: int, optimizer: str, model: str) -> str:
     """The runs-needed figure of one set (the first, pool 200 under SGD, keeps the plain name)."""
     parts = ([] if pool == 200 else [str(pool)]) + ([] if optimizer == "sgd" else [optimizer]) \
-        + ([] if variant == "linear" else [variant])
+        + ([model] if model else [])
     return "_".join(["runs_needed", *parts]) + ".png"
 
 
@@ -371,13 +385,15 @@ def markdown(rows: dict) -> str:
              "nothing (below 1: the intervals say something). Cover: the share of retrained values inside the "
              "new-run predictive's central intervals (500 draws), of pairwise differences of the per-run mean final "
              "loss and of each (run, test example) final loss.", ""]
-    sets = sorted({(r["pool"], r["optimizer"], _variant(r)) for r in rows.values()},
-                  key=lambda s: (s[0], s[1] != "sgd", s[2] != "linear", s[2]))
-    for pool, optimizer, variant in sets:
-        chosen = [r for r in rows.values() if (r["pool"], r["optimizer"], _variant(r)) == (pool, optimizer, variant)]
+    sets = sorted({(r["pool"], r["optimizer"], _model(r)) for r in rows.values()},
+                  key=lambda s: (s[0], s[1] != "sgd", s[2] != "", s[2]))
+    for pool, optimizer, model in sets:
+        chosen = [r for r in rows.values() if (r["pool"], r["optimizer"], _model(r)) == (pool, optimizer, model)]
         first = chosen[0]
         training = {"sgd": "plain SGD", "adam": "Adam + dropout"}[optimizer]
-        heading = f"## Pool {pool}, {training}" + ("" if variant == "linear" else f", variant `{variant}`")
+        variant, memory = first["options"].get("variant", "linear"), first["options"].get("memory", "none")
+        heading = f"## Pool {pool}, {training}" + ("" if variant == "linear" else f", variant `{variant}`") \
+            + ("" if memory == "none" else f", optimiser memory `{memory}`")
         lines += [heading, "",
                   "Command: " + ", ".join(f"`{c}`" for c in sorted({r["command"] for r in chosen}))
                   + f". Method `{first['method']}` (ran `{first['path']}`), options "
@@ -392,10 +408,10 @@ def markdown(rows: dict) -> str:
         if any(r["predictive"] != "new-run" for r in chosen):
             lines += ["Rows whose sharpness is marked * score the `noise` predictive: with so few runs the fit has no "
                       "guard, whose held-out residuals are a new run's discrepancy.", ""]
-        lines += ["### All examples seen", "", *HEADER]
-        for row in sorted((r for r in chosen if r["protocol"] == "seen"),
-                          key=lambda r: (r["fit_runs"], r["features"], r.get("window", 0))):
-            lines.append(_row(row))
+        seen = sorted((r for r in chosen if r["protocol"] == "seen"),
+                      key=lambda r: (r["fit_runs"], r["features"], r.get("window", 0)))
+        if seen:
+            lines += ["### All examples seen", "", *HEADER, *(_row(row) for row in seen)]
         unseen = sorted((r for r in chosen if r["protocol"] == "unseen"), key=lambda r: (r["features"], r.get("window", 0)))
         if unseen:
             row = unseen[0]
@@ -417,7 +433,7 @@ def markdown(rows: dict) -> str:
         warned = sorted({w for r in chosen for w in r["warnings"]})
         if warned:
             lines += ["", "Warnings of the fits: " + "; ".join(f"`{w}`" for w in warned)]
-        lines += ["", f"![runs needed]({figure_name(pool, optimizer, variant)})", ""]
+        lines += ["", f"![runs needed]({figure_name(pool, optimizer, model)})", ""] if seen else [""]
     return "\n".join(lines) + "\n"
 
 
@@ -459,6 +475,8 @@ def over_windows(chosen: list[dict]) -> list[str]:
 def plot(rows: dict, pool: int, optimizer: str, path: Path) -> None:
     """LDS (with its bootstrap interval) and sharpness against runs, with and without features (window 0)."""
     rows = {key: row for key, row in rows.items() if not row.get("window")}
+    if not any(r["protocol"] == "seen" for r in rows.values()):
+        return  # nothing to draw against runs
     import matplotlib
 
     matplotlib.use("Agg")
@@ -521,9 +539,9 @@ def redraw() -> None:
                 row["feature_alone_lds"] = value
     path.write_text(json.dumps(rows, indent=1, default=float) + "\n")
     (RESULTS / "runs_needed.md").write_text(markdown(rows))
-    for pool, optimizer, variant in {(r["pool"], r["optimizer"], _variant(r)) for r in rows.values()}:
-        plot({k: r for k, r in rows.items() if _variant(r) == variant}, pool, optimizer,
-             RESULTS / figure_name(pool, optimizer, variant))
+    for pool, optimizer, model in {(r["pool"], r["optimizer"], _model(r)) for r in rows.values()}:
+        plot({k: r for k, r in rows.items() if _model(r) == model}, pool, optimizer,
+             RESULTS / figure_name(pool, optimizer, model))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -555,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     if max(args.runs) > FIT_RUNS:
         parser.error(f"--runs: at most {FIT_RUNS}")
     options = {"memory": "none", **dict(args.option)}
-    variant = options.get("variant", "linear")
+    model = model_label(options)
     command = shlex.join(["python", "experiments/runs_needed.py", *(sys.argv[1:] if argv is None else argv)])
     runs = seen_runs(args.pool, args.tests, args.optimizer, FIT_RUNS + args.heldout)
     heldout = runs.select_runs(slice(FIT_RUNS, FIT_RUNS + args.heldout))
@@ -592,8 +610,8 @@ def main(argv: list[str] | None = None) -> None:
         if protocol == "unseen":
             result["unseen"] = unseen.tolist()
         key = f"{args.pool}_{args.optimizer}_{protocol}_{n}_{'features' if features else 'plain'}"
-        if variant != "linear":
-            key += f"_{variant}"
+        if model:
+            key += f"_{model}"
         if window:
             key += f"_w{window}"
         mine[key] = result
@@ -603,8 +621,8 @@ def main(argv: list[str] | None = None) -> None:
               f"fit {result['fit_seconds']:.0f} s", flush=True)
         out.write_text(json.dumps(rows, indent=1, default=float) + "\n")  # kept after every fit
         (RESULTS / "runs_needed.md").write_text(markdown(rows))
-        plot({k: r for k, r in rows.items() if _variant(r) == variant}, args.pool, args.optimizer,
-             RESULTS / figure_name(args.pool, args.optimizer, variant))
+        plot({k: r for k, r in rows.items() if _model(r) == model}, args.pool, args.optimizer,
+             RESULTS / figure_name(args.pool, args.optimizer, model))
 
 
 if __name__ == "__main__":

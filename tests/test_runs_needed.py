@@ -98,3 +98,24 @@ def test_other_unseen_sets_have_their_own_examples_runs_and_cache(tmp_path, monk
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "runs_needed_unseen_200_sgd_set1_tests2.npz", "runs_needed_unseen_200_sgd_set2_tests2.npz",
         "runs_needed_unseen_200_sgd_tests2.npz"]
+
+
+def test_each_model_keeps_its_own_rows_section_and_figure():
+    """Rows of the script's default model (no memory, variant linear) keep their plain keys and figure;
+    another model's rows get their own section instead of overwriting them."""
+    assert runs_needed.model_label({"memory": "none"}) == ""
+    assert runs_needed.model_label({"memory": "none", "variant": "auto"}) == "auto"
+    assert runs_needed.model_label({"memory": "geometric"}) == "memory-geometric"
+    assert runs_needed.figure_name(200, "sgd", "") == "runs_needed.png"
+    assert runs_needed.figure_name(1000, "adam", "memory-geometric") == "runs_needed_1000_adam_memory-geometric.png"
+    row = {"pool": 200, "optimizer": "sgd", "protocol": "seen", "fit_runs": 40, "features": True, "window": 0,
+           "method": "bayes-grid", "path": "bayes-grid", "heldout_runs": 40, "pairs": 780, "tests": 10,
+           "feature_seconds": 1.0, "command": "c", "warnings": [], "predictive": "new-run", "lds": 0.8,
+           "lds_interval": [0.7, 0.9], "lds_linear": 0.8, "diff_coverage_90": 0.9, "diff_coverage_50": 0.5,
+           "sharpness": 0.5, "brier": 0.1, "final_coverage_90": 0.9, "final_coverage_50": 0.5, "fit_seconds": 1.0}
+    rows = {"plain": {**row, "options": {"memory": "none"}},
+            "memory": {**row, "options": {"memory": "geometric"}, "lds": 0.7}}
+    text = runs_needed.markdown(rows)
+    assert "## Pool 200, plain SGD\n" in text and "## Pool 200, plain SGD, optimiser memory `geometric`" in text
+    assert "| 0.800 [0.700, 0.900] |" in text and "| 0.700 [0.700, 0.900] |" in text
+    assert "runs_needed.png" in text and "runs_needed_memory-geometric.png" in text
