@@ -140,7 +140,7 @@ class Comparison:
             ``"parameters"``, see :data:`bayes_simfluence.choices.PREDICTIVES`; empty for
             a point simulator).
         uncertainty_source: the simulator's words for that predictive.
-        stacking_weight: mean weight of the full model over ``tests`` where the simulator is
+        stacking_weight: mean weight of the full model over ``tests`` and steps where the simulator is
             stacked (:class:`~bayes_simfluence.simulators.Stacked`, e.g. a guarded posterior): each
             draw is ``w`` times the full model's plus ``1 - w`` times the alternative's; None otherwise.
         stacked_alternative: that alternative in words (``"curriculum-blind"``: the candidates'

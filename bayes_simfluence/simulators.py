@@ -71,8 +71,8 @@ class Stacked(Protocol):
 
     @property
     def stacking_weight(self) -> np.ndarray | None:
-        """``[tests]`` weight of the simulator's own model, the alternative having ``1 - weight``;
-        None: not stacked."""
+        """``[steps, tests]`` weight of the simulator's own model at each fitted step (``[tests]``
+        in files of earlier versions), the alternative having ``1 - weight``; None: not stacked."""
 
     @property
     def stacked_alternative(self) -> str:
@@ -397,13 +397,15 @@ def _saved_text(archive: Any, name: str, path: Path) -> str:
     return str(value)
 
 
-def saved_array(archive: Any, name: str, path: Path, ndim: int) -> np.ndarray:
-    """Array ``name`` of a saved simulator: present, numeric, ``ndim`` dims, finite."""
+def saved_array(archive: Any, name: str, path: Path, ndim: int | tuple[int, ...]) -> np.ndarray:
+    """Array ``name`` of a saved simulator: present, numeric, ``ndim`` dims (or one of them), finite."""
     if name not in archive.files:
         raise InputError(f"{path}: the simulator file lacks '{name}' (it holds {sorted(archive.files)})")
     value = member(archive, name, str(path))
-    if value.ndim != ndim or not np.issubdtype(value.dtype, np.number):
-        raise InputError(f"{path}: '{name}' must be a numeric array with {ndim} dims, got dtype {value.dtype} "
+    allowed = (ndim,) if isinstance(ndim, int) else ndim
+    if value.ndim not in allowed or not np.issubdtype(value.dtype, np.number):
+        dims = " or ".join(str(n) for n in allowed)
+        raise InputError(f"{path}: '{name}' must be a numeric array with {dims} dims, got dtype {value.dtype} "
                          f"and shape {value.shape}")
     if not np.all(np.isfinite(value)):
         raise InputError(f"{path}: '{name}' holds NaN or inf values; refit the simulator")

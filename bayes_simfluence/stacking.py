@@ -6,10 +6,14 @@ The weights are chosen where users consume simulations, on whole held-out trajec
 
 1. split the training runs into ``folds`` contiguous folds (default :data:`FOLDS`); for each, fit
    both simulators on the other runs and roll them out on the fold's curricula from their own ``L_0``;
-2. per test example, choose the weight ``w[m]`` in ``[0, 1]`` of the full simulator that minimises
-   the held-out all-steps squared error of ``w f + (1 - w) b`` (closed form,
+2. choose the weights ``w[t, m]`` in ``[0, 1]`` of the full simulator at step ``t`` for test
+   example ``m`` that minimise the held-out squared error of ``w f + (1 - w) b`` (closed form,
    :func:`stacking_weights`), as in stacking of predictive distributions (Yao, Vehtari, Simpson and
-   Gelman, 2018), scored here by squared error of the means.
+   Gelman, 2018), scored here by squared error of the means: a level per test example and, where
+   the held-out runs show one beyond noise, a linear trend along the run shared by the test
+   examples. How far the effects can be trusted may change along the run: where seed noise makes
+   a fit's deviations too bold late in the run (Adam with dropout), one weight for all steps, set
+   mostly by the middle of the run, left the final losses that decisions use under-shrunk.
 
 :func:`cross_fit_stacking` does both and keeps the held-out residuals of the stacked prediction
 (``observed - (w f + (1 - w) b)``: what a new run differs by from the simulation) and, where the
@@ -18,7 +22,8 @@ cross-fits' own parameter error (:func:`parameter_error_share`);
 :func:`fit_stacked` adds the fits on every run and returns the composed simulator
 (:class:`StackedSimulator`, or :class:`StackedProbabilisticSimulator` where the full simulator has
 a predictive distribution). ``w = 1`` everywhere is the full simulator; where the curriculum has
-no effect ``w`` falls towards 0. The Bayesian methods' guard (:mod:`bayes_simfluence.bayes.guard`)
+no effect ``w`` falls towards 0. A curriculum longer than the training runs keeps the last step's
+weight beyond them (:func:`weight_trajectory`). The Bayesian methods' guard (:mod:`bayes_simfluence.bayes.guard`)
 is this stacking with the posterior as the full simulator.
 """
 
@@ -51,6 +56,9 @@ FOLDS = 4
 BLIND_NAME = "curriculum-blind"
 #: the ``kind`` of a saved :class:`StackedSimulator`.
 KIND = "stacked"
+#: a trend of the stacking weights along the run is kept where it is more than this many
+#: standard errors from 0 (:func:`stacking_weights`)
+TREND_SDS = 2.0
 #: parameter draws of each cross-fit behind :func:`parameter_error_share`.
 PARAMETER_DRAWS = 64
 #: most ``draws * runs * (steps + 1) * tests`` values rolled out at once for them.
@@ -71,10 +79,11 @@ class Stacking(NamedTuple):
     """What held-out stacking found.
 
     Attributes:
-        weight: ``[tests]`` weight of the full simulator in the stack.
+        weight: ``[steps, tests]`` weight of the full simulator in the stack at each step.
         report: held-out-run all-steps MSE of the full simulator, the alternative (``"blind"``
-            keys) and the stack (the stack's weights were chosen on these same predictions, one per
-            test example: slightly optimistic), folds, runs, seconds, and ``parameter_share``: the
+            keys) and the stack (the stack's weights were chosen on these same predictions:
+            slightly optimistic), ``mean_weight`` and ``final_weight`` (means over test examples
+            of the weights over all steps and at the last), folds, runs, seconds, and ``parameter_share``: the
             share of the residuals' run-to-run variance of the mean final loss that is the
             cross-fits' parameter error (:func:`parameter_error_share`; 0 where the full simulator
             has no predictive distribution): JSON-ready.
@@ -87,17 +96,61 @@ class Stacking(NamedTuple):
     residuals: np.ndarray | None = None
 
 
-def stacking_weights(full: np.ndarray, blind: np.ndarray, actual: np.ndarray) -> np.ndarray:
-    """``[tests]`` ``argmin_{w in [0, 1]} sum (w f + (1 - w) b - y)^2`` over runs and steps.
+def stacking_weights(full: np.ndarray, blind: np.ndarray, actual: np.ndarray,
+                     trend_sds: float = TREND_SDS) -> np.ndarray:
+    """``[steps, tests]`` the weights ``w[t, m] = clip(c[m] + k u_t, 0, 1)`` that minimise
+    ``sum (w f + (1 - w) b - y)^2`` over runs, steps and test examples, with ``u_t`` the step's
+    position along the run (from -1/2 to 1/2): a level per test example and one trend ``k`` shared
+    by them (closed form). The trend is kept only where it is more than ``trend_sds`` standard
+    errors from 0, its standard error robust to errors correlated within a run (clustered by runs,
+    with the small-sample factor ``runs / (runs - 1)``); else ``k = 0`` and each test example has
+    one weight for all steps, ``sum (f - b)(y - b) / sum (f - b)^2``.
 
     Args:
         full, blind, actual: ``[runs, steps, tests]`` trajectories (without ``L_0``, which all share).
+        trend_sds: how many standard errors a trend must clear (``inf``: never a trend).
     """
     gap, target = full - blind, actual - blind
-    denominator = (gap**2).sum(axis=(0, 1))
-    numerator = (gap * target).sum(axis=(0, 1))
-    weight = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
-    return np.clip(weight, 0.0, 1.0)
+    n_runs, n_steps = gap.shape[:2]
+    position = ((np.arange(n_steps) - (n_steps - 1) / 2) / n_steps)[:, None]  # [steps, 1]
+    squares, products = (gap**2).sum(axis=0), (gap * target).sum(axis=0)  # [steps, tests]
+    total = squares.sum(axis=0)
+
+    def per_test(numerator: np.ndarray) -> np.ndarray:
+        return np.divide(numerator, total, out=np.zeros_like(numerator), where=total > 0)
+
+    level = per_test(products.sum(axis=0))
+    lever = per_test((squares * position).sum(axis=0))  # each test example's mean position, weighted
+    # the trend with each test example's level profiled out (Frisch-Waugh): regress on gap (u - lever)
+    regressor = gap * (position - lever)  # [runs, steps, tests]
+    information = float((regressor**2).sum())
+    if n_runs < 2 or not information > 0 or not np.isfinite(trend_sds):
+        return np.clip(np.broadcast_to(level, (n_steps, len(level))), 0.0, 1.0).copy()
+    trend = float((regressor * target).sum()) / information
+    intercept = level - trend * lever
+    residual = target - gap * (intercept + trend * position)
+    scores = (regressor * residual).sum(axis=(1, 2))  # [runs]: errors may correlate within a run
+    error = np.sqrt(n_runs / (n_runs - 1) * (scores**2).sum()) / information
+    if not abs(trend) > trend_sds * error:
+        trend, intercept = 0.0, level
+    return np.clip(intercept + trend * position, 0.0, 1.0)
+
+
+def weight_trajectory(weight: np.ndarray, n_points: int) -> np.ndarray:
+    """``[n_points, tests]`` the weights of a trajectory of ``n_points`` losses (``L_0`` first):
+    ``weight [steps, tests]`` row ``t - 1`` at step ``t``, the last row beyond the fitted steps
+    (and at ``L_0``, which both simulators share, the first); ``weight [tests]`` (one for all
+    steps, as files of earlier versions hold) at every step."""
+    weight = np.asarray(weight)
+    if weight.ndim == 1:
+        return np.broadcast_to(weight, (n_points, weight.shape[0]))
+    return weight[np.clip(np.arange(n_points) - 1, 0, weight.shape[0] - 1)]
+
+
+def final_weight(weight: np.ndarray) -> np.ndarray:
+    """``[tests]`` the weights at the last fitted step (of ``[steps, tests]`` or ``[tests]`` weights)."""
+    weight = np.asarray(weight)
+    return weight if weight.ndim == 1 else weight[-1]
 
 
 def parameter_deviations(fitted: Simulator, runs: Runs, n_draws: int = PARAMETER_DRAWS) -> np.ndarray | None:
@@ -129,10 +182,10 @@ def parameter_error_share(deviations: np.ndarray, weight: np.ndarray, residuals:
     Args:
         deviations: ``[draws, runs, tests]`` parameter draws of the held-out final losses less
             their mean (:func:`parameter_deviations`, folds concatenated in run order).
-        weight: ``[tests]`` stacking weights of the full simulator.
+        weight: ``[steps, tests]`` (or ``[tests]``) stacking weights of the full simulator.
         residuals: ``[runs, steps, tests]`` held-out residuals of the stack.
     """
-    errors = (weight * deviations).mean(axis=-1)  # [draws, runs]: the stack's mean final loss
+    errors = (final_weight(weight) * deviations).mean(axis=-1)  # [draws, runs]: the stack's mean final loss
     total = residuals[:, -1, :].mean(axis=-1).var(ddof=1)
     if not total > 0:
         return 0.0
@@ -199,7 +252,7 @@ def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool 
 
     report = {"folds": folds, "heldout_runs": int(actual.shape[0]), "heldout_mse_full": mse(full),
               "heldout_mse_blind": mse(other), "heldout_mse_stacked": mse(stacked),
-              "mean_weight": float(weight.mean()), "workers": workers, "seconds": time.perf_counter() - start,
+              "mean_weight": float(weight.mean()), "final_weight": float(weight[-1].mean()), "workers": workers, "seconds": time.perf_counter() - start,
               "blind": alternative_name, "parameter_share": share}
     return Stacking(weight, report, actual - stacked)
 
@@ -208,11 +261,12 @@ def describe(report: dict[str, Any]) -> str:
     """One line for users: what held-out stacking (the guard) measured and what it chose."""
     if "skipped" in report:
         return f"guard skipped: {report['skipped']}"
+    final = f", {report['final_weight']:.2f} at the last step" if "final_weight" in report else ""
     return (f"guard: on {report['heldout_runs']} held-out training runs ({report['folds']} folds), all-steps MSE "
             f"{report['heldout_mse_full']:.4g} with the effects, {report['heldout_mse_blind']:.4g} "
             f"{report.get('blind', BLIND_NAME)}, "
             f"{report['heldout_mse_stacked']:.4g} stacked; weight of the effects {report['mean_weight']:.2f} "
-            "(mean over test examples)")
+            f"(mean over test examples and steps{final})")
 
 
 def report_entries(report: dict[str, Any] | None) -> dict[str, Any]:
@@ -227,17 +281,21 @@ def report_entries(report: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def stacked_mean(weight: np.ndarray, full: np.ndarray, alternative: np.ndarray) -> np.ndarray:
-    """``[..., tests]`` ``w f + (1 - w) b`` of two predictions ``[..., tests]`` with weights ``w [tests]``."""
+    """``[..., steps + 1, tests]`` ``w f + (1 - w) b`` of two trajectories ``[..., steps + 1, tests]``
+    (``L_0`` first) with weights ``w [fitted steps, tests]`` (:func:`weight_trajectory`) or ``[tests]``."""
+    weight = weight_trajectory(weight, full.shape[-2])
     return weight * full + (1.0 - weight) * alternative
 
 
 @dataclass
 class StackedSimulator:
-    """Two simulators composed: predicts ``w[m] full + (1 - w[m]) alternative`` per test example.
+    """Two simulators composed: predicts ``w[t, m] full + (1 - w[t, m]) alternative`` per step and
+    test example.
 
     Attributes:
         full, alternative: fitted simulators on the same test examples.
-        weight: ``[tests]`` weight of ``full``, in ``[0, 1]``.
+        weight: ``[steps, tests]`` weight of ``full`` at each fitted step (:func:`weight_trajectory`
+            beyond them), in ``[0, 1]``; ``[tests]``, one for all steps, in files of earlier versions.
         info: ``{"guard": report}`` of :func:`cross_fit_stacking` (JSON-ready).
     """
 
@@ -252,7 +310,7 @@ class StackedSimulator:
 
     @property
     def stacking_weight(self) -> np.ndarray:
-        """``[tests]`` the weight of the full simulator (:class:`~bayes_simfluence.simulators.Stacked`)."""
+        """``[steps, tests]`` the weight of the full simulator (:class:`~bayes_simfluence.simulators.Stacked`)."""
         return self.weight
 
     @property
@@ -273,7 +331,7 @@ class StackedSimulator:
 
     def select_tests(self, tests: np.ndarray) -> "StackedSimulator":
         return dataclasses.replace(self, full=self.full.select_tests(tests),
-                                   alternative=self.alternative.select_tests(tests), weight=self.weight[tests])
+                                   alternative=self.alternative.select_tests(tests), weight=self.weight[..., tests])
 
     def save(self, path: str | Path) -> None:
         """One ``.npz``: the weights, the report and both simulators' own files, byte for byte."""
@@ -291,7 +349,7 @@ class StackedSimulator:
         (:func:`bayes_simfluence.methods.load_simulator`)."""
         path = Path(path)
         with open_archive(path, "simulator file") as archive:
-            weight = saved_array(archive, "weight", path, ndim=1)
+            weight = saved_array(archive, "weight", path, ndim=(1, 2))
             info = json.loads(str(member(archive, "info", str(path))))
             parts = {}
             with tempfile.TemporaryDirectory() as folder:
@@ -334,7 +392,7 @@ class StackedProbabilisticSimulator(StackedSimulator):
 
 def stack(full: Simulator, alternative: Simulator, weight: np.ndarray,
           info: dict[str, Any] | None = None) -> StackedSimulator:
-    """``full`` and ``alternative`` composed with weights ``weight [tests]`` of ``full``: a
+    """``full`` and ``alternative`` composed with weights ``weight [steps, tests]`` of ``full``: a
     :class:`StackedProbabilisticSimulator` where ``full`` has a predictive distribution."""
     kind = StackedProbabilisticSimulator if isinstance(full, ProbabilisticSimulator) else StackedSimulator
     return kind(full, alternative, np.asarray(weight, dtype=np.float64), dict(info or {}))

@@ -26,7 +26,9 @@ def test_stacking_weights_minimise_the_squared_error_over_a_grid():
     full = np.stack([actual[..., 0] + rng.normal(0, 0.3, (4, 10)),  # better than blind: weight inside (0, 1]
                      blind[..., 1] - (actual[..., 1] - blind[..., 1]),  # points away from the truth: 0
                      blind[..., 2]], axis=-1)  # no difference: 0
-    weight = stacking_weights(full, blind, actual)
+    weight = stacking_weights(full, blind, actual, trend_sds=np.inf)  # one weight per test example
+    np.testing.assert_array_equal(weight, weight[:1].repeat(10, axis=0))
+    weight = weight[0]
     grid = np.linspace(0, 1, 10001)
     for m in range(2):
         errors = [((w * full[..., m] + (1 - w) * blind[..., m] - actual[..., m]) ** 2).sum() for w in grid]
@@ -123,7 +125,7 @@ def test_guard_weights_survive_save_and_load(fitted, tmp_path):
     np.testing.assert_allclose(loaded.simulate(runs.curricula, runs.initial_losses),
                                posterior.simulate(runs.curricula, runs.initial_losses))
     one = posterior.select_tests(np.array([1]))
-    assert one.stacking_weight.shape == (1,) and one.blind_mean.shape == (runs.n_steps + 1, 1)
+    assert one.stacking_weight.shape == (runs.n_steps, 1) and one.blind_mean.shape == (runs.n_steps + 1, 1)
     # blocks of test examples merge back into the same posterior (what fit --test-blocks does)
     merged = concatenate_tests([posterior.select_tests(np.array([0, 1])), posterior.select_tests(np.array([2]))])
     for name in ("a", "b", "drift", "sigma", "scale", "stacking_weight", "blind_mean", "test_ids"):

@@ -16,20 +16,78 @@ from bayes_simfluence.attributions import with_average_example
 from bayes_simfluence.simulators import (AverageExample, EffectSimulator, MeanTrajectory, ProbabilisticSimulator, Reporting,
                                          SimfluenceLinear, Stacked)
 from bayes_simfluence.stacking import (StackedProbabilisticSimulator, StackedSimulator, cross_fit_stacking,
-                                       fit_stacked, stack, stacking_weights)
+                                       fit_stacked, stack, stacked_mean, stacking_weights, weight_trajectory)
 from bayes_simfluence.synthetic import synthetic_runs
 
 
 def test_weights_computed_by_hand_on_a_tiny_example():
-    """One run, two steps, two test examples: ``w = sum (f - b)(y - b) / sum (f - b)^2``, clipped."""
+    """One run, two steps, two test examples (one run: no trend can be told from noise):
+    ``w = sum (f - b)(y - b) / sum (f - b)^2`` at every step, clipped."""
     full = np.array([[[2.0, 2.0], [4.0, 4.0]]])
     blind = np.zeros_like(full)
     actual = np.array([[[1.0, 3.0], [2.0, 6.0]]])
     # test 0: (2 * 1 + 4 * 2) / (4 + 16) = 0.5; test 1: (2 * 3 + 4 * 6) / 20 = 1.5, clipped to 1
-    np.testing.assert_allclose(stacking_weights(full, blind, actual), [0.5, 1.0])
+    np.testing.assert_allclose(stacking_weights(full, blind, actual), [[0.5, 1.0], [0.5, 1.0]])
     # pointing away from the truth: clipped to 0; no difference between the two: 0
-    np.testing.assert_array_equal(stacking_weights(full, blind, -actual), [0.0, 0.0])
-    np.testing.assert_array_equal(stacking_weights(blind, blind, actual), [0.0, 0.0])
+    np.testing.assert_array_equal(stacking_weights(full, blind, -actual), np.zeros((2, 2)))
+    np.testing.assert_array_equal(stacking_weights(blind, blind, actual), np.zeros((2, 2)))
+
+
+def _trusted(trust: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Held-out trajectories ``[40 runs, steps, 3 tests]`` whose truth moves ``trust[t, m]`` of the way
+    from the blind prediction to the full one, plus noise correlated along each run (a random walk)."""
+    rng = np.random.default_rng(seed)
+    steps, tests = trust.shape
+    blind = rng.normal(0, 1, (1, steps, tests)) + np.zeros((40, 1, 1))
+    full = blind + np.cumsum(rng.normal(0, 0.3, (40, steps, tests)), axis=1)
+    actual = blind + trust * (full - blind) + np.cumsum(rng.normal(0, 0.05, (40, steps, tests)), axis=1)
+    return full, blind, actual
+
+
+def test_the_weights_follow_a_trust_that_falls_along_the_run():
+    """Oracle: the truth moves ``v[t, m]`` of the way from the blind model to the full one, ``v``
+    falling linearly along the run from a level of each test example (a fit whose deviations grow
+    too bold late in the run). The weights recover ``v`` at every step; one weight for the whole run
+    cannot, and predicts the held-out truth worse."""
+    steps = 100
+    position = (np.arange(steps)[:, None] - (steps - 1) / 2) / steps
+    trust = np.array([0.75, 0.55, 0.65]) - 0.4 * position  # [steps, tests], within [0.35, 0.95]
+    full, blind, actual = _trusted(trust)
+    weight = stacking_weights(full, blind, actual)
+    assert weight.shape == (steps, 3)
+    np.testing.assert_allclose(weight, trust, atol=0.08)
+    one = stacking_weights(full, blind, actual, trend_sds=np.inf)
+    np.testing.assert_allclose(one, one[:1].repeat(steps, axis=0))  # the same weight at every step
+    assert np.abs(one - trust).max() > 0.15
+
+    def error(w: np.ndarray) -> float:
+        return float(((w * full + (1 - w) * blind - actual) ** 2).mean())
+
+    assert error(weight) < error(one)
+
+
+def test_without_a_trend_the_weights_mostly_stay_one_per_test_example():
+    """The same data with a trust constant along the run: a trend must clear 2 standard errors
+    (clustered by runs), so on about 5% of data sets one does by chance; on 2 of 20 seeds at most,
+    and elsewhere the weights are exactly the one-weight rule's. Standard errors that ignored the
+    correlation of errors along a run would keep spurious trends far more often."""
+    trends = 0
+    for seed in range(20):
+        full, blind, actual = _trusted(np.broadcast_to([0.75, 0.55, 0.65], (100, 3)), seed)
+        weight = stacking_weights(full, blind, actual)
+        trends += not np.array_equal(weight, stacking_weights(full, blind, actual, trend_sds=np.inf))
+        assert np.all(np.abs(weight - [0.75, 0.55, 0.65]) < 0.15), weight
+    assert trends <= 2, trends
+
+
+def test_a_trajectory_keeps_each_steps_weight_and_the_last_beyond_the_fitted_steps():
+    weight = np.array([[0.1, 0.2], [0.3, 0.4], [0.5, 0.6]])  # [3 fitted steps, 2 tests]
+    # L_0 (shared by both simulators) takes step 1's row; steps 1..3 their own; later ones the last
+    np.testing.assert_array_equal(weight_trajectory(weight, 6), weight[[0, 0, 1, 2, 2, 2]])
+    np.testing.assert_array_equal(weight_trajectory(weight, 2), weight[[0, 0]])
+    np.testing.assert_array_equal(weight_trajectory(np.array([0.1, 0.2]), 3), [[0.1, 0.2]] * 3)  # one for all
+    full, blind = np.ones((2, 6, 2)), np.zeros((2, 6, 2))
+    np.testing.assert_allclose(stacked_mean(weight, full, blind), np.broadcast_to(weight[[0, 0, 1, 2, 2, 2]], (2, 6, 2)))
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +120,9 @@ def test_any_method_stacked_predicts_the_weighted_mean_and_survives_save_and_loa
     linear = fit_method("linear", runs, FitContext(options={"ridge": 1e-3}))
     blind = MeanTrajectory().fit(runs)
     curricula, initial = runs.curricula[:3], runs.initial_losses[:3]
-    expected = stacked.weight * linear.simulate(curricula, initial) + (1 - stacked.weight) * blind.simulate(
-        curricula, initial)
+    assert stacked.weight.shape == (runs.n_steps, runs.n_tests)
+    weight = np.concatenate([stacked.weight[:1], stacked.weight])  # L_0: shared, any weight
+    expected = weight * linear.simulate(curricula, initial) + (1 - weight) * blind.simulate(curricula, initial)
     np.testing.assert_allclose(stacked.simulate(curricula, initial), expected, rtol=1e-12)
     stacked.save(tmp_path / "stacked.npz")
     loaded = load_simulator(tmp_path / "stacked.npz")

@@ -93,7 +93,7 @@ def test_auto_keeps_linear_where_the_generating_process_gives_additive_no_edge(k
         assert check["gain_additive"] < -0.2, check
     else:  # both rank alike: the gain is within its noise
         assert abs(check["gain_additive"]) < 2 * check["gain_additive_se"], check
-    assert "guard" in fitted.info and fitted.stacking_weight.shape == (runs.n_tests,)
+    assert "guard" in fitted.info and fitted.stacking_weight.shape == (runs.n_steps, runs.n_tests)
 
 
 def test_auto_falls_back_to_linear_where_the_guard_cannot_choose_and_says_why():

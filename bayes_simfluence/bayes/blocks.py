@@ -144,5 +144,5 @@ def concatenate_tests(parts: list[BayesianSimfluence]) -> BayesianSimfluence:
         method=first.method, config=first.config, a=joined("a", 2), b=joined("b", 2), drift=joined("drift", 2),
         sigma=joined("sigma", 2), hyper={k: np.concatenate([p.hyper[k] for p in parts], axis=2) for k in first.hyper},
         scale=joined("scale", 0), train_ids=first.train_ids, test_ids=joined("test_ids", 0), sample_stats={},
-        info=info, batch_size=first.batch_size, stacking_weight=joined("stacking_weight", 0),
+        info=info, batch_size=first.batch_size, stacking_weight=joined("stacking_weight", -1),
         blind_mean=joined("blind_mean", 1), run_residuals=joined("run_residuals", 2))

@@ -92,8 +92,10 @@ class BayesianSimfluence(Decisions):
         sample_stats: NUTS statistics ``[chains, draws]``.
         info: how the fit ran (method settings, seconds, ELBO, divergences).
         batch_size: batch width of the training runs (wider batches are refused when simulating).
-        stacking_weight: ``[tests]`` weight of this posterior against the curriculum-blind model
-            chosen by the guard (:mod:`bayes_simfluence.bayes.guard`), or None (no guard: 1).
+        stacking_weight: ``[steps, tests]`` weight of this posterior against the curriculum-blind
+            model at each step, chosen by the guard (:mod:`bayes_simfluence.bayes.guard`;
+            :func:`~bayes_simfluence.stacking.weight_trajectory` beyond the fitted steps), or None
+            (no guard: 1).
         blind_mean: ``[steps + 1, tests]`` mean trajectory of the training runs: the blind model
             (present with ``stacking_weight``).
         run_residuals: ``[heldout_runs, steps, tests]`` the guard's held-out residual trajectories
@@ -469,7 +471,7 @@ class BayesianSimfluence(Decisions):
             drift=None if self.drift is None else self.drift[:, :, tests], sigma=self.sigma[:, :, tests],
             hyper={k: v[:, :, tests] for k, v in self.hyper.items()}, scale=self.scale[tests],
             test_ids=self.test_ids[tests],
-            stacking_weight=None if self.stacking_weight is None else self.stacking_weight[tests],
+            stacking_weight=None if self.stacking_weight is None else self.stacking_weight[..., tests],
             blind_mean=None if self.blind_mean is None else self.blind_mean[:, tests],
             run_residuals=None if self.run_residuals is None else self.run_residuals[..., tests],
             state=None if self.state is None else self.state[:, :, tests],

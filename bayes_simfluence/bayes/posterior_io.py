@@ -9,7 +9,7 @@ File layout: group ``posterior`` (``a``, ``B`` ``[chain, draw, test_example, tra
 ``drift`` ``[chain, draw, test_example, step]``, ``noise_scale`` and hyperparameters
 ``[chain, draw, test_example]``; effects in loss units, hyperparameters standardised; attributes
 ``bayes_simfluence_kind``, ``method``, ``config`` and ``info`` as JSON), ``constant_data``
-(``loss_scale [test_example]``; with the guard ``stacking_weight [test_example]`` and
+(``loss_scale [test_example]``; with the guard ``stacking_weight [guard_step, test_example]`` and
 ``blind_mean [time, test_example]``, the training runs' mean trajectory at ``time`` 0..steps, and
 ``run_residuals [heldout_run, residual_step, test_example]``, the held-out residuals behind the
 new-run predictive; with the run state ``state_direction [train_example]`` and the attribute
@@ -67,7 +67,8 @@ def posterior_groups(fields: Mapping[str, Any]) -> dict[str, xr.Dataset]:
         attrs["batch_size"] = int(fields["batch_size"])
     constant = {"loss_scale": (["test_example"], fields["scale"])}
     if fields.get("stacking_weight") is not None:
-        constant["stacking_weight"] = (["test_example"], fields["stacking_weight"])
+        weight = np.asarray(fields["stacking_weight"])  # [guard_step, test_example]; one per test before
+        constant["stacking_weight"] = (["guard_step", "test_example"][-weight.ndim:], weight)
         constant["blind_mean"] = (["time", "test_example"], fields["blind_mean"])
     if fields.get("run_residuals") is not None:
         constant["run_residuals"] = (["heldout_run", "residual_step", "test_example"], fields["run_residuals"])
@@ -240,6 +241,10 @@ def check_fields(fields: Mapping[str, Any], path: str | Path) -> None:
     if np.shape(fields["scale"]) != (n_tests,):
         raise ValueError(f"{path}: the posterior's 'loss_scale' has shape {np.shape(fields['scale'])}; "
                          f"expected ({n_tests},)")
+    weight = fields.get("stacking_weight")
+    if weight is not None and (np.ndim(weight) not in (1, 2) or np.shape(weight)[-1] != n_tests):
+        raise ValueError(f"{path}: the posterior's 'stacking_weight' has shape {np.shape(weight)}; "
+                         f"expected (steps, {n_tests})")
     # one appearance of one example moving the loss by its whole typical size: 10 sds of the
     # effects' hyperprior (HalfNormal(0.1) on the standardised scale), never a fit's result
     relative = {"a": np.abs(a).max(initial=0.0),
