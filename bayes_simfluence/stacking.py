@@ -125,7 +125,7 @@ def stacking_weights(full: np.ndarray, blind: np.ndarray, actual: np.ndarray,
     regressor = gap * (position - lever)  # [runs, steps, tests]
     information = float((regressor**2).sum())
     if n_runs < 2 or not information > 0 or not np.isfinite(trend_sds):
-        return np.clip(np.broadcast_to(level, (n_steps, len(level))), 0.0, 1.0).copy()
+        return np.clip(np.broadcast_to(level, (n_steps, len(level))), 0.0, 1.0)
     trend = float((regressor * target).sum()) / information
     intercept = level - trend * lever
     residual = target - gap * (intercept + trend * position)
@@ -252,7 +252,8 @@ def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool 
 
     report = {"folds": folds, "heldout_runs": int(actual.shape[0]), "heldout_mse_full": mse(full),
               "heldout_mse_blind": mse(other), "heldout_mse_stacked": mse(stacked),
-              "mean_weight": float(weight.mean()), "final_weight": float(weight[-1].mean()), "workers": workers, "seconds": time.perf_counter() - start,
+              "mean_weight": float(weight.mean()), "final_weight": float(final_weight(weight).mean()),
+              "workers": workers, "seconds": time.perf_counter() - start,
               "blind": alternative_name, "parameter_share": share}
     return Stacking(weight, report, actual - stacked)
 
