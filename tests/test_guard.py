@@ -131,6 +131,11 @@ def test_guard_weights_survive_save_and_load(fitted, tmp_path):
     for name in ("a", "b", "drift", "sigma", "scale", "stacking_weight", "blind_mean", "test_ids"):
         np.testing.assert_array_equal(getattr(merged, name), getattr(posterior, name), err_msg=name)
     np.testing.assert_array_equal(merged.hyper["memory_decay"], posterior.hyper["memory_decay"])
+    # a file whose weights and blind mean disagree on the steps is refused, naming the field
+    short = dataclasses.replace(posterior, stacking_weight=posterior.stacking_weight[:-1])
+    with pytest.raises(ValueError, match=r"'blind_mean' has shape \(\d+, 3\); expected \(\d+ \+ 1, 3\)"):
+        short.save(tmp_path / "short.nc")
+        BayesianSimfluence.load(tmp_path / "short.nc")
 
 
 @pytest.mark.slow

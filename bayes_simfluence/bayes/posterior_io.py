@@ -245,6 +245,13 @@ def check_fields(fields: Mapping[str, Any], path: str | Path) -> None:
     if weight is not None and (np.ndim(weight) not in (1, 2) or np.shape(weight)[-1] != n_tests):
         raise ValueError(f"{path}: the posterior's 'stacking_weight' has shape {np.shape(weight)}; "
                          f"expected (steps, {n_tests})")
+    blind = fields.get("blind_mean")
+    if blind is not None and (np.ndim(blind) != 2 or np.shape(blind)[1] != n_tests
+                              or (np.ndim(weight) == 2 and np.shape(weight)[0] != np.shape(blind)[0] - 1)):
+        steps = np.shape(weight)[0] if np.ndim(weight) == 2 else "steps"
+        raise ValueError(f"{path}: the posterior's 'blind_mean' has shape {np.shape(blind)}; expected "
+                         f"({steps} + 1, {n_tests}), a loss at every step of the guard's 'stacking_weight' "
+                         f"{np.shape(weight)} and at step 0")
     # one appearance of one example moving the loss by its whole typical size: 10 sds of the
     # effects' hyperprior (HalfNormal(0.1) on the standardised scale), never a fit's result
     relative = {"a": np.abs(a).max(initial=0.0),
