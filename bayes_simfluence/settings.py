@@ -97,10 +97,13 @@ class Settings(TypedDict, total=False):
         default="auto")]
     state_prior: Annotated[float, _positive("sd of the prior of the run state's coefficients, in units of `sigma`")]
     features: Annotated[bool | Literal["auto"], _model(
-        "regress the effects' prior mean on the runs' `train_features` / `pair_features` (`bayes-grid`, "
-        "`bayes-cg`); `auto`: where the runs carry them and the backend has the feature prior", default="auto")]
+        "regress the effects' prior mean on the runs' `train_features` / `pair_features` (every backend but "
+        "`bayes-exact`; `bayes-svi` with its default guide); `auto`: where the runs carry them and the backend "
+        "has the feature prior", default="auto")]
     feature_prior: Annotated[float, _positive(
-        "sd of the prior of the feature coefficients on their unit-RMS design columns, in units of `sigma`")]
+        "sd of the prior of the feature coefficients: on `bayes-grid` / `bayes-cg` on their unit-RMS design "
+        "columns in units of `sigma`; on `bayes-svi` / `bayes-nuts` per unit of each standardised feature, in "
+        "units of `location_prior`")]
     # inference
     num_draws: Annotated[int, Setting("inference", ("bayes", "bayes-grid", "bayes-cg", "bayes-svi"),
                                       "posterior draws kept", minimum=1)]

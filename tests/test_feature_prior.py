@@ -9,7 +9,7 @@ from test_bayes_cg import shared_of
 from test_bayes_grid import dense_features, grid_log_density, level_feature, step_covariance
 
 import bayes_simfluence as bsf
-from bayes_simfluence.bayes import grid, krylov
+from bayes_simfluence.bayes import grid, inference, krylov
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.synthetic import _roll, model_runs
@@ -96,7 +96,10 @@ def featured_runs(n_train=40, n_unseen=8, n_tests=2, n_runs=16, n_steps=40, batc
     return Runs.create(curricula, losses, n_train=n_train, train_features=phi), b, phi
 
 
-@pytest.mark.parametrize("method", ["bayes-grid", "bayes-cg"])
+RUNNERS = {"bayes-grid": grid.run_grid, "bayes-cg": krylov.run_cg, "bayes-svi": inference.run_svi}
+
+
+@pytest.mark.parametrize("method", list(RUNNERS))
 def test_feature_coefficients_and_unseen_examples_follow_the_generating_process(method):
     """The coefficients the runs were generated with are recovered; an example no run used gets
     ``B = phi beta`` plus the residual's prior spread: its draws, less the regression part, are
@@ -107,8 +110,7 @@ def test_feature_coefficients_and_unseen_examples_follow_the_generating_process(
     assert posterior.config.features and "features_off" not in posterior.info
     scale = posterior.scale
     data = model_data(runs)
-    fit = (grid.run_grid if method == "bayes-grid" else krylov.run_cg)(
-        data, ModelConfig(memory="none", features=True), num_draws=300, progress=False)
+    fit = RUNNERS[method](data, ModelConfig(memory="none", features=True), num_draws=300, progress=False)
     beta = fit.draws["feature_B"][0]  # [draws, tests, 2], standardised loss units
     truth = np.array([0.02, -0.01])[None, :] / scale[:, None]
     mean, sd = beta.mean(0), beta.std(0)
@@ -118,7 +120,7 @@ def test_feature_coefficients_and_unseen_examples_follow_the_generating_process(
     b_draws = fit.draws["B"][0][:, :, unseen]  # [draws, tests, unseen]
     regression = np.einsum("ik,dmk->dmi", data.features[0][unseen], beta)
     z = (b_draws - regression) / fit.draws["effect_scale"][0][..., None]
-    assert stats.kstest(z.reshape(-1), "norm").pvalue > 1e-3
+    assert stats.kstest(z.reshape(-1), "norm").pvalue > 1e-3 and abs(z.std() - 1.0) < 0.04, z.std()
     estimate = posterior.additive_effects().mean(0)[:, unseen]  # loss units
     assert np.corrcoef(estimate.reshape(-1), b[:, unseen].reshape(-1))[0, 1] > 0.9
     blind = bsf.fit(runs, method=method, guard=False, memory="none", features=False, num_draws=100, progress=False)
@@ -129,11 +131,19 @@ def test_feature_coefficients_and_unseen_examples_follow_the_generating_process(
 @pytest.mark.filterwarnings("ignore:SVI")
 def test_backends_without_the_feature_prior_refuse_it_or_say_they_left_it_out():
     runs, _, _ = featured_runs(n_train=12, n_unseen=2, n_runs=6, n_steps=10)
-    with pytest.raises(InputError, match="features: bayes-svi has no feature prior"):
-        bsf.fit(runs, method="bayes-svi", features=True, guard=False, num_steps=5, progress=False)
-    posterior = bsf.fit(runs, method="bayes-svi", guard=False, num_steps=5, num_draws=5, progress=False)
-    assert "bayes-svi has no feature prior" in posterior.info["features_off"]
+    with pytest.raises(InputError, match=r"features: bayes-exact has no feature prior \(bayes-grid, bayes-cg, "
+                                         r"bayes-svi and bayes-nuts have\)"):
+        bsf.fit(runs, method="bayes-exact", features=True, guard=False, progress=False)
+    posterior = bsf.fit(runs, method="bayes-exact", guard=False, num_warmup=5, num_samples=5, progress=False)
+    assert "bayes-exact has no feature prior" in posterior.info["features_off"]
     assert not posterior.config.features
+    with pytest.raises(InputError, match="guide=conditional has no feature prior"):
+        bsf.fit(runs, method="bayes-svi", guide="conditional", features=True, guard=False, num_steps=5, progress=False)
+    posterior = bsf.fit(runs, method="bayes-svi", guide="conditional", guard=False, num_steps=5, num_draws=5,
+                        progress=False)
+    assert "conditional guide has no feature prior" in posterior.info["features_off"]
+    assert not posterior.config.features
+    assert bsf.fit(runs, method="bayes-svi", guard=False, num_steps=5, num_draws=5, progress=False).config.features
     plain = Runs.create(runs.curricula, runs.losses, runs.n_train)
     with pytest.raises(InputError, match="features=true: the runs carry no 'train_features'"):
         bsf.fit(plain, method="bayes-grid", features=True, guard=False, progress=False)

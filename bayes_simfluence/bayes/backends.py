@@ -59,12 +59,12 @@ BACKENDS: dict[str, Backend] = {
                   "runs x steps x batch per product; (probes + 1) x Lanczos steps products per decay value, "
                   "CG iterations per draw", "bayes_simfluence.bayes.krylov:run_cg", "geometric"),
     "svi": Backend("bayes-svi", "variational (autoguides, or exact conditionals given the hyperparameters)",
-                   ("normal", "student_t"), ("none", "geometric"), False, False, False,
+                   ("normal", "student_t"), ("none", "geometric"), False, False, True,
                    "effects close to exact with the conditional guide; hyperparameters fail SBC",
                    "runs x steps x batch x tests per optimisation step",
                    "bayes_simfluence.bayes.inference:run_svi", "geometric"),
     "nuts": Backend("bayes-nuts", "NUTS on the full model", ("normal", "student_t"), ("none", "geometric"),
-                    False, False, False, "exact in the limit; for small problems and checks",
+                    False, False, True, "exact in the limit; for small problems and checks",
                     "gradient evaluations of the full model per draw",
                     "bayes_simfluence.bayes.inference:run_nuts", "geometric"),
     "exact": Backend("bayes-exact", "NUTS on the hyperparameters, exact draws of the effects", ("normal",),
@@ -80,9 +80,10 @@ def runner(backend: str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), function)
 
 
-def _those_with(attribute: str) -> str:
-    """``"bayes-grid and bayes-cg"``: the backends whose declaration has ``attribute``."""
-    return " and ".join(spec.name for spec in BACKENDS.values() if getattr(spec, attribute))
+def those_with(attribute: str) -> str:
+    """``"bayes-grid, bayes-cg and bayes-svi"``: the backends whose declaration has ``attribute``."""
+    names = [spec.name for spec in BACKENDS.values() if getattr(spec, attribute)]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 def unsupported(config: Any, backend: str) -> tuple[str, str] | None:
@@ -96,9 +97,9 @@ def unsupported(config: Any, backend: str) -> tuple[str, str] | None:
     if spec.needs_step_component and not config.step_component:
         return "step", f"{spec.name} needs the step component"
     if config.run_state and not spec.run_state:
-        return "run_state", f"{spec.name} has no run state ({_those_with('run_state')} have)"
+        return "run_state", f"{spec.name} has no run state ({those_with('run_state')} have)"
     if getattr(config, "features", False) and not spec.features:
-        return "features", f"{spec.name} has no feature prior ({_those_with('features')} have)"
+        return "features", f"{spec.name} has no feature prior ({those_with('features')} have)"
     return None
 
 

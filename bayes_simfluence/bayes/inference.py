@@ -46,6 +46,8 @@ from bayes_simfluence.bayes.guide import ConditionalGuide, site_statistics
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, effects_model, rotation_of, simfluence_model, step_mean
 from bayes_simfluence.bayes.sharding import device_mesh, placed
+from bayes_simfluence.design import BLOCKS
+from bayes_simfluence.validation import InputError
 
 GUIDES = settings.choices("guide")
 #: default SVI learning rate of each guide (:func:`run_svi`).
@@ -105,6 +107,12 @@ def _model_args(data: ModelData) -> tuple:
     return (jnp.asarray(data.curricula), jnp.asarray(data.previous), jnp.asarray(data.change), data.n_train)
 
 
+def model_features(data: ModelData, config: ModelConfig) -> np.ndarray | None:
+    """``[tests, n_train, k]`` the features the NumPyro model regresses on where ``config.features``
+    (an error naming the setting where the runs carry none), else None."""
+    return data.features_of(np.arange(data.n_tests), True) if config.features else None
+
+
 def _collect(samples: dict[str, Any], data: ModelData, config: ModelConfig, lead: tuple[int, ...],
              fixed: dict[str, np.ndarray] | None, key: Array, precision: str = "float64") -> dict[str, np.ndarray]:
     """Named parameter draws ``[*lead, ...]`` from sites (fixed hyperparameters broadcast); where
@@ -117,11 +125,16 @@ def _collect(samples: dict[str, Any], data: ModelData, config: ModelConfig, lead
         "a": np.swapaxes(samples["a"], -1, -2) if config.has_multiplicative else zeros,
         "B": np.swapaxes(samples["B"], -1, -2) if config.has_additive else zeros,
     }
+    for block in ("a", "B"):  # the feature prior's coefficients [..., tests, k], per standardised feature
+        if f"feature_{block}" in samples:
+            draws[f"feature_{block}"] = np.swapaxes(samples[f"feature_{block}"], -1, -2)
     for name in HYPER_SITES:
         if name in samples:
             draws[name] = samples[name]
         elif fixed and name in fixed:
             draws[name] = np.broadcast_to(np.asarray(fixed[name], dtype=np.float64), shape_tests).copy()
+    key, unseen_key = jax.random.split(key)
+    _draw_unseen(draws, data, config, np.asarray(jax.random.normal(unseen_key, zeros.shape[:-1] + (2, data.n_train))))
     if config.collapses_drift:
         flat = {k: v.reshape((-1,) + v.shape[len(lead):]) for k, v in draws.items()}
         fitted = fitted_step_sums(flat["a"], flat["B"], data, decay=flat.get("memory_decay"), precision=precision)
@@ -131,6 +144,26 @@ def _collect(samples: dict[str, Any], data: ModelData, config: ModelConfig, lead
     elif config.step_component:
         draws["drift"] = samples["step_drift"]
     return {k: v.reshape(lead + v.shape[len(lead):]) for k, v in draws.items()}
+
+
+def _draw_unseen(draws: dict[str, np.ndarray], data: ModelData, config: ModelConfig, standard: np.ndarray) -> None:
+    """Replace, in place, the effects ``[..., tests, n_train]`` of the examples no run used by exact
+    draws from their prior given each draw's hyperparameters: location, feature regression
+    (``feature_a`` / ``feature_B`` ``[..., tests, k]``) and the effect scale times ``standard
+    [..., tests, 2, n_train]`` standard normals. Exact because such an example is in no likelihood term;
+    a mean-field guide would not give it (the rotation of non-centred ``B`` makes its ``B`` 1.2x too
+    wide and its ``a`` 0.7x too narrow)."""
+    unseen = np.setdiff1d(np.arange(data.n_train), data.curricula[data.curricula >= 0])
+    if unseen.size == 0:
+        return
+    for part, block in enumerate(("a", "B")):
+        if not (config.has_multiplicative if block == "a" else config.has_additive):
+            continue
+        mean = np.asarray(draws.get(f"{block}_location", 0.0))[..., None]
+        if f"feature_{block}" in draws:
+            mean = mean + np.einsum("mik,...mk->...mi", model_features(data, config)[:, unseen], draws[f"feature_{block}"])
+        draws[block] = draws[block].copy()
+        draws[block][..., unseen] = mean + draws["effect_scale"][..., None] * standard[..., part, unseen]
 
 
 def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_samples: int = 500,
@@ -154,8 +187,9 @@ def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_sa
                                                     if not fixed or k not in fixed}))
         mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                     chain_method=chain_method, progress_bar=progress)
+        features = model_features(data, config)
         mcmc.run(jax.random.PRNGKey(seed), *_model_args(data), config,
-                 extra_fields=("diverging", "num_steps", "accept_prob", "energy"))
+                 None if features is None else jnp.asarray(features), extra_fields=("diverging", "num_steps", "accept_prob", "energy"))
         samples = mcmc.get_samples(group_by_chain=True)
         extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
     seconds = time.perf_counter() - start
@@ -217,7 +251,7 @@ class SviProgram:
 
 
 def _svi(program: SviProgram, init_values: dict[str, Array], fixed: dict[str, Array], key: Array,
-         data_args: tuple[Array, Array, Array], statistics: dict[str, Array]) -> tuple[SVI, Any]:
+         data_args: tuple[Array, Array, Array, Array | None], statistics: dict[str, Array]) -> tuple[SVI, Any]:
     """The SVI object of ``program``, initialised on ``data_args`` (``(svi, state)``).
 
     Built inside each jitted program below: NumPyro's ``SVI.update`` and ``get_params`` need an
@@ -229,7 +263,13 @@ def _svi(program: SviProgram, init_values: dict[str, Array], fixed: dict[str, Ar
     decay = program.final_lr_fraction ** (1.0 / max(program.num_steps, 1))
     schedule = lambda i: program.learning_rate * decay**i  # noqa: E731 - exponential decay
     svi = SVI(model, autoguide, ClippedAdam(step_size=schedule, clip_norm=10.0), Trace_ELBO())
-    return svi, svi.init(key, *data_args, program.n_train, program.config)
+    return svi, svi.init(key, *_call_args(data_args, program))
+
+
+def _call_args(data_args: tuple, program: "SviProgram") -> tuple:
+    """The model's arguments from ``data_args`` ``(curricula, previous, change, features or None)``."""
+    curricula, previous, change, features = data_args
+    return curricula, previous, change, program.n_train, program.config, features
 
 
 @functools.partial(jax.jit, static_argnames=("program",))
@@ -243,7 +283,7 @@ def _svi_steps(state: Any, data_args: tuple, init_values: dict, fixed: dict, sta
                program: SviProgram, length: int) -> tuple[Any, Array]:
     """``length`` optimisation steps from ``state``: ``(state, losses [length])``."""
     svi, _ = _svi(program, init_values, fixed, state.rng_key, data_args, statistics)
-    return jax.lax.scan(lambda s, _: svi.update(s, *data_args, program.n_train, program.config),
+    return jax.lax.scan(lambda s, _: svi.update(s, *_call_args(data_args, program)),
                         state, None, length=length)
 
 
@@ -255,10 +295,11 @@ def _svi_draws(state: Any, key: Array, data_args: tuple, init_values: dict, fixe
     predictive = Predictive(_conditioned(effects_model, fixed), guide=svi.guide,
                             params=svi.get_params(state), num_samples=num_draws,
                             return_sites=["a", "B", *HYPER_SITES]
-                            + ([] if program.config.collapses_drift else ["step_drift"]))
+                            + ([] if program.config.collapses_drift else ["step_drift"])
+                            + ([f"feature_{b}" for b in BLOCKS[program.config.variant]] if program.config.features else []))
     _, n_steps, n_tests = data_args[1].shape
     return predictive(key, n_tests, program.n_train, n_steps, program.config, rotation_of(data_args[1]),
-                      not program.config.collapses_drift)
+                      not program.config.collapses_drift, data_args[3])
 
 
 def _chunk_length(num_steps: int, chunks: int = 20) -> int:
@@ -300,6 +341,8 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
     config = config.parameterised(noncentred=guide != "conditional")
     if guide == "conditional" and config.noncentred:
         raise ValueError("guide='conditional' takes the centred model: leave noncentred unset or False")
+    if guide == "conditional" and config.features:
+        raise InputError("-o guide=conditional has no feature prior: use the default guide (normal), or -o features=false")
     program = SviProgram(config, guide, rank, float(learning_rate), float(final_lr_fraction), num_steps, data.n_train,
                          precision)
     real = lambda x: np.asarray(x, PRECISIONS[precision])  # noqa: E731
@@ -309,8 +352,9 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
         init_values = {k: placed(real(v), mesh, 0) for k, v in _init_values(data).items()
                        if not fixed or k not in fixed}
         fixed_values = {k: placed(real(v), mesh, 0) for k, v in (fixed or {}).items()}
+        features = model_features(data, config)
         data_args = (jnp.asarray(data.curricula, jnp.int32), placed(real(data.previous), mesh, 2),
-                     placed(real(data.change), mesh, 2))
+                     placed(real(data.change), mesh, 2), None if features is None else placed(real(features), mesh, 0))
         statistics = {}  # what the conditional guide starts from: [.., n_train, tests]
         if guide == "conditional":
             raw = site_statistics(data.curricula, data.previous, data.change, data.n_train, config)

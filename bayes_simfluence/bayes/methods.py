@@ -158,16 +158,18 @@ def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, fol
     return True, None
 
 
-def resolve_features(method: str, train: Runs, value: Any) -> tuple[bool, str | None]:
+def resolve_features(method: str, train: Runs, value: Any, guide: str | None = None) -> tuple[bool, str | None]:
     """Whether a fit has the feature prior (:mod:`~bayes_simfluence.bayes.features`), and why not where
     ``auto`` (the default) turned it off: ``auto`` turns it on where the runs carry features and the
-    backend fits the feature prior."""
+    backend (and SVI's ``guide``) fits the feature prior."""
     if value != "auto":
         return bool(value), None
     if train.n_features == 0:
         return False, None
     if not backends.BACKENDS[method].features:
-        return False, f"bayes-{method} has no feature prior (bayes-grid and bayes-cg have)"
+        return False, f"bayes-{method} has no feature prior ({backends.those_with('features')} have)"
+    if guide == "conditional":
+        return False, "bayes-svi's conditional guide has no feature prior (its default guide has)"
     return True, None
 
 
@@ -209,7 +211,8 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
     guard_steps, workers = options.pop("guard_steps", None), options.pop("guard_workers", None)
     requested = options.get("run_state", "auto")
     options["run_state"], state_off = resolve_run_state(method, train, requested, use_guard, folds)
-    options["features"], features_off = resolve_features(method, train, options.get("features", "auto"))
+    options["features"], features_off = resolve_features(method, train, options.get("features", "auto"),
+                                                                 options.get("guide"))
     options["variant"], variant_off = resolve_variant(method, train, options.get("variant", "linear"), use_guard, folds)
     stackings: dict[tuple[str, bool], guard.Stacking] = {}
 

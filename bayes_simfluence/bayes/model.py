@@ -152,9 +152,12 @@ class ModelConfig:
             root mean square, in units of ``sigma``.
         features: the feature prior of :mod:`bayes_simfluence.bayes.features`: the prior mean of each
             test example's effects is a linear function of the training examples' features
-            (``bayes-grid`` and ``bayes-cg``; the runs must carry features).
-        feature_prior: sd of the ``Normal(0, .)`` prior of the feature coefficients on their design
-            columns divided by their root mean square, in units of ``sigma``.
+            (the runs must carry features; every backend but ``bayes-exact``; SVI with its default
+            guide).
+        feature_prior: sd of the ``Normal(0, .)`` prior of the feature coefficients: on the collapsed
+            paths (``bayes-grid``, ``bayes-cg``) on their design columns divided by their root mean
+            square, in units of ``sigma``; in the NumPyro model (SVI, NUTS) per unit of each
+            standardised feature, in units of ``location_prior`` (:func:`feature_means`).
     """
 
     variant: str = "linear"
@@ -248,13 +251,39 @@ def _effects(mu_a: Array, mu_b: Array, scale: Array, rotation: Array | None, n_t
     return a.T, b.T
 
 
+def feature_means(features: Array, n_tests: int, config: ModelConfig) -> dict[str, Array]:
+    """The feature prior's part of the effects' prior means (:mod:`~bayes_simfluence.bayes.features`):
+    ``{"a": [n_train, tests], "B": [n_train, tests]}`` (absent blocks 0), ``phi[m, i] . beta[m]``.
+
+    Args:
+        features: ``[tests, n_train, k]`` standardised features.
+
+    Sites ``feature_a`` and ``feature_B`` ``[k, tests]``, each coefficient ``Normal(0,
+    feature_prior x location_prior)`` per unit of its standardised feature: the regression
+    generalises the common level ``mu_a`` (its intercept), so by default it gets the same prior;
+    ``k = 0`` samples nothing and leaves the model as it is without features.
+    """
+    n_features = features.shape[-1]
+    means = {"a": 0.0, "B": 0.0}
+    if n_features == 0:
+        return means
+    with numpyro.plate("feature", n_features, dim=-2), numpyro.plate("test_example", n_tests, dim=-1):
+        for block in BLOCKS[config.variant]:
+            beta = numpyro.sample(f"feature_{block}", dist.Normal(0.0, config.feature_prior * config.location_prior))
+            means[block] = jnp.einsum("mik,km->im", features, beta)
+    return means
+
+
 def effects_model(n_tests: int, n_train: int, n_steps: int, config: ModelConfig,
-                  rotation: Array | None = None, drift: bool = True) -> dict[str, Array]:
+                  rotation: Array | None = None, drift: bool = True,
+                  features: Array | None = None) -> dict[str, Array]:
     """The prior over every parameter; returns the effects on the standardised scale.
 
     Args:
         rotation: ``[tests]`` ``c`` of the rotated non-centred ``B`` (module docstring); None: 0.
         drift: sample the step component (False where the likelihood integrates it out).
+        features: ``[tests, n_train, k]`` standardised features of the feature prior
+            (:func:`feature_means`; needed where ``config.features``).
 
     Returns:
         ``{"a": [tests, n_train], "B": [tests, n_train], "drift": [tests, steps] or None,
@@ -271,6 +300,11 @@ def effects_model(n_tests: int, n_train: int, n_steps: int, config: ModelConfig,
             mu_b = numpyro.sample("B_location", dist.Normal(0.0, config.location_prior))
         decay = (numpyro.sample("memory_decay", dist.Beta(1.0, config.memory_prior))
                  if config.has_memory else None)
+    if config.features:
+        if features is None:
+            raise ValueError("config.features: the model needs features [tests, n_train, k]")
+        regression = feature_means(features, n_tests, config)
+        mu_a, mu_b = mu_a + regression["a"], mu_b + regression["B"]
     a, b = _effects(mu_a, mu_b, scale, rotation, n_tests, n_train, config)
     step_drift = None
     if config.step_component and drift:
@@ -366,17 +400,19 @@ def collapsed_log_likelihood(residual: Array, sigma: Array, config: ModelConfig)
 
 
 def simfluence_model(curricula: Array, previous: Array, change: Array | None, n_train: int,
-                     config: ModelConfig) -> None:
+                     config: ModelConfig, features: Array | None = None) -> None:
     """The full model: priors (:func:`effects_model`) and the teacher-forced likelihood.
 
     Args:
         curricula: ``[runs, steps, batch]``; previous: ``[runs, steps, tests]`` standardised
             ``L_{t-1}``; change: ``[runs, steps, tests]`` observed standardised changes (None to
-            draw them); n_train: training examples.
+            draw them); n_train: training examples; features: ``[tests, n_train, k]`` (where
+            ``config.features``).
     """
     n_runs, n_steps, n_tests = previous.shape
     collapsed = config.collapses_drift and change is not None
-    params = effects_model(n_tests, n_train, n_steps, config, rotation_of(previous), drift=not collapsed)
+    params = effects_model(n_tests, n_train, n_steps, config, rotation_of(previous), drift=not collapsed,
+                           features=features)
     mean = step_mean(params["a"], params["B"], params["drift"], curricula, previous, params["decay"])
     if collapsed:
         numpyro.factor("y_collapsed", collapsed_log_likelihood(change - mean, params["sigma"], config).sum())
