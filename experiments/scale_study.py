@@ -1,6 +1,7 @@
 """Calibration against real retraining at larger pools: coverage *and* sharpness.
 
     python experiments/scale_study.py --pool 200 --method bayes-cg [--method bayes-svi ...] [--optimizer adam]
+        [--features] [-o KEY=VALUE ...] [--windows 0 1 2 3]
 
 The random-subset protocol of ``experiments/retraining_study.py`` on a real network that trains in
 a fraction of a second, so that pools of hundreds of examples and hundreds of runs fit on two CPU
@@ -15,6 +16,11 @@ pairwise differences of the per-run mean final loss, Brier of ``P(better)``, ord
 ``linear``), plus **sharpness**: the mean width of the 90% difference intervals divided by the
 width if the fit knew nothing, ``2 x 1.645 x sqrt(2) x`` the sd across held-out runs of their
 retrained mean final loss (below 1: the intervals say something).
+
+``--features`` gives every fit the feature prior's inputs, computed from one reference run on the
+whole pool without new training (:func:`runs_needed.reference_features`: the label, 4 principal
+components of the inputs, TracIn at the initial weights and along the reference run); ``-o`` sets
+the fits' options. Both are part of a row's key, so rows with and without them sit side by side.
 
 The floor (:func:`seed_floor`) is the sharpness an oracle that knew each curriculum's expected
 outcome would reach: under Adam with dropout, seed noise sets it. Writes
@@ -154,6 +160,13 @@ def point_sharpness(row: dict) -> float:
     return scores["diff_rmse"] / scores["diff_sd"]
 
 
+def method_label(row: dict) -> str:
+    """The method of a row with its settings other than ``progress`` (``-o``), and ``+ features`` where
+    the fit had the feature prior."""
+    settings = [f"{k}={v}" for k, v in sorted(row.get("options", {}).items()) if k != "progress"]
+    return row["method"] + "".join(f" {s}" for s in settings) + (" + features" if row.get("features") else "")
+
+
 def markdown(rows: dict) -> str:
     lines = ["# Calibration at larger pools: coverage and sharpness", "",
              "`python experiments/scale_study.py --pool P --method M [--optimizer adam]`: a real MLP on random 80% "
@@ -165,11 +178,11 @@ def markdown(rows: dict) -> str:
              "| pool | training | method (path) | fit / held-out runs | tests | fit s | LDS (linear) | 90% cover | 50% cover | "
              "sharpness (floor, point) | Brier (coin 0.25) | ordering, gap > 0.02 |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in sorted((r for r in rows.values() if not r.get("window")),
-                      key=lambda r: (r["pool"], r.get("optimizer", "sgd"), r["method"])):
+                      key=lambda r: (r["pool"], r.get("optimizer", "sgd"), method_label(r))):
         p = row["predictive"]["new-run"]
         training = TRAINING[row.get("optimizer", "sgd")]
         floor = "-" if row.get("seed_floor") is None else f"{row['seed_floor']:.2f}"
-        lines.append(f"| {row['pool']} | {training} | {row['method']} ({row['path']}) | {row['fit_runs']} / {row['heldout_runs']} | "
+        lines.append(f"| {row['pool']} | {training} | {method_label(row)} ({row['path']}) | {row['fit_runs']} / {row['heldout_runs']} | "
                      f"{row['tests']} | {row['fit_seconds']:.0f} | {row['lds']:.3f} ({row['lds_linear']:.3f}) | "
                      f"{p['diff_coverage_90']:.2f} | {p['diff_coverage_50']:.2f} | {row['sharpness']:.2f} ({floor}, {point_sharpness(row):.2f}) | "
                      f"{p['brier']:.3f} | {p['ordering_accuracy']:.2f} ({p['pairs_gap']} pairs) |")
@@ -181,7 +194,7 @@ def windows_markdown(rows: dict) -> list[str]:
     with its range (how much a score depends on which 40 runs the fit saw)."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows.values():
-        groups.setdefault((row["pool"], row.get("optimizer", "sgd"), row["method"]), []).append(row)
+        groups.setdefault((row["pool"], row.get("optimizer", "sgd"), method_label(row)), []).append(row)
     groups = {key: found for key, found in groups.items() if len({r.get("window", 0) for r in found}) > 1}
     if not groups:
         return []
@@ -214,6 +227,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--method", action="append", help="methods to fit (repeatable; default bayes)")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
                         help="plain SGD, or Adam with dropout masks that differ between runs")
+    parser.add_argument("-o", "--option", type=study._parse_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="settings of every fit (e.g. memory=none); rows keyed apart")
+    parser.add_argument("--features", action="store_true",
+                        help="give the fit the feature prior's inputs (runs_needed.reference_features: label, "
+                             "4 principal components, TracIn of the reference run); rows keyed apart")
     parser.add_argument("--windows", type=int, nargs="+", default=[0], metavar="W",
                         help="fit windows (retraining_study.window_runs: window W fits runs 40W..40W+39 and "
                              "scores every other run; default 0)")
@@ -228,19 +246,29 @@ def main(argv: list[str] | None = None) -> None:
         runs.save(path)
         print(f"collected {n_runs} runs in {time.perf_counter() - start:.0f} s", flush=True)
     runs = runs.select_runs(slice(0, n_runs))
+    if args.features:
+        from runs_needed import reference_features  # it imports this module
+
+        train_features, pair_features = reference_features(args.pool, args.tests, args.optimizer)
+        runs = runs.with_features(train_features=train_features, pair_features=pair_features)
     out = RESULTS / "scale_study.json"
     rows = json.loads(out.read_text()) if out.exists() else {}
+    options = dict(args.option)
     floor = seed_floor(args.pool, args.tests, args.optimizer)
     print(f"seed-noise floor of the sharpness: {floor:.2f}", flush=True)
     for method in args.method or ["bayes"]:
         for window in args.windows:
-            result = study.study_set(name, runs, args.fit_runs, args.heldout_runs, method, {"progress": False},
-                                     window)
+            result = study.study_set(name, runs, args.fit_runs, args.heldout_runs, method,
+                                     {"progress": False, **options}, window)
             heldout = runs.select_runs(study.window_runs(window, args.fit_runs, args.heldout_runs)[1])
             result["sharpness"] = sharpness(result, heldout)
             result["optimizer"] = args.optimizer
             result["seed_floor"] = floor
-            rows[f"{name}_{method}" + (f"_window{window}" if window else "")] = result
+            result["features"] = args.features
+            result["library_version"] = study._library_version()
+            key = (f"{name}_{method}" + "".join(f"_{k}-{v}" for k, v in sorted(options.items()))
+                   + ("_features" if args.features else "") + (f"_window{window}" if window else ""))
+            rows[key] = result
             print(f"pool {args.pool} {method} window {window}: sharpness {result['sharpness']:.2f}", flush=True)
             out.write_text(json.dumps(rows, indent=1, default=float))
             (RESULTS / "scale_study.md").write_text(markdown(rows))
