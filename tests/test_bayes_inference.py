@@ -1,5 +1,6 @@
 """NUTS and SVI against the exact conjugate posterior; NUTS diagnostics on the reference problem."""
 
+import dataclasses
 import jax
 import numpy as np
 import pytest
@@ -123,24 +124,29 @@ def test_a_second_svi_fit_of_the_same_shapes_compiles_nothing(small, other):
     assert not np.allclose(first.draws["B"], second.draws["B"])  # and it really fitted the other runs
 
 
-def test_cross_fits_start_from_the_fitted_hyperparameters_and_the_initial_effects(small):
+@pytest.mark.parametrize("features", [False, True])
+def test_cross_fits_start_from_the_fitted_hyperparameters_and_the_initial_effects(small, features):
     """``run_svi(warm_start=cross_fit_start(fit))``: with a negligible learning rate the warm fit
-    keeps exactly the parameters it was given (the fitted hyperparameters, the effects where the
-    fit started), and its hyperparameter draws have the given fit's distribution (the parameters
-    went in on the scale they came out: a constrained/unconstrained mix-up moves the effect scale
-    by orders of magnitude)."""
+    keeps exactly the parameters it was given (the fitted hyperparameters and feature coefficients,
+    pooled over every training example; the effects where the fit started), and its hyperparameter
+    draws have the given fit's distribution (the parameters went in on the scale they came out: a
+    constrained/unconstrained mix-up moves the effect scale by orders of magnitude)."""
     from bayes_simfluence.bayes.inference import cross_fit_start
 
     _, data = small
-    source = run_svi(data, CONFIG, num_steps=300, num_draws=10, progress=False)
+    config = dataclasses.replace(CONFIG, features=features)
+    if features:
+        data = data._replace(features=np.random.default_rng(0).normal(size=(data.n_tests, data.n_train, 2)))
+    source = run_svi(data, config, num_steps=300, num_draws=10, progress=False)
     start = cross_fit_start(source)
     assert set(start) == set(source.guide_params)
+    assert features == ("feature_B_auto_loc" in start)
+    pooled = ("noise_scale", "effect_scale", "a_location", "feature_a", "feature_B")
     for name, value in start.items():
-        origin = source.guide_params if name.split("_auto_")[0] in ("noise_scale", "effect_scale", "a_location") else \
-            source.initial_guide_params
+        origin = source.guide_params if name.split("_auto_")[0] in pooled else source.initial_guide_params
         np.testing.assert_array_equal(value, origin[name], err_msg=name)
     assert not np.allclose(source.guide_params["B_rotated_auto_loc"], start["B_rotated_auto_loc"])
-    warm = run_svi(data, CONFIG, warm_start=start, seed=5, num_steps=1, learning_rate=1e-12, num_draws=2000,
+    warm = run_svi(data, config, warm_start=start, seed=5, num_steps=1, learning_rate=1e-12, num_draws=2000,
                    progress=False)
     assert warm.info["warm_start"]
     for name, value in warm.guide_params.items():

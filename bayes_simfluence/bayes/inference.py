@@ -393,19 +393,23 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
 
 def cross_fit_start(result: FitResult) -> dict[str, np.ndarray] | None:
     """Where the guard's cross-fits of an SVI fit ``result`` start (``run_svi(warm_start=...)``):
-    the fitted hyperparameters (noise and effect scales, locations, memory decay) and every other
-    parameter where ``result`` itself started. None where a fit cannot start part-way: the joint
+    the fitted hyperparameters (noise and effect scales, locations, memory decay) and feature
+    coefficients, and every other parameter where ``result`` itself started. None where a fit cannot start part-way: the joint
     guides (``lowrank``, ``mvn``: one distribution over every site) and the conditional guide
     (its effects start at estimates from the fit's own runs).
 
     The effects start afresh on purpose: started from a fit that saw the held-out runs, a short
     cross-fit keeps part of what those runs taught it, and its held-out error comes out too small
-    (measured in :mod:`bayes_simfluence.bayes.guard`'s docstring). The hyperparameters are pooled
-    over every training example, and they are what SVI is slowest to move.
+    (measured in :mod:`bayes_simfluence.bayes.guard`'s docstring). The hyperparameters and the
+    feature coefficients (which generalise the location ``mu_a``) are pooled over every training
+    example, and they are what SVI is slowest to move: started afresh, the coefficients left the
+    cross-fits worse than the full fit, and the guard's weight of the effects fell (measured in
+    ``docs/results/calibration.md``).
     """
     if result.info.get("guide") != "normal" or result.guide_params is None:
         return None
-    hyper = {k: v for k, v in result.guide_params.items() if k.rsplit("_auto_", 1)[0] in HYPER_SITES}
+    pooled = (*HYPER_SITES, "feature_a", "feature_B")
+    hyper = {k: v for k, v in result.guide_params.items() if k.rsplit("_auto_", 1)[0] in pooled}
     return {**result.initial_guide_params, **hyper}
 
 
