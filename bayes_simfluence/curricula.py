@@ -134,6 +134,13 @@ def _restore(curricula: np.ndarray, squeeze: bool) -> np.ndarray:
     return curricula[0] if squeeze else curricula
 
 
+def unused_examples(curricula: np.ndarray, n_train: int) -> np.ndarray:
+    """``[k]`` the sorted training-example indices in ``0..n_train-1`` that no slot of ``curricula``
+    (any shape, ``-1`` for an empty slot) uses."""
+    curricula = np.asarray(curricula)
+    return np.setdiff1d(np.arange(n_train), curricula[curricula >= 0])
+
+
 def compact(curricula: np.ndarray) -> np.ndarray:
     """Move the filled slots of every batch to the left, keeping their order; same shape."""
     array, squeeze = _as_3d(curricula)

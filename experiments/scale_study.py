@@ -254,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     out = RESULTS / "scale_study.json"
     rows = json.loads(out.read_text()) if out.exists() else {}
     options = dict(args.option)
+    library = study._library_version()
     floor = seed_floor(args.pool, args.tests, args.optimizer)
     print(f"seed-noise floor of the sharpness: {floor:.2f}", flush=True)
     for method in args.method or ["bayes"]:
@@ -265,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             result["optimizer"] = args.optimizer
             result["seed_floor"] = floor
             result["features"] = args.features
-            result["library_version"] = study._library_version()
+            result["library_version"] = library
             key = (f"{name}_{method}" + "".join(f"_{k}-{v}" for k, v in sorted(options.items()))
                    + ("_features" if args.features else "") + (f"_window{window}" if window else ""))
             rows[key] = result

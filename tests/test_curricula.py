@@ -82,3 +82,9 @@ def test_group_steps_merges_optimiser_steps():
     np.testing.assert_array_equal(cur.group_steps(c, 3)[0], [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])
     with pytest.raises(ValueError, match="multiple"):
         cur.group_steps(c, 4)
+
+
+def test_unused_examples_are_the_pool_indices_no_slot_uses():
+    curricula = np.array([[[0, -1], [3, 3]], [[-1, -1], [0, 5]]])
+    np.testing.assert_array_equal(cur.unused_examples(curricula, 7), [1, 2, 4, 6])
+    assert cur.unused_examples(np.full((1, 2, 2), -1), 3).tolist() == [0, 1, 2]

@@ -46,6 +46,7 @@ from bayes_simfluence.bayes.guide import ConditionalGuide, site_statistics
 from bayes_simfluence.bayes.data import ModelData
 from bayes_simfluence.bayes.model import ModelConfig, effects_model, rotation_of, simfluence_model, step_mean
 from bayes_simfluence.bayes.sharding import device_mesh, placed
+from bayes_simfluence.curricula import unused_examples
 from bayes_simfluence.design import BLOCKS
 from bayes_simfluence.validation import InputError
 
@@ -153,15 +154,16 @@ def _draw_unseen(draws: dict[str, np.ndarray], data: ModelData, config: ModelCon
     [..., tests, 2, n_train]`` standard normals. Exact because such an example is in no likelihood term;
     a mean-field guide would not give it (the rotation of non-centred ``B`` makes its ``B`` 1.2x too
     wide and its ``a`` 0.7x too narrow)."""
-    unseen = np.setdiff1d(np.arange(data.n_train), data.curricula[data.curricula >= 0])
+    unseen = unused_examples(data.curricula, data.n_train)
     if unseen.size == 0:
         return
+    features = model_features(data, config)
     for part, block in enumerate(("a", "B")):
         if not (config.has_multiplicative if block == "a" else config.has_additive):
             continue
         mean = np.asarray(draws.get(f"{block}_location", 0.0))[..., None]
         if f"feature_{block}" in draws:
-            mean = mean + np.einsum("mik,...mk->...mi", model_features(data, config)[:, unseen], draws[f"feature_{block}"])
+            mean = mean + np.einsum("mik,...mk->...mi", features[:, unseen], draws[f"feature_{block}"])
         draws[block] = draws[block].copy()
         draws[block][..., unseen] = mean + draws["effect_scale"][..., None] * standard[..., part, unseen]
 
@@ -189,7 +191,8 @@ def run_nuts(data: ModelData, config: ModelConfig, num_warmup: int = 500, num_sa
                     chain_method=chain_method, progress_bar=progress)
         features = model_features(data, config)
         mcmc.run(jax.random.PRNGKey(seed), *_model_args(data), config,
-                 None if features is None else jnp.asarray(features), extra_fields=("diverging", "num_steps", "accept_prob", "energy"))
+                 None if features is None else jnp.asarray(features),
+                 extra_fields=("diverging", "num_steps", "accept_prob", "energy"))
         samples = mcmc.get_samples(group_by_chain=True)
         extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
     seconds = time.perf_counter() - start

@@ -40,6 +40,7 @@ from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import MEAN_DRAWS, BayesianSimfluence
 from bayes_simfluence.bayes.run_state import StateTrajectory
+from bayes_simfluence.curricula import unused_examples
 from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer
 from bayes_simfluence.metrics import rank_correlations
 from bayes_simfluence.runs import Runs
@@ -212,7 +213,7 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
     requested = options.get("run_state", "auto")
     options["run_state"], state_off = resolve_run_state(method, train, requested, use_guard, folds)
     options["features"], features_off = resolve_features(method, train, options.get("features", "auto"),
-                                                                 options.get("guide"))
+                                                         options.get("guide"))
     options["variant"], variant_off = resolve_variant(method, train, options.get("variant", "linear"), use_guard, folds)
     stackings: dict[tuple[str, bool], guard.Stacking] = {}
 
@@ -250,7 +251,7 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         posterior.info["run_state_off"] = state_off
     if features_off is not None:
         posterior.info["features_off"] = features_off
-    unseen = np.setdiff1d(np.arange(train.n_train), train.curricula[train.curricula >= 0])
+    unseen = unused_examples(train.curricula, train.n_train)
     posterior.info["unseen_examples"] = int(unseen.size)
     posterior.info["unseen_indices"] = unseen.tolist()  # compare names the candidates that use them
     if options["features"]:
