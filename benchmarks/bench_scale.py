@@ -1,23 +1,22 @@
 """How ``bayes-svi`` scales: whole ``fit`` commands, the cost of a step, simulation, and memory.
 
     python benchmarks/bench_scale.py                 # about 25 minutes on 2 CPU cores
-    python benchmarks/bench_scale.py --cells 1000x64 # one cell (N x M)
+    python benchmarks/bench_scale.py --cells 1000x64 --merge  # one cell (N x M), the others kept
 
 ``T = 1000`` steps, ``R = 16`` runs, batch 8, runs from
 :func:`bayes_simfluence.bayes.synthetic.decaying_runs`, on a grid of ``N`` (training examples)
 in {1000, 10000} and ``M`` (test examples) in {64, 1024}. Each measurement runs in its own
 process (times include JAX compilation; the peak resident memory is that process's):
 
-- **Whole commands** at ``N=1000, M=64`` (issue 13's yardstick): ``bayes-simfluence fit`` with the
-  defaults of ``-m linear`` (ridge, its strength chosen by cross-validation) and of
-  ``-m bayes-svi`` (float32, optimiser memory, the guard), as a user runs them.
+- **Whole commands** at ``N=1000, M=64`` (the yardstick of issues 13 and 27): ``bayes-simfluence fit``
+  with the defaults of ``-m linear`` (ridge, its strength chosen by cross-validation) and of
+  ``-m bayes`` (which runs bayes-svi there: float32, optimiser memory, the guard), as a user runs them.
 - **SVI steps** in every cell: fits of 20 and 60 steps without the guard, each run twice in one
   process; the difference of the second runs (which compile nothing) gives the seconds per step,
   the rest of the first short fit is fixed cost (compilation, initialisation, draws). The default
-  fit's time is then *estimated* as ``2 x fixed + step x (2000 + 4 x 3/4 x 500)`` (the full fit,
-  and the guard's 4 cross-fits of 500 steps on 3/4 of the runs, started from the full fit's
-  hyperparameters; one more compilation), and
-  checked against the measured whole command at ``N=1000, M=64``.
+  fit's time is then *estimated* by :func:`estimated_fit_seconds` (the full fit and the guard's
+  cross-fits, one after another), and checked against the measured whole command at
+  ``N=1000, M=64``.
 - **Simulation** of the 16 runs' curricula by the posterior mean and by 100 predictive draws.
 - **Memory**: the peak resident memory of the step fits beside the memory model of
   :func:`memory_model`, which says what grows with ``N``, ``M`` and ``T``.
@@ -43,10 +42,23 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 CELLS = ((1000, 64), (1000, 1024), (10000, 64), (10000, 1024))
 N_STEPS, N_RUNS, BATCH = 1000, 16, 8
-SVI_STEPS, GUARD_FOLDS, GUARD_STEPS = 2000, 4, 0.25  # GUARD_STEPS: fraction of SVI_STEPS per cross-fit
+SVI_STEPS = 2000
 DRAWS = 200
 STEP_FITS = (20, 60)
 TIME_LIMIT = 3600
+
+
+def estimated_fit_seconds(step_seconds: float, fixed_seconds: float) -> float:
+    """A default ``bayes-svi`` fit's seconds from its parts: twice the fixed cost (the full fit's
+    compilations, and the cross-fits' for 3/4 of the runs) plus ``SVI_STEPS`` steps of the full fit and
+    the guard's cross-fits (``guard.FOLDS`` of ``GUARD_STEP_FRACTION x SVI_STEPS`` steps on 3/4 of the
+    runs each), one after another: the guard runs two at once where memory allows, which on two CPU
+    cores gains little (each keeps about 1.5 cores busy), so this errs long."""
+    from bayes_simfluence.bayes import guard
+    from bayes_simfluence.bayes.methods import GUARD_STEP_FRACTION
+
+    cross_fit_steps = guard.FOLDS * (1 - 1 / guard.FOLDS) * GUARD_STEP_FRACTION * SVI_STEPS
+    return 2 * fixed_seconds + step_seconds * (SVI_STEPS + cross_fit_steps)
 
 
 def memory_model(n_train: int, n_tests: int, n_steps: int = N_STEPS, n_runs: int = N_RUNS,
@@ -76,10 +88,11 @@ def memory_model(n_train: int, n_tests: int, n_steps: int = N_STEPS, n_runs: int
 PEAK_BASE, WORK_FACTOR, DRAWS_FACTOR = 1.26 * 2**30, 7.08, 2.09
 
 
-def predicted_peak(n_train: int, n_tests: int, draws: int = DRAWS, on_device: bool = False) -> float:
+def predicted_peak(n_train: int, n_tests: int, draws: int = DRAWS, on_device: bool = False,
+                   n_steps: int = N_STEPS, n_runs: int = N_RUNS) -> float:
     """Bytes at the peak of a default fit: on the host (CPU), or on the device (GPU: the draws
     are produced there in float32 and copied to the host)."""
-    model = memory_model(n_train, n_tests, draws=draws)
+    model = memory_model(n_train, n_tests, n_steps, n_runs, draws)
     work = WORK_FACTOR * (model["svi_state"] + model["step_work"])
     if on_device:
         return work + DRAWS_FACTOR * model["draws_device"]
@@ -153,12 +166,10 @@ def bench_cell(n_train: int, n_tests: int, workdir: Path) -> dict:
         row["failed"] = output[-600:]
         return row
     fits = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
-    per_step, fixed = fits["step_seconds"], fits["fixed_seconds"]
-    row.update(fits, estimated_default_fit_seconds=2 * fixed + per_step * (
-        SVI_STEPS + GUARD_FOLDS * 0.75 * GUARD_STEPS * SVI_STEPS))
+    row.update(fits, measured=_measured())
     if (n_train, n_tests) == CELLS[0]:
         row["whole_commands"] = {}
-        for method in ("linear", "bayes-svi"):
+        for method in ("linear", "bayes"):
             out = workdir / ("fit.nc" if method.startswith("bayes") else "fit.npz")
             quiet = ["-o", "progress=false"] if method.startswith("bayes") else []
             code, output, wall = _child(["-m", "bayes_simfluence.cli", "fit", "--train", str(data), "-m", method,
@@ -168,37 +179,55 @@ def bench_cell(n_train: int, n_tests: int, workdir: Path) -> dict:
             row["whole_commands"][method] = {"wall_seconds": wall, "returncode": code, "output": output[-400:]}
             print(method, round(wall, 1), flush=True)
         whole = row["whole_commands"]
-        row["bayes_over_ridge"] = whole["bayes-svi"]["wall_seconds"] / whole["linear"]["wall_seconds"]
+        row["bayes_over_ridge"] = whole["bayes"]["wall_seconds"] / whole["linear"]["wall_seconds"]
     print(json.dumps(row), flush=True)
     return row
 
 
+def _measured() -> str:
+    """When and at which commit a cell is measured: ``"YYYY-MM-DD (commit)"``."""
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip() or "unknown commit"
+    return f"{time.strftime('%Y-%m-%d')} ({commit})"
+
+
+#: cells of the results file written before each cell recorded when it was measured
+EARLIER = "2026-12-01 (cca1960)"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
+    from bayes_simfluence.bayes import guard
+    from bayes_simfluence.bayes.methods import GUARD_STEP_FRACTION
+
     gb = 2**30
     lines = [f"# bayes-svi at scale ({meta['machine']}; {meta['versions']})", "",
              f"T = {N_STEPS}, R = {N_RUNS}, batch {BATCH}; `python benchmarks/bench_scale.py`. Default fit: "
-             f"{SVI_STEPS} SVI steps in float32, optimiser memory, the guard ({GUARD_FOLDS} cross-fits of "
-             f"{int(GUARD_STEPS * SVI_STEPS)} steps on 3/4 of the runs, started from the full fit's hyperparameters, "
-             f"two at once), {DRAWS} stored draws.", ""]
+             f"{SVI_STEPS} SVI steps in float32, optimiser memory, the guard ({guard.FOLDS} cross-fits of "
+             f"{round(GUARD_STEP_FRACTION * SVI_STEPS)} steps on 3/4 of the runs, started from the full fit's "
+             f"hyperparameters, two at once where memory allows), {DRAWS} stored draws. The estimated fit is "
+             "`estimated_fit_seconds` of the measured step and fixed seconds, for the guard of today's default; "
+             "the step times are those of the commit each row names.", ""]
     first = next((r for r in rows if "whole_commands" in r), None)
     if first:
         whole = first["whole_commands"]
-        lines += ["| whole command, N=1000, M=64 | wall s |", "|---|---|",
+        lines += [f"| whole command, N=1000, M=64, measured {first.get('measured', EARLIER)} | wall s |", "|---|---|",
                   *(f"| `bayes-simfluence fit -m {m}` (defaults) | {w['wall_seconds']:.1f} |" for m, w in whole.items()),
-                  f"| ratio bayes-svi / linear | {first['bayes_over_ridge']:.2f} |", ""]
+                  f"| ratio {next(m for m in whole if m != 'linear')} / linear | {first['bayes_over_ridge']:.2f} |",
+                  ""]
     lines += ["| N | M | s per SVI step | fixed s | default fit s (estimated) | simulate mean s | 100 draws s | "
               "stored draws | peak RSS GB (step fits) | predicted peak GB | model: SVI state + step GB | "
-              "model: stored draws GB |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "model: stored draws GB | measured |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "failed" in r:
-            lines.append(f"| {r['n_train']} | {r['n_tests']} | failed: {r['failed'][-150:]} |||||||||")
+            lines.append(f"| {r['n_train']} | {r['n_tests']} | failed: {r['failed'][-150:]} ||||||||||")
             continue
         m = r["memory_model_gb"]
+        estimate = estimated_fit_seconds(r["step_seconds"], r["fixed_seconds"])
         lines.append(f"| {r['n_train']} | {r['n_tests']} | {r['step_seconds']:.3g} | {r['fixed_seconds']:.3g} | "
-                     f"{r['estimated_default_fit_seconds']:.0f} | {r['simulate_mean_seconds']:.3g} | "
+                     f"{estimate:.0f} | {r['simulate_mean_seconds']:.3g} | "
                      f"{r['simulate_100_draws_seconds']:.3g} | {r['draws']} | {r['peak_rss_gb']:.2f} | "
                      f"{predicted_peak(r['n_train'], r['n_tests'], r['draws']) / gb:.2f} | "
-                     f"{m['svi_state'] + m['step_work']:.2f} | {m['draws']:.2f} |")
+                     f"{m['svi_state'] + m['step_work']:.2f} | {m['draws']:.2f} | {r.get('measured', EARLIER)} |")
     lines += ["", "Largest default fit by the predicted peak (`predicted_peak`: the memory model with constants fitted "
               "to the measured cells; 200 stored draws, T = 1000, R = 16; 80% of the memory usable):", "",
               "| N | most test examples, this machine (24 GiB) | most test examples, one 80 GB GPU (device memory) |",
