@@ -11,9 +11,10 @@ process (times include JAX compilation; the peak resident memory is that process
 - **Whole commands** at ``N=1000, M=64`` (the yardstick of issues 13 and 27): ``bayes-simfluence fit``
   with the defaults of ``-m linear`` (ridge, its strength chosen by cross-validation) and of
   ``-m bayes`` (which runs bayes-svi there: float32, optimiser memory, the guard), as a user runs them.
-- **SVI steps** in every cell: fits of 20 and 60 steps without the guard, each run twice in one
-  process; the difference of the second runs (which compile nothing) gives the seconds per step,
-  the rest of the first short fit is fixed cost (compilation, initialisation, draws). The default
+- **SVI steps** in every cell: fits of 20 and 60 steps (420 instead of 60 where those two differ by
+  less than 10 s) without the guard, each run twice in one process; the difference of the second
+  runs (which compile nothing) gives the seconds per step, the rest of the first short fit is fixed
+  cost (compilation, initialisation, draws). The default
   fit's time is then *estimated* by :func:`estimated_fit_seconds` (the full fit and the guard's
   cross-fits, one after another), and checked against the measured whole command at
   ``N=1000, M=64``.
@@ -44,7 +45,14 @@ CELLS = ((1000, 64), (1000, 1024), (10000, 64), (10000, 1024))
 N_STEPS, N_RUNS, BATCH = 1000, 16, 8
 SVI_STEPS = 2000
 DRAWS = 200
+#: the whole ``fit`` commands of the first cell: ``-m`` and options (``bayes`` with the default
+#: guard, and with cross-fits of a quarter of the steps: cheaper, and wider new-run intervals)
+WHOLE_COMMANDS = {"linear": [], "bayes": ["-o", "progress=false"],
+                  "bayes -o guard_steps=500": ["-o", "progress=false", "-o", "guard_steps=500"]}
 STEP_FITS = (20, 60)
+#: where the two step fits differ by less than this many seconds (fast cells, whose draws and
+#: compilation dominate a short fit), a fit of ``LONG_FIT`` steps replaces the longer one
+DIFFERENCE_SECONDS, LONG_FIT = 10.0, 420
 TIME_LIMIT = 3600
 
 
@@ -123,23 +131,33 @@ def _child(args: list[str]) -> tuple[int | None, str, float]:
 
 
 def step_worker(data: Path, draws: int) -> dict:
-    """SVI fits of ``STEP_FITS`` steps without the guard, each twice (the second compiles nothing),
-    then simulation; times and this process's peak memory."""
+    """SVI fits of ``STEP_FITS`` steps without the guard, each twice (the second compiles nothing;
+    ``LONG_FIT`` steps too where the two differ by less than ``DIFFERENCE_SECONDS``), then
+    simulation; times and this process's peak memory."""
     import resource
 
     warnings.simplefilter("ignore")
     from bayes_simfluence.bayes.methods import fit_bayes
+    from bayes_simfluence.bayes.posterior import BayesianSimfluence
     from bayes_simfluence.runs import Runs
 
     runs = Runs.load(data)
     seconds = {}
-    for steps in STEP_FITS:
+
+    def fit_twice(steps: int) -> BayesianSimfluence:
         for call in ("first", "second"):
             start = time.perf_counter()
             posterior = fit_bayes("svi", runs, {"num_steps": steps, "num_draws": draws, "guard": False,
                                                 "progress": False})
             seconds[f"{call}_{steps}"] = time.perf_counter() - start
+        return posterior
+
     short, long = STEP_FITS
+    fit_twice(short)
+    posterior = fit_twice(long)
+    if seconds[f"second_{long}"] - seconds[f"second_{short}"] < DIFFERENCE_SECONDS:
+        long = LONG_FIT
+        posterior = fit_twice(long)
     per_step = (seconds[f"second_{long}"] - seconds[f"second_{short}"]) / (long - short)
     out = {"seconds": seconds, "step_seconds": per_step, "fixed_seconds": seconds[f"first_{short}"] - short * per_step}
     start = time.perf_counter()
@@ -169,15 +187,15 @@ def bench_cell(n_train: int, n_tests: int, workdir: Path) -> dict:
     row.update(fits, measured=_measured())
     if (n_train, n_tests) == CELLS[0]:
         row["whole_commands"] = {}
-        for method in ("linear", "bayes"):
+        for name, options in WHOLE_COMMANDS.items():
+            method = name.split()[0]
             out = workdir / ("fit.nc" if method.startswith("bayes") else "fit.npz")
-            quiet = ["-o", "progress=false"] if method.startswith("bayes") else []
             code, output, wall = _child(["-m", "bayes_simfluence.cli", "fit", "--train", str(data), "-m", method,
-                                         *quiet, "--out", str(out)])
+                                         *options, "--out", str(out)])
             if code != 0:
-                raise RuntimeError(f"fit -m {method} failed: {output[-800:]}")
-            row["whole_commands"][method] = {"wall_seconds": wall, "returncode": code, "output": output[-400:]}
-            print(method, round(wall, 1), flush=True)
+                raise RuntimeError(f"fit -m {name} failed: {output[-800:]}")
+            row["whole_commands"][name] = {"wall_seconds": wall, "returncode": code, "output": output[-400:]}
+            print(name, round(wall, 1), flush=True)
         whole = row["whole_commands"]
         row["bayes_over_ridge"] = whole["bayes"]["wall_seconds"] / whole["linear"]["wall_seconds"]
     print(json.dumps(row), flush=True)
@@ -211,8 +229,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     if first:
         whole = first["whole_commands"]
         lines += [f"| whole command, N=1000, M=64, measured {first.get('measured', EARLIER)} | wall s |", "|---|---|",
-                  *(f"| `bayes-simfluence fit -m {m}` (defaults) | {w['wall_seconds']:.1f} |" for m, w in whole.items()),
-                  f"| ratio {next(m for m in whole if m != 'linear')} / linear | {first['bayes_over_ridge']:.2f} |",
+                  *(f"| `bayes-simfluence fit -m {m}` | {w['wall_seconds']:.1f} |" for m, w in whole.items()),
+                  *(f"| ratio {m} / linear | {w['wall_seconds'] / whole['linear']['wall_seconds']:.2f} |"
+                    for m, w in whole.items() if m != "linear"),
                   ""]
     lines += ["| N | M | s per SVI step | fixed s | default fit s (estimated) | simulate mean s | 100 draws s | "
               "stored draws | peak RSS GB (step fits) | predicted peak GB | model: SVI state + step GB | "
