@@ -120,6 +120,20 @@ def largest_tests(n_train: int, capacity: float, on_device: bool) -> int:
     return low
 
 
+def stored_draws(n_train: int, n_tests: int, n_steps: int = N_STEPS, n_runs: int = N_RUNS) -> int:
+    """The draws a step fit stores: ``DRAWS`` where the predicted peak takes under 80% of the free
+    memory, else 20 (200 would not fit)."""
+    from bayes_simfluence.budget import available_memory
+
+    fits = predicted_peak(n_train, n_tests, n_steps=n_steps, n_runs=n_runs) < 0.8 * available_memory()
+    return DRAWS if fits else 20
+
+
+def last_json(output: str, prefix: str = "{") -> dict:
+    """The last line of a child's ``output`` that starts with ``prefix``, parsed as JSON."""
+    return json.loads(next(line for line in reversed(output.splitlines()) if line.startswith(prefix)))
+
+
 def _child(args: list[str]) -> tuple[int | None, str, float]:
     """Run ``python args`` with a time limit: ``(return code or None, output, wall s)``."""
     start = time.perf_counter()
@@ -172,19 +186,17 @@ def step_worker(data: Path, draws: int) -> dict:
 
 def bench_cell(n_train: int, n_tests: int, workdir: Path) -> dict:
     from bayes_simfluence.bayes.synthetic import decaying_runs
-    from bayes_simfluence.budget import available_memory
 
     data = workdir / f"runs_{n_train}_{n_tests}.npz"
     decaying_runs(n_train=n_train, n_steps=N_STEPS, n_runs=N_RUNS, batch_size=BATCH, n_tests=n_tests, seed=0)[0].save(data)
     model = memory_model(n_train, n_tests)
-    draws = DRAWS if predicted_peak(n_train, n_tests) < 0.8 * available_memory() else 20  # 200 would not fit
+    draws = stored_draws(n_train, n_tests)
     row: dict = {"n_train": n_train, "n_tests": n_tests, "draws": draws, "memory_model_gb": {k: v / 2**30 for k, v in model.items()}}
     code, output, _ = _child([__file__, "--step-worker", str(data), str(draws)])
     if code != 0:
         row["failed"] = output[-600:]
         return row
-    fits = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
-    row.update(fits, measured=_measured())
+    row.update(last_json(output), measured=_measured())
     if (n_train, n_tests) == CELLS[0]:
         row["whole_commands"] = {}
         for name, options in WHOLE_COMMANDS.items():
@@ -196,8 +208,6 @@ def bench_cell(n_train: int, n_tests: int, workdir: Path) -> dict:
                 raise RuntimeError(f"fit -m {name} failed: {output[-800:]}")
             row["whole_commands"][name] = {"wall_seconds": wall, "returncode": code, "output": output[-400:]}
             print(name, round(wall, 1), flush=True)
-        whole = row["whole_commands"]
-        row["bayes_over_ridge"] = whole["bayes"]["wall_seconds"] / whole["linear"]["wall_seconds"]
     print(json.dumps(row), flush=True)
     return row
 

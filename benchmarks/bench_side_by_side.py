@@ -39,7 +39,6 @@ import bench_scale
 RESULTS = Path(__file__).parent / "results"
 N_TRAIN = (1000, 10000)
 N_STEPS, N_RUNS, BATCH, N_TESTS = 1000, 32, 16, 256
-GPU_BYTES = 80e9
 
 
 def _command(args: list[str]) -> dict:
@@ -48,8 +47,8 @@ def _command(args: list[str]) -> dict:
     code, output, wall = bench_scale._child([__file__, "--measure", *args])
     if code != 0:
         raise RuntimeError(f"bayes-simfluence {args[0]} failed ({code}): {output[-800:]}")
-    peak = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith('{"peak')))
-    return {"wall_seconds": wall, "peak_rss_gb": peak["peak_rss_gb"], "output": output[-400:]}
+    peak = bench_scale.last_json(output, '{"peak')["peak_rss_gb"]
+    return {"wall_seconds": wall, "peak_rss_gb": peak, "output": output[-400:]}
 
 
 def _measure(args: list[str]) -> int:
@@ -82,13 +81,12 @@ def bench_size(n_train: int, workdir: Path) -> dict:
                                        "--out", str(workdir / f"simulated_{n_train}.npz")])
     if "bayes_failed" in row:
         return row
-    draws = bench_scale.DRAWS if bench_scale.predicted_peak(
-        n_train, N_TESTS, n_steps=N_STEPS, n_runs=N_RUNS) < 0.8 * _available() else 20
+    draws = bench_scale.stored_draws(n_train, N_TESTS, N_STEPS, N_RUNS)
     code, output, _ = bench_scale._child([bench_scale.__file__, "--step-worker", str(data), str(draws)])
     if code != 0:
         row["bayes_failed"] = output[-600:]
         return row
-    fits = json.loads(next(line for line in reversed(output.splitlines()) if line.startswith("{")))
+    fits = bench_scale.last_json(output)
     row["bayes"] = {**fits, "draws": draws,
                     "estimated_fit_seconds": bench_scale.estimated_fit_seconds(fits["step_seconds"],
                                                                                fits["fixed_seconds"]),
@@ -98,12 +96,6 @@ def bench_size(n_train: int, workdir: Path) -> dict:
                                                                         n_steps=N_STEPS, n_runs=N_RUNS) / 2**30}
     print(json.dumps({k: v for k, v in row.items() if k != "bayes_reason"}), flush=True)
     return row
-
-
-def _available() -> float:
-    from bayes_simfluence.budget import available_memory
-
-    return available_memory()
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
