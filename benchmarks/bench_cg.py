@@ -1,13 +1,21 @@
 """bayes-cg against bayes-grid: the same model and grid, matrix-free against dense algebra.
 
-    python benchmarks/bench_cg.py          # a few minutes on 2 CPU cores
+    python benchmarks/bench_cg.py          # about 10 minutes on 2 CPU cores
 
 Runs with the structure of real training (:func:`bayes_simfluence.synthetic.synthetic_runs`: a
 decay every example shares, per-example effects, noise), 16 runs of 100 steps, batch 8, 4 test
 examples, at three pool sizes (bayes-grid refuses the largest). Both backends fit the model with optimiser memory, the common level
 and the step component (no guard, no run state) with 200 draws; times include JAX compilation.
 Agreement: the largest difference of the two posteriors' means of the effects in units of their
-pooled posterior sd, and the median log ratio of their sds. Writes ``benchmarks/results/cg.{json,md}``.
+pooled posterior sd, and the median log ratio of their sds.
+
+**Layouts**: the seconds of bayes-cg's Lanczos evidence for 64 (test, decay) pairs at the scale
+study's shape (40 runs of 120 steps, batch 4, 10 test examples) and pools of 50, 200 and 1,000,
+with the products by the dense count matrix or by the batch slots, the 64 pairs vectorised at once or
+one after another inside the program: what sets
+:data:`~bayes_simfluence.bayes.krylov.DENSE_TRAIN_PER_SLOT` and
+:data:`~bayes_simfluence.bayes.krylov.SEQUENTIAL_BACKENDS`.
+Writes ``benchmarks/results/cg.{json,md}``.
 """
 
 from __future__ import annotations
@@ -55,6 +63,42 @@ def measure(n_train: int) -> dict:
     return row
 
 
+LAYOUT_POOLS = (50, 200, 1000)
+LAYOUT_SHAPE = {"n_runs": 40, "n_steps": 120, "batch_size": 4, "n_tests": 10}
+LAYOUT_PAIRS = 64
+#: (name, products by the dense count matrix, pairs one after another)
+LAYOUTS = (("dense, 64 at once", True, False), ("dense, one by one", True, True),
+           ("slots, 64 at once", False, False), ("slots, one by one", False, True))
+
+
+def measure_layouts(n_train: int) -> dict:
+    """Seconds of the evidence of :data:`LAYOUT_PAIRS` pairs in each of :data:`LAYOUTS` (compiled first)."""
+    runs, _ = synthetic_runs(n_train=n_train, effect_scale=0.05, noise_scale=0.005, seed=0, **LAYOUT_SHAPE)
+    data, config = model_data(runs), ModelConfig(memory="geometric")
+    tests = np.arange(LAYOUT_PAIRS) % data.n_tests
+    decays = np.linspace(0.05, 0.95, LAYOUT_PAIRS)
+    probes = krylov.probes_of(2 * n_train)
+    row = {"n_train": n_train, "per_slot": n_train / LAYOUT_SHAPE["batch_size"]}
+    defaults = (krylov.DENSE_TRAIN_PER_SLOT, krylov.sequential_pairs)
+    try:
+        for name, dense, sequential in LAYOUTS:
+            krylov.DENSE_TRAIN_PER_SLOT = 10**9 if dense else 0
+            krylov.sequential_pairs = lambda static, sequential=sequential: sequential  # every layout, not the rule
+            features = grid.scaled_state_features(data, None)
+            shared = krylov.shared_arrays(data, config, features, grid.nuisance_priors(
+                config, features.shape[-1], grid.n_feature_columns(data, config)))
+            krylov.evidence(data, config, shared, tests[:1], decays[:1], probes)  # compiles the chunk's program
+            start = time.perf_counter()
+            krylov.evidence(data, config, shared, tests, decays, probes)
+            row[name] = time.perf_counter() - start
+    finally:
+        krylov.DENSE_TRAIN_PER_SLOT, krylov.sequential_pairs = defaults
+    static = krylov.static_of(data, config)
+    row["default"] = ("dense" if static.dense else "slots") + (", one by one" if krylov.sequential_pairs(static) else
+                                                               ", 64 at once")
+    return row
+
+
 #: the results table: (header, how a row shows it)
 COLUMNS = (("n_train", lambda r: f"{r['n_train']:,}"),
            ("bayes-grid s", lambda r: f"{r['grid_seconds']:.1f}" if "grid_seconds" in r else r["grid"]),
@@ -74,17 +118,33 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "runs": N_RUNS, "steps": N_STEPS, "batch": BATCH,
             "tests": N_TESTS, "draws": DRAWS}
-    (RESULTS / "cg.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
-    write_markdown(meta, rows)
+    layouts = []
+    for n_train in LAYOUT_POOLS:
+        layouts.append(measure_layouts(n_train))
+        print(layouts[-1], flush=True)
+    (RESULTS / "cg.json").write_text(json.dumps({"meta": meta, "rows": rows, "layouts": layouts}, indent=1))
+    write_markdown(meta, rows, layouts)
 
 
-def write_markdown(meta: dict, rows: list[dict]) -> None:
+def write_markdown(meta: dict, rows: list[dict], layouts: list[dict]) -> None:
     table = ["| " + " | ".join(header for header, _ in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     table += ["| " + " | ".join(show(row) for _, show in COLUMNS) + " |" for row in rows]
     intro = (f"`python benchmarks/bench_cg.py`: {N_RUNS} runs x {N_STEPS} steps, batch {BATCH}, {N_TESTS} test "
              f"examples, {DRAWS} draws, optimiser memory, common level and step component, no guard; "
              f"{meta['machine']}, 2 CPU cores, times with compilation. bayes-grid only where it accepts the size.")
-    (RESULTS / "cg.md").write_text("\n".join(["# bayes-cg against bayes-grid", "", intro, ""] + table) + "\n")
+    names = [name for name, _, _ in LAYOUTS]
+    layout_table = ["| n_train | examples per slot | " + " | ".join(f"{name} s" for name in names) + " | default |",
+                    "|" + "---|" * (len(names) + 3)]
+    layout_table += [f"| {r['n_train']:,} | {r['per_slot']:g} | " + " | ".join(f"{r[name]:.1f}" for name in names)
+                     + f" | {r['default']} |" for r in layouts]
+    shape = LAYOUT_SHAPE
+    layout_intro = (f"Lanczos evidence of {LAYOUT_PAIRS} (test, decay) pairs, {shape['n_runs']} runs x "
+                    f"{shape['n_steps']} steps, batch {shape['batch_size']}, {shape['n_tests']} test examples "
+                    "(the scale study's shape), after compilation: products by the dense count matrix or by the "
+                    "batch slots, the pairs vectorised at once or one by one inside the program "
+                    "(`krylov.SEQUENTIAL_BACKENDS`).")
+    (RESULTS / "cg.md").write_text("\n".join(["# bayes-cg against bayes-grid", "", intro, ""] + table
+                                             + ["", "## Layouts", "", layout_intro, ""] + layout_table) + "\n")
 
 
 if __name__ == "__main__":

@@ -59,10 +59,12 @@ def test_products_by_gathers_equal_those_by_the_dense_count_matrix(data, monkeyp
     config = ModelConfig(memory="geometric", features=features)
     if features:
         data = data._replace(features=np.random.default_rng(0).normal(size=(data.n_tests, data.n_train, 2)))
+    monkeypatch.setattr(krylov, "DENSE_TRAIN_PER_SLOT", data.n_train)
+    assert krylov.uses_dense_counts(data)
     dense = krylov_evidence(data, config, 1, 0.6)
     args = (np.full(3, 1), np.full(3, 0.6), np.full(3, 0.04), np.full(3, 0.03))
     dense_draws = krylov.draw_effects(data, config, shared_of(data, config), *args, seed=3)
-    monkeypatch.setattr(krylov, "DENSE_COUNTS_MAX", 0)
+    monkeypatch.setattr(krylov, "DENSE_TRAIN_PER_SLOT", 0)
     assert not krylov.uses_dense_counts(data)
     sparse = krylov_evidence(data, config, 1, 0.6)
     for tau2 in (1e-3, 1.0, 1e3):  # the rules' nodes differ in rounding; what they integrate does not
@@ -74,6 +76,25 @@ def test_products_by_gathers_equal_those_by_the_dense_count_matrix(data, monkeyp
     np.testing.assert_allclose(sparse.target_sq, dense.target_sq, rtol=1e-10)
     for a, b in zip(dense_draws, krylov.draw_effects(data, config, shared_of(data, config), *args, seed=3)):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-12)
+
+
+def test_draws_do_not_depend_on_the_chunk_size(data, monkeypatch):
+    """Each draw's random numbers come from its own index, so neither the chunk size nor whether a
+    chunk's pairs go one after another (CPUs) or all at once (accelerators) changes a number."""
+    config = ModelConfig(memory="geometric")
+    n = 5
+    args = (np.arange(n) % data.n_tests, np.linspace(0.2, 0.7, n), np.full(n, 0.04), np.full(n, 0.03))
+    draws = {}
+    monkeypatch.setattr(krylov, "DENSE_TRAIN_PER_SLOT", 0)  # by the slots: one at a time on CPUs
+    for budget, backends in ((1, ()), (2**40, ("cpu",)), (2**40, ())):
+        monkeypatch.setattr(krylov, "CHUNK_BYTES", budget)
+        monkeypatch.setattr(krylov, "SEQUENTIAL_BACKENDS", backends)
+        assert krylov._chunk_size(data, 8) == (1 if budget == 1 else 64)
+        draws[budget, backends] = krylov.draw_effects(data, config, shared_of(data, config), *args, seed=5)
+    for one, mapped, whole in zip(*draws.values()):
+        np.testing.assert_allclose(one, whole, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(mapped, whole, rtol=1e-9, atol=1e-12)
+    assert not np.allclose(draws[1, ()][0][0], draws[1, ()][0][1])  # and different draws differ
 
 
 def test_rademacher_probes_estimate_the_log_determinant_without_bias(data):

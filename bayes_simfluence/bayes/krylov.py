@@ -41,7 +41,7 @@ coefficients are then drawn from their exact conditional given ``w``, and the st
 Approximations, against the dense path: the two quadratures (the Lanczos steps
 :data:`LANCZOS_STEPS` and the probes bound their error; the tests compare with the dense
 evidence), and the conjugate-gradient tolerance of the draws (reported by the fit). Memory is
-``pairs x (probes + 1) x (features + runs * steps * batch)`` per chunk of pairs: no matrix of
+``(probes + 1) x (features + runs * steps * batch)`` per pair at once (one on CPUs, a chunk elsewhere): no matrix of
 ``features^2`` is ever formed.
 """
 
@@ -81,12 +81,22 @@ EXACT_TRACE_FEATURES = 48
 DRAW_TOLERANCE = 1e-8
 #: ... or after this many iterations
 DRAW_MAX_ITERATIONS = 4000
-#: up to this many ``runs * steps * n_train`` entries the products use the dense count matrix (a
-#: matrix product: on CPUs many times faster than the gathers and scatter-adds over the batch
-#: slots, which take over above it, where the count matrix would not fit)
+#: the products use the dense count matrix (a matrix product) where the pool has at most this many
+#: training examples per batch slot, and the matrix at most :data:`DENSE_COUNTS_MAX` entries; above
+#: it the gathers and scatter-adds over the batch slots, whose cost does not grow with the pool, are
+#: faster (on 2 CPU cores, pairs one at a time, 40 runs of 120 steps of batch 4: the dense matrix
+#: faster at 12.5 examples per slot, the slots from 50; the Layouts table of ``benchmarks/results/cg.md``)
+DENSE_TRAIN_PER_SLOT = 16
 DENSE_COUNTS_MAX = 2 * 10**7
 #: bytes of working memory per chunk of pairs (sets the chunk size)
 CHUNK_BYTES = 2**29
+#: backends whose chunk programs take their pairs one after another inside the program (``lax.map``)
+#: where the products go by the batch slots, rather than all at once (``vmap``): on CPUs one pair's
+#: vectors stay in cache, where vectorised over 64 pairs the gathers and scatter-adds spent most of
+#: their time moving memory (Lanczos evidence 2-3.5x slower per pair at pools of 50-1,000). The
+#: dense count matrix's products are matrix products, faster vectorised (the Layouts table of
+#: ``benchmarks/results/cg.md``)
+SEQUENTIAL_BACKENDS = ("cpu",)
 #: ``bayes-cg``'s walk of the grid: the decay axis costs a Lanczos run per point, so it has fewer
 #: points than ``bayes-grid``'s; a draw's decay is spread over its cell (the draws need no statistics)
 SCHEDULE = grid.Schedule(coarse=(9, 71, 11), fine=(12, 40, 20), max_refinements=2, decay_parts=64)
@@ -128,8 +138,10 @@ class Static(NamedTuple):
 
 
 def uses_dense_counts(data: ModelData) -> bool:
-    """Whether the products go through the dense count matrix (:data:`DENSE_COUNTS_MAX`)."""
-    return data.n_runs * data.n_steps * data.n_train <= DENSE_COUNTS_MAX
+    """Whether the products go through the dense count matrix (:data:`DENSE_TRAIN_PER_SLOT`,
+    :data:`DENSE_COUNTS_MAX`)."""
+    return (data.n_train <= DENSE_TRAIN_PER_SLOT * data.curricula.shape[2]
+            and data.n_runs * data.n_steps * data.n_train <= DENSE_COUNTS_MAX)
 
 
 def shared_arrays(data: ModelData, config: ModelConfig, state_features: np.ndarray, priors: np.ndarray) -> Shared:
@@ -300,11 +312,12 @@ def _lanczos_rule(matvec, start: Array, steps: int) -> tuple[Array, Array]:
     return jnp.maximum(nodes, 0.0), norm**2 * vectors[0] ** 2
 
 
-@functools.partial(jax.jit, static_argnames=("static", "steps"))
+@functools.partial(jax.jit, static_argnames=("static", "steps", "sequential"))
 def _evidence_chunk(previous: Array, target: Array, decays: Array, phi: Array, probes: Array, shared: Shared,
-                    static: Static, steps: int) -> tuple:
+                    static: Static, steps: int, sequential: bool) -> tuple:
     """Quadratures of a chunk of pairs (``previous``, ``target`` ``[chunk, runs, steps]``, ``decays [chunk]``,
-    the feature prior's features ``phi [chunk, n_train, k]``)."""
+    the feature prior's features ``phi [chunk, n_train, k]``), one pair after another where ``sequential``
+    (:func:`sequential_pairs`)."""
     def one(previous_m: Array, target_m: Array, decay: Array, phi_m: Array) -> tuple:
         pair = _pair(previous_m, decay, phi_m, shared, static)
         whitened = _whiten(target_m, pair, shared, static)
@@ -318,7 +331,19 @@ def _evidence_chunk(previous: Array, target: Array, decays: Array, phi: Array, p
         return (nodes.reshape(-1), weights.reshape(-1) / probes.shape[0], quad_nodes, quad_weights,
                 target_m.reshape(-1) @ whitened.reshape(-1), pair.logdet)
 
-    return jax.vmap(one)(previous, target, decays, phi)
+    return _map_pairs(one, sequential, previous, target, decays, phi)
+
+
+def sequential_pairs(static: Static) -> bool:
+    """Whether a chunk's pairs go one at a time: by the batch slots on :data:`SEQUENTIAL_BACKENDS`."""
+    return not static.dense and jax.default_backend() in SEQUENTIAL_BACKENDS
+
+
+def _map_pairs(one, sequential: bool, *pairs: Array):
+    """``one`` over the leading axis of ``pairs``: one pair after another, or all at once."""
+    if sequential:
+        return lax.map(lambda args: one(*args), pairs)
+    return jax.vmap(one)(*pairs)
 
 
 def _chunk_size(data: ModelData, per_pair_vectors: int) -> int:
@@ -358,7 +383,8 @@ def evidence(data: ModelData, config: ModelConfig, shared: Shared, tests: np.nda
         return _evidence_chunk(jnp.asarray(previous[tests[index]]), jnp.asarray(target[tests[index]]),
                                jnp.asarray(decays[index], jnp.float64),
                                jnp.asarray(data.features_of(tests[index], config.features), jnp.float64),
-                               jnp.asarray(probes), shared, static, lanczos_steps(probes.shape[1]))
+                               jnp.asarray(probes), shared, static, lanczos_steps(probes.shape[1]),
+                               sequential_pairs(static))
 
     with jax.enable_x64(True):
         return chunked(part, len(tests), chunk, progress=progress, desc=desc, leave=False)
@@ -366,11 +392,13 @@ def evidence(data: ModelData, config: ModelConfig, shared: Shared, tests: np.nda
 
 # ---- draws: perturb-and-MAP ------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnames=("static",))
-def _draw_chunk(key: Array, previous: Array, target: Array, decays: Array, sigma: Array, scale: Array, phi: Array,
-                shared: Shared, static: Static) -> tuple:
-    """Exact draws for a chunk of (test, hyperparameters): ``(w [chunk, features], nuisance [chunk, K],
-    level_scale [chunk], column_scale [chunk, columns], relative residual [chunk])``."""
+@functools.partial(jax.jit, static_argnames=("static", "sequential"))
+def _draw_chunk(keys: Array, previous: Array, target: Array, decays: Array, sigma: Array, scale: Array, phi: Array,
+                shared: Shared, static: Static, sequential: bool) -> tuple:
+    """Exact draws for a chunk of (test, hyperparameters), each with its own key (``keys [chunk, 2]``),
+    one after another where ``sequential`` (:func:`sequential_pairs`):
+    ``(w [chunk, features], nuisance [chunk, K], level_scale [chunk], column_scale [chunk, columns],
+    relative residual [chunk])``."""
     n_features = n_features_of(static.variant, static.n_train)
 
     def one(key_m: Array, previous_m: Array, target_m: Array, decay: Array, sigma_m: Array, scale_m: Array,
@@ -404,14 +432,19 @@ def _draw_chunk(key: Array, previous: Array, target: Array, decays: Array, sigma
             nuisance = mean + sigma_m * lower @ jax.random.normal(keys[4], (n_nuisance,), target_m.dtype)
         return w, nuisance, pair.level_scale, pair.column_scale, residual
 
-    return jax.vmap(one)(jax.random.split(key, previous.shape[0]), previous, target, decays, sigma, scale, phi)
+    return _map_pairs(one, sequential, keys, previous, target, decays, sigma, scale, phi)
+
+
+#: ``[n, 2]`` keys ``fold_in(key, index[k])`` (a draw's key depends on its index alone)
+_fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
 
 
 def draw_effects(data: ModelData, config: ModelConfig, shared: Shared, tests: np.ndarray, decays: np.ndarray,
                  sigma: np.ndarray, scale: np.ndarray, seed: int, progress: bool = False) -> tuple:
     """Perturb-and-MAP draws for ``n`` hyperparameter draws (``tests``, ``decays``, ``sigma``, ``scale``
     ``[n]``): ``(w [n, features], nuisance [n, K], level_scale [n], column_scale [n, columns], relative
-    residual [n])``."""
+    residual [n])``. Draw ``k``'s random numbers come from the key ``fold_in(seed's key, k)``: the same
+    whatever the chunk size."""
     static = static_of(data, config)
     chunk = _chunk_size(data, 8)
     previous = np.moveaxis(data.previous, -1, 0)
@@ -419,11 +452,11 @@ def draw_effects(data: ModelData, config: ModelConfig, shared: Shared, tests: np
     key = jax.random.PRNGKey(seed)
 
     def part(start: int, index: np.ndarray) -> tuple:
-        return _draw_chunk(jax.random.fold_in(key, start), jnp.asarray(previous[tests[index]]),
+        return _draw_chunk(_fold_in(key, jnp.asarray(index)), jnp.asarray(previous[tests[index]]),
                            jnp.asarray(target[tests[index]]), jnp.asarray(decays[index], jnp.float64),
                            jnp.asarray(sigma[index], jnp.float64), jnp.asarray(scale[index], jnp.float64),
                            jnp.asarray(data.features_of(tests[index], config.features), jnp.float64),
-                           shared, static)
+                           shared, static, sequential_pairs(static))
 
     with jax.enable_x64(True):
         return chunked(part, len(tests), chunk, progress=progress, desc="cg: perturb-and-MAP draws", leave=False)
