@@ -65,8 +65,8 @@ STATE_CHECK_SDS = 2.0
 #: CPU cores; the retraining study's sets take 2e9), bayes-svi above
 AUTO_GRID_FLOPS_PER_TEST = 1e10
 #: above that, ``-m bayes`` runs bayes-cg (the same model and grid, matrix-free) up to this many
-#: row-products per test example (:func:`~bayes_simfluence.bayes.krylov.krylov_cost`; about 15 s
-#: on two CPU cores, ``experiments/results/scale_study.md``), bayes-svi above
+#: row-products per test example (:func:`~bayes_simfluence.bayes.krylov.krylov_cost`: the scale
+#: study's 40 runs of 120 steps take 1.8e8, ``experiments/results/scale_study.md``), bayes-svi above
 AUTO_CG_ROWS_PER_TEST = 2e8
 #: bayes-svi's cross-fits start from the full fit's hyperparameters and take this fraction of its
 #: steps (option ``guard_steps``): all of them, so that the held-out residuals, which set a new
