@@ -41,8 +41,8 @@ coefficients are then drawn from their exact conditional given ``w``, and the st
 Approximations, against the dense path: the two quadratures (the Lanczos steps
 :data:`LANCZOS_STEPS` and the probes bound their error; the tests compare with the dense
 evidence), and the conjugate-gradient tolerance of the draws (reported by the fit). Memory is
-``(probes + 1) x (features + runs * steps * batch)`` per pair at once (one on CPUs, a chunk elsewhere): no matrix of
-``features^2`` is ever formed.
+``(probes + 1) x (features + runs * steps * batch)`` per pair computed at once (a chunk of pairs, or
+one where :func:`sequential_pairs`): no matrix of ``features^2`` is ever formed.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ DRAW_MAX_ITERATIONS = 4000
 #: the products use the dense count matrix (a matrix product) where the pool has at most this many
 #: training examples per batch slot, and the matrix at most :data:`DENSE_COUNTS_MAX` entries; above
 #: it the gathers and scatter-adds over the batch slots, whose cost does not grow with the pool, are
-#: faster (on 2 CPU cores, pairs one at a time, 40 runs of 120 steps of batch 4: the dense matrix
-#: faster at 12.5 examples per slot, the slots from 50; the Layouts table of ``benchmarks/results/cg.md``)
+#: faster (on 2 CPU cores, 40 runs of 120 steps of batch 4: at 12.5 examples per slot the layouts are
+#: within 30% of each other, from 50 the slots 2-4x faster; the Layouts table of ``benchmarks/results/cg.md``)
 DENSE_TRAIN_PER_SLOT = 16
 DENSE_COUNTS_MAX = 2 * 10**7
 #: bytes of working memory per chunk of pairs (sets the chunk size)
@@ -93,7 +93,7 @@ CHUNK_BYTES = 2**29
 #: backends whose chunk programs take their pairs one after another inside the program (``lax.map``)
 #: where the products go by the batch slots, rather than all at once (``vmap``): on CPUs one pair's
 #: vectors stay in cache, where vectorised over 64 pairs the gathers and scatter-adds spent most of
-#: their time moving memory (Lanczos evidence 2-3.5x slower per pair at pools of 50-1,000). The
+#: their time moving memory (Lanczos evidence 2-2.5x slower per pair at pools of 50-1,000). The
 #: dense count matrix's products are matrix products, faster vectorised (the Layouts table of
 #: ``benchmarks/results/cg.md``)
 SEQUENTIAL_BACKENDS = ("cpu",)
