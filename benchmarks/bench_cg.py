@@ -79,14 +79,14 @@ def measure_layouts(n_train: int) -> dict:
     decays = np.linspace(0.05, 0.95, LAYOUT_PAIRS)
     probes = krylov.probes_of(2 * n_train)
     row = {"n_train": n_train, "per_slot": n_train / LAYOUT_SHAPE["batch_size"]}
+    features = grid.scaled_state_features(data, None)
+    priors = grid.nuisance_priors(config, features.shape[-1], grid.n_feature_columns(data, config))
     defaults = (krylov.DENSE_TRAIN_PER_SLOT, krylov.sequential_pairs)
     try:
         for name, dense, sequential in LAYOUTS:
             krylov.DENSE_TRAIN_PER_SLOT = 10**9 if dense else 0
             krylov.sequential_pairs = lambda static, sequential=sequential: sequential  # every layout, not the rule
-            features = grid.scaled_state_features(data, None)
-            shared = krylov.shared_arrays(data, config, features, grid.nuisance_priors(
-                config, features.shape[-1], grid.n_feature_columns(data, config)))
+            shared = krylov.shared_arrays(data, config, features, priors)  # the count matrix only where dense
             krylov.evidence(data, config, shared, tests[:1], decays[:1], probes)  # compiles the chunk's program
             start = time.perf_counter()
             krylov.evidence(data, config, shared, tests, decays, probes)

@@ -85,7 +85,7 @@ DRAW_MAX_ITERATIONS = 4000
 #: training examples per batch slot, and the matrix at most :data:`DENSE_COUNTS_MAX` entries; above
 #: it the gathers and scatter-adds over the batch slots, whose cost does not grow with the pool, are
 #: faster (on 2 CPU cores, 40 runs of 120 steps of batch 4: at 12.5 examples per slot the layouts are
-#: within 30% of each other, from 50 the slots 2-4x faster; the Layouts table of ``benchmarks/results/cg.md``)
+#: within 30% of each other, from 50 the slots 1.8-4x faster; the Layouts table of ``benchmarks/results/cg.md``)
 DENSE_TRAIN_PER_SLOT = 16
 DENSE_COUNTS_MAX = 2 * 10**7
 #: bytes of working memory per chunk of pairs (sets the chunk size)
