@@ -199,7 +199,7 @@ def contiguous_folds(n_runs: int, folds: int) -> list[np.ndarray]:
 
 def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool = False, workers: int = 1,
                        alternative: AlternativeFit = blind_alternative,
-                       alternative_name: str = BLIND_NAME) -> Stacking:
+                       alternative_name: str = BLIND_NAME, alone_first: bool = True) -> Stacking:
     """Cross-fit ``fit`` and ``alternative`` over folds of ``runs`` and choose the stacking weights
     (module docstring).
 
@@ -208,10 +208,11 @@ def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool 
 
     With fewer than ``folds * MIN_RUNS_PER_FOLD`` runs nothing is held out: every weight is 1 and
     the report says why. ``workers > 1`` runs that many cross-fits at once in threads (for fits
-    that compute outside Python, such as XLA's; the results are the same numbers): the first fold
-    of each training-run count runs alone, so a fit that traces and compiles a program per shape
-    does so in one thread only (NumPyro's effect handlers live on one global stack, which
-    concurrent tracing would corrupt).
+    that compute outside Python, such as XLA's; the results are the same numbers): with
+    ``alone_first`` the first fold of each training-run count runs alone, so a fit that traces and
+    compiles a program per shape does so in one thread only (NumPyro's effect handlers live on one
+    global stack, which concurrent tracing would corrupt); fits that trace under a lock of their own
+    (bayes-svi's, :data:`bayes_simfluence.bayes.inference.TRACING`) pass False and start together.
     """
     if runs.n_runs < folds * MIN_RUNS_PER_FOLD:
         return Stacking(np.ones(runs.n_tests), {
@@ -232,7 +233,7 @@ def cross_fit_stacking(fit: Fit, runs: Runs, folds: int = FOLDS, progress: bool 
         first_of_size.setdefault(len(held), k)
     results: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]] = {}
     with tqdm(total=folds, desc="guard: cross-fits", unit="fold", disable=not progress) as bar:
-        for k in first_of_size.values():
+        for k in first_of_size.values() if alone_first else ():
             results[k] = cross_fit(held_out[k])
             bar.update()
         rest = [k for k in range(folds) if k not in results]

@@ -216,7 +216,8 @@ def test_cross_fits_start_from_the_hyperparameters_and_forget_what_only_the_held
 @pytest.mark.slow
 def test_cross_fits_at_once_give_the_same_numbers_as_one_at_a_time(strong):
     """``guard_workers=2`` (threads) against 1, on 10 runs: folds of 3, 3, 2 and 2 held-out runs, so
-    two training-run counts and two programs to compile, each by one thread first."""
+    two training-run counts and two programs to compile; with 2 the first two folds start together,
+    each tracing under the lock while the other computes (``inference.TRACING``)."""
     runs = strong[0].select_runs(np.arange(10))
     options = {"num_steps": 200, "num_draws": 20, "progress": False}
     one, two = (fit_method("bayes-svi", runs, FitContext(options={**options, "guard_workers": k})) for k in (1, 2))

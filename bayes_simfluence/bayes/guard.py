@@ -46,8 +46,8 @@ __all__ = ["FOLDS", "MIN_RUNS_PER_FOLD", "Stacking", "describe", "stack_against_
 
 def stack_against_blind(fit: Callable[[Runs], Simulator], runs: Runs, folds: int = FOLDS,
                         progress: bool = False, workers: int = 1, blind: AlternativeFit = blind_alternative,
-                        blind_name: str = BLIND_NAME) -> Stacking:
+                        blind_name: str = BLIND_NAME, alone_first: bool = True) -> Stacking:
     """Cross-fit ``fit`` over folds of ``runs`` and choose the stacking weights against the blind
     model ``blind(train, fitted)`` (named ``blind_name`` in the report):
     :func:`bayes_simfluence.stacking.cross_fit_stacking`, whose arguments these are."""
-    return cross_fit_stacking(fit, runs, folds, progress, workers, blind, blind_name)
+    return cross_fit_stacking(fit, runs, folds, progress, workers, blind, blind_name, alone_first)

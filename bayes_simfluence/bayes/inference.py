@@ -22,7 +22,9 @@ and with the exact posterior on the reference problems (``tests/test_bayes_infer
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -222,6 +224,13 @@ def _guide(program: "SviProgram", model: Any, init_values: dict[str, Array], fix
     raise ValueError(f"guide must be one of {GUIDES}, got {kind!r}")
 
 
+#: NumPyro's effect handlers live on one global stack, which two threads tracing a model at once
+#: would corrupt. An SVI fit traces its programs (initialisation, the first chunk of steps, the
+#: draws) while holding this lock and runs the compiled steps outside it, so fits in threads (the
+#: guard's cross-fits) overlap where they compute, the first of each shape included.
+TRACING = threading.Lock()
+
+
 def elbo_converged(losses: np.ndarray, rtol: float = 1e-4) -> tuple[bool, dict[str, float]]:
     """Compare the mean loss (negative ELBO) of the last two windows (each 10% of the steps).
 
@@ -362,21 +371,24 @@ def run_svi(data: ModelData, config: ModelConfig, guide: str = "normal", num_ste
         if guide == "conditional":
             raw = site_statistics(data.curricula, data.previous, data.change, data.n_train, config)
             statistics = {k: placed(real(v), mesh, 2) for k, v in raw.items()}
-        if warm_start is None:
-            state = _svi_init(jax.random.PRNGKey(seed), data_args, init_values, fixed_values, statistics,
-                              program=program)
-        else:  # the state SVI.init builds, from the given parameters
-            params = {k: placed(real(v), mesh, np.ndim(v) - 1) for k, v in warm_start.items()}
-            state = SVIState(ClippedAdam(step_size=learning_rate).init(params), None, jax.random.PRNGKey(seed))
+        with TRACING:
+            if warm_start is None:
+                state = _svi_init(jax.random.PRNGKey(seed), data_args, init_values, fixed_values, statistics,
+                                  program=program)
+            else:  # the state SVI.init builds, from the given parameters
+                params = {k: placed(real(v), mesh, np.ndim(v) - 1) for k, v in warm_start.items()}
+                state = SVIState(ClippedAdam(step_size=learning_rate).init(params), None, jax.random.PRNGKey(seed))
         initial_params = {k: np.asarray(v) for k, v in _unconstrained_params(state).items()}
         length, parts = _chunk_length(num_steps), []
-        for _ in tqdm(range(num_steps // length), desc="SVI", unit=f"x{length} steps", disable=not progress):
-            state, chunk_losses = _svi_steps(state, data_args, init_values, fixed_values, statistics,
-                                             program=program, length=length)
+        for chunk in tqdm(range(num_steps // length), desc="SVI", unit=f"x{length} steps", disable=not progress):
+            with TRACING if chunk == 0 else contextlib.nullcontext():  # the first call traces; later ones run
+                state, chunk_losses = _svi_steps(state, data_args, init_values, fixed_values, statistics,
+                                                 program=program, length=length)
             parts.append(np.asarray(chunk_losses))
         losses = np.concatenate(parts)
-        samples = _svi_draws(state, jax.random.PRNGKey(seed + 1), data_args, init_values, fixed_values,
-                             statistics, program=program, num_draws=num_draws)
+        with TRACING:
+            samples = _svi_draws(state, jax.random.PRNGKey(seed + 1), data_args, init_values, fixed_values,
+                                 statistics, program=program, num_draws=num_draws)
         samples = {k: np.asarray(v) for k, v in samples.items()}
         guide_params = {k: np.asarray(v) for k, v in _unconstrained_params(state).items()}
     seconds = time.perf_counter() - start

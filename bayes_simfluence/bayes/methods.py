@@ -76,9 +76,11 @@ AUTO_CG_ROWS_PER_TEST = 2e8
 GUARD_STEP_FRACTION = 1.0
 #: bayes-svi's cross-fits run this many at once (option ``guard_workers``; threads: a fit keeps
 #: about 1.5 of 2 CPU cores busy, and two at once took the guard from 124 s to 101 s at
-#: ``N=T=1000, R=16, M=64`` with the same numbers). Two cross-fits hold twice the memory of one,
-#: so by default they run at once only while their arrays take at most half the free memory.
-#: NUTS and the exact path trace their programs per fit, so they cross-fit one at a time.
+#: ``N=T=1000, R=16, M=64`` with the same numbers), the first two included: each traces its
+#: programs under :data:`~bayes_simfluence.bayes.inference.TRACING` while the other computes. Two
+#: cross-fits hold twice the memory of one, so by default they run at once only while their arrays
+#: take at most half the free memory. NUTS and the exact path trace their programs per fit outside
+#: that lock, so they cross-fit one at a time.
 GUARD_WORKERS = 2
 #: the variants ``-o variant=auto`` chooses between (:func:`variant_check`), the default first
 AUTO_VARIANTS = ("linear", "additive")
@@ -363,7 +365,8 @@ def _guard(method: str, train: Runs, options: dict[str, Any], seed: int, result:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the folds' own convergence notes; the full fit has warned already
         return guard.stack_against_blind(cross_fit, train, folds, workers=workers or 1,
-                                         progress=options.get("progress", True), **blind)
+                                         progress=options.get("progress", True), alone_first=method != "svi",
+                                         **blind)  # bayes-svi traces under inference.TRACING
 
 
 def _state_only(runs: Runs, fitted: BayesianSimfluence) -> StateTrajectory:
