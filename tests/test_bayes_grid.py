@@ -99,6 +99,42 @@ def test_grid_density_is_the_prior_times_the_dense_marginal_likelihood(data, dec
     assert grid_log_density(data, without, 0, decay, sigma, scale) == pytest.approx(log_lik + log_prior, abs=1e-6)
 
 
+def test_log_evidence_is_the_marginal_likelihood_integrated_densely(data):
+    """The fit's ``log_evidence`` against ``log p(y) = log int p(y | sigma, s) p(sigma) p(s)``, the
+    dense Gaussian marginal (the common level integrated out as above) integrated numerically over
+    ``(log sigma, log s)`` on a fine uniform grid of its own, without the fit's coordinates."""
+    config = ModelConfig()  # no memory: the evidence is a double integral
+    fit = grid.run_grid(data, config, num_draws=20, seed=0, progress=False)
+    y_all = data.change.reshape(data.n_runs * data.n_steps, data.n_tests)
+    for m in range(data.n_tests):
+        x, level = dense_features(data, m, 0.0), level_feature(data, m, 0.0)
+        base = step_covariance(data, config) + grid.LEVEL_PRIOR**2 * np.outer(level, level)
+
+        def log_joint(log_sigma, log_scale):
+            sigma, scale = np.exp(log_sigma), np.exp(log_scale)
+            cov = sigma[:, None, None] ** 2 * base + scale[:, None, None] ** 2 * (x @ x.T)
+            _, logdet = np.linalg.slogdet(cov)
+            quad = np.einsum("i,nij,j->n", y_all[:, m], np.linalg.inv(cov), y_all[:, m])
+            log_lik = -0.5 * (len(base) * np.log(2 * np.pi) + logdet + quad)
+            return (log_lik + stats.halfnorm(scale=config.noise_prior).logpdf(sigma) + log_sigma
+                    + stats.halfnorm(scale=config.effect_scale_prior).logpdf(scale) + log_scale)
+
+        def integral(sigmas, scales):
+            u, v = np.meshgrid(sigmas, scales, indexing="ij")
+            density = log_joint(u.reshape(-1), v.reshape(-1)).reshape(u.shape)
+            return density, (np.log(np.exp(density - density.max()).sum()) + density.max()
+                             + np.log((sigmas[1] - sigmas[0]) * (scales[1] - scales[0])))
+
+        coarse_sigmas, coarse_scales = np.linspace(-9, 1, 101), np.linspace(-45, 0, 181)
+        density, _ = integral(coarse_sigmas, coarse_scales)
+        near = density > density.max() - 30  # the box holding every cell within 30 log units of the best
+        rows, cols = np.flatnonzero(near.any(1)), np.flatnonzero(near.any(0))
+        assert 0 < rows[0] and rows[-1] < 100 and 0 < cols[0] and cols[-1] < 180  # inside the coarse box
+        _, log_evidence = integral(np.linspace(coarse_sigmas[rows[0] - 1], coarse_sigmas[rows[-1] + 1], 150),
+                                   np.linspace(coarse_scales[cols[0] - 1], coarse_scales[cols[-1] + 1], 300))
+        assert fit.info["log_evidence"][m] == pytest.approx(log_evidence, abs=0.005)
+
+
 def dense_posterior(data, config, m, decay, sigma, scale):
     """``(mean, cov)`` of the effects ``(a', B)`` and, where the model learns it, the common level's
     coefficient on its unit-RMS feature (last), given the hyperparameters, written out densely."""

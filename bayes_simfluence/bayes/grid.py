@@ -36,7 +36,10 @@ probabilities are the posterior: a draw picks a cell by its probability and a po
 inside it (the decay at the centre of one of the schedule's parts of its cell, so that the
 statistics are computed once per part rather than once per draw). :func:`run_grid` reports the
 mass of the outer cells where the grid ends inside a parameter's range (``edge_mass``): large
-values mean the box cut the posterior off.
+values mean the box cut the posterior off. It also reports each test example's log marginal
+likelihood ``log p(y)`` of its standardised changes (``log_evidence [tests]``: the last grid's
+density summed over its cells times their volume), which compares settings the grid does not
+integrate over (such as ``drift_smoothness``) by evidence.
 
 Cost: one ``[features, features]`` Gram matrix of the dense remembered features
 (``runs * steps * features^2`` operations) and one eigendecomposition per (test example, decay
@@ -454,6 +457,11 @@ def _resolved(grid: _Grid, log_density: np.ndarray) -> np.ndarray:
     return done
 
 
+def _log_cell_volume(grid: _Grid) -> np.ndarray:
+    """``[tests]`` log volume of a cell in ``(decay, log tau, delta)`` (axes of one point count 1)."""
+    return sum(np.log(_spacing(points)) for points in grid if points.shape[1] > 1)
+
+
 def edge_mass(grid: _Grid, weights: np.ndarray) -> np.ndarray:
     """``[tests]`` probability of the outer cells of each axis, where the grid ends inside the
     parameter's range (not at a decay of 0 or :data:`DECAY_MAX`, nor at the ends of
@@ -553,7 +561,9 @@ def integrate(data: ModelData, config: ModelConfig, evidence_of: EvidenceOf, sch
         fine = _Grid(*(np.where(done[:, None], old, new) for old, new in zip(fine, refined)))
     flat = log_density.reshape(n_tests, -1)
     weights = np.exp(flat - flat.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
+    total = weights.sum(axis=1, keepdims=True)
+    log_evidence = flat.max(axis=1) + np.log(total[:, 0]) + _log_cell_volume(fine)
+    weights /= total
     shape = log_density.shape[1:]
     cut = edge_mass(fine, weights.reshape((n_tests,) + shape))
     if not done.all():
@@ -577,6 +587,7 @@ def integrate(data: ModelData, config: ModelConfig, evidence_of: EvidenceOf, sch
     sigma, scale = np.exp(log_sigma), np.exp(log_sigma + log_tau.reshape(-1))
     info = {"coarse": list(schedule.coarse), "fine": list(schedule.fine), "refinements": refinement,
             "edge_mass": float(cut.max()), "unresolved_tests": np.flatnonzero(~done).tolist(),
+            "log_evidence": log_evidence.tolist(),
             "decay_box": [[float(b[0]), float(b[-1])] for b in fine.decay]}
     return Hyperparameters(decay, sigma.reshape(num_draws, n_tests), scale.reshape(num_draws, n_tests), info)
 
