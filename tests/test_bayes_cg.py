@@ -145,13 +145,16 @@ def test_perturb_and_map_draws_follow_the_dense_posterior_of_the_effects(data, v
 def test_bayes_cg_agrees_with_bayes_grid_where_both_run():
     """On runs drawn from the model (with optimiser memory, the common level and the step
     component), the two backends' posteriors of the effects, the noise and the decay agree within
-    Monte Carlo error; bayes-cg's only approximations are its quadratures."""
+    Monte Carlo error, and so do their log evidences; bayes-cg's only approximations are its
+    quadratures."""
     data = remembering_runs(0.5, n_train=10, n_tests=3, n_runs=8, n_steps=20, batch_size=3, seed=2)
     config = ModelConfig(memory="geometric")
     n = 400
-    dense = grid.run_grid(data, config, num_draws=n, seed=0, progress=False).draws
+    dense_fit = grid.run_grid(data, config, num_draws=n, seed=0, progress=False)
+    dense = dense_fit.draws
     fit = krylov.run_cg(data, config, num_draws=n, seed=1, progress=False)
     assert fit.info["cg_unconverged"] == 0
+    np.testing.assert_allclose(fit.info["log_evidence"], dense_fit.info["log_evidence"], atol=0.01)
     for name in ("a", "B", "noise_scale", "memory_decay"):
         ours, theirs = fit.draws[name][0], dense[name][0]
         sd = np.sqrt((ours.var(0) + theirs.var(0)) / 2)

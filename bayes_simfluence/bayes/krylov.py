@@ -40,7 +40,8 @@ coefficients are then drawn from their exact conditional given ``w``, and the st
 
 Approximations, against the dense path: the two quadratures (the Lanczos steps
 :data:`LANCZOS_STEPS` and the probes bound their error; the tests compare with the dense
-evidence), and the conjugate-gradient tolerance of the draws (reported by the fit). Memory is
+evidence; the fit's ``log_evidence`` carries the same error), and the conjugate-gradient tolerance
+of the draws (reported by the fit). Memory is
 ``(probes + 1) x (features + runs * steps * batch)`` per pair computed at once (a chunk of pairs, or
 one where :func:`sequential_pairs`): no matrix of ``features^2`` is ever formed.
 """
