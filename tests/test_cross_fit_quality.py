@@ -12,11 +12,6 @@ are expected to be slightly worse, never better) fail for cross-fits much worse 
 or leaking held-out runs.
 """
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -49,18 +44,7 @@ def held_out_residuals(posterior) -> np.ndarray:
     return mean + (kept - mean) / np.sqrt(1.0 - share)
 
 
-def ratios_in_a_fresh_process() -> list[float]:
-    """:func:`residual_ratio` of every seed, computed in a new interpreter that imports no torch: in the
-    full suite a worker may have loaded torch for an earlier test file, and XLA's compilation of these
-    fits then crashed such workers at random (a segfault; docs/developer.md, CI)."""
-    code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
-            "import test_cross_fit_quality as t; print(json.dumps([t.residual_ratio(s) for s in t.SEEDS]))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=1100)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 def test_heldout_residuals_have_the_spread_of_the_final_fits_misses_on_fresh_runs():
-    ratios = ratios_in_a_fresh_process()
+    ratios = [residual_ratio(seed) for seed in SEEDS]
     assert 0.95 <= np.mean(ratios) <= 1.10, ratios
