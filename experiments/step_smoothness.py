@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import retraining_study as study  # noqa: E402
 
-from bayes_simfluence.metrics import all_steps_mse, spearman_across_runs  # noqa: E402
+from bayes_simfluence.metrics import all_steps_mse, spearman_runs  # noqa: E402
 from bayes_simfluence.runs import Runs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -44,8 +44,7 @@ def paired_lds(predicted: np.ndarray, baseline: np.ndarray, observed: np.ndarray
     """``(LDS, baseline LDS, difference, 90% bootstrap interval of the difference)`` of final losses
     ``[runs, steps + 1, tests]``, resampling held-out runs (the same resample for both)."""
     def lds(rows: np.ndarray, which: np.ndarray) -> float:
-        rho, _ = spearman_across_runs(which[rows], observed[rows])
-        return float(np.nanmean(rho))
+        return spearman_runs(which[rows], observed[rows])[0]
 
     everything = np.arange(len(observed))
     rng = np.random.default_rng(seed)
