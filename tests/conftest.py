@@ -5,16 +5,17 @@ import importlib.util
 import logging
 import os
 import signal
+import sys
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 
 # JAX's persistent compilation cache, only where torch is not installed (the core-only job). With
-# torch in the same process (every worker of the full suite imports it while collecting
-# tests/collect), writing JAX 0.10's cache crashed pytest-xdist workers (a segfault in libgcc_s's
-# unwinder under compilation_cache.put_executable_and_time), and a crashed worker then hung the
-# session; that suite takes about as long without the cache. Where it is on, compiled programs are
+# torch in the same process (as it was in every worker while tests/collect was collected with the
+# rest), writing JAX 0.10's cache crashed pytest-xdist workers (a segfault in libgcc_s's unwinder
+# under compilation_cache.put_executable_and_time), and a crashed worker then hung the session; that
+# suite takes about as long without the cache. Where it is on, compiled programs are
 # shared with the processes tests start (CLI subprocesses inherit the environment); entries are
 # keyed by the program and the JAX, jaxlib and XLA versions, one folder per JAX version.
 if importlib.util.find_spec("torch") is None:
@@ -39,6 +40,21 @@ def local_ray():
              logging_level=logging.WARNING)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def torch_stays_out(request):
+    """A test outside tests/collect that loads torch into its process fails.
+
+    Nothing else frees it: every later test of that pytest-xdist worker runs beside torch, and a
+    worker with torch loaded crashed compiling XLA programs (a segfault, in three CI runs, in
+    tests/test_cross_fit_quality.py; torch had come from a test's ``find_spec`` of a collect module).
+    Such tests run their torch code in a subprocess instead.
+    """
+    before = "torch" in sys.modules
+    yield
+    if not before and "torch" in sys.modules and "collect" not in request.node.path.parts:
+        pytest.fail("this test loaded torch into the test process (run that code in a subprocess)")
 
 
 def pytest_sessionfinish(session):
