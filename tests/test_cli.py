@@ -220,9 +220,16 @@ def _module_of(package: str, name: str) -> str:
 
 
 #: imports a command module may make inside its functions without declaring them: the collect layer
-#: (torch, transformers, datasets; a test worker that had loaded torch crashed compiling XLA programs
-#: later, in tests/test_cross_fit_quality.py) and the commands themselves.
+#: (torch, transformers, datasets) and the commands themselves.
 OWN_LAYERS = ("bayes_simfluence.collect", "bayes_simfluence.commands")
+
+
+def _checked(module: str) -> bool:
+    """Whether an import of ``module`` must be declared: the package's own, outside :data:`OWN_LAYERS`.
+    Asked before :func:`_module_of`, whose ``find_spec`` imports the parent of what it looks up
+    (``collect.collector.collect`` imported collect.collector, hence torch, into a test worker that
+    later crashed compiling XLA programs, in tests/test_cross_fit_quality.py)."""
+    return module.split(".")[0] == "bayes_simfluence" and not module.startswith(OWN_LAYERS)
 
 
 def _imported_inside_functions(path: Path) -> set[str]:
@@ -234,15 +241,13 @@ def _imported_inside_functions(path: Path) -> set[str]:
         if not isinstance(function, ast.FunctionDef):
             continue
         for node in ast.walk(function):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                if node.module.startswith(OWN_LAYERS):  # before _module_of: find_spec of
-                    continue  # "collect.collector.collect" imports collect.collector, hence torch
+            if isinstance(node, ast.ImportFrom) and node.module and _checked(node.module):
                 names = [_module_of(node.module, alias.name) for alias in node.names]
             elif isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             else:
                 continue
-            found |= {name for name in names if name.startswith("bayes_simfluence.") and not name.startswith(OWN_LAYERS)}
+            found |= {name for name in names if name.startswith("bayes_simfluence.") and _checked(name)}
     return found
 
 
