@@ -28,6 +28,7 @@ class Backend:
         needs_step_component: it fits only the model with the step component.
         run_state: it fits the shared run state.
         features: it fits the feature prior (effects regressed on the training examples' features).
+        residual_off: it fits the model without per-example residual effects (``-o residual=false``).
         calibrated: what simulation-based calibration showed (``experiments/results/``).
         cost: its cost, in words.
         runner: its inference routine, ``"module:function"`` (imported when it runs): ``(data,
@@ -42,6 +43,7 @@ class Backend:
     needs_step_component: bool
     run_state: bool
     features: bool
+    residual_off: bool
     calibrated: str
     cost: str
     runner: str
@@ -50,25 +52,25 @@ class Backend:
 
 BACKENDS: dict[str, Backend] = {
     "grid": Backend("bayes-grid", "hyperparameters on a grid, everything else exact", ("normal",),
-                    ("none", "geometric"), True, True, True, "every quantity passes SBC",
+                    ("none", "geometric"), True, True, True, True, "every quantity passes SBC",
                     "runs x steps x (2 n_train)^2 per test example and grid point",
                     "bayes_simfluence.bayes.grid:run_grid", "geometric"),
     "cg": Backend("bayes-cg", "bayes-grid's model and grid, matrix-free: Lanczos evidence, perturb-and-MAP draws",
-                  ("normal",), ("none", "geometric"), True, True, True,
+                  ("normal",), ("none", "geometric"), True, True, True, True,
                   "bayes-grid's up to its quadratures (tests compare them with the dense path)",
                   "runs x steps x batch per product; (probes + 1) x Lanczos steps products per decay value, "
                   "CG iterations per draw", "bayes_simfluence.bayes.krylov:run_cg", "geometric"),
     "svi": Backend("bayes-svi", "variational (autoguides, or exact conditionals given the hyperparameters)",
-                   ("normal", "student_t"), ("none", "geometric"), False, False, True,
+                   ("normal", "student_t"), ("none", "geometric"), False, False, True, False,
                    "effects close to exact with the conditional guide; hyperparameters fail SBC",
                    "runs x steps x batch x tests per optimisation step",
                    "bayes_simfluence.bayes.inference:run_svi", "geometric"),
     "nuts": Backend("bayes-nuts", "NUTS on the full model", ("normal", "student_t"), ("none", "geometric"),
-                    False, False, True, "exact in the limit; for small problems and checks",
+                    False, False, True, False, "exact in the limit; for small problems and checks",
                     "gradient evaluations of the full model per draw",
                     "bayes_simfluence.bayes.inference:run_nuts", "geometric"),
     "exact": Backend("bayes-exact", "NUTS on the hyperparameters, exact draws of the effects", ("normal",),
-                     ("none",), False, False, False, "exact up to NUTS on a few hyperparameters",
+                     ("none",), False, False, False, False, "exact up to NUTS on a few hyperparameters",
                      "one (2 n_train)^2 eigendecomposition per test example",
                      "bayes_simfluence.bayes.inference:run_exact", "none"),
 }
@@ -100,6 +102,9 @@ def unsupported(config: Any, backend: str) -> tuple[str, str] | None:
         return "run_state", f"{spec.name} has no run state ({those_with('run_state')} have)"
     if getattr(config, "features", False) and not spec.features:
         return "features", f"{spec.name} has no feature prior ({those_with('features')} have)"
+    if not getattr(config, "residual_effects", True) and not spec.residual_off:
+        return "residual", (f"{spec.name} fits only the model with per-example residual effects "
+                            f"({those_with('residual_off')} fit it without)")
     return None
 
 
@@ -113,9 +118,9 @@ def check_supported(config: Any, backend: str) -> None:
 def backends_markdown() -> str:
     """The table of backends and what each supports (the docs' methods page)."""
     lines = ["| method | inference | likelihoods | optimiser memory | without the step component | run state "
-             "| feature prior | calibration | cost |", "|---|---|---|---|---|---|---|---|---|"]
+             "| feature prior | without residual effects | calibration | cost |", "|---|---|---|---|---|---|---|---|---|---|"]
     for spec in BACKENDS.values():
         lines.append(f"| `{spec.name}` | {spec.inference} | {', '.join(spec.likelihoods)} | "
                      f"{', '.join(spec.memories)} | {'no' if spec.needs_step_component else 'yes'} | "
-                     f"{'yes' if spec.run_state else 'no'} | {'yes' if spec.features else 'no'} | {spec.calibrated} | {spec.cost} |")
+                     f"{'yes' if spec.run_state else 'no'} | {'yes' if spec.features else 'no'} | {'yes' if spec.residual_off else 'no'} | {spec.calibrated} | {spec.cost} |")
     return "\n".join(lines)

@@ -399,8 +399,11 @@ def _evaluate(data: ModelData, config: ModelConfig, grid: _Grid, evidence_of: Ev
 def _coarse_grid(n_tests: int, n_obs: int, config: ModelConfig, schedule: Schedule) -> _Grid:
     coarse = schedule.coarse
     decays = np.linspace(0.0, DECAY_MAX, coarse[0]) if config.has_memory else np.zeros(1)
+    # without residual effects (s = 0) the tau axis is one point at the bottom of its range, where
+    # tau^2 G is below rounding and the effects are the nuisance columns' (level, features) alone
+    log_taus = np.linspace(*LOG_TAU_RANGE, coarse[1]) if config.residual_effects else np.array([LOG_TAU_RANGE[0]])
     half = DELTA_SDS / math.sqrt(2 * n_obs)
-    return _Grid(np.tile(decays, (n_tests, 1)), np.tile(np.linspace(*LOG_TAU_RANGE, coarse[1]), (n_tests, 1)),
+    return _Grid(np.tile(decays, (n_tests, 1)), np.tile(log_taus, (n_tests, 1)),
                  np.tile(np.linspace(-half, half, coarse[2]), (n_tests, 1)))
 
 

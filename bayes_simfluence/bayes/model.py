@@ -158,6 +158,12 @@ class ModelConfig:
             paths (``bayes-grid``, ``bayes-cg``) on their design columns divided by their root mean
             square, in units of ``sigma``; in the NumPyro model (SVI, NUTS) per unit of each
             standardised feature, in units of ``location_prior`` (:func:`feature_means`).
+        residual_effects: each training example's own effect beyond the common level and the
+            feature regression (``(a', B') ~ N(0, s^2)``). False: the effects are the common level and
+            the regression alone (``s = 0``; ``bayes-grid`` and ``bayes-cg``, where it pins the grid's
+            ``tau = s / sigma`` at the bottom of its range). Per-example effects fitted to one-step
+            changes can roll out worse than the regression where each example's own effect is weakly
+            identified (``docs/results/calibration.md``, the feature prior on the scalable path).
     """
 
     variant: str = "linear"
@@ -178,6 +184,7 @@ class ModelConfig:
     state_prior: float = 0.3
     features: bool = False
     feature_prior: float = 1.0
+    residual_effects: bool = True
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
