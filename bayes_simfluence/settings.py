@@ -104,9 +104,11 @@ class Settings(TypedDict, total=False):
         "sd of the prior of the feature coefficients: on `bayes-grid` / `bayes-cg` on their unit-RMS design "
         "columns in units of `sigma`; on `bayes-svi` / `bayes-nuts` per unit of each standardised feature, in "
         "units of `location_prior`")]
-    residual: Annotated[bool, _model(
+    residual: Annotated[bool | Literal["auto"], _model(
         "each training example's own effect beyond the common level and the feature regression; `false`: "
-        "the effects are those two alone (`bayes-grid`, `bayes-cg`)", field="residual_effects")]
+        "the effects are those two alone (`bayes-grid`, `bayes-cg`); `auto` (with features, the guard and "
+        "one of those two): `false` where the guard's held-out runs rank better without them by more than "
+        "one standard error", field="residual_effects")]
     # inference
     num_draws: Annotated[int, Setting("inference", ("bayes", "bayes-grid", "bayes-cg", "bayes-svi"),
                                       "posterior draws kept", minimum=1)]

@@ -10,9 +10,12 @@ process score the roll-outs.
 import numpy as np
 import pytest
 from test_feature_prior import featured_runs
+from test_variant_auto import stacking_with_predictions
 
 import bayes_simfluence as bsf
+from bayes_simfluence.bayes.methods import ranking_check
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
+from bayes_simfluence.runs import Runs
 from bayes_simfluence.validation import InputError
 
 BETA = (0.02, -0.01)
@@ -63,3 +66,43 @@ def test_backends_that_fit_only_residual_effects_refuse_the_option():
         with pytest.raises(InputError, match=rf"residual: {method} fits only the model with per-example residual "
                                              r"effects \(bayes-grid and bayes-cg fit it without\)"):
             bsf.fit(runs, method=method, residual=False, guard=False, progress=False)
+
+
+def test_auto_keeps_the_residuals_unless_the_model_without_them_ranks_better_by_a_standard_error():
+    """The rule on held-out predictions whose rankings are constructed: tied, the residual effects
+    stay (the default); the model without them ranked right and the full one unrelated to the runs:
+    off; the other way round: on."""
+    runs, _, _ = featured_runs(n_runs=40)
+    observed = runs.losses[:, -1]
+    noise = np.random.default_rng(1).standard_normal(observed.shape)
+    good = stacking_with_predictions(runs, observed + 0.1 * observed.std(0) * noise)
+    unrelated = stacking_with_predictions(runs, noise)
+    labels = {True: "residual effects", False: "no residual effects"}
+    assert ranking_check({True: good, False: good}, runs, labels)["chosen"] is True
+    better = ranking_check({True: unrelated, False: good}, runs, labels)
+    assert better["chosen"] is False and better["gain_no residual effects"] > 3 * better["gain_no residual effects_se"]
+    assert "with no residual effects (residual effects" in better["reason"]
+    assert ranking_check({True: good, False: unrelated}, runs, labels)["chosen"] is True
+
+
+def test_auto_runs_the_check_with_features_and_the_guard_and_says_why_not_elsewhere(tmp_path, capsys):
+    from bayes_simfluence.cli import main
+
+    runs, _, _ = featured_runs(n_runs=16, n_steps=30, seed=5)
+    runs.save(tmp_path / "train.npz")
+    out = tmp_path / "posterior.nc"
+    assert main(["fit", "--train", str(tmp_path / "train.npz"), "--method", "bayes-grid", "-o", "residual=auto",
+                 "-o", "memory=none", "-o", "run_state=false", "--out", str(out)]) == 0
+    line = next(text for text in capsys.readouterr().out.splitlines() if text.startswith("residual effects:"))
+    loaded = bsf.load(out)
+    check = loaded.info["residual_check"]
+    assert set(check["heldout_lds"]) == {"residual effects", "no residual effects"} and check["runs"] == 16
+    assert loaded.config.residual_effects is check["chosen"]
+    assert line.startswith(f"residual effects: {'on' if check['chosen'] else 'off'} (auto: LDS on the guard's 16")
+    plain = Runs.create(runs.curricula, runs.losses, runs.n_train)
+    without = bsf.fit(plain, method="bayes-grid", residual="auto", guard=False, memory="none", progress=False)
+    assert without.config.residual_effects and "no feature prior" in without.info["residual_off"]
+    unguarded = bsf.fit(runs, method="bayes-grid", residual="auto", guard=False, memory="none", progress=False)
+    assert unguarded.config.residual_effects and "guard=false" in unguarded.info["residual_off"]
+    named = bsf.fit(runs, method="bayes-grid", guard=False, memory="none", progress=False)
+    assert named.config.residual_effects and not {"residual_off", "residual_check"} & set(named.info)

@@ -76,6 +76,9 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
     if blocks > 1 and str(context.options.get("variant", "")).lower() == "auto":
         raise InputError("-o variant=auto: the variant is chosen once from all test examples' held-out runs; fit "
                          "without test blocks, or name the variant (linear or additive)")
+    if blocks > 1 and str(context.options.get("residual", "")).lower() == "auto":
+        raise InputError("-o residual=auto: the choice is made once from all test examples' held-out runs; fit "
+                         "without test blocks, or name it (true or false)")
     if blocks > 1:
         if state_choice is True:
             raise InputError("-o run_state=true: the run state is shared by all test examples and estimated from "

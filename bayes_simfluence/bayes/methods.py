@@ -113,7 +113,7 @@ def split_options(parsed: dict[str, Any], method: str) -> tuple[ModelConfig, dic
             model_kwargs[meta.field or key] = value
         elif meta.group == "inference" or key == "progress":
             run_kwargs[key] = value
-    for key in ("run_state", "features", "variant"):  # "auto": resolved by fit_bayes, which sees the runs
+    for key in ("run_state", "features", "variant", "residual_effects"):  # "auto": resolved by fit_bayes
         if model_kwargs.get(key) == "auto":
             del model_kwargs[key]
     try:
@@ -188,6 +188,22 @@ def resolve_variant(method: str, train: Runs, value: Any, use_guard: bool, folds
     return ("linear", no_guard) if no_guard is not None else (None, None)
 
 
+def resolve_residual(method: str, value: Any, features: bool, use_guard: bool, train: Runs,
+                     folds: int) -> tuple[bool | None, str | None]:
+    """``(residual effects, why auto kept them)``: the value where it is named or where ``auto`` cannot
+    choose; ``(None, None)`` where the guard's cross-fits choose (:func:`ranking_check`): ``auto`` with
+    the feature prior on bayes-grid or bayes-cg, with the guard and enough runs for it. Without
+    features the model without residuals has only the common level, and ``auto`` keeps them."""
+    if value != "auto":
+        return bool(value), None
+    if not features:
+        return True, "no feature prior: without residual effects only the common level would be left"
+    if method not in GRID_METHODS:
+        return True, f"bayes-{method} fits only the model with residual effects"
+    no_guard = why_no_guard(train, use_guard, folds)
+    return (True, no_guard) if no_guard is not None else (None, None)
+
+
 def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) -> BayesianSimfluence:
     """Fit the Bayesian model on ``train`` with ``method`` in ``{"svi", "nuts", "exact", "grid", "cg"}``.
 
@@ -217,10 +233,12 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
     options["features"], features_off = resolve_features(method, train, options.get("features", "auto"),
                                                          options.get("guide"))
     options["variant"], variant_off = resolve_variant(method, train, options.get("variant", "linear"), use_guard, folds)
-    stackings: dict[tuple[str, bool], guard.Stacking] = {}
+    options["residual"], residual_off = resolve_residual(method, options.get("residual", True), options["features"],
+                                                         use_guard, train, folds)
+    stackings: dict[tuple[str, bool, bool], guard.Stacking] = {}
 
     def guarded(chosen: dict[str, Any]) -> guard.Stacking:  # grid cross-fits start afresh: no full fit needed first
-        key = (chosen["variant"], chosen["run_state"])
+        key = (chosen["variant"], chosen["run_state"], chosen["residual"])
         if key not in stackings:
             stackings[key] = _guard(method, train, chosen, seed, None, folds, guard_steps, workers)
         return stackings[key]
@@ -230,6 +248,12 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         variant_report = variant_check({variant: guarded({**options, "variant": variant}) for variant in AUTO_VARIANTS},
                                        train)
         options["variant"] = variant_report["chosen"]
+    residual_report = None
+    if options["residual"] is None:  # -o residual=auto with features and the guard: chosen by held-out ranking
+        residual_report = ranking_check({True: guarded({**options, "residual": True}),
+                                         False: guarded({**options, "residual": False})}, train,
+                                        {True: "residual effects", False: "no residual effects"})
+        options["residual"] = residual_report["chosen"]
     if requested == "auto" and options["run_state"]:  # bayes-grid with its guard: kept where held-out runs favour it
         plain_options = {**options, "run_state": False}
         stacking, plain = guarded(options), guarded(plain_options)
@@ -237,7 +261,7 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         if not check["kept"]:
             options, stacking, state_off = plain_options, plain, check["reason"]
         posterior, result = _fit_once(method, train, options, seed)
-    elif variant_report is not None:
+    elif variant_report is not None or residual_report is not None:
         stacking = guarded(options)
         posterior, result = _fit_once(method, train, options, seed)
     else:
@@ -247,6 +271,10 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         posterior.info["variant_check"] = variant_report
     if variant_off is not None and parsed.get("variant") == "auto":
         posterior.info["variant_off"] = variant_off
+    if residual_report is not None:
+        posterior.info["residual_check"] = residual_report
+    if residual_off is not None and parsed.get("residual") == "auto":
+        posterior.info["residual_off"] = residual_off
     if check is not None:
         posterior.info["run_state_check"] = check
     if state_off is not None:
@@ -306,9 +334,7 @@ def heldout_ranking(stacking: guard.Stacking, runs: Runs, index: np.ndarray | No
 def variant_check(stackings: dict[str, guard.Stacking], runs: Runs, sds: float = VARIANT_CHECK_SDS,
                   resamples: int = VARIANT_CHECK_RESAMPLES, seed: int = 0) -> dict[str, Any]:
     """Which variant ``-o variant=auto`` fits, from the guard's cross-fits of each (``stackings``, keyed
-    by variant, the default first as in :data:`AUTO_VARIANTS`): the default unless another's LDS on the
-    held-out runs (:func:`heldout_ranking`, Park et al. 2023, on runs no cross-fit saw) is higher by
-    more than ``sds`` standard errors of the gain, from a paired bootstrap over held-out runs.
+    by variant, the default first as in :data:`AUTO_VARIANTS`): :func:`ranking_check`.
 
     Why ranking and not the guard's squared error: the variants' squared errors are dominated by the
     trajectory every run shares, which the linear variant's multiplicative part follows better,
@@ -318,22 +344,35 @@ def variant_check(stackings: dict[str, guard.Stacking], runs: Runs, sds: float =
     variant (the one-standard-error rule): on a real set where the two tied on the guard's runs, the
     additive variant ranked new runs far worse (``docs/results/runs_needed.md``).
     """
-    names = list(stackings)
+    return ranking_check(stackings, runs, {name: name for name in stackings}, sds, resamples, seed)
+
+
+def ranking_check(stackings: dict[Any, guard.Stacking], runs: Runs, labels: dict[Any, str],
+                  sds: float = VARIANT_CHECK_SDS, resamples: int = VARIANT_CHECK_RESAMPLES,
+                  seed: int = 0) -> dict[str, Any]:
+    """Which of the models ``stackings`` (the guard's cross-fits of each, keyed by the setting's value,
+    the default first; ``labels``: each value in words) an ``auto`` setting fits: the default unless
+    another's LDS on the held-out runs (:func:`heldout_ranking`, Park et al. 2023, on runs no
+    cross-fit saw) is higher by more than ``sds`` standard errors of the gain, from a paired bootstrap
+    over held-out runs. The report's ``chosen`` is the chosen key; its other entries are keyed by label."""
+    keys = list(stackings)
     rng = np.random.default_rng(seed)
-    lds = {name: heldout_ranking(stackings[name], runs) for name in names}
-    draws = np.array([[heldout_ranking(stackings[name], runs, index) for name in names]
+    lds = {key: heldout_ranking(stackings[key], runs) for key in keys}
+    draws = np.array([[heldout_ranking(stackings[key], runs, index) for key in keys]
                       for index in rng.integers(0, runs.n_runs, (resamples, runs.n_runs))])
-    report: dict[str, Any] = {"heldout_lds": lds, "runs": runs.n_runs, "chosen": names[0]}
+    report: dict[str, Any] = {"heldout_lds": {labels[key]: lds[key] for key in keys}, "runs": runs.n_runs,
+                              "chosen": keys[0]}
     best_gain = 0.0
-    for column, name in enumerate(names[1:], start=1):
-        gain, error = lds[name] - lds[names[0]], float(np.nanstd(draws[:, column] - draws[:, 0], ddof=1))
-        report[f"gain_{name}"], report[f"gain_{name}_se"] = gain, error
+    for column, key in enumerate(keys[1:], start=1):
+        gain, error = lds[key] - lds[keys[0]], float(np.nanstd(draws[:, column] - draws[:, 0], ddof=1))
+        report[f"gain_{labels[key]}"], report[f"gain_{labels[key]}_se"] = gain, error
         if gain > sds * error and gain > best_gain:
-            report["chosen"], best_gain = name, gain
-    others = ", ".join(f"{name} {lds[name]:.3f}" for name in names if name != report["chosen"])
-    report["reason"] = (f"auto: LDS on the guard's {runs.n_runs} held-out runs {lds[report['chosen']]:.3f} with "
-                        f"{report['chosen']} ({others}; another variant than {names[0]} needs a gain over "
-                        f"{sds:g} bootstrap standard error)")
+            report["chosen"], best_gain = key, gain
+    chosen = report["chosen"]
+    others = ", ".join(f"{labels[key]} {lds[key]:.3f}" for key in keys if key != chosen)
+    report["reason"] = (f"auto: LDS on the guard's {runs.n_runs} held-out runs {lds[chosen]:.3f} with {labels[chosen]} "
+                        f"({others}; another choice than {labels[keys[0]]} needs a gain over {sds:g} bootstrap "
+                        "standard error)")
     return report
 
 

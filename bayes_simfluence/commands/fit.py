@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     variant = info.get("variant_check") or ({"reason": info["variant_off"]} if "variant_off" in info else None)
     if variant is not None:
         print(f"variant: {variant.get('chosen', 'linear')} ({variant['reason']})")
+    residual = info.get("residual_check") or ({"reason": info["residual_off"]} if "residual_off" in info else None)
+    if residual is not None:
+        print(f"residual effects: {'on' if residual.get('chosen', True) else 'off'} ({residual['reason']})")
     check = info.get("run_state_check", {})
     if check.get("kept"):
         print(f"run state: kept (the guard's held-out runs favour it: stacked all-steps MSE "
