@@ -109,10 +109,12 @@ def test_auto_falls_back_to_linear_where_the_guard_cannot_choose_and_says_why():
     assert "variant_off" not in named.info and "variant_check" not in named.info
 
 
-def test_test_blocks_refuse_auto_with_a_one_line_reason():
-    with pytest.raises(InputError, match="variant=auto"):
-        fit_in_blocks("bayes-grid", generated_runs("additive"), FitContext(options={"variant": "auto"}), blocks=2,
+@pytest.mark.parametrize("key", ["variant", "residual"])
+def test_test_blocks_refuse_auto_with_a_one_line_reason(key):
+    with pytest.raises(InputError, match=f"-o {key}=auto: the choice is made once") as error:
+        fit_in_blocks("bayes-grid", generated_runs("additive"), FitContext(options={key: "auto"}), blocks=2,
                       progress=False)
+    assert "\n" not in str(error.value)
 
 
 def test_the_cli_fit_says_which_variant_auto_chose_and_the_saved_posterior_keeps_it(tmp_path, capsys):

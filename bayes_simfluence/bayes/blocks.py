@@ -62,6 +62,10 @@ def fit_block(method: str, train: Runs, context: FitContext) -> BayesianSimfluen
     return fit_method(method, train, context)
 
 
+# options whose ``auto`` compares guard cross-fits over all test examples at once: one block cannot choose
+CHOSEN_FROM_ALL_TESTS = {"variant": "linear or additive", "residual": "true or false"}
+
+
 def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
                   ray: RayFitOptions | None = None, progress: bool = True) -> BayesianSimfluence:
     """Fit a Bayesian ``method`` on ``blocks`` blocks of test examples and merge them.
@@ -73,12 +77,10 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
         raise ValueError(f"fitting in blocks of test examples is for the Bayesian methods; '{method}' fits all "
                          "test examples at once in seconds")
     state_choice = state_flag(context.options.get("run_state", "auto"))
-    if blocks > 1 and str(context.options.get("variant", "")).lower() == "auto":
-        raise InputError("-o variant=auto: the variant is chosen once from all test examples' held-out runs; fit "
-                         "without test blocks, or name the variant (linear or additive)")
-    if blocks > 1 and str(context.options.get("residual", "")).lower() == "auto":
-        raise InputError("-o residual=auto: the choice is made once from all test examples' held-out runs; fit "
-                         "without test blocks, or name it (true or false)")
+    for key, named in CHOSEN_FROM_ALL_TESTS.items():
+        if blocks > 1 and str(context.options.get(key, "")).lower() == "auto":
+            raise InputError(f"-o {key}=auto: the choice is made once from all test examples' held-out runs; fit "
+                             f"without test blocks, or name it ({named})")
     if blocks > 1:
         if state_choice is True:
             raise InputError("-o run_state=true: the run state is shared by all test examples and estimated from "
