@@ -104,5 +104,23 @@ def test_auto_runs_the_check_with_features_and_the_guard_and_says_why_not_elsewh
     assert without.config.residual_effects and "no feature prior" in without.info["residual_off"]
     unguarded = bsf.fit(runs, method="bayes-grid", residual="auto", guard=False, memory="none", progress=False)
     assert unguarded.config.residual_effects and "guard=false" in unguarded.info["residual_off"]
-    named = bsf.fit(runs, method="bayes-grid", guard=False, memory="none", progress=False)
+    default = bsf.fit(runs, method="bayes-grid", guard=False, memory="none", progress=False)  # auto, with features
+    assert default.config.residual_effects and "guard=false" in default.info["residual_off"]
+    named = bsf.fit(runs, method="bayes-grid", residual=True, guard=False, memory="none", progress=False)
     assert named.config.residual_effects and not {"residual_off", "residual_check"} & set(named.info)
+    quiet = bsf.fit(plain, method="bayes-grid", guard=False, memory="none", progress=False)  # nothing to choose
+    assert quiet.config.residual_effects and not {"residual_off", "residual_check"} & set(quiet.info)
+
+
+def test_test_blocks_keep_the_residual_effects_by_default_and_say_why():
+    from bayes_simfluence.bayes.blocks import fit_in_blocks
+    from bayes_simfluence.methods import FitContext
+
+    runs, _, _ = featured_runs(n_runs=16, n_steps=30, seed=5)
+    context = FitContext(options={"memory": "none", "guard": False})
+    merged = fit_in_blocks("bayes-grid", runs, context, blocks=2, progress=False)
+    assert merged.config.residual_effects and merged.config.features
+    assert merged.info["residual_off"].startswith("test blocks:")
+    named = fit_in_blocks("bayes-grid", runs, FitContext(options={**context.options, "residual": False}), blocks=2,
+                          progress=False)
+    assert not named.config.residual_effects and "residual_off" not in named.info

@@ -77,6 +77,7 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
         raise ValueError(f"fitting in blocks of test examples is for the Bayesian methods; '{method}' fits all "
                          "test examples at once in seconds")
     state_choice = state_flag(context.options.get("run_state", "auto"))
+    residual_default = "residual" not in context.options
     for key, named in CHOSEN_FROM_ALL_TESTS.items():
         if blocks > 1 and str(context.options.get(key, "")).lower() == "auto":
             raise InputError(f"-o {key}=auto: the choice is made once from all test examples' held-out runs; fit "
@@ -85,8 +86,9 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
         if state_choice is True:
             raise InputError("-o run_state=true: the run state is shared by all test examples and estimated from "
                              "all of them; fit without test blocks")
-        # auto or false: off, since each block would estimate its own state from its own test examples
-        context = dataclasses.replace(context, options={**context.options, "run_state": False})
+        # auto or false: off, since each block would estimate its own state from its own test examples;
+        # the residual effects' default (auto) keeps them, as no block can choose for all
+        context = dataclasses.replace(context, options={"residual": True, **context.options, "run_state": False})
     parts = [train.select_tests(index) for index in block_indices(train.n_tests, blocks)]
     if ray is None:
         fitted = [fit_block(method, part, context) for part in tqdm(parts, desc="test blocks", disable=not progress)]
@@ -95,6 +97,8 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
     merged = concatenate_tests(fitted)
     if blocks > 1 and state_choice == "auto" and merged.method in ("grid", "cg"):
         merged.info["run_state_off"] = "test blocks: the state is estimated from all test examples at once"
+    if blocks > 1 and residual_default and merged.config.features and merged.method in ("grid", "cg"):
+        merged.info["residual_off"] = "test blocks: auto chooses from all test examples' held-out runs at once"
     return merged
 
 

@@ -190,10 +190,10 @@ def resolve_variant(method: str, train: Runs, value: Any, use_guard: bool, folds
 
 def resolve_residual(method: str, value: Any, features: bool, use_guard: bool, train: Runs,
                      folds: int) -> tuple[bool | None, str | None]:
-    """``(residual effects, why auto kept them)``: the value where it is named or where ``auto`` cannot
-    choose; ``(None, None)`` where the guard's cross-fits choose (:func:`ranking_check`): ``auto`` with
-    the feature prior on bayes-grid or bayes-cg, with the guard and enough runs for it. Without
-    features the model without residuals has only the common level, and ``auto`` keeps them."""
+    """``(residual effects, why auto kept them)``: the value where it is named or where ``auto`` (the
+    default) cannot choose; ``(None, None)`` where the guard's cross-fits choose (:func:`ranking_check`):
+    ``auto`` with the feature prior on bayes-grid or bayes-cg, with the guard and enough runs for it.
+    Without features the model without residuals has only the common level, and ``auto`` keeps them."""
     if value != "auto":
         return bool(value), None
     if not features:
@@ -233,7 +233,7 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
     options["features"], features_off = resolve_features(method, train, options.get("features", "auto"),
                                                          options.get("guide"))
     options["variant"], variant_off = resolve_variant(method, train, options.get("variant", "linear"), use_guard, folds)
-    options["residual"], residual_off = resolve_residual(method, options.get("residual", True), options["features"],
+    options["residual"], residual_off = resolve_residual(method, options.get("residual", "auto"), options["features"],
                                                          use_guard, train, folds)
     stackings: dict[tuple[str, bool, bool], guard.Stacking] = {}
 
@@ -273,8 +273,9 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         posterior.info["variant_off"] = variant_off
     if residual_report is not None:
         posterior.info["residual_check"] = residual_report
-    if residual_off is not None and parsed.get("residual") == "auto":
-        posterior.info["residual_off"] = residual_off
+    if residual_off is not None and parsed.get("residual", "auto") == "auto" and ("residual" in parsed
+                                                                                 or options["features"]):
+        posterior.info["residual_off"] = residual_off  # named auto, or the default where features ask it
     if check is not None:
         posterior.info["run_state_check"] = check
     if state_off is not None:
