@@ -141,6 +141,16 @@ def unused_examples(curricula: np.ndarray, n_train: int) -> np.ndarray:
     return np.setdiff1d(np.arange(n_train), curricula[curricula >= 0])
 
 
+def runs_per_example(curricula: np.ndarray, n_train: int) -> np.ndarray:
+    """``[n_train]`` in how many runs of ``curricula`` (``[runs, steps, batch]``, ``-1`` for an empty
+    slot) each training example appears at least once: what identifies its own effect."""
+    curricula = np.asarray(curricula)
+    seen = np.zeros((curricula.shape[0], n_train), dtype=bool)
+    runs, _, _ = np.nonzero(curricula >= 0)
+    seen[runs, curricula[curricula >= 0]] = True
+    return seen.sum(axis=0)
+
+
 def compact(curricula: np.ndarray) -> np.ndarray:
     """Move the filled slots of every batch to the left, keeping their order; same shape."""
     array, squeeze = _as_3d(curricula)

@@ -88,3 +88,11 @@ def test_unused_examples_are_the_pool_indices_no_slot_uses():
     curricula = np.array([[[0, -1], [3, 3]], [[-1, -1], [0, 5]]])
     np.testing.assert_array_equal(cur.unused_examples(curricula, 7), [1, 2, 4, 6])
     assert cur.unused_examples(np.full((1, 2, 2), -1), 3).tolist() == [0, 1, 2]
+
+
+def test_runs_per_example_counts_the_runs_each_example_appears_in():
+    rng = np.random.default_rng(3)
+    curricula = rng.integers(-1, 12, size=(7, 5, 3))  # -1: empty slots
+    counts = cur.runs_per_example(curricula, 15)
+    expected = [sum(example in set(run.ravel()) for run in curricula) for example in range(15)]
+    assert counts.tolist() == expected and counts[12:].sum() == 0

@@ -46,3 +46,20 @@ def test_features_needs_something_to_attach_and_names_bad_input(files, capsys):
                  "--out", str(out)]) != 0
     assert "'train_features' must have shape [n_train, k] = [5, 'k'], got (4, 2)" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_fit_suggests_features_where_each_example_is_in_few_runs(tmp_path, capsys):
+    """A pool of 400 with 8 runs of 20 batches of 4: the median example is in one of the runs."""
+    from bayes_simfluence.curricula import runs_per_example
+
+    few, _ = synthetic_runs(n_train=400, n_tests=2, n_runs=8, n_steps=20, batch_size=4, seed=0)
+    many, _ = synthetic_runs(n_train=20, n_tests=2, n_runs=8, n_steps=20, batch_size=4, seed=0)
+    lines = {}
+    for name, runs in (("few", few), ("many", many)):
+        runs.save(tmp_path / f"{name}.npz")
+        assert main(["fit", "--train", str(tmp_path / f"{name}.npz"), "--method", "bayes-grid", "-o", "guard=false",
+                     "-o", "memory=none", "--out", str(tmp_path / f"{name}.nc")]) == 0
+        lines[name] = [line for line in capsys.readouterr().out.splitlines() if line.startswith("feature prior")]
+    share = np.median(runs_per_example(few.curricula, 400)) / 8
+    assert share <= 0.125 and len(lines["few"]) == 1 and f"example is in {share:.0%} of them" in lines["few"][0]
+    assert "bayes-simfluence features" in lines["few"][0] and lines["many"] == []

@@ -40,7 +40,7 @@ from bayes_simfluence.bayes.posterior_io import KIND, is_posterior_file
 from bayes_simfluence.bayes.model import ModelConfig
 from bayes_simfluence.bayes.posterior import MEAN_DRAWS, BayesianSimfluence
 from bayes_simfluence.bayes.run_state import StateTrajectory
-from bayes_simfluence.curricula import unused_examples
+from bayes_simfluence.curricula import runs_per_example, unused_examples
 from bayes_simfluence.methods import FitContext, register_loader, register_method, register_sniffer
 from bayes_simfluence.metrics import rank_correlations
 from bayes_simfluence.runs import Runs
@@ -87,6 +87,10 @@ AUTO_VARIANTS = ("linear", "additive")
 #: ``-o variant=auto`` leaves the default where no other variant's held-out LDS is higher by more
 #: than this many standard errors, from this many bootstrap resamples of the held-out runs
 VARIANT_CHECK_SDS, VARIANT_CHECK_RESAMPLES = 1.0, 200
+#: runs without features: below this median share of runs per training example, ``fit`` suggests
+#: them (in the scale study each example of 1,000 was in about half of the runs, of 5,000 in a tenth;
+#: features made decisions informative at both under Adam, docs/results/calibration.md)
+FEW_RUNS_SHARE = 0.5
 #: model settings whose default depends on the method: optimiser memory where the inference can
 #: take it (it beat plain Simfluence in held-out MSE and LDS on every real set, README), none on
 #: the exact path (its features would be dense).
@@ -168,6 +172,11 @@ def resolve_features(method: str, train: Runs, value: Any, guide: str | None = N
     if value != "auto":
         return bool(value), None
     if train.n_features == 0:
+        share = float(np.median(runs_per_example(train.curricula, train.n_train))) / train.n_runs
+        if share < FEW_RUNS_SHARE:
+            return False, (f"the runs carry no features, and the median training example is in {share:.0%} of "
+                           "them, too few to identify its own effect: attach features (`bayes-simfluence "
+                           "features`) so that examples borrow strength")
         return False, None
     if not backends.BACKENDS[method].features:
         return False, f"bayes-{method} has no feature prior ({backends.those_with('features')} have)"
