@@ -327,7 +327,8 @@ def study_set(name: str, runs: Runs, n_fit: int, n_heldout: int, method: str, op
               "parameter_share": info.get("guard", {}).get("parameter_share"),
               "run_state": getattr(simulator, "state", None) is not None,
               "run_state_check": info.get("run_state_check"),
-              "variant_check": info.get("variant_check"), "predictive": {}}
+              "variant_check": info.get("variant_check"),
+              "residual_check": info.get("residual_check") or info.get("residual_off"), "predictive": {}}
     expectation = predictive_draws(simulator, heldout, "parameters")  # every predictive's mean, least noisy
     for kind in PREDICTIVES:
         start = time.perf_counter()
