@@ -145,9 +145,9 @@ def runs_per_example(curricula: np.ndarray, n_train: int) -> np.ndarray:
     """``[n_train]`` in how many runs of ``curricula`` (``[runs, steps, batch]``, ``-1`` for an empty
     slot) each training example appears at least once: what identifies its own effect."""
     curricula = np.asarray(curricula)
+    filled = curricula >= 0
     seen = np.zeros((curricula.shape[0], n_train), dtype=bool)
-    runs, _, _ = np.nonzero(curricula >= 0)
-    seen[runs, curricula[curricula >= 0]] = True
+    seen[np.nonzero(filled)[0], curricula[filled]] = True
     return seen.sum(axis=0)
 
 

@@ -278,12 +278,11 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         stacking = _guard(method, train, options, seed, result, folds, guard_steps, workers) if use_guard else None
     if variant_report is not None:
         posterior.info["variant_check"] = variant_report
-    if variant_off is not None and parsed.get("variant") == "auto":
+    if variant_off is not None:  # only auto gives a reason
         posterior.info["variant_off"] = variant_off
     if residual_report is not None:
         posterior.info["residual_check"] = residual_report
-    if residual_off is not None and parsed.get("residual", "auto") == "auto" and ("residual" in parsed
-                                                                                 or options["features"]):
+    if residual_off is not None and ("residual" in parsed or options["features"]):  # only auto gives a reason
         posterior.info["residual_off"] = residual_off  # named auto, or the default where features ask it
     if check is not None:
         posterior.info["run_state_check"] = check
