@@ -44,21 +44,29 @@ def test_density_with_features_is_the_prior_times_the_dense_marginal_likelihood(
     evidence_of = dense_evidence_of if backend == "grid" else cg_evidence
     for m in range(featured.n_tests):
         for sigma, scale in [(0.05, 0.02), (0.02, 0.3)]:
-            x = dense_features(featured, m, decay, variant)
-            phi = featured.features[m]
-            blocks = 2 if variant == "linear" else 1
-            columns = np.concatenate([x[:, b * featured.n_train:(b + 1) * featured.n_train] @ phi
-                                      for b in range(blocks)], axis=1)
-            columns = columns / np.sqrt(np.mean(columns**2, axis=0))
-            level = level_feature(featured, m, decay) if config.has_a_location else np.zeros(len(x))
-            cov = (sigma**2 * (step_covariance(featured, config) + grid.LEVEL_PRIOR**2 * np.outer(level, level)
-                               + config.feature_prior**2 * columns @ columns.T) + scale**2 * x @ x.T)
-            log_lik = stats.multivariate_normal(np.zeros(len(cov)), cov).logpdf(featured.change[:, :, m].reshape(-1))
-            log_prior = (stats.halfnorm(scale=config.noise_prior).logpdf(sigma) + np.log(sigma)
-                         + stats.halfnorm(scale=config.effect_scale_prior).logpdf(scale) + np.log(scale)
-                         + stats.beta(1, config.memory_prior).logpdf(decay))
             got = grid_log_density(featured, config, m, decay, sigma, scale, evidence_of=evidence_of)
-            assert got == pytest.approx(log_lik + log_prior, abs=1e-6)
+            assert got == pytest.approx(written_out_log_density(featured, config, m, decay, sigma, scale), abs=1e-6)
+
+
+def written_out_log_density(data, config, m, decay, sigma, scale):
+    """The log prior of ``(sigma, scale, decay)`` plus the log likelihood of test example ``m``'s
+    changes under the dense covariance of the docstring above (without ``s^2 X X^T`` where the
+    config has no residual effects)."""
+    x = dense_features(data, m, decay, config.variant)
+    blocks = 2 if config.variant == "linear" else 1
+    columns = np.concatenate([x[:, b * data.n_train:(b + 1) * data.n_train] @ data.features[m]
+                              for b in range(blocks)], axis=1)
+    columns = columns / np.sqrt(np.mean(columns**2, axis=0))
+    level = level_feature(data, m, decay) if config.has_a_location else np.zeros(len(x))
+    cov = sigma**2 * (step_covariance(data, config) + grid.LEVEL_PRIOR**2 * np.outer(level, level)
+                      + config.feature_prior**2 * columns @ columns.T)
+    if config.residual_effects:
+        cov = cov + scale**2 * x @ x.T
+    log_lik = stats.multivariate_normal(np.zeros(len(cov)), cov).logpdf(data.change[:, :, m].reshape(-1))
+    log_prior = (stats.halfnorm(scale=config.noise_prior).logpdf(sigma) + np.log(sigma)
+                 + stats.halfnorm(scale=config.effect_scale_prior).logpdf(scale) + np.log(scale)
+                 + stats.beta(1, config.memory_prior).logpdf(decay))
+    return log_lik + log_prior
 
 
 def dense_evidence_of(data, config, m, decay):

@@ -9,13 +9,18 @@ process score the roll-outs.
 
 import numpy as np
 import pytest
-from test_feature_prior import featured_runs
+from test_bayes_grid import grid_log_density
+from test_feature_prior import dense_evidence_of, featured_runs, written_out_log_density
 from test_variant_auto import stacking_with_predictions
 
 import bayes_simfluence as bsf
-from bayes_simfluence.bayes.methods import ranking_check
+from bayes_simfluence.bayes.data import model_data
+from bayes_simfluence.bayes.methods import default_path, ranking_check
+from bayes_simfluence.bayes.model import ModelConfig
+from bayes_simfluence.bayes.synthetic import model_runs
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.runs import Runs
+from bayes_simfluence.settings import parse_all
 from bayes_simfluence.validation import InputError
 
 BETA = (0.02, -0.01)
@@ -24,6 +29,45 @@ BETA = (0.02, -0.01)
 def fresh_error(posterior, fresh) -> float:
     predicted = posterior.simulate(fresh.curricula, fresh.initial_losses)
     return float(np.mean((predicted - fresh.losses) ** 2))
+
+
+@pytest.fixture(scope="module")
+def featured():
+    """Small runs from the model, with empty batch slots, two per-example features and one per-pair."""
+    runs, _ = model_runs(n_train=6, n_tests=2, n_runs=4, n_steps=9, batch_size=2, empty_fraction=0.2, seed=5)
+    rng = np.random.default_rng(3)
+    return model_data(runs.with_features(rng.normal(size=(6, 2)), rng.normal(size=(2, 6, 1))))
+
+
+@pytest.mark.parametrize("variant", ["linear", "additive"])
+@pytest.mark.parametrize("decay", [0.0, 0.5])
+def test_density_without_residuals_is_the_prior_times_the_dense_marginal_likelihood(featured, variant, decay):
+    """Written out from the model with ``w = phi beta`` exactly: ``y`` has covariance ``sigma^2 (Omega +
+    level + sum_c (feature_prior / rms_c)^2 (X phi_c)(X phi_c)^T)`` with no ``s^2 X X^T`` term, whatever
+    the effect scale (only its prior is left). The grid computes it from batch sums of the features,
+    never from the per-example counts, over runs with empty batch slots and with optimiser memory."""
+    config = ModelConfig(memory="geometric", variant=variant, features=True, residual_effects=False)
+    for m in range(featured.n_tests):
+        for sigma, scale in [(0.05, 0.02), (0.02, 0.3)]:
+            got = grid_log_density(featured, config, m, decay, sigma, scale, evidence_of=dense_evidence_of)
+            assert got == pytest.approx(written_out_log_density(featured, config, m, decay, sigma, scale), abs=1e-6)
+
+
+def test_without_residuals_bayes_runs_the_grid_at_any_pool():
+    """The grid's cost without residual effects does not grow with the pool, so ``-m bayes`` keeps the
+    calibrated path where with them it would leave it; the fit runs at a pool whose dense counts
+    the statistics never form, and its effects are the generating regression."""
+    runs, b, phi = featured_runs(n_train=3000, n_unseen=0, n_runs=12, n_steps=60, batch_size=8, residual=0.0,
+                                 beta=BETA, seed=7)
+    options = parse_all("bayes", {"guard": "false", "memory": "none"})
+    assert default_path(runs, {**options, "residual": True})[0] != "grid"
+    path, why = default_path(runs, {**options, "residual": False})
+    assert path == "grid", why
+    posterior = bsf.fit(runs, method="bayes", residual=False, guard=False, memory="none", num_draws=100,
+                        progress=False)
+    assert posterior.info["method"] == "grid"
+    effects = posterior.additive_effects().mean(0)  # [tests, n_train]
+    assert np.corrcoef(effects.reshape(-1), b.reshape(-1))[0, 1] > 0.99
 
 
 @pytest.mark.parametrize("method", ["bayes-grid", "bayes-cg"])

@@ -45,7 +45,11 @@ Cost: one ``[features, features]`` Gram matrix of the dense remembered features
 (``runs * steps * features^2`` operations) and one eigendecomposition per (test example, decay
 value): ``tests x (coarse + refined decays + distinct drawn decays)`` of them. That suits the problems of the
 retraining study (45-60 training examples) in seconds; at thousands of training examples it
-does not (``bayes-svi`` is the path there), and :func:`run_grid` says so before it starts.
+does not (``bayes-cg`` and ``bayes-svi`` are the paths there), and :func:`run_grid` says so before it
+starts. Without the residual effects (``residual_effects=False``) the effects are the level and the
+feature regression, which see a batch only through its sums of ``1`` and the features: the
+statistics then cost ``runs * steps * batch * k`` plus the nuisance columns' small Gram matrix, at
+any pool (:func:`_remembered_sums`).
 Without memory (``memory="none"``) the decay is fixed at 0 and the grid has two dimensions.
 
 Common level. Where the model learns ``mu_a`` (``common_level``, the default; see
@@ -169,26 +173,47 @@ def dense_counts(curricula: np.ndarray, n_train: int) -> np.ndarray:
     return counts[..., :n_train]
 
 
-def _pair_statistics(counts: Array, previous: Array, change: Array, decay: Array, diagonal: Array, off: Array,
+def _remembered_sums(occupancy: Array, decay: Array, phi: Array, previous: Array, variant: str,
+                     residual: bool) -> tuple[list[Array], Array, Array]:
+    """``(effect blocks, sum_i M_lambda[., ., i] [runs, steps], M_lambda phi [runs, steps, k])``.
+
+    With the residual effects, ``occupancy`` is the dense counts ``[runs, steps, n_train]``
+    (:func:`dense_counts`) and the blocks are the remembered counts' (:func:`_blocks_of`). Without
+    them the effects are the level and the feature regression alone, which see the counts only
+    through their sums against ``1`` and ``phi``; the memory is linear along steps, so
+    ``M_lambda phi = M_lambda (n phi)`` and those sums are gathered from ``occupancy``, the batch slots
+    ``[runs, steps, batch]`` (padding ``n_train``), at ``runs x steps x batch x k`` cost whatever the pool:
+    the blocks are one column of zeros (``tau`` then moves nothing, and its draws are discarded)."""
+    if residual:
+        smoothed = geometric_memory(occupancy, decay, axis=1)  # [runs, steps, n_train]
+        return _blocks_of(previous, smoothed, variant), smoothed.sum(-1), smoothed @ phi
+    values = jnp.concatenate([jnp.ones((phi.shape[0], 1), phi.dtype), phi], axis=1)
+    values = jnp.concatenate([values, jnp.zeros((1, values.shape[1]), phi.dtype)])  # the padding slot
+    sums = geometric_memory(values[occupancy].sum(2), decay, axis=1)  # [runs, steps, 1 + k]
+    return [jnp.zeros_like(previous)[..., None]], sums[..., 0], sums[..., 1:]
+
+
+def _pair_statistics(occupancy: Array, previous: Array, change: Array, decay: Array, diagonal: Array, off: Array,
                      state: Array, phi: Array, priors: Array, variant: str, step_component: bool, level: bool,
-                     vectors: bool) -> tuple:
+                     vectors: bool, residual: bool) -> tuple:
     """Statistics of one (test example, decay) pair: ``previous``, ``change`` ``[runs, steps]``;
-    ``state`` ``[runs, steps, S]`` the scaled run-state features (``S = 0``: none). The nuisance
+    ``state`` ``[runs, steps, S]`` the scaled run-state features (``S = 0``: none); ``occupancy``
+    the dense counts, or the batch slots without the ``residual`` effects (:func:`_remembered_sums`).
+    The nuisance
     features ``F`` (with ``level``, first the common level's ``previous * sum_i M_lambda[., ., i]``
     divided by its root mean square, then ``state``) have coefficients ``~ N(0, (priors sigma)^2)``
     (``priors [K]``), integrated out: with ``M = F^T Omega^{-1} F + diag(priors)^-2`` the whitened
     statistics lose ``F``'s part by a Schur complement, ``G - X^T Omega^{-1} F M^{-1} F^T Omega^{-1} X``
     (and alike for ``b``, ``yy``). The feature prior's columns (``phi [n_train, k]``, ``k = 0``: none)
     follow the state's: :func:`feature_columns`."""
-    smoothed = geometric_memory(counts, decay, axis=1)  # [runs, steps, n_train]
-    parts = _blocks_of(previous, smoothed, variant)
+    parts, remembered, projected = _remembered_sums(occupancy, decay, phi, previous, variant, residual)
     level_scale = jnp.ones((), previous.dtype)
     if level:
-        level_feature = previous * smoothed.sum(-1)  # [runs, steps]
+        level_feature = previous * remembered  # [runs, steps]
         level_scale = jnp.sqrt(jnp.mean(level_feature**2))
         level_scale = jnp.where(level_scale > 0, level_scale, 1.0)
         state = jnp.concatenate([(level_feature / level_scale)[..., None], state], axis=-1)
-    columns, column_scale = feature_columns(previous, smoothed @ phi, variant)
+    columns, column_scale = feature_columns(previous, projected, variant)
     state = jnp.concatenate([state, columns], axis=-1)
     n_features, n_nuisance = sum(p.shape[-1] for p in parts), state.shape[-1]
     x = jnp.concatenate(parts + [state], axis=-1)  # [runs, steps, features + K]
@@ -234,15 +259,15 @@ def feature_columns(previous: Array, projected: Array, variant: str) -> tuple[Ar
     return columns / scale, scale
 
 
-@functools.partial(jax.jit, static_argnames=("variant", "step_component", "level", "vectors"))
-def _statistics_chunk(counts: Array, previous: Array, change: Array, tests: Array, decays: Array, diagonal: Array,
+@functools.partial(jax.jit, static_argnames=("variant", "step_component", "level", "vectors", "residual"))
+def _statistics_chunk(occupancy: Array, previous: Array, change: Array, tests: Array, decays: Array, diagonal: Array,
                       off: Array, state: Array, phi: Array, priors: Array, *, variant: str, step_component: bool,
-                      level: bool, vectors: bool) -> tuple:
+                      level: bool, vectors: bool, residual: bool) -> tuple:
     """:func:`_pair_statistics` for a chunk of pairs ``tests [chunk]``, ``decays [chunk]`` (their features
     ``phi [chunk, n_train, k]``)."""
     def one(test: Array, decay: Array, phi_m: Array) -> tuple:
-        return _pair_statistics(counts, previous[..., test], change[..., test], decay, diagonal, off, state,
-                                phi_m, priors, variant, step_component, level, vectors)
+        return _pair_statistics(occupancy, previous[..., test], change[..., test], decay, diagonal, off, state,
+                                phi_m, priors, variant, step_component, level, vectors, residual)
 
     return jax.vmap(one)(tests, decays, phi)
 
@@ -268,22 +293,28 @@ def pair_statistics(data: ModelData, config: ModelConfig, tests: np.ndarray, dec
                     state: RunState | None = None) -> GridStats:
     """Whitened statistics for every pair ``(tests[k], decays[k])``, in chunks of one compiled shape
     (with the common level, where the model learns it, the run state ``state`` and the feature
-    prior's coefficients, where ``config.features``, integrated out, see :func:`_pair_statistics`)."""
-    counts = dense_counts(data.curricula, data.n_train)
+    prior's coefficients, where ``config.features``, integrated out, see :func:`_pair_statistics`).
+    Without the residual effects the statistics never form the ``[runs, steps, n_train]`` counts
+    (:func:`_remembered_sums`): their effect part is one column of zeros."""
+    residual = config.residual_effects
+    if residual:
+        occupancy = dense_counts(data.curricula, data.n_train)
+    else:
+        occupancy = np.where(data.curricula < 0, data.n_train, data.curricula)
     state_features = scaled_state_features(data, state)
     n_columns = n_feature_columns(data, config)
     priors = nuisance_priors(config, state_features.shape[-1], n_columns)
-    n_features, n_nuisance = _n_features(data.n_train, config), len(priors)
-    per_pair = 8 * (counts.size * 3 + (n_features + n_nuisance) * data.n_runs * data.n_steps
+    n_features, n_nuisance = design_features(data.n_train, config), len(priors)
+    per_pair = 8 * (occupancy.size * 3 + (n_features + n_nuisance) * data.n_runs * data.n_steps
                     + 4 * (n_features + n_nuisance)**2)
     chunk = int(max(1, min(64, 2**28 // per_pair)))
     diagonal, off, _ = drift_bands(data.n_runs, data.n_steps, config)
 
     def part(start: int, index: np.ndarray) -> tuple:
-        return _statistics_chunk(counts, data.previous, data.change, tests[index], decays[index], diagonal, off,
+        return _statistics_chunk(occupancy, data.previous, data.change, tests[index], decays[index], diagonal, off,
                                  state_features, data.features_of(tests[index], config.features), priors,
                                  variant=config.variant, step_component=config.step_component,
-                                 level=config.has_a_location, vectors=vectors)
+                                 level=config.has_a_location, vectors=vectors, residual=residual)
 
     with jax.enable_x64(True):
         return GridStats(*chunked(part, len(tests), chunk, progress=progress, desc=desc, unit="chunk"))
@@ -296,6 +327,12 @@ def n_feature_columns(data: ModelData, config: ModelConfig) -> int:
 
 def _n_features(n_train: int, config: ModelConfig) -> int:
     return n_train * (2 if config.variant == "linear" else 1)
+
+
+def design_features(n_train: int, config: ModelConfig) -> int:
+    """Columns of the effects' part of the statistics: every example's effects, or one column of
+    zeros without the residual effects (:func:`_remembered_sums`)."""
+    return _n_features(n_train, config) if config.residual_effects else 1
 
 
 @functools.partial(jax.jit, static_argnames=("has_memory",))
@@ -516,9 +553,10 @@ def _draw_effects(key: Array, stats: GridStats, which: np.ndarray, sigma: np.nda
 
 def grid_cost(n_train: int, n_obs: int, config: ModelConfig, num_draws: int = 200) -> float:
     """Multiply-adds of one test example's statistics in a fit (the dominant cost), at most:
-    ``n_obs = runs * steps`` rows of ``2 n_train`` features (``n_train`` for one-part variants),
+    ``n_obs = runs * steps`` rows of ``2 n_train`` features (``n_train`` for one-part variants; one
+    without the residual effects, whose few nuisance columns are not counted),
     one refinement, and a distinct decay for every draw up to :data:`DENSE`'s decay parts per fine cell."""
-    n_features = n_train * (2 if config.variant == "linear" else 1)
+    n_features = design_features(n_train, config)
     n_decays = 2 + min(num_draws, 2) if not config.has_memory else \
         DENSE.coarse[0] + DENSE.fine[0] + min(num_draws, DENSE.fine[0] * DENSE.decay_parts)
     return float(n_decays * (n_obs * n_features**2 + 4 * n_features**3))
@@ -672,6 +710,8 @@ def run_grid(data: ModelData, config: ModelConfig, num_draws: int = 200, seed: i
     effects_key, drift_key = jax.random.split(jax.random.PRNGKey(seed), 2)
     weights_w = _draw_effects(effects_key, stats, pair, sigma, scale)
     nuisance = draw_nuisance(rng, stats, pair, weights_w, sigma, config)
+    if not config.residual_effects:  # the zero column's draws: every residual effect is 0
+        weights_w = np.zeros((len(pair), n_features))
     draws = assemble(data, config, hyper, weights_w, nuisance, stats.level_scale[pair],
                      stats.column_scale[pair], state, drift_key)
     info = {"method": "grid", "num_draws": num_draws, "seconds": time.perf_counter() - start, "seed": seed,
