@@ -1,7 +1,7 @@
 """The model without per-example residual effects (``-o residual=false``): effects are the common
 level and the feature regression alone.
 
-Oracles: runs generated with additive effects ``B = phi beta`` exactly (no residual; the
+Oracles: the marginal likelihood written out from the model as a dense Gaussian; runs generated with additive effects ``B = phi beta`` exactly (no residual; the
 multiplicative ones small noise) and, for the check that the option does something, runs whose
 effects have a large residual the features cannot explain. Fresh runs from the same generating
 process score the roll-outs.

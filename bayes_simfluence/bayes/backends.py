@@ -53,7 +53,8 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "grid": Backend("bayes-grid", "hyperparameters on a grid, everything else exact", ("normal",),
                     ("none", "geometric"), True, True, True, True, "every quantity passes SBC",
-                    "runs x steps x (2 n_train)^2 per test example and grid point",
+                    "runs x steps x (2 n_train)^2 per test example and grid point; without residual effects "
+                    "runs x steps x batch x features, whatever the pool",
                     "bayes_simfluence.bayes.grid:run_grid", "geometric"),
     "cg": Backend("bayes-cg", "bayes-grid's model and grid, matrix-free: Lanczos evidence, perturb-and-MAP draws",
                   ("normal",), ("none", "geometric"), True, True, True, True,

@@ -208,7 +208,8 @@ def resolve_residual(method: str, value: Any, features: bool, use_guard: bool, t
     if not features:
         return True, "no feature prior: without residual effects only the common level would be left"
     if method not in GRID_METHODS:
-        return True, f"bayes-{method} fits only the model with residual effects"
+        return True, (f"bayes-{method} fits only the model with residual effects; -o residual=false fits the "
+                      "model without them on bayes-grid at any pool")
     no_guard = why_no_guard(train, use_guard, folds)
     return (True, no_guard) if no_guard is not None else (None, None)
 
