@@ -95,6 +95,21 @@ def test_without_residuals_the_effects_are_the_generating_regression(method, tmp
     assert not BayesianSimfluence.load(tmp_path / "posterior.nc").config.residual_effects
 
 
+def test_bayes_cg_without_residuals_runs_the_exact_grid_and_says_so(tmp_path, capsys):
+    """Without residual effects there is nothing for bayes-cg's Lanczos rules to approximate: it runs
+    bayes-grid's exact statistics, and ``fit`` says which ran and why."""
+    from bayes_simfluence.cli import main
+
+    runs, _, _ = featured_runs(n_train=24, n_unseen=0, n_runs=8, n_steps=20, seed=6)
+    runs.save(tmp_path / "train.npz")
+    out = tmp_path / "posterior.nc"
+    assert main(["fit", "--train", str(tmp_path / "train.npz"), "--method", "bayes-cg", "-o", "residual=false",
+                 "-o", "guard=false", "-o", "memory=none", "--out", str(out)]) == 0
+    assert "fitted 'bayes-cg' (as bayes-grid: bayes-cg without residual effects: bayes-grid's exact statistics" \
+        in capsys.readouterr().out
+    assert BayesianSimfluence.load(out).method == "grid"
+
+
 def test_residuals_the_features_cannot_explain_are_lost_without_them():
     """The option changes the model: where each example's own effect is large and unrelated to the
     features, the fit without residuals rolls fresh runs out clearly worse."""

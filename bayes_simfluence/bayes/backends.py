@@ -60,7 +60,8 @@ BACKENDS: dict[str, Backend] = {
                   ("normal",), ("none", "geometric"), True, True, True, True,
                   "bayes-grid's up to its quadratures (tests compare them with the dense path)",
                   "runs x steps x batch per product; (probes + 1) x Lanczos steps products per decay value, "
-                  "CG iterations per draw", "bayes_simfluence.bayes.krylov:run_cg", "geometric"),
+                  "CG iterations per draw (without residual effects it runs bayes-grid, exact at that cost)",
+                  "bayes_simfluence.bayes.krylov:run_cg", "geometric"),
     "svi": Backend("bayes-svi", "variational (autoguides, or exact conditionals given the hyperparameters)",
                    ("normal", "student_t"), ("none", "geometric"), False, False, True, False,
                    "effects close to exact with the conditional guide; hyperparameters fail SBC",

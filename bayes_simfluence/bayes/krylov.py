@@ -484,10 +484,18 @@ def run_cg(data: ModelData, config: ModelConfig, num_draws: int = 100, seed: int
     Returns:
         :class:`~bayes_simfluence.bayes.inference.FitResult` with draws ``[1, num_draws, tests, ...]``;
         ``info["cg_unconverged"]``: draws whose conjugate gradients stopped above 1000x
-        :data:`DRAW_TOLERANCE` (their residual in ``info["cg_worst_residual"]``).
+        :data:`DRAW_TOLERANCE` (their residual in ``info["cg_worst_residual"]``). Without residual
+        effects there is nothing for the Lanczos rules to approximate: the grid's statistics are then
+        exact and cost ``runs x steps x batch x features`` (:func:`~bayes_simfluence.bayes.grid.run_grid`),
+        so bayes-grid runs, and ``info["method"]`` says so.
     """
     check_supported(config, "cg")
     grid.check_state(config, state, "run_cg")
+    if not config.residual_effects:
+        fit = grid.run_grid(data, config, num_draws=num_draws, seed=seed, progress=progress, state=state)
+        fit.info["chosen_by"] = ("bayes-cg without residual effects: bayes-grid's exact statistics cost runs x "
+                                 "steps x batch x features, at any pool")
+        return fit
     n_features = n_features_of(config.variant, data.n_train)
     check_memory(8 * num_draws * data.n_tests * n_features * 4,
                  f"bayes-cg's {num_draws} draws of {data.n_tests} x {n_features} effects")

@@ -532,7 +532,8 @@ def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:
     reads = settings.option_names(f"bayes-{method}")
     options = {k: v for k, v in context.options.items() if k in reads}
     posterior = _fit_parsed(method, train, options, context.seed)
-    posterior.info["chosen_by"] = f"bayes: {reason}"
+    ran = posterior.info.get("chosen_by")  # bayes-cg without residual effects runs bayes-grid and says so
+    posterior.info["chosen_by"] = f"bayes: {reason}" + (f"; {ran}" if ran else "")
     unused = sorted(set(context.options) - reads)
     if unused:
         posterior.info["unused_options"] = f"{', '.join(unused)}: bayes ran bayes-{method}, which does not read them"
