@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from bayes_simfluence.bayes.methods import state_flag
+from bayes_simfluence.bayes.methods import GRID_METHODS, state_flag
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.methods import FitContext, fit_method
 from bayes_simfluence.runs import Runs
@@ -95,9 +95,9 @@ def fit_in_blocks(method: str, train: Runs, context: FitContext, blocks: int,
     else:
         fitted = _fit_on_ray(method, parts, context, ray)
     merged = concatenate_tests(fitted)
-    if blocks > 1 and state_choice == "auto" and merged.method in ("grid", "cg"):
+    if blocks > 1 and state_choice == "auto" and merged.method in GRID_METHODS:
         merged.info["run_state_off"] = "test blocks: the state is estimated from all test examples at once"
-    if blocks > 1 and residual_default and merged.config.features and merged.method in ("grid", "cg"):
+    if blocks > 1 and residual_default and merged.config.features and merged.method in GRID_METHODS:
         merged.info["residual_off"] = "test blocks: auto chooses from all test examples' held-out runs at once"
     return merged
 
