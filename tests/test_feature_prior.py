@@ -18,12 +18,17 @@ from bayes_simfluence.synthetic import random_curricula
 from bayes_simfluence.validation import InputError
 
 
-@pytest.fixture(scope="module")
-def featured():
-    """Small runs from the model with two per-example features and one per-pair feature."""
+def featured_data():
+    """Small runs from the model, with empty batch slots, two per-example features and one per-pair
+    feature (model data)."""
     runs, _ = model_runs(n_train=6, n_tests=2, n_runs=4, n_steps=9, batch_size=2, empty_fraction=0.2, seed=5)
     rng = np.random.default_rng(3)
     return model_data(runs.with_features(rng.normal(size=(6, 2)), rng.normal(size=(2, 6, 1))))
+
+
+@pytest.fixture(scope="module")
+def featured():
+    return featured_data()
 
 
 def cg_evidence(data, config, m, decay):

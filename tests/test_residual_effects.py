@@ -1,23 +1,21 @@
 """The model without per-example residual effects (``-o residual=false``): effects are the common
 level and the feature regression alone.
 
-Oracles: the marginal likelihood written out from the model as a dense Gaussian; runs generated with additive effects ``B = phi beta`` exactly (no residual; the
-multiplicative ones small noise) and, for the check that the option does something, runs whose
-effects have a large residual the features cannot explain. Fresh runs from the same generating
-process score the roll-outs.
+Oracles: the marginal likelihood written out from the model as a dense Gaussian; runs generated
+with additive effects ``B = phi beta`` exactly (no residual; the multiplicative ones small noise)
+and, for the check that the option does something, runs whose effects have a large residual the
+features cannot explain. Fresh runs from the same generating process score the roll-outs.
 """
 
 import numpy as np
 import pytest
 from test_bayes_grid import grid_log_density
-from test_feature_prior import dense_evidence_of, featured_runs, written_out_log_density
+from test_feature_prior import dense_evidence_of, featured_data, featured_runs, written_out_log_density
 from test_variant_auto import stacking_with_predictions
 
 import bayes_simfluence as bsf
-from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.methods import default_path, ranking_check
 from bayes_simfluence.bayes.model import ModelConfig
-from bayes_simfluence.bayes.synthetic import model_runs
 from bayes_simfluence.bayes.posterior import BayesianSimfluence
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.settings import parse_all
@@ -33,10 +31,7 @@ def fresh_error(posterior, fresh) -> float:
 
 @pytest.fixture(scope="module")
 def featured():
-    """Small runs from the model, with empty batch slots, two per-example features and one per-pair."""
-    runs, _ = model_runs(n_train=6, n_tests=2, n_runs=4, n_steps=9, batch_size=2, empty_fraction=0.2, seed=5)
-    rng = np.random.default_rng(3)
-    return model_data(runs.with_features(rng.normal(size=(6, 2)), rng.normal(size=(2, 6, 1))))
+    return featured_data()
 
 
 @pytest.mark.parametrize("variant", ["linear", "additive"])
