@@ -178,3 +178,60 @@ def test_test_blocks_keep_the_residual_effects_by_default_and_say_why():
     named = fit_in_blocks("bayes-grid", runs, FitContext(options={**context.options, "residual": False}), blocks=2,
                           progress=False)
     assert not named.config.residual_effects and "residual_off" not in named.info
+
+
+@pytest.fixture
+def svi_scale(monkeypatch):
+    """``-m bayes`` thresholds under which the 300-example runs of these tests take bayes-svi with
+    residual effects (as 5,000 examples do by default) while bayes-grid fits the model without them."""
+    from bayes_simfluence.bayes import grid, methods
+
+    steps = 16 * 40
+    with_residuals = grid.grid_cost(300, steps, ModelConfig(memory="none", features=True), 1000)
+    without = grid.grid_cost(300, steps, ModelConfig(memory="none", features=True, residual_effects=False), 1000)
+    monkeypatch.setattr(methods, "AUTO_GRID_FLOPS_PER_TEST", (with_residuals * without) ** 0.5)
+    monkeypatch.setattr(methods, "AUTO_CG_ROWS_PER_TEST", 0.0)
+
+
+def test_where_bayes_runs_svi_auto_keeps_its_residual_effects_the_features_cannot_explain(svi_scale):
+    """Where ``-m bayes`` runs bayes-svi, ``residual=auto`` cross-fits it (with residual effects)
+    against bayes-grid without them; on runs whose effects are mostly each example's own, the
+    grid's held-out ranking is far worse and bayes-svi is kept."""
+    from bayes_simfluence.bayes.methods import _residual_across_backends
+
+    runs, _, _ = featured_runs(n_train=300, n_unseen=0, n_runs=16, n_steps=40, residual=0.03, seed=11)
+    options = parse_all("bayes", {"memory": "none"})
+    assert default_path(runs, options)[0] == "svi" and _residual_across_backends("svi", runs, options)
+    for named in ({"residual": True}, {"guard": False}, {"features": False}):
+        assert not _residual_across_backends("svi", runs, parse_all("bayes", {"memory": "none", **named}))
+    plain = Runs.create(runs.curricula, runs.losses, runs.n_train)
+    assert not _residual_across_backends("svi", plain, options)
+    posterior = bsf.fit(runs, method="bayes", memory="none", num_steps=500, progress=False)
+    check = posterior.info["residual_check"]
+    assert check["chosen"] is True and posterior.method == "svi" and posterior.config.residual_effects
+    lds = check["heldout_lds"]
+    assert lds["residual effects on bayes-svi"] > lds["no residual effects on bayes-grid"] + 0.1, lds
+    assert "residual=auto chose bayes-svi by the guard's held-out ranking" in posterior.info["chosen_by"]
+
+
+def test_where_bayes_runs_svi_auto_takes_the_grid_without_residuals_when_it_ranks_better(svi_scale, tmp_path,
+                                                                                         capsys):
+    """The other way: on runs generated from the feature regression alone, and a bayes-svi stopped
+    after 20 steps (far from its optimum), the grid without residuals ranks the held-out runs
+    better, is fitted, and ``fit`` says which backend ran and why."""
+    from bayes_simfluence.cli import main
+
+    runs, b, _ = featured_runs(n_train=300, n_unseen=0, n_runs=16, n_steps=40, residual=0.0, seed=11)
+    runs.save(tmp_path / "train.npz")
+    out = tmp_path / "posterior.nc"
+    assert main(["fit", "--train", str(tmp_path / "train.npz"), "--method", "bayes", "-o", "memory=none",
+                 "-o", "num_steps=20", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "fitted 'bayes' (as bayes-grid: bayes-grid would cost" in printed
+    assert "residual=auto chose bayes-grid by the guard's held-out ranking" in printed
+    assert "residual effects: off (auto: LDS on the guard's 16 held-out runs" in printed
+    assert "options not used: num_steps: bayes ran bayes-grid" in printed
+    loaded = bsf.load(out)
+    assert loaded.method == "grid" and not loaded.config.residual_effects
+    effects = loaded.additive_effects().mean(0)  # [tests, n_train]
+    assert np.corrcoef(effects.reshape(-1), b.reshape(-1))[0, 1] > 0.99

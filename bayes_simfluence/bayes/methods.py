@@ -235,6 +235,12 @@ def fit_bayes(method: str, train: Runs, options: dict[str, Any], seed: int = 0) 
 
 def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> BayesianSimfluence:
     """:func:`fit_bayes` with ``parsed`` options (:func:`~bayes_simfluence.settings.parse_all`)."""
+    return _fit_guarded(method, train, parsed, seed)[0]
+
+
+def _fit_guarded(method: str, train: Runs, parsed: dict[str, Any], seed: int
+                 ) -> tuple[BayesianSimfluence, guard.Stacking | None]:
+    """:func:`_fit_parsed`, and the guard's stacking of the model it fitted (None without the guard)."""
     options = dict(parsed)
     use_guard, folds = options.pop("guard", True), options.pop("guard_folds", guard.FOLDS)
     guard_steps, workers = options.pop("guard_steps", None), options.pop("guard_workers", None)
@@ -298,7 +304,7 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         posterior.info["features"] = {"per_example": 0 if train.train_features is None else train.train_features.shape[1],
                                       "per_pair": 0 if train.pair_features is None else train.pair_features.shape[2]}
     if stacking is None:
-        return posterior
+        return posterior, None
     posterior.info["guard"] = stacking.report
     if "skipped" not in stacking.report:
         posterior.stacking_weight = stacking.weight
@@ -307,7 +313,7 @@ def _fit_parsed(method: str, train: Runs, parsed: dict[str, Any], seed: int) -> 
         if options["run_state"]:
             alternative = _state_only(train, posterior)
             posterior.blind_state, posterior.blind_center = alternative.coefficients, alternative.center
-    return posterior
+    return posterior, stacking
 
 
 def state_check(with_state: guard.Stacking, without: guard.Stacking, sds: float = STATE_CHECK_SDS) -> dict[str, Any]:
@@ -529,15 +535,52 @@ def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:
     others (bayes-svi's where it runs bayes-grid) are listed in ``info["unused_options"]``. The
     options come checked and parsed (:func:`bayes_simfluence.methods.fit_method`)."""
     method, reason = default_path(train, context.options)
+    if _residual_across_backends(method, train, context.options):
+        posterior, method = _fit_residual_across_backends(train, context)
+        reason += f"; residual=auto chose bayes-{method} by the guard's held-out ranking (see residual effects)"
+    else:
+        reads = settings.option_names(f"bayes-{method}")
+        posterior = _fit_parsed(method, train, {k: v for k, v in context.options.items() if k in reads}, context.seed)
     reads = settings.option_names(f"bayes-{method}")
-    options = {k: v for k, v in context.options.items() if k in reads}
-    posterior = _fit_parsed(method, train, options, context.seed)
     ran = posterior.info.get("chosen_by")  # bayes-cg without residual effects runs bayes-grid and says so
     posterior.info["chosen_by"] = f"bayes: {reason}" + (f"; {ran}" if ran else "")
     unused = sorted(set(context.options) - reads)
     if unused:
         posterior.info["unused_options"] = f"{', '.join(unused)}: bayes ran bayes-{method}, which does not read them"
     return posterior
+
+
+def _residual_across_backends(method: str, train: Runs, options: dict[str, Any]) -> bool:
+    """Whether ``-m bayes`` chooses the residual effects across backends: where it runs bayes-svi
+    (which fits only the model with them), ``residual`` is ``auto``, the runs carry features that
+    bayes-svi's guide regresses on, the guard can cross-fit, and bayes-grid fits the model without
+    residuals within :data:`AUTO_GRID_FLOPS_PER_TEST` (its cost then does not grow with the pool)."""
+    if method != "svi" or options.get("residual", "auto") != "auto":
+        return False
+    if not resolve_features("svi", train, options.get("features", "auto"), options.get("guide"))[0]:
+        return False
+    if why_no_guard(train, options.get("guard", True), options.get("guard_folds", guard.FOLDS)) is not None:
+        return False
+    return default_path(train, {**options, "residual": False})[0] == "grid"
+
+
+def _fit_residual_across_backends(train: Runs, context: FitContext) -> tuple[BayesianSimfluence, str]:
+    """``(posterior, backend)``: ``residual=auto`` where ``-m bayes`` runs bayes-svi
+    (:func:`_residual_across_backends`). Both models are fitted with the guard, bayes-svi with the
+    residual effects and bayes-grid without them, and :func:`ranking_check` keeps bayes-svi's unless
+    the grid's cross-fits rank the held-out runs better by more than one bootstrap standard error:
+    the choice ``auto`` makes on one backend at smaller pools, and without the residuals the grid
+    keeps the run state and exact conditionals at any pool. ``info["residual_check"]`` reports it."""
+    fits = {}
+    for method, residual in (("svi", True), ("grid", False)):
+        reads = settings.option_names(f"bayes-{method}")
+        options = {**{k: v for k, v in context.options.items() if k in reads}, "residual": residual}
+        fits[residual] = _fit_guarded(method, train, options, context.seed)
+    report = ranking_check({key: stacking for key, (_, stacking) in fits.items()}, train,
+                           {True: "residual effects on bayes-svi", False: "no residual effects on bayes-grid"})
+    posterior = fits[report["chosen"]][0]
+    posterior.info["residual_check"] = report
+    return posterior, "svi" if report["chosen"] else "grid"
 
 
 def _factory(method: str) -> Callable[[Runs, FitContext], BayesianSimfluence]:
