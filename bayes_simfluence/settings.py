@@ -107,8 +107,9 @@ class Settings(TypedDict, total=False):
     residual: Annotated[bool | Literal["auto"], _model(
         "each training example's own effect beyond the common level and the feature regression; `false`: "
         "the effects are those two alone (`bayes-grid`, `bayes-cg`); `auto` (with features, the guard and "
-        "one of those two): `false` where the guard's held-out runs rank better without them by more than "
-        "one standard error", field="residual_effects", default="auto")]
+        "one of those two, or `bayes` where it runs `bayes-svi`, against `bayes-grid` without them): `false` "
+        "where the guard's held-out runs rank better without them by more than one standard error",
+        field="residual_effects", default="auto")]
     # inference
     num_draws: Annotated[int, Setting("inference", ("bayes", "bayes-grid", "bayes-cg", "bayes-svi"),
                                       "posterior draws kept", minimum=1)]

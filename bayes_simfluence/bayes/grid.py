@@ -31,7 +31,8 @@ times the evidence.
 Stages per test example: a coarse grid over the whole range (the schedule's, :data:`DENSE` for bayes-grid) finds the box
 holding every cell within :data:`DROP` log units of the best; a finer grid over
 that box, widened by a cell, is refined the same way until every axis has :data:`MIN_POINTS`
-points within the box (at most the schedule's refinements). The last grid's cell
+points within the box (at most the schedule's refinements; an axis already resolved keeps its
+points while the others are refined, :func:`refine`). The last grid's cell
 probabilities are the posterior: a draw picks a cell by its probability and a point uniformly
 inside it (the decay at the centre of one of the schedule's parts of its cell, so that the
 statistics are computed once per part rather than once per draw). :func:`run_grid` reports the
@@ -69,7 +70,7 @@ import functools
 import math
 import time
 import warnings
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -487,14 +488,31 @@ def _refined(grid: _Grid, log_density: np.ndarray, fine: tuple[int, int, int]) -
 def _resolved(grid: _Grid, log_density: np.ndarray) -> np.ndarray:
     """``[tests]``: every free axis has at least :data:`MIN_POINTS` points within :data:`DROP` of
     the best, and the outer cells hold at most :data:`EDGE_TOLERANCE` of the probability."""
-    flat = log_density.reshape(len(log_density), -1)
-    weights = np.exp(flat - flat.max(axis=1, keepdims=True))
-    weights = (weights / weights.sum(axis=1, keepdims=True)).reshape(log_density.shape)
-    done = edge_mass(grid, weights) <= EDGE_TOLERANCE
+    return (edge_mass(grid, _weights(log_density)) <= EDGE_TOLERANCE) \
+        & _settled(grid, log_density).all(axis=0)
+
+
+def _settled(grid: _Grid, log_density: np.ndarray) -> np.ndarray:
+    """``[axes, tests]``: the axis has one point, or at least :data:`MIN_POINTS` points within
+    :data:`DROP` of the best and at most :data:`EDGE_TOLERANCE` of the probability in its outer
+    cells. A settled axis keeps its points while the others are refined: re-boxed together, an
+    axis already resolved could widen again (its kept points reach the grid's end at ``DROP`` log
+    units below the best) while another zooms in, and the two took turns without ever both
+    resolving (sharp posteriors of thousands of observations)."""
+    weights = _weights(log_density)
+    settled = np.ones((len(grid), len(log_density)), dtype=bool)
     for axis, points in enumerate(grid):
         if points.shape[1] > 1:
-            done &= _kept(log_density, axis).sum(axis=1) >= MIN_POINTS
-    return done
+            settled[axis] = (_kept(log_density, axis).sum(axis=1) >= MIN_POINTS) \
+                & (_axis_edge_mass(grid, weights, axis) <= EDGE_TOLERANCE)
+    return settled
+
+
+def _weights(log_density: np.ndarray) -> np.ndarray:
+    """Cell probabilities of ``log_density [tests, decay, tau, delta]``, normalised per test example."""
+    flat = log_density.reshape(len(log_density), -1)
+    weights = np.exp(flat - flat.max(axis=1, keepdims=True))
+    return (weights / weights.sum(axis=1, keepdims=True)).reshape(log_density.shape)
 
 
 def _log_cell_volume(grid: _Grid) -> np.ndarray:
@@ -506,16 +524,19 @@ def edge_mass(grid: _Grid, weights: np.ndarray) -> np.ndarray:
     """``[tests]`` probability of the outer cells of each axis, where the grid ends inside the
     parameter's range (not at a decay of 0 or :data:`DECAY_MAX`, nor at the ends of
     :data:`LOG_TAU_RANGE`): large values mean the grid cut the posterior off."""
-    bounds = ((0.0, DECAY_MAX), LOG_TAU_RANGE, (-np.inf, np.inf))
-    mass = np.zeros(weights.shape[0])
-    for axis, (points, (lowest, highest)) in enumerate(zip(grid, bounds)):
-        if points.shape[1] == 1:
-            continue
-        half = _spacing(points) / 2
-        marginal = weights.sum(axis=tuple(a for a in (1, 2, 3) if a != axis + 1))  # [tests, points]
-        mass += np.where(points[:, 0] - half > lowest + 1e-9, marginal[:, 0], 0.0)
-        mass += np.where(points[:, -1] + half < highest - 1e-9, marginal[:, -1], 0.0)
-    return mass
+    return sum(_axis_edge_mass(grid, weights, axis) for axis in range(len(grid)))
+
+
+def _axis_edge_mass(grid: _Grid, weights: np.ndarray, axis: int) -> np.ndarray:
+    """``[tests]`` :func:`edge_mass` of one axis (0 where it has one point)."""
+    points = grid[axis]
+    if points.shape[1] == 1:
+        return np.zeros(weights.shape[0])
+    lowest, highest = ((0.0, DECAY_MAX), LOG_TAU_RANGE, (-np.inf, np.inf))[axis]
+    half = _spacing(points) / 2
+    marginal = weights.sum(axis=tuple(a for a in (1, 2, 3) if a != axis + 1))  # [tests, points]
+    return (np.where(points[:, 0] - half > lowest + 1e-9, marginal[:, 0], 0.0)
+            + np.where(points[:, -1] + half < highest - 1e-9, marginal[:, -1], 0.0))
 
 
 def _log_sigma_hat(evidence: Evidence, log_tau: np.ndarray, n_obs: int) -> np.ndarray:
@@ -583,23 +604,38 @@ class Hyperparameters(NamedTuple):
         return pairs, pair.reshape(-1)
 
 
+def refine(coarse: _Grid, evaluate: Callable[[_Grid, int], tuple[np.ndarray, Any]], schedule: Schedule
+           ) -> tuple[_Grid, np.ndarray, Any, int, np.ndarray]:
+    """The stages of :func:`integrate` (module docstring): ``evaluate(grid, stage)`` gives ``(log density
+    [tests, decays, taus, deltas], what else it computed)`` on a grid; the coarse grid is evaluated, then
+    fine grids over the box of each test example's cells within :data:`DROP` of the best, until every
+    test example is :func:`_resolved` or after ``schedule.max_refinements``. Test examples already
+    resolved, and axes already :func:`_settled`, keep their points. Returns ``(last grid, its log
+    density, what evaluate gave with it, refinements, resolved [tests])``."""
+    log_density, _ = evaluate(coarse, 1)
+    fine = _refined(coarse, log_density, schedule.fine)
+    refinement = 0
+    for refinement in range(1, schedule.max_refinements + 1):
+        log_density, extra = evaluate(fine, refinement + 1)
+        done = _resolved(fine, log_density)
+        if done.all() or refinement == schedule.max_refinements:
+            break
+        refined = _refined(fine, log_density, schedule.fine)
+        fine = _Grid(*(np.where(keep[:, None], old, new)
+                       for old, new, keep in zip(fine, refined, _settled(fine, log_density) | done)))
+    return fine, log_density, extra, refinement, done
+
+
 def integrate(data: ModelData, config: ModelConfig, evidence_of: EvidenceOf, schedule: Schedule, num_draws: int,
               rng: np.random.Generator, name: str) -> Hyperparameters:
     """Integrate each test example's hyperparameters on a grid refined in stages (module docstring)
     over a backend's evidence, and draw them: a cell by its probability, a point uniformly inside it
     (the decay at the centre of one of ``schedule.decay_parts`` parts of its cell)."""
     n_tests, n_obs = data.n_tests, data.n_runs * data.n_steps
-    fine = _coarse_grid(n_tests, n_obs, config, schedule)
-    log_density, _ = _evaluate(data, config, fine, evidence_of, f"{name}: stage 1 statistics")
-    fine = _refined(fine, log_density, schedule.fine)
-    refinement = 0
-    for refinement in range(1, schedule.max_refinements + 1):
-        log_density, evidence = _evaluate(data, config, fine, evidence_of, f"{name}: stage {refinement + 1} statistics")
-        done = _resolved(fine, log_density)
-        if done.all() or refinement == schedule.max_refinements:
-            break
-        refined = _refined(fine, log_density, schedule.fine)  # only the test examples not yet resolved move
-        fine = _Grid(*(np.where(done[:, None], old, new) for old, new in zip(fine, refined)))
+    fine, log_density, evidence, refinement, done = refine(
+        _coarse_grid(n_tests, n_obs, config, schedule),
+        lambda stage_grid, stage: _evaluate(data, config, stage_grid, evidence_of, f"{name}: stage {stage} statistics"),
+        schedule)
     flat = log_density.reshape(n_tests, -1)
     weights = np.exp(flat - flat.max(axis=1, keepdims=True))
     total = weights.sum(axis=1, keepdims=True)
