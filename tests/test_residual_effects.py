@@ -183,7 +183,8 @@ def test_test_blocks_keep_the_residual_effects_by_default_and_say_why():
 @pytest.fixture
 def svi_scale(monkeypatch):
     """``-m bayes`` thresholds under which the 300-example runs of these tests take bayes-svi with
-    residual effects (as 5,000 examples do by default) while bayes-grid fits the model without them."""
+    residual effects (as runs with many more runs x steps do by default: the threshold of bayes-cg
+    counts those rows, not the pool) while bayes-grid fits the model without them."""
     from bayes_simfluence.bayes import grid, methods
 
     steps = 16 * 40
