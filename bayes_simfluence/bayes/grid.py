@@ -485,11 +485,11 @@ def _refined(grid: _Grid, log_density: np.ndarray, fine: tuple[int, int, int]) -
     return _Grid(*axes)
 
 
-def _resolved(grid: _Grid, log_density: np.ndarray) -> np.ndarray:
+def _resolved(grid: _Grid, log_density: np.ndarray, settled: np.ndarray) -> np.ndarray:
     """``[tests]``: every free axis has at least :data:`MIN_POINTS` points within :data:`DROP` of
-    the best, and the outer cells hold at most :data:`EDGE_TOLERANCE` of the probability."""
-    return (edge_mass(grid, _weights(log_density)) <= EDGE_TOLERANCE) \
-        & _settled(grid, log_density).all(axis=0)
+    the best, and the outer cells hold at most :data:`EDGE_TOLERANCE` of the probability;
+    ``settled``: :func:`_settled` of the same grid and density."""
+    return (edge_mass(grid, _weights(log_density)) <= EDGE_TOLERANCE) & settled.all(axis=0)
 
 
 def _settled(grid: _Grid, log_density: np.ndarray) -> np.ndarray:
@@ -617,12 +617,12 @@ def refine(coarse: _Grid, evaluate: Callable[[_Grid, int], tuple[np.ndarray, Any
     refinement = 0
     for refinement in range(1, schedule.max_refinements + 1):
         log_density, extra = evaluate(fine, refinement + 1)
-        done = _resolved(fine, log_density)
+        settled = _settled(fine, log_density)
+        done = _resolved(fine, log_density, settled)
         if done.all() or refinement == schedule.max_refinements:
             break
         refined = _refined(fine, log_density, schedule.fine)
-        fine = _Grid(*(np.where(keep[:, None], old, new)
-                       for old, new, keep in zip(fine, refined, _settled(fine, log_density) | done)))
+        fine = _Grid(*(np.where(keep[:, None], old, new) for old, new, keep in zip(fine, refined, settled | done)))
     return fine, log_density, extra, refinement, done
 
 

@@ -539,15 +539,19 @@ def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:
         posterior, method = _fit_residual_across_backends(train, context)
         reason += f"; residual=auto chose bayes-{method} by the guard's held-out ranking (see residual effects)"
     else:
-        reads = settings.option_names(f"bayes-{method}")
-        posterior = _fit_parsed(method, train, {k: v for k, v in context.options.items() if k in reads}, context.seed)
-    reads = settings.option_names(f"bayes-{method}")
+        posterior = _fit_parsed(method, train, _options_of(method, context.options), context.seed)
     ran = posterior.info.get("chosen_by")  # bayes-cg without residual effects runs bayes-grid and says so
     posterior.info["chosen_by"] = f"bayes: {reason}" + (f"; {ran}" if ran else "")
-    unused = sorted(set(context.options) - reads)
+    unused = sorted(set(context.options) - set(_options_of(method, context.options)))
     if unused:
         posterior.info["unused_options"] = f"{', '.join(unused)}: bayes ran bayes-{method}, which does not read them"
     return posterior
+
+
+def _options_of(method: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The parsed ``-m bayes`` options that backend ``bayes-{method}`` reads."""
+    reads = settings.option_names(f"bayes-{method}")
+    return {key: value for key, value in options.items() if key in reads}
 
 
 def _residual_across_backends(method: str, train: Runs, options: dict[str, Any]) -> bool:
@@ -573,8 +577,7 @@ def _fit_residual_across_backends(train: Runs, context: FitContext) -> tuple[Bay
     keeps the run state and exact conditionals at any pool. ``info["residual_check"]`` reports it."""
     fits = {}
     for method, residual in (("svi", True), ("grid", False)):
-        reads = settings.option_names(f"bayes-{method}")
-        options = {**{k: v for k, v in context.options.items() if k in reads}, "residual": residual}
+        options = {**_options_of(method, context.options), "residual": residual}
         fits[residual] = _fit_guarded(method, train, options, context.seed)
     report = ranking_check({key: stacking for key, (_, stacking) in fits.items()}, train,
                            {True: "residual effects on bayes-svi", False: "no residual effects on bayes-grid"})
