@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bayes_simfluence import budget, validation
+from bayes_simfluence import budget, run_kind, validation
 from bayes_simfluence.choices import DEFAULT_DRAWS, PREDICTIVES, REDUCTIONS
 from bayes_simfluence.curricula import from_batches
 from bayes_simfluence.runs import EMPTY_SLOT, RunsFormatError
@@ -149,6 +149,9 @@ class Comparison:
         unseen: ``[candidates]`` how many distinct training examples each candidate uses that no
             fitted run used (where the simulator records them: a Bayesian fit's
             ``info["unseen_indices"]``); empty where it does not.
+        unlike: ``[candidates]`` how each candidate's runs differ from the logged runs' kind, in words
+            (:func:`bayes_simfluence.run_kind.unlike`; empty for one of that kind), where the simulator
+            records that kind (a Bayesian fit's ``info["logged_runs"]``); empty where it does not.
     """
 
     labels: tuple[str, ...]
@@ -164,6 +167,7 @@ class Comparison:
     stacking_weight: float | None = None
     stacked_alternative: str = ""
     unseen: tuple[int, ...] = ()
+    unlike: tuple[str, ...] = ()
 
     @property
     def n_draws(self) -> int:
@@ -202,6 +206,17 @@ class Comparison:
         return (f"training examples in no fitted run: {', '.join(using)}; their effects come from the feature "
                 "prior where the fit has one (else from the prior alone), and the run-to-run misfit in the "
                 "intervals was learned on runs without them: it may be too wide or too narrow for these")
+
+    @property
+    def unlike_note(self) -> str:
+        """Which candidates' runs are unlike the logged runs (:mod:`bayes_simfluence.run_kind`; empty
+        when none is): their intervals extrapolate the run-to-run misfit the guard measured on runs
+        like the logged ones, and can be too narrow."""
+        unlike = [f"{label} {words}" for label, words in zip(self.labels, self.unlike) if words]
+        if not unlike:
+            return ""
+        return (f"unlike the logged runs: {'; '.join(unlike)}; the intervals' run-to-run misfit was measured on "
+                "runs like the logged ones and can be too narrow for these (docs/results/runs_needed.md)")
 
     def differences(self, quantity: str = "final") -> np.ndarray:
         """``[draws, candidates]`` paired difference ``loss_k - loss_reference`` (negative: k is better)."""
@@ -261,7 +276,9 @@ class Comparison:
             "tests": self.tests.tolist(), "draws": self.n_draws, "predictive": self.predictive or None,
             "uncertainty": self.uncertainty, "stacking_weight": self.stacking_weight,
             "lengths": self.length_note or None, "identical": self.identical_note or None,
-            "unseen_examples": dict(zip(self.labels, self.unseen)) if self.unseen else None, "candidates": candidates,
+            "unseen_examples": dict(zip(self.labels, self.unseen)) if self.unseen else None,
+            "unlike_logged_runs": {label: words for label, words in zip(self.labels, self.unlike) if words} or None,
+            "candidates": candidates,
         }
 
     @property
@@ -290,7 +307,7 @@ class Comparison:
             f"{self.reduction} loss over {len(self.tests)} test example(s); {self.n_draws} paired draw(s); "
             f"uncertainty: {self.uncertainty}; reference: {self.labels[self.reference]}",
         ]
-        for note in (self.identical_note, self.length_note, self.unseen_note):
+        for note in (self.identical_note, self.length_note, self.unseen_note, self.unlike_note):
             if note:
                 lines.append(f"note: {note}")
         lines += [header, "-" * len(header)]
@@ -397,8 +414,10 @@ def compare(simulator: Simulator, curricula_list: Sequence[Any], initial_losses:
     recorded = getattr(simulator, "info", {}).get("unseen_indices")
     unseen = () if recorded is None else tuple(
         int(np.isin(np.unique(candidate[candidate >= 0]), recorded).sum()) for candidate in candidates)
+    logged = getattr(simulator, "info", {}).get("logged_runs")
+    unlike = () if logged is None else tuple(run_kind.unlike(logged, candidate) for candidate in candidates)
     return Comparison(labels, tests, reduction, tuple(trajectories),
                       np.array([candidate.shape[1] for candidate in candidates]), identical, reference, level,
                       *_predictive_words(simulator, predictive),
                       float(np.mean(simulator.stacking_weight)) if stacked else None,
-                      simulator.stacked_alternative if stacked else "", unseen)
+                      simulator.stacked_alternative if stacked else "", unseen, unlike)

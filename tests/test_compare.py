@@ -217,3 +217,47 @@ def test_candidates_with_examples_no_fitted_run_used_are_named_also_after_a_relo
     assert plain.unseen == (0, 0) and plain.unseen_note == "" and "training examples in no" not in plain.summary()
     point = compare(SimfluenceLinear(ridge=0.1).fit(runs), [seen, one_new], np.ones(N_TESTS))
     assert point.unseen == () and point.to_dict()["unseen_examples"] is None
+
+
+def test_candidates_unlike_the_logged_runs_are_named_with_their_numbers_also_after_a_reload(tmp_path):
+    """Logged runs each train 16 of 20 examples 3 times (a random 80% subset, 3 epochs); a fit
+    records that kind, and a comparison names the candidates outside it with their numbers counted by
+    hand (10 distinct examples 4.8 times; 20 once): in its summary, its JSON, for a test subset and a
+    reloaded posterior. A candidate of the logged kind, or one 10% off it, carries no note; point
+    simulators record no kind."""
+    import bayes_simfluence as bsf
+    from bayes_simfluence.run_kind import logged_kind, unlike
+
+    n_train, steps, batch = 20, 12, 4
+    rng = np.random.default_rng(1)
+
+    def subset_run(distinct: int) -> np.ndarray:  # [steps, batch]: `distinct` examples, reshuffled each epoch
+        chosen = rng.choice(n_train, distinct, replace=False)
+        order = np.concatenate([rng.permutation(chosen) for _ in range(-(-steps * batch // distinct))])
+        return order[: steps * batch].reshape(steps, batch)
+
+    curricula = np.stack([subset_run(16) for _ in range(8)])
+    losses = 1.0 - 0.02 * np.arange(steps + 1)[None, :, None] + 0.01 * rng.standard_normal((8, steps + 1, N_TESTS))
+    runs = Runs.create(curricula, losses, n_train=n_train)
+    assert logged_kind(curricula) == {"distinct": [16.0, 16.0], "uses": [3.0, 3.0]}
+    posterior = bsf.fit(runs, method="bayes-grid", guard=False, memory="none", run_state=False, progress=False)
+    assert posterior.info["logged_runs"] == {"distinct": [16.0, 16.0], "uses": [3.0, 3.0]}
+    like, fewer, wider = subset_run(16), subset_run(10), np.arange(n_train).reshape(5, 4)
+    near = like.copy()
+    near[0, 0] = -1  # 47 slots over 16 or 15 examples: within 10% of the logged numbers
+    assert unlike(posterior.info["logged_runs"], near) == ""
+    posterior.save(tmp_path / "posterior.nc")
+    for simulator, tests in ((posterior, None), (posterior, [1]), (bsf.load(tmp_path / "posterior.nc"), None)):
+        result = simulator.compare([like, fewer, wider, near], np.ones(N_TESTS), tests=tests, n_draws=20,
+                                   labels=["like", "fewer", "wider", "near"])
+        assert result.unlike[0] == "" and result.unlike[3] == ""
+        assert result.unlike[1] == "10 distinct examples per run, each used 4.80 times (logged runs: 16, 3.00)"
+        assert result.unlike[2] == "20 distinct examples per run, each used 1.00 times (logged runs: 16, 3.00)"
+        note = next(line for line in result.summary().splitlines() if line.startswith("note: unlike the logged runs"))
+        assert "fewer 10 distinct" in note and "wider 20 distinct" in note and "like 16" not in note and "near" not in note
+        assert set(result.to_dict()["unlike_logged_runs"]) == {"fewer", "wider"}
+    plain = posterior.compare([like, like[::-1]], np.ones(N_TESTS), n_draws=20)
+    assert plain.unlike_note == "" and "unlike the logged runs" not in plain.summary()
+    assert plain.to_dict()["unlike_logged_runs"] is None
+    point = compare(SimfluenceLinear(ridge=0.1).fit(runs), [like, fewer], np.ones(N_TESTS))
+    assert point.unlike == () and point.to_dict()["unlike_logged_runs"] is None

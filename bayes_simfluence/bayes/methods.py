@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bayes_simfluence import budget, settings, validation
+from bayes_simfluence import budget, run_kind, settings, validation
 from bayes_simfluence.bayes import backends, grid, guard, inference, krylov, run_state
 from bayes_simfluence.bayes.data import model_data
 from bayes_simfluence.bayes.discrepancy import without_parameter_error
@@ -300,6 +300,7 @@ def _fit_guarded(method: str, train: Runs, parsed: dict[str, Any], seed: int
     unseen = unused_examples(train.curricula, train.n_train)
     posterior.info["unseen_examples"] = int(unseen.size)
     posterior.info["unseen_indices"] = unseen.tolist()  # compare names the candidates that use them
+    posterior.info["logged_runs"] = run_kind.logged_kind(train.curricula)  # and those unlike the logged runs
     if options["features"]:
         posterior.info["features"] = {"per_example": 0 if train.train_features is None else train.train_features.shape[1],
                                       "per_pair": 0 if train.pair_features is None else train.pair_features.shape[2]}
