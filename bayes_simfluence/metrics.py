@@ -12,10 +12,13 @@ test checks it). **Coverage** of central predictive bands, **CRPS** (continuous 
 score). :func:`bootstrap_intervals` puts percentile-bootstrap intervals over test examples on
 every metric that is a mean over test examples, so tables show which differences are real;
 :func:`spearman_mean_loss` (the run-level ranking of the mean test loss, what ``compare`` decides
-on) gets one over runs (:func:`run_bootstrap_interval`).
+on) gets one over runs (:func:`run_bootstrap_interval`), and the LDS of two simulators on the same
+runs a paired one of their difference (:func:`lds_difference_interval`).
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import scoringrules
@@ -116,6 +119,38 @@ def run_bootstrap_interval(predicted: np.ndarray, observed: np.ndarray, level: f
         return float("nan"), float("nan")
     low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def lds_difference_interval(predicted: np.ndarray, baseline: np.ndarray, observed: np.ndarray, level: float = 0.9,
+                            n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """``(difference, low, high)``: LDS of ``predicted`` minus LDS of ``baseline`` on the same
+    held-out runs, with its percentile-bootstrap ``level`` interval resampling runs, paired (both
+    simulators on each resample), so that "below the baseline" is told apart from noise.
+
+    Args:
+        predicted, baseline, observed: ``[runs, steps + 1, tests]``.
+    """
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check(predicted, observed)
+    _check(baseline, observed)
+    difference = spearman_runs(predicted, observed)[0] - spearman_runs(baseline, observed)[0]
+    finals = [array[:, -1] for array in (predicted, baseline, observed)]  # [runs, tests] each
+    n_runs, n_tests = finals[2].shape
+    picks = np.random.default_rng(seed).integers(0, n_runs, size=(n_boot, n_runs))
+    values = []
+    for chunk in np.array_split(picks, max(1, n_boot * n_tests // 200_000)):  # [chunk, runs] resamples
+        columns = [final[chunk.T].reshape(n_runs, -1) for final in finals]  # [runs, chunk * tests]
+        lds = [rank_correlations(column, columns[2]).reshape(len(chunk), n_tests) for column in columns[:2]]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a resample where every rho is undefined
+            values.append(np.nanmean(lds[0], axis=1) - np.nanmean(lds[1], axis=1))
+    values = np.concatenate(values)
+    values = values[np.isfinite(values)]
+    if not np.isfinite(difference) or len(values) < n_boot / 2:
+        return float(difference), float("nan"), float("nan")
+    low, high = np.quantile(values, [(1 - level) / 2, (1 + level) / 2])
+    return float(difference), float(low), float(high)
 
 
 def _mean_final(predicted: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -64,7 +64,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bayes_simfluence.metrics import coverage as band_coverage
-from bayes_simfluence.metrics import spearman_runs
+from bayes_simfluence.metrics import lds_difference_interval, spearman_runs
 from bayes_simfluence.runs import Runs
 from bayes_simfluence.validation import undefined_as_null
 
@@ -316,13 +316,16 @@ def study_set(name: str, runs: Runs, n_fit: int, n_heldout: int, method: str, op
     fit_seconds = time.perf_counter() - start
     linear = fit_method("linear", train, FitContext(seed=0))
     info = getattr(simulator, "info", {})
-    lds, _ = spearman_runs(simulator.simulate(heldout.curricula, heldout.initial_losses), heldout.losses)
-    lds_linear, _ = spearman_runs(linear.simulate(heldout.curricula, heldout.initial_losses), heldout.losses)
+    predicted = simulator.simulate(heldout.curricula, heldout.initial_losses)
+    predicted_linear = linear.simulate(heldout.curricula, heldout.initial_losses)
+    lds, _ = spearman_runs(predicted, heldout.losses)
+    lds_linear, _ = spearman_runs(predicted_linear, heldout.losses)
     result = {"fit_runs": n_fit, "heldout_runs": n_heldout, "window": window,
               "fit_run_range": [int(fit_runs[0]), int(fit_runs[-1]) + 1], "steps": runs.n_steps, "batch": runs.batch_size,
               "tests": runs.n_tests, "pool": runs.n_train, "method": method, "path": getattr(simulator, "name", method),
               "options": options,
               "fit_seconds": fit_seconds, "lds": lds, "lds_linear": lds_linear,
+              "lds_minus_linear": list(lds_difference_interval(predicted, predicted_linear, heldout.losses)),
               "guard_weight": _guard_weight(simulator),
               "parameter_share": info.get("guard", {}).get("parameter_share"),
               "run_state": getattr(simulator, "state", None) is not None,

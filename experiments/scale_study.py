@@ -207,15 +207,29 @@ def windows_markdown(rows: dict) -> list[str]:
               ("LDS", lambda r: r["lds"]), ("LDS linear", lambda r: r["lds_linear"]))
     lines = ["", "Over fit windows (`--windows 0 1 2 3`: window W fits runs 40W to 40W + 39 and is scored on the "
              "other 120): mean over the windows, range in brackets.", "",
-             "| pool | training | method | windows | " + " | ".join(name for name, _ in scores) + " |",
-             "|---|---|---|---|" + "---|" * len(scores)]
+             "| pool | training | method | windows | " + " | ".join(name for name, _ in scores)
+             + " | LDS - linear: mean; windows whose paired 90% interval is below / above 0 |",
+             "|---|---|---|---|" + "---|" * (len(scores) + 1)]
     for (pool, optimizer, method), found in sorted(groups.items()):
         cells = []
         for _, score in scores:
             values = np.array([score(r) for r in found])
             cells.append(f"{values.mean():.2f} ({values.min():.2f}-{values.max():.2f})")
-        lines.append(f"| {pool} | {TRAINING[optimizer]} | {method} | {len(found)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {pool} | {TRAINING[optimizer]} | {method} | {len(found)} | " + " | ".join(cells)
+                     + f" | {below_linear(found)} |")
     return lines
+
+
+def below_linear(found: list[dict]) -> str:
+    """A cell: the mean over windows of LDS minus the ridge ``linear``'s, and in how many windows the
+    paired 90% bootstrap interval of that difference (``lds_minus_linear``, resampling held-out runs)
+    lies below 0 (or above); ``-`` where the rows predate it."""
+    intervals = [r["lds_minus_linear"] for r in found if r.get("lds_minus_linear")]
+    if len(intervals) < len(found):
+        return "-"
+    differences, lows, highs = np.array(intervals).T
+    return (f"{differences.mean():+.3f}; below in {int((highs < 0).sum())}, above in {int((lows > 0).sum())} "
+            f"of {len(found)}")
 
 
 def main(argv: list[str] | None = None) -> None:
