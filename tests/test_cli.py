@@ -98,7 +98,16 @@ def test_bayesian_fit_saves_a_posterior_that_simulate_and_evaluate_reuse(runs_fi
     held = Runs.load(runs_files["held"])
     predicted = Runs.load(predicted_path).losses
     assert predicted.shape == held.losses.shape and np.isfinite(predicted).all()
-    capsys.readouterr()
+    assert "unlike the logged runs" not in capsys.readouterr().out  # held-out runs of the logged kind
+    # the second run trains 6 of the 12 examples, each twice as often as a logged run uses one
+    halved = held.curricula.copy()
+    halved[1] = halved[1] % 6
+    Runs.create(halved, held.losses, held.n_train).save(tmp_path / "halved.npz")
+    assert main(["simulate", "--simulator", str(posterior), "--curricula", str(tmp_path / "halved.npz"),
+                 "--out", str(tmp_path / "halved_predicted.npz")]) == 0
+    note = capsys.readouterr().out.splitlines()[-1]
+    assert note.startswith("note: 1 of 4 curricula are unlike the logged runs (run 1: 6 distinct examples per run, "
+                           "each used 6.67 times (logged runs: 12, 3.33))")
     assert main(["evaluate", "--train", str(runs_files["train"]), "--heldout", str(runs_files["held"]),
                  "-m", "mean", "-m", "bayes", *options, "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bayes_simfluence import atomic, budget, validation
+from bayes_simfluence import atomic, budget, run_kind, validation
 from bayes_simfluence.commands._arguments import nonnegative_int, output_file, seed
 from bayes_simfluence.runs import Runs
 
@@ -63,4 +63,12 @@ def run(args: argparse.Namespace) -> int:
             "the simulated draws", validation.MAX_ABS_LOSS)
     atomic.savez(args.out, arrays)
     print(f"simulated {given.n_runs} curricula x {given.n_tests} test examples; wrote {args.out}")
+    logged = getattr(simulator, "info", {}).get("logged_runs")
+    unlike = {} if logged is None else {r: run_kind.unlike(logged, given.curricula[r]) for r in range(given.n_runs)}
+    unlike = {r: words for r, words in unlike.items() if words}
+    if unlike:
+        first = min(unlike)
+        print(f"note: {len(unlike)} of {given.n_runs} curricula are unlike the logged runs (run {first}: {unlike[first]}); "
+              "they extrapolate the fit, and their draws' run-to-run misfit, measured on runs like the logged "
+              "ones, can be too narrow (docs/results/runs_needed.md)")
     return 0
