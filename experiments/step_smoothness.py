@@ -31,7 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 import retraining_study as study  # noqa: E402
 
-from bayes_simfluence.metrics import all_steps_mse, spearman_runs  # noqa: E402
+from bayes_simfluence.metrics import all_steps_mse, lds_difference_interval, spearman_runs  # noqa: E402
 from bayes_simfluence.runs import Runs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -42,18 +42,10 @@ FIT_RUNS, HELDOUT_RUNS, N_BOOT = 40, 120, 1000
 def paired_lds(predicted: np.ndarray, baseline: np.ndarray, observed: np.ndarray,
                seed: int = 0) -> tuple[float, float, float, list[float]]:
     """``(LDS, baseline LDS, difference, 90% bootstrap interval of the difference)`` of final losses
-    ``[runs, steps + 1, tests]``, resampling held-out runs (the same resample for both)."""
-    def lds(rows: np.ndarray, which: np.ndarray) -> float:
-        return spearman_runs(which[rows], observed[rows])[0]
-
-    everything = np.arange(len(observed))
-    rng = np.random.default_rng(seed)
-    differences = []
-    for _ in range(N_BOOT):
-        rows = rng.integers(0, len(observed), len(observed))
-        differences.append(lds(rows, predicted) - lds(rows, baseline))
-    ours, theirs = lds(everything, predicted), lds(everything, baseline)
-    return ours, theirs, ours - theirs, np.quantile(differences, [0.05, 0.95]).tolist()
+    ``[runs, steps + 1, tests]``, resampling held-out runs (the same resample for both:
+    :func:`~bayes_simfluence.metrics.lds_difference_interval`)."""
+    difference, low, high = lds_difference_interval(predicted, baseline, observed, n_boot=N_BOOT, seed=seed)
+    return spearman_runs(predicted, observed)[0], spearman_runs(baseline, observed)[0], difference, [low, high]
 
 
 def study_smoothness(pool: int, optimizer: str, window: int, smoothness: list[float]) -> list[dict]:
