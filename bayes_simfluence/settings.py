@@ -93,7 +93,7 @@ class Settings(TypedDict, total=False):
     memory_prior: Annotated[float, _positive("`b` of the Beta(1, b) prior of the memory decay")]
     collapse_drift: Annotated[bool, _model("integrate the step component out of the Normal likelihood")]
     run_state: Annotated[bool | Literal["auto"], _model(
-        "the shared run state (`bayes-grid` only); `auto` keeps it where the guard's held-out runs favour it",
+        "the shared run state (`bayes-grid`, `bayes-cg`); `auto` keeps it where the guard's held-out runs favour it",
         default="auto")]
     state_prior: Annotated[float, _positive("sd of the prior of the run state's coefficients, in units of `sigma`")]
     features: Annotated[bool | Literal["auto"], _model(

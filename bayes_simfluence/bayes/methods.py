@@ -142,7 +142,7 @@ def why_no_guard(train: Runs, use_guard: bool, folds: int) -> str | None:
 def resolve_run_state(method: str, train: Runs, value: Any, use_guard: bool, folds: int) -> tuple[bool, str | None]:
     """Whether a fit has the run state, and why not where ``auto`` turned it off.
 
-    ``auto`` (the default) turns it on where bayes-grid runs with its guard (at least ``folds *``
+    ``auto`` (the default) turns it on where bayes-grid or bayes-cg runs with its guard (at least ``folds *``
     :data:`~bayes_simfluence.bayes.guard.MIN_RUNS_PER_FOLD` runs): there the guard stacks the full
     model against the state-only one, and over four disjoint fit windows of both real sets of the
     retraining study the state met every calibration target on average, where the model without it

@@ -13,7 +13,7 @@ The run state is a scalar per run and step,
     z_t = rho z_{t-1} + sum_{i in c_t} u_i,    z_0 = 0,
 
 pushed by each example along a **direction** ``u [n_train]`` and forgotten at **recency** ``rho``.
-The model (``-o run_state``: on by default wherever ``bayes-grid`` runs its guard, see
+The model (``-o run_state``: on by default wherever ``bayes-grid`` or ``bayes-cg`` runs its guard, see
 :func:`bayes_simfluence.bayes.methods.resolve_run_state`; :mod:`bayes_simfluence.bayes.grid`) adds to each test example's
 step change ``g1[m] (z_t - z_{t-1}) + g2[m] (z_t^2 - z_{t-1}^2)``, so a roll-out's loss carries
 ``g1 z + g2 z^2`` of the state it ends in. ``g`` is linear in the model, integrated out exactly
