@@ -49,3 +49,25 @@ def test_score_simulator_reports_lds_only_under_the_random_subset_protocol():
     assert low <= plain["all_steps_mse"] <= high
     declared = score_simulator(linear, held, random_subsets=True)
     assert declared["lds"] == declared["spearman_runs"] and declared["lds_interval"] == declared["spearman_runs_interval"]
+
+
+def test_evaluate_reports_each_method_s_lds_against_the_ridge_paired_over_held_out_runs():
+    """With ``linear`` among the methods and 12 held-out random-subset runs, every other method with an
+    LDS gets its difference from ``linear``'s on the same runs (the two LDS subtracted) with a paired
+    interval around it, in the results and as a line under the table; with fewer than 10 held-out
+    runs, or without ``linear``, none."""
+    from bayes_simfluence.evaluation import MIN_PAIRED_RUNS, evaluate_methods, format_table
+
+    runs, _ = synthetic_runs(n_train=12, n_tests=4, n_runs=36, n_steps=10, batch_size=2, seed=4)
+    train, held = runs.split(12)
+    results = evaluate_methods(["additive", "linear"], train, held, random_subsets=True)
+    paired = results["additive"]["lds_minus_linear"]
+    assert paired["difference"] == pytest.approx(results["additive"]["lds"] - results["linear"]["lds"])
+    assert paired["interval"][0] <= paired["difference"] <= paired["interval"][1] and paired["heldout_runs"] == 12
+    assert "lds_minus_linear" not in results["linear"]
+    assert "additive lds minus linear's: " in format_table(results)
+    few = evaluate_methods(["additive", "linear"], train, held.select_runs(slice(0, MIN_PAIRED_RUNS - 1)),
+                           random_subsets=True)
+    alone = evaluate_methods(["additive"], train, held, random_subsets=True)
+    assert "lds_minus_linear" not in few["additive"] and "lds_minus_linear" not in alone["additive"]
+    assert "lds minus" not in format_table(few)
