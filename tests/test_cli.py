@@ -107,7 +107,7 @@ def test_bayesian_fit_saves_a_posterior_that_simulate_and_evaluate_reuse(runs_fi
                  "--out", str(tmp_path / "halved_predicted.npz")]) == 0
     note = capsys.readouterr().out.splitlines()[-1]
     assert note.startswith("note: 1 of 4 curricula are unlike the logged runs (run 1: 6 distinct examples per run, "
-                           "each used 6.67 times (logged runs: 12, 3.33))")
+                           "each used 6.67 times (logged runs at step 20: 12, 3.33))")
     assert main(["evaluate", "--train", str(runs_files["train"]), "--heldout", str(runs_files["held"]),
                  "-m", "mean", "-m", "bayes", *options, "--json"]) == 0
     scores = json.loads(capsys.readouterr().out)

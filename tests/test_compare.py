@@ -220,42 +220,50 @@ def test_candidates_with_examples_no_fitted_run_used_are_named_also_after_a_relo
 
 
 def test_candidates_unlike_the_logged_runs_are_named_with_their_numbers_also_after_a_reload(tmp_path):
-    """Logged runs each train 16 of 20 examples 3 times (a random 80% subset, 3 epochs); a fit
-    records that kind, and a comparison names the candidates outside it with their numbers counted by
-    hand (10 distinct examples 4.8 times; 20 once): in its summary, its JSON, for a test subset and a
-    reloaded posterior. A candidate of the logged kind, or one 10% off it, carries no note; point
-    simulators record no kind."""
+    """Logged runs each train 16 of 20 examples 3 times (a random 80% subset, 3 epochs of 4 steps);
+    a fit records that kind after every step, and a comparison names the candidates outside it, with
+    their numbers counted by hand, judged at their own length: 10 distinct examples 4.8 times in 12
+    steps; 20 once in 5 steps (the logged runs after 5 steps: 16, 1.25); a logged-like run of 24
+    steps, past the logged 12 (and each example used 6 times). In its summary, its JSON, for a test subset and a reloaded posterior. A
+    candidate of the logged kind, its first 5 steps (the same training stopped early), or one 10% off
+    it carry no note; point simulators record no kind."""
     import bayes_simfluence as bsf
     from bayes_simfluence.run_kind import logged_kind, unlike
 
     n_train, steps, batch = 20, 12, 4
     rng = np.random.default_rng(1)
 
-    def subset_run(distinct: int) -> np.ndarray:  # [steps, batch]: `distinct` examples, reshuffled each epoch
+    def subset_run(distinct: int, n_steps: int = steps) -> np.ndarray:  # [steps, batch], reshuffled each epoch
         chosen = rng.choice(n_train, distinct, replace=False)
-        order = np.concatenate([rng.permutation(chosen) for _ in range(-(-steps * batch // distinct))])
-        return order[: steps * batch].reshape(steps, batch)
+        order = np.concatenate([rng.permutation(chosen) for _ in range(-(-n_steps * batch // distinct))])
+        return order[: n_steps * batch].reshape(n_steps, batch)
 
     curricula = np.stack([subset_run(16) for _ in range(8)])
     losses = 1.0 - 0.02 * np.arange(steps + 1)[None, :, None] + 0.01 * rng.standard_normal((8, steps + 1, N_TESTS))
     runs = Runs.create(curricula, losses, n_train=n_train)
-    assert logged_kind(curricula) == {"distinct": [16.0, 16.0], "uses": [3.0, 3.0]}
+    kind = logged_kind(curricula)
+    assert kind["distinct"] == [[4, 8, 12, 16, 16, 16, 16, 16, 16, 16, 16, 16]] * 2
+    assert kind["uses"][0][3:] == kind["uses"][1][3:] == [1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0]
     posterior = bsf.fit(runs, method="bayes-grid", guard=False, memory="none", run_state=False, progress=False)
-    assert posterior.info["logged_runs"] == {"distinct": [16.0, 16.0], "uses": [3.0, 3.0]}
-    like, fewer, wider = subset_run(16), subset_run(10), np.arange(n_train).reshape(5, 4)
+    assert posterior.info["logged_runs"] == kind
+    like, fewer, wider, longer = subset_run(16), subset_run(10), np.arange(n_train).reshape(5, 4), subset_run(16, 24)
     near = like.copy()
     near[0, 0] = -1  # 47 slots over 16 or 15 examples: within 10% of the logged numbers
-    assert unlike(posterior.info["logged_runs"], near) == ""
+    assert unlike(kind, near) == "" and unlike(kind, like[:5]) == ""
     posterior.save(tmp_path / "posterior.nc")
+    labels = ["like", "fewer", "wider", "near", "early", "longer"]
     for simulator, tests in ((posterior, None), (posterior, [1]), (bsf.load(tmp_path / "posterior.nc"), None)):
-        result = simulator.compare([like, fewer, wider, near], np.ones(N_TESTS), tests=tests, n_draws=20,
-                                   labels=["like", "fewer", "wider", "near"])
-        assert result.unlike[0] == "" and result.unlike[3] == ""
-        assert result.unlike[1] == "10 distinct examples per run, each used 4.80 times (logged runs: 16, 3.00)"
-        assert result.unlike[2] == "20 distinct examples per run, each used 1.00 times (logged runs: 16, 3.00)"
+        result = simulator.compare([like, fewer, wider, near, like[:5], longer], np.ones(N_TESTS), tests=tests,
+                                   n_draws=20, labels=labels)
+        assert result.unlike[0] == result.unlike[3] == result.unlike[4] == ""
+        assert result.unlike[1] == "10 distinct examples per run, each used 4.80 times (logged runs at step 12: 16, 3.00)"
+        assert result.unlike[2] == "20 distinct examples per run, each used 1.00 times (logged runs at step 5: 16, 1.25)"
+        assert result.unlike[5] == ("16 distinct examples per run, each used 6.00 times (logged runs at step 12: 16, "
+                                    "3.00) and 24 steps, past the logged runs' 12")
         note = next(line for line in result.summary().splitlines() if line.startswith("note: unlike the logged runs"))
-        assert "fewer 10 distinct" in note and "wider 20 distinct" in note and "like 16" not in note and "near" not in note
-        assert set(result.to_dict()["unlike_logged_runs"]) == {"fewer", "wider"}
+        assert "fewer 10 distinct" in note and "wider 20 distinct" in note and "longer 16 distinct" in note
+        assert "like 16" not in note and "near" not in note and "early" not in note
+        assert set(result.to_dict()["unlike_logged_runs"]) == {"fewer", "wider", "longer"}
     plain = posterior.compare([like, like[::-1]], np.ones(N_TESTS), n_draws=20)
     assert plain.unlike_note == "" and "unlike the logged runs" not in plain.summary()
     assert plain.to_dict()["unlike_logged_runs"] is None
