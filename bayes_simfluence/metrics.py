@@ -25,6 +25,12 @@ import scoringrules
 from scipy import stats
 
 
+def _check_level(level: float) -> None:
+    """A central interval's ``level`` is a probability strictly between 0 and 1."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
 def _check(predicted: np.ndarray, observed: np.ndarray) -> None:
     if predicted.shape != observed.shape:
         raise ValueError(f"predicted has shape {predicted.shape} but observed has {observed.shape}")
@@ -107,8 +113,7 @@ def run_bootstrap_interval(predicted: np.ndarray, observed: np.ndarray, level: f
 
     ``(nan, nan)`` where the score is undefined on the runs given, or on most resamples.
     """
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(level)
     if not np.isfinite(spearman_mean_loss(predicted, observed)):
         return float("nan"), float("nan")
     mean_pred, mean_obs = _mean_final(predicted, observed)  # [runs, 1] each
@@ -130,8 +135,7 @@ def lds_difference_interval(predicted: np.ndarray, baseline: np.ndarray, observe
     Args:
         predicted, baseline, observed: ``[runs, steps + 1, tests]``.
     """
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(level)
     _check(predicted, observed)
     _check(baseline, observed)
     difference = spearman_runs(predicted, observed)[0] - spearman_runs(baseline, observed)[0]
@@ -160,8 +164,7 @@ def _mean_final(predicted: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray
 
 def coverage(draws: np.ndarray, observed: np.ndarray, level: float, per_test: bool = False) -> float | np.ndarray:
     """Fraction of observed losses (steps ``1..T``) inside the central ``level`` band of the draws."""
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(level)
     _check(draws[0], observed)
     lower, upper = np.quantile(draws[:, :, 1:], [(1 - level) / 2, (1 + level) / 2], axis=0)
     inside = (observed[:, 1:] >= lower) & (observed[:, 1:] <= upper)
@@ -215,8 +218,7 @@ def bootstrap_intervals(per_test: dict[str, np.ndarray], level: float = 0.9, n_b
     entries (undefined Spearman) are left out of each resample's mean. A metric with fewer than
     two defined test examples gets ``(nan, nan)``.
     """
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+    _check_level(level)
     n_tests = len(next(iter(per_test.values())))
     picks = np.random.default_rng(seed).integers(0, n_tests, size=(n_boot, n_tests))
     intervals = {}

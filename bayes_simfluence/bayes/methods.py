@@ -543,7 +543,7 @@ def _fit_default(train: Runs, context: FitContext) -> BayesianSimfluence:
         posterior = _fit_parsed(method, train, _options_of(method, context.options), context.seed)
     ran = posterior.info.get("chosen_by")  # bayes-cg without residual effects runs bayes-grid and says so
     posterior.info["chosen_by"] = f"bayes: {reason}" + (f"; {ran}" if ran else "")
-    unused = sorted(set(context.options) - set(_options_of(method, context.options)))
+    unused = sorted(set(context.options) - settings.option_names(f"bayes-{method}"))
     if unused:
         posterior.info["unused_options"] = f"{', '.join(unused)}: bayes ran bayes-{method}, which does not read them"
     return posterior
